@@ -1,0 +1,1 @@
+"""MagiCapture Studio engine: all ML, data and storage (no UI)."""

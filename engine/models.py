@@ -1,0 +1,206 @@
+"""Load a Stable Diffusion 1.x base model from a hub id, a diffusers folder or one checkpoint file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.devices import pick_device, pick_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD15_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "sd15"
+"""SD 1.5's small config and tokenizer files, so a single file loads with no network."""
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
+
+
+class ModelLoadError(Exception):
+    """The base model could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class BaseModel:
+    """The parts of an SD 1.x pipeline that training and generation use."""
+
+    tokenizer: Any
+    text_encoder: Any
+    vae: Any
+    unet: Any
+    noise_scheduler: Any
+    """DDPM training schedule (1000 steps, scaled-linear betas, epsilon prediction)."""
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    """Tensor names from a safetensors header; raises `ModelLoadError` on a damaged file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length <= 0 or 8 + length > size:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(handle.read(length))
+        ends = [entry["data_offsets"][1] for k, entry in header.items() if k != "__metadata__"]
+    except (struct.error, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"{path} is not a readable .safetensors file (corrupt or truncated: {error}).") from error
+    if 8 + length + max(ends, default=0) > size:
+        raise ModelLoadError(f"{path} is truncated: the file ends before its last tensor. Download it again.")
+    return [k for k in header if k != "__metadata__"]
+
+
+def check_sd1_checkpoint(keys: list[str], path: Path) -> None:
+    """Refuse checkpoints that are not SD 1.x, naming what they look like."""
+    if any(k.startswith("conditioner.embedders.1") for k in keys):
+        raise ModelLoadError(f"{path.name} is a Stable Diffusion XL checkpoint; SDXL is not supported yet. Use an SD 1.x model.")
+    if any(k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.joint_blocks")) for k in keys):
+        raise ModelLoadError(f"{path.name} is a Flux/SD3 checkpoint; only Stable Diffusion 1.x is supported.")
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        raise ModelLoadError(f"{path.name} is a Stable Diffusion 2.x checkpoint; only SD 1.x is supported.")
+    needed = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.")
+    missing = [prefix for prefix in needed if not any(k.startswith(prefix) for k in keys)]
+    if missing:
+        raise ModelLoadError(
+            f"{path.name} is not a full SD 1.x checkpoint (no {', '.join(missing)} weights). "
+            "A LoRA or embedding file is not a base model."
+        )
+
+
+def load_base(
+    source: str | Path = DEFAULT_BASE,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    allow_pickle: bool = False,
+    local_files_only: bool = False,
+    config: str | Path | None = None,
+) -> BaseModel:
+    """Load the tokenizer, text encoder, VAE, UNet and DDPM schedule of an SD 1.x model.
+
+    ``source`` is a Hugging Face repo id, a local diffusers folder, or a single ``.safetensors``
+    checkpoint. Pickle checkpoints (``.ckpt``/``.bin``...) are refused unless ``allow_pickle``,
+    and then loaded with ``weights_only``. A single file takes its component configs from
+    ``config`` (a diffusers folder), by default SD 1.5's files in ``assets/sd15``.
+    """
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(torch_device, dtype)
+    path = Path(str(source)).expanduser()
+    looks_local = path.is_absolute() or str(source).startswith((".", "~")) or path.suffix in (".safetensors", *PICKLE_SUFFIXES)
+    try:
+        if path.is_file():
+            parts = _load_single_file(path, torch_dtype, allow_pickle, Path(config or SD15_CONFIG))
+        elif path.is_dir():
+            parts = _load_components(str(path), torch_dtype, allow_pickle, local_files_only=True)
+        elif looks_local:
+            raise ModelLoadError(f"No model at {path}: the file or folder does not exist.")
+        else:
+            parts = _load_components(str(source), torch_dtype, allow_pickle, local_files_only)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ModelLoadError(f"Out of disk space while fetching {source}; free space in the Hugging Face cache.") from error
+        if isinstance(error, FileNotFoundError) or "does not appear to have" in str(error) or "not found" in str(error).lower():
+            raise ModelLoadError(f"{source} is not a diffusers SD 1.x model folder or repo: {error}") from error
+        raise ModelLoadError(f"Could not load {source}: {error}") from error
+    for module in (parts["text_encoder"], parts["vae"], parts["unet"]):
+        module.to(torch_device).eval().requires_grad_(False)
+    return BaseModel(**parts, source=str(source), device=torch_device, dtype=torch_dtype)
+
+
+def _training_scheduler(config: dict) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config, clip_sample=False, prediction_type="epsilon")
+
+
+def _load_components(source: str, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    options = {"local_files_only": local_files_only}
+    weights = {**options, "use_safetensors": None if allow_pickle else True, "torch_dtype": dtype}
+    unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **options)
+    if unet_config.get("cross_attention_dim") == 2048 or unet_config.get("addition_embed_type"):
+        raise ModelLoadError(f"{source} is a Stable Diffusion XL model; SDXL is not supported yet. Use an SD 1.x model.")
+    if unet_config.get("cross_attention_dim") == 1024:
+        raise ModelLoadError(f"{source} is a Stable Diffusion 2.x model; only SD 1.x is supported.")
+    try:
+        return {
+            "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
+            "text_encoder": CLIPTextModel.from_pretrained(
+                source, subfolder="text_encoder", dtype=dtype, use_safetensors=not allow_pickle, **options
+            ),
+            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **weights),
+            "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights),
+            "noise_scheduler": _training_scheduler(DDPMScheduler.load_config(source, subfolder="scheduler", **options)),
+        }
+    except OSError as error:
+        if not allow_pickle and "safetensors" in str(error).lower():
+            raise ModelLoadError(
+                f"{source} has no .safetensors weights. Pickle weights can run code when loaded; "
+                "allow them explicitly (--allow-pickle, or the setting in the studio) if you trust the source."
+            ) from error
+        raise
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: Path) -> dict:
+    from diffusers import StableDiffusionPipeline
+
+    if path.suffix == ".safetensors":
+        check_sd1_checkpoint(_safetensors_keys(path), path)
+    elif path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelLoadError(
+                f"{path.name} is a pickle checkpoint, which can run code when loaded. Use a .safetensors "
+                "file, or allow pickle explicitly (--allow-pickle, or the setting in the studio) if you "
+                "trust the source; it is then loaded with weights_only."
+            )
+    else:
+        raise ModelLoadError(f"{path.name}: unknown model file type; expected .safetensors (or .ckpt with --allow-pickle).")
+    pipe = StableDiffusionPipeline.from_single_file(
+        str(path), config=str(config), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        local_files_only=True,
+    )
+    return {
+        "tokenizer": pipe.tokenizer,
+        "text_encoder": pipe.text_encoder,
+        "vae": pipe.vae,
+        "unet": pipe.unet,
+        "noise_scheduler": _training_scheduler(pipe.scheduler.config),
+    }
+
+
+def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
+    """A `StableDiffusionPipeline` over the base's modules with the chosen sampler."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionPipeline,
+    )
+
+    config = base.noise_scheduler.config
+    schedulers = {
+        "euler_a": lambda: EulerAncestralDiscreteScheduler.from_config(config),
+        "dpmpp_2m_karras": lambda: DPMSolverMultistepScheduler.from_config(config, use_karras_sigmas=True),
+        "ddim": lambda: DDIMScheduler.from_config(config, set_alpha_to_one=False, steps_offset=1),
+    }
+    if sampler not in schedulers:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    return StableDiffusionPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=base.unet,
+        scheduler=schedulers[sampler](),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,27 @@
+"""Shared fixtures: an isolated data root for every test and the tiny SD 1.x model kit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own data root, so nothing leaks into the user's projects."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MAGICAPTURE_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny SD 1.x pipeline (diffusers folder and single file), built once per session."""
+    from engine.demo.sd import build_tiny_sd
+
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))

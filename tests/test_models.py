@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.demo.sd import clip_vocabulary
+from engine.models import ModelLoadError, load_base, make_pipeline
+
+SD15_TOKENIZER = Path(__file__).resolve().parent.parent / "assets" / "sd15" / "tokenizer"
+
+
+def _sample(base, seed: int, sampler: str = "euler_a") -> np.ndarray:
+    pipe = make_pipeline(base, sampler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    out = pipe("a photo of a person", num_inference_steps=3, generator=generator, height=64, width=64, output_type="np")
+    return out.images[0]
+
+
+@pytest.mark.slow
+def test_folder_and_single_file_give_the_same_image(tiny_sd):
+    folder = load_base(tiny_sd.folder)
+    single = load_base(tiny_sd.single_file, config=tiny_sd.folder)
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(folder, name).state_dict(), getattr(single, name).state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    first = _sample(folder, seed=3)
+    assert np.array_equal(first, _sample(single, seed=3))
+    assert not np.array_equal(first, _sample(folder, seed=4))
+
+
+def test_training_schedule_is_sd1_ddpm(tiny_sd):
+    base = load_base(tiny_sd.folder)
+    config = base.noise_scheduler.config
+    assert (config.num_train_timesteps, config.beta_schedule, config.prediction_type) == (1000, "scaled_linear", "epsilon")
+    assert config.beta_start == pytest.approx(0.00085) and config.beta_end == pytest.approx(0.012)
+    assert base.dtype == torch.float32 and base.device.type == "cpu"
+
+
+def test_tokenizer_has_the_real_clip_vocabulary(tiny_sd):
+    base = load_base(tiny_sd.folder)
+    assert base.tokenizer("a photo of a person").input_ids == [49406, 320, 1125, 539, 320, 2533, 49407]
+    assert len(base.tokenizer) == 49408
+
+
+def test_committed_sd15_tokenizer_matches_the_clip_vocabulary():
+    vocab, merges = clip_vocabulary()
+    assert json.loads((SD15_TOKENIZER / "vocab.json").read_text("utf-8")) == vocab
+    assert (SD15_TOKENIZER / "merges.txt").read_text("utf-8").splitlines()[1:] == merges
+
+
+def test_missing_path_is_reported(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_base(tmp_path / "nothing.safetensors")
+
+
+def test_pickle_checkpoint_refused_by_default(tmp_path):
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    with pytest.raises(ModelLoadError, match="allow pickle explicitly"):
+        load_base(ckpt)
+
+
+def test_truncated_single_file_is_reported(tiny_sd, tmp_path):
+    cut = tmp_path / "cut.safetensors"
+    data = tiny_sd.single_file.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        load_base(cut, config=tiny_sd.folder)
+
+
+def test_garbage_file_is_reported(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        load_base(bad)
+
+
+def test_sdxl_checkpoint_is_named_and_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    xl = tmp_path / "sdxl.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(xl))
+    with pytest.raises(ModelLoadError, match="XL.*not supported yet"):
+        load_base(xl)
+
+
+def test_lora_file_is_not_a_base_model(tmp_path):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2)}, str(lora))
+    with pytest.raises(ModelLoadError, match="not a full SD 1.x checkpoint"):
+        load_base(lora)
+
+
+def test_sdxl_folder_is_refused(tiny_sd, tmp_path):
+    folder = tmp_path / "xl"
+    shutil.copytree(tiny_sd.folder, folder)
+    config_file = folder / "unet" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["addition_embed_type"] = "text_time"
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="XL"):
+        load_base(folder)
+
+
+def test_unknown_sampler_is_refused(tiny_sd):
+    with pytest.raises(ValueError, match="euler_a"):
+        make_pipeline(load_base(tiny_sd.folder), "plms")
