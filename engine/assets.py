@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from filelock import FileLock
@@ -44,7 +45,7 @@ CHUNK = 1 << 20
 TIMEOUT_S = 30
 _TRUE = {"1", "true", "yes", "on"}
 
-Progress = Callable[[int, "int | None"], None]
+Progress = Callable[[int, int | None], None]
 """Called as ``progress(done_bytes, total_bytes)``; ``total_bytes`` is ``None`` when unknown."""
 
 
@@ -303,7 +304,9 @@ def is_present(asset: Asset) -> bool:
     return target.is_file()
 
 
-def asset_path(name: str, *, download: bool = True, progress: Progress | None = None, commercial: bool = False) -> Path:
+def asset_path(
+    name: str, *, download: bool = True, progress: Progress | None = None, commercial: bool = False
+) -> Path:
     """The cached file (or folder, for archives) of asset ``name``, downloading it on first use.
 
     Raises `NonCommercialAsset` when ``commercial`` is set and the licence forbids commercial use,
@@ -319,7 +322,7 @@ def asset_path(name: str, *, download: bool = True, progress: Progress | None = 
     if is_present(asset):
         return target_path(asset)
     if not download:
-        raise AssetMissing(missing_message(asset, "downloads are not allowed here"))
+        raise AssetMissing(_missing_message(asset, "automatic download is switched off"))
     return download_asset(name, progress=progress)
 
 
@@ -331,7 +334,9 @@ def download_asset(name: str, *, progress: Progress | None = None) -> Path:
     """
     asset = get_asset(name)
     if offline():
-        raise AssetMissing(missing_message(asset, "offline mode is on (HF_HUB_OFFLINE or MAGICAPTURE_OFFLINE)"))
+        raise AssetMissing(
+            _missing_message(asset, "offline mode is on (HF_HUB_OFFLINE or MAGICAPTURE_OFFLINE)")
+        )
     folder = assets_dir()
     (folder / LOCK_DIR).mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / LOCK_DIR / f"{asset.name}.lock")):
@@ -394,13 +399,11 @@ def licence_notice(names: Iterable[str]) -> str | None:
     )
 
 
-def missing_message(asset: Asset, reason: str) -> str:
+def _missing_message(asset: Asset, reason: str) -> str:
     """Say which file is missing, where it goes and where to get it."""
     folder = assets_dir()
     if asset.is_archive:
-        place = (
-            f"or unzip it so that {folder / asset.name} holds {', '.join(asset.archive_members)}"
-        )
+        place = f"or unzip it so that {folder / asset.name} holds {', '.join(asset.archive_members)}"
     else:
         place = f"or copy it to {folder / asset.filename}"
     return (
@@ -441,7 +444,9 @@ def _fetch_from_any(asset: Asset, part: Path, progress: Progress | None) -> None
             + _manual_hint(asset),
             statuses[-1],
         )
-    raise AssetNetworkError(f"Could not download {asset.filename}: no source could be reached ({tried}). " + _manual_hint(asset))
+    raise AssetNetworkError(
+        f"Could not download {asset.filename}: no source could be reached ({tried}). " + _manual_hint(asset)
+    )
 
 
 def _fetch(asset: Asset, url: str, part: Path, progress: Progress | None) -> None:
@@ -458,15 +463,22 @@ def _fetch(asset: Asset, url: str, part: Path, progress: Progress | None) -> Non
         if progress is None:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=asset.filename, disable=None)
-            progress = lambda now, _total: bar.update(now - bar.n)  # noqa: E731
+            bar = tqdm(
+                total=total, initial=done, unit="B", unit_scale=True, desc=asset.filename, disable=None
+            )
+
+            def progress(now: int, _total: int | None) -> None:
+                bar.update(now - bar.n)
+
         try:
             with open(part, "ab" if done else "wb") as handle:
                 while True:
                     try:
-                        chunk = response.read(CHUNK)
+                        chunk = response.read1(CHUNK)  # what has arrived, so a stall loses nothing
                     except (OSError, http.client.HTTPException) as error:
-                        raise _interrupted(asset, url, part, done, total, str(error) or type(error).__name__) from error
+                        raise _interrupted(
+                            asset, url, part, done, total, str(error) or type(error).__name__
+                        ) from error
                     if not chunk:
                         break
                     _write(handle, chunk, part)
@@ -536,7 +548,7 @@ def _content_range(value: str) -> tuple[int | None, int | None]:
     return int(start), int(total) if total.isdigit() else None
 
 
-def _write(handle, chunk: bytes, part: Path) -> None:
+def _write(handle: BinaryIO, chunk: bytes, part: Path) -> None:
     try:
         handle.write(chunk)
     except OSError as error:
@@ -548,7 +560,9 @@ def _write(handle, chunk: bytes, part: Path) -> None:
         raise
 
 
-def _interrupted(asset: Asset, url: str, part: Path, done: int, total: int | None, reason: str) -> AssetInterrupted:
+def _interrupted(
+    asset: Asset, url: str, part: Path, done: int, total: int | None, reason: str
+) -> AssetInterrupted:
     of = f" of {total}" if total is not None else ""
     return AssetInterrupted(
         f"The download of {asset.filename} from {urlsplit(url).netloc} stopped after {done}{of} bytes "
@@ -558,6 +572,7 @@ def _interrupted(asset: Asset, url: str, part: Path, done: int, total: int | Non
 
 def _install(asset: Asset, file: Path) -> Path:
     """Check ``file`` (size, sha256) and move or unpack it into the cache; a bad file is deleted."""
+    size = file.stat().st_size
     digest = _check(asset, file)
     target = target_path(asset)
     if asset.is_archive:
@@ -565,8 +580,8 @@ def _install(asset: Asset, file: Path) -> Path:
         file.unlink()
     else:
         os.replace(file, target)
-    if asset.sha256 is None and _recorded_hashes().get(asset.name, {}).get("sha256") is None:
-        _record_hash(asset, digest, target)
+    if asset.sha256 is None and _recorded_hash(asset) is None:
+        _record_hash(asset, digest, size)
     return target
 
 
@@ -579,13 +594,13 @@ def _check(asset: Asset, file: Path) -> str:
             + _manual_hint(asset)
         )
     digest = _sha256(file)
-    expected, origin = asset.sha256, "expected"
+    expected, origin = asset.sha256, "expected sha256"
     if expected is None:
-        expected, origin = _recorded_hashes().get(asset.name, {}).get("sha256"), "recorded at its first download"
+        expected, origin = _recorded_hash(asset), "sha256 recorded when it was first installed"
     if expected is not None and digest != expected.lower():
         file.unlink()
         raise AssetHashMismatch(
-            f"{asset.filename} has sha256 {digest}, not the {origin} {expected}; it was deleted. "
+            f"{asset.filename} has sha256 {digest}, not the {origin} ({expected}); it was deleted. "
             "The transfer may have been corrupted or the source changed: " + _manual_hint(asset)
         )
     return digest
@@ -636,19 +651,25 @@ def _corrupt_message(asset: Asset, reason: str) -> str:
     )
 
 
-def _recorded_hashes() -> dict[str, dict[str, object]]:
+def _recorded_hash(asset: Asset) -> str | None:
+    return _recorded_hashes().get(asset.name, {}).get("sha256")
+
+
+def _recorded_hashes() -> dict[str, dict[str, Any]]:
     path = assets_dir() / HASHES_FILE
     try:
         return json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError as error:
-        raise AssetError(f"{path} is damaged ({error}); delete it to record the asset hashes again.") from error
+        raise AssetError(
+            f"{path} is damaged ({error}); delete it to record the asset hashes again."
+        ) from error
 
 
-def _record_hash(asset: Asset, digest: str, target: Path) -> None:
+def _record_hash(asset: Asset, digest: str, size: int) -> None:
     folder = assets_dir()
     with FileLock(str(folder / LOCK_DIR / f"{HASHES_FILE}.lock")):
         hashes = _recorded_hashes()
-        hashes[asset.name] = {"sha256": digest, "filename": asset.filename, "installed": str(target)}
+        hashes[asset.name] = {"sha256": digest, "filename": asset.filename, "size": size}
         atomic_write_json(folder / HASHES_FILE, hashes)

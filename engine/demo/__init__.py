@@ -1,1 +1,59 @@
-"""Tiny-model kit: random-weight models in the real formats, for tests and --demo."""
+"""Tiny-model kit: random-weight models in the real formats, for tests and ``--demo``.
+
+Everything the app loads has a tiny stand-in here, written in the same file format under the same
+file name, so the real loading code runs offline and without a GPU. Outputs are noise-like: the kit
+exercises the pipeline, it does not make portraits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.demo.sd import TINY_RESOLUTION, TinySD, build_tiny_sd
+from engine.store import atomic_write_text
+
+KIT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class DemoKit:
+    folder: Path
+    sd: TinySD
+    assets: Path
+    """An asset cache holding the tiny stand-ins under the real file names."""
+    resolution: int = TINY_RESOLUTION
+
+
+def build_demo_kit(folder: Path) -> DemoKit:
+    """Build (or reuse, when complete) the whole kit under ``folder``."""
+    from engine.demo.faces import build_face_assets
+    from engine.demo.restore import build_restore_assets
+    from engine.demo.scoring import build_scoring_assets
+
+    folder = Path(folder)
+    done = folder / "COMPLETE"
+    sd = TinySD(folder / "sd", folder / "sd-tiny.safetensors")
+    assets = folder / "assets"
+    if done.is_file() and done.read_text() == KIT_VERSION:
+        return DemoKit(folder, sd, assets)
+    sd = build_tiny_sd(folder)
+    build_face_assets(assets)
+    build_restore_assets(assets)
+    build_scoring_assets(assets)
+    atomic_write_text(done, KIT_VERSION)
+    return DemoKit(folder, sd, assets)
+
+
+def default_kit_folder() -> Path:
+    from platformdirs import user_cache_path
+
+    return user_cache_path("magicapture-studio", appauthor=False) / f"demo-kit-v{KIT_VERSION}"
+
+
+def use_demo_kit(kit: DemoKit) -> None:
+    """Point the asset registry at the kit and keep this process offline."""
+    os.environ["MAGICAPTURE_ASSETS"] = str(kit.assets)
+    os.environ["MAGICAPTURE_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"

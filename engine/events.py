@@ -1,0 +1,139 @@
+"""Typed events of long jobs, as plain frozen dataclasses.
+
+Producers call a callback with them; `EventLog` also appends them, one JSON object per line, to a
+run's ``events.jsonl`` so that a reopened studio can replay a training with `read_events`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    time: float = field(default_factory=time.time)
+    """Unix time the event was made."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, **asdict(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Status(Event):
+    """A setup stage that takes a while (loading, caching latents...)."""
+
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseStarted(Event):
+    phase: int
+    steps: int
+    description: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDone(Event):
+    """One optimiser step; ``losses`` holds each unweighted term and the weighted total."""
+
+    phase: int
+    step: int
+    """Step within the phase, from 1."""
+    phase_steps: int
+    global_step: int
+    total_steps: int
+    losses: dict[str, float]
+    lr: float
+    it_per_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreviewSaved(Event):
+    """Preview samples of the composed prompt at fixed seeds, and attention overlays per token."""
+
+    phase: int
+    global_step: int
+    prompt: str
+    images: list[str]
+    attention_maps: dict[str, list[str]]
+    """Token -> one overlay PNG per image."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSaved(Event):
+    global_step: int
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Finished(Event):
+    artefact: str
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancelled(Event):
+    global_step: int
+    checkpoint: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed(Event):
+    """The job stopped on an error; ``message`` is a full sentence saying what to do next."""
+
+    message: str
+    error: str
+    """Exception type name."""
+    checkpoint: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (Status, PhaseStarted, StepDone, PreviewSaved, CheckpointSaved, Finished, Cancelled, Failed)
+}
+
+
+def event_from_dict(value: dict[str, Any]) -> Event:
+    """Inverse of `Event.to_dict`."""
+    values = dict(value)
+    kind = EVENT_TYPES.get(values.pop("type", None))
+    if kind is None:
+        raise ValueError(f"Unknown event type in {value!r}.")
+    return kind(**values)
+
+
+class EventLog:
+    """Appends events to a JSON-lines file.
+
+    Each event is one ``write`` of a whole line, flushed at once; a crash can at worst leave a
+    partial last line, which `read_events` skips. (The store's atomic writers replace whole files,
+    which would make a per-step log quadratic, hence the append.)
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, event: Event) -> None:
+        line = json.dumps(event.to_dict(), sort_keys=True) + "\n"
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+
+def read_events(path: Path) -> list[Event]:
+    """Events of a ``events.jsonl`` file in order; an unreadable line (a crash mid-write) is skipped."""
+    events = []
+    try:
+        lines = Path(path).read_text("utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            events.append(event_from_dict(json.loads(line)))
+        except (ValueError, TypeError):
+            continue
+    return events

@@ -1,0 +1,82 @@
+"""The two placeholder tokens: added to the tokenizer, initialised, and trained as their own rows.
+
+`PlaceholderEmbedding` replaces the text encoder's input embedding (through
+``set_input_embeddings``): it looks tokens up in the frozen original table and swaps in the
+placeholder rows, which are one small trainable parameter. So only those two rows can change,
+in both phases, and weight decay or Adam state never touch the rest of the vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from engine.config import TrainingConfig
+
+
+class TokenError(ValueError):
+    """A placeholder token or its initialisation word cannot be used with this tokenizer."""
+
+
+class PlaceholderEmbedding(nn.Module):
+    """Token embedding whose placeholder rows live in the trainable ``rows`` parameter ``[n, hidden]``."""
+
+    def __init__(self, base: nn.Embedding, token_ids: list[int], rows: torch.Tensor):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.token_ids = list(token_ids)
+        self.rows = nn.Parameter(rows.detach().to(base.weight.device, torch.float32).clone())
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.base(input_ids)
+        for index, token_id in enumerate(self.token_ids):
+            hit = (input_ids == token_id).unsqueeze(-1)
+            embeds = torch.where(hit, self.rows[index].to(embeds.dtype), embeds)
+        return embeds
+
+    def merged_weight(self) -> torch.Tensor:
+        """The full embedding table with the current placeholder rows written in."""
+        weight = self.base.weight.detach().clone()
+        weight[self.token_ids] = self.rows.detach().to(weight.dtype)
+        return weight
+
+
+def add_placeholder_tokens(tokenizer, text_encoder, config: TrainingConfig) -> PlaceholderEmbedding:
+    """Add the identity and style tokens and install a `PlaceholderEmbedding` in ``text_encoder``.
+
+    The identity row starts as the embedding of ``config.identity_init_word`` ("person"), the style
+    row as N(0, ``style_init_std``^2) per dimension, drawn from a generator seeded by ``config.seed``.
+    """
+    tokens = [config.identity_token, config.style_token]
+    for token in tokens:
+        if tokenizer.add_tokens([token]) == 0:
+            raise TokenError(
+                f"The token {token!r} is already in the base model's vocabulary; choose another placeholder name."
+            )
+    token_ids = tokenizer.convert_tokens_to_ids(tokens)
+    init_ids = tokenizer.encode(config.identity_init_word, add_special_tokens=False)
+    if len(init_ids) != 1:
+        raise TokenError(
+            f"The initialisation word {config.identity_init_word!r} is {len(init_ids)} tokens for this "
+            "tokenizer; choose a word that is a single token (like 'person')."
+        )
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    base = text_encoder.get_input_embeddings()
+    generator = torch.Generator().manual_seed(config.seed)
+    style = torch.randn(base.embedding_dim, generator=generator) * config.style_init_std
+    rows = torch.stack([base.weight[init_ids[0]].detach().float().cpu(), style])
+    with torch.no_grad():
+        base.weight[token_ids] = rows.to(base.weight)
+    module = PlaceholderEmbedding(base, token_ids, rows)
+    text_encoder.set_input_embeddings(module)
+    return module
+
+
+@torch.no_grad()
+def pull_norms(rows: torch.Tensor, target: float, strength: float) -> None:
+    """Move each row's norm a fraction ``strength`` of the way to ``target``, keeping its direction."""
+    norms = rows.norm(dim=-1, keepdim=True)
+    rows.copy_(rows / norms.clamp_min(1e-12) * (norms + strength * (target - norms)))
