@@ -142,7 +142,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     records = generate(project, args.run, settings, on_event=_progress_printer())
     for record in records:
         if args.restore or args.upscale > 1 or args.preset:
-            record = postprocess_output(project, record.id, restore=args.restore, upscale=args.upscale, preset=args.preset)
+            record = postprocess_output(
+                project, record.id, restore=args.restore, upscale=args.upscale, preset=args.preset
+            )
         print(project.path(record.file))
 
 
@@ -202,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="check and add photos to a project (created if new)")
     p.add_argument("project")
     p.add_argument("photos", nargs="+")
-    p.add_argument("--role", choices=("source", "reference"), required=True, help="selfies or style references")
+    p.add_argument(
+        "--role", choices=("source", "reference"), required=True, help="selfies or style references"
+    )
     p.add_argument("--commercial", action="store_true", help="use only commercially licensed face models")
     p.set_defaults(handler=cmd_prepare)
 
@@ -212,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="SD 1.x base: hub id, diffusers folder or .safetensors file")
     p.add_argument("--profile", help="VRAM profile: auto, cpu, 6gb, 8gb, 12gb, 24gb")
     p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed run")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any training setting")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any training setting"
+    )
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("generate", help="make portraits from a trained project")

@@ -51,7 +51,9 @@ def _safetensors_keys(path: Path) -> list[str]:
             header = json.loads(handle.read(length))
         ends = [entry["data_offsets"][1] for k, entry in header.items() if k != "__metadata__"]
     except (struct.error, ValueError, KeyError, TypeError) as error:
-        raise ModelLoadError(f"{path} is not a readable .safetensors file (corrupt or truncated: {error}).") from error
+        raise ModelLoadError(
+            f"{path} is not a readable .safetensors file (corrupt or truncated: {error})."
+        ) from error
     if 8 + length + max(ends, default=0) > size:
         raise ModelLoadError(f"{path} is truncated: the file ends before its last tensor. Download it again.")
     return [k for k in header if k != "__metadata__"]
@@ -60,8 +62,12 @@ def _safetensors_keys(path: Path) -> list[str]:
 def check_sd1_checkpoint(keys: list[str], path: Path) -> None:
     """Refuse checkpoints that are not SD 1.x, naming what they look like."""
     if any(k.startswith("conditioner.embedders.1") for k in keys):
-        raise ModelLoadError(f"{path.name} is a Stable Diffusion XL checkpoint; SDXL is not supported yet. Use an SD 1.x model.")
-    if any(k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.joint_blocks")) for k in keys):
+        raise ModelLoadError(
+            f"{path.name} is a Stable Diffusion XL checkpoint; SDXL is not supported yet. Use an SD 1.x model."
+        )
+    if any(
+        k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.joint_blocks")) for k in keys
+    ):
         raise ModelLoadError(f"{path.name} is a Flux/SD3 checkpoint; only Stable Diffusion 1.x is supported.")
     if any(k.startswith("cond_stage_model.model.") for k in keys):
         raise ModelLoadError(f"{path.name} is a Stable Diffusion 2.x checkpoint; only SD 1.x is supported.")
@@ -93,7 +99,11 @@ def load_base(
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     path = Path(str(source)).expanduser()
-    looks_local = path.is_absolute() or str(source).startswith((".", "~")) or path.suffix in (".safetensors", *PICKLE_SUFFIXES)
+    looks_local = (
+        path.is_absolute()
+        or str(source).startswith((".", "~"))
+        or path.suffix in (".safetensors", *PICKLE_SUFFIXES)
+    )
     try:
         if path.is_file():
             parts = _load_single_file(path, torch_dtype, allow_pickle, Path(config or SD15_CONFIG))
@@ -105,9 +115,17 @@ def load_base(
             parts = _load_components(str(source), torch_dtype, allow_pickle, local_files_only)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ModelLoadError(f"Out of disk space while fetching {source}; free space in the Hugging Face cache.") from error
-        if isinstance(error, FileNotFoundError) or "does not appear to have" in str(error) or "not found" in str(error).lower():
-            raise ModelLoadError(f"{source} is not a diffusers SD 1.x model folder or repo: {error}") from error
+            raise ModelLoadError(
+                f"Out of disk space while fetching {source}; free space in the Hugging Face cache."
+            ) from error
+        if (
+            isinstance(error, FileNotFoundError)
+            or "does not appear to have" in str(error)
+            or "not found" in str(error).lower()
+        ):
+            raise ModelLoadError(
+                f"{source} is not a diffusers SD 1.x model folder or repo: {error}"
+            ) from error
         raise ModelLoadError(f"Could not load {source}: {error}") from error
     for module in (parts["text_encoder"], parts["vae"], parts["unet"]):
         module.to(torch_device).eval().requires_grad_(False)
@@ -128,7 +146,9 @@ def _load_components(source: str, dtype: torch.dtype, allow_pickle: bool, local_
     weights = {**options, "use_safetensors": None if allow_pickle else True, "torch_dtype": dtype}
     unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **options)
     if unet_config.get("cross_attention_dim") == 2048 or unet_config.get("addition_embed_type"):
-        raise ModelLoadError(f"{source} is a Stable Diffusion XL model; SDXL is not supported yet. Use an SD 1.x model.")
+        raise ModelLoadError(
+            f"{source} is a Stable Diffusion XL model; SDXL is not supported yet. Use an SD 1.x model."
+        )
     if unet_config.get("cross_attention_dim") == 1024:
         raise ModelLoadError(f"{source} is a Stable Diffusion 2.x model; only SD 1.x is supported.")
     try:
@@ -139,7 +159,9 @@ def _load_components(source: str, dtype: torch.dtype, allow_pickle: bool, local_
             ),
             "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **weights),
             "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights),
-            "noise_scheduler": _training_scheduler(DDPMScheduler.load_config(source, subfolder="scheduler", **options)),
+            "noise_scheduler": _training_scheduler(
+                DDPMScheduler.load_config(source, subfolder="scheduler", **options)
+            ),
         }
     except OSError as error:
         if not allow_pickle and "safetensors" in str(error).lower():
@@ -163,9 +185,15 @@ def _load_single_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config
                 "trust the source; it is then loaded with weights_only."
             )
     else:
-        raise ModelLoadError(f"{path.name}: unknown model file type; expected .safetensors (or .ckpt with --allow-pickle).")
+        raise ModelLoadError(
+            f"{path.name}: unknown model file type; expected .safetensors (or .ckpt with --allow-pickle)."
+        )
     pipe = StableDiffusionPipeline.from_single_file(
-        str(path), config=str(config), torch_dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        str(path),
+        config=str(config),
+        torch_dtype=dtype,
+        safety_checker=None,
+        requires_safety_checker=False,
         local_files_only=True,
     )
     return {

@@ -27,7 +27,14 @@ from filelock import FileLock
 
 MANIFEST = "manifest.json"
 HOME_ENV = "MAGICAPTURE_HOME"
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_WINDOWS_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
 _MAX_NAME = 80
 
 
@@ -202,7 +209,14 @@ class ProjectStore:
         if (folder / MANIFEST).exists():
             raise StoreError(f"A project named {folder.name!r} already exists.")
         folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"name": name, "created": now(), "updated": now(), "images": [], "trainings": [], "outputs": []}
+        manifest = {
+            "name": name,
+            "created": now(),
+            "updated": now(),
+            "images": [],
+            "trainings": [],
+            "outputs": [],
+        }
         try:
             atomic_write_json(folder / MANIFEST, manifest)
         except StorageFull:

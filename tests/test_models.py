@@ -18,7 +18,14 @@ def _sample(base, seed: int, sampler: str = "euler_a") -> np.ndarray:
     pipe = make_pipeline(base, sampler)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed)
-    out = pipe("a photo of a person", num_inference_steps=3, generator=generator, height=64, width=64, output_type="np")
+    out = pipe(
+        "a photo of a person",
+        num_inference_steps=3,
+        generator=generator,
+        height=64,
+        width=64,
+        output_type="np",
+    )
     return out.images[0]
 
 
@@ -38,7 +45,11 @@ def test_folder_and_single_file_give_the_same_image(tiny_sd):
 def test_training_schedule_is_sd1_ddpm(tiny_sd):
     base = load_base(tiny_sd.folder)
     config = base.noise_scheduler.config
-    assert (config.num_train_timesteps, config.beta_schedule, config.prediction_type) == (1000, "scaled_linear", "epsilon")
+    assert (config.num_train_timesteps, config.beta_schedule, config.prediction_type) == (
+        1000,
+        "scaled_linear",
+        "epsilon",
+    )
     assert config.beta_start == pytest.approx(0.00085) and config.beta_end == pytest.approx(0.012)
     assert base.dtype == torch.float32 and base.device.type == "cpu"
 

@@ -31,7 +31,11 @@ class TinySD:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP's reversible map from bytes to printable unicode characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     codes = list(printable)
     extra = 0
     for byte in range(256):
@@ -47,7 +51,8 @@ def clip_vocabulary() -> tuple[dict[str, int], list[str]]:
     import open_clip
 
     bpe_file = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    lines = gzip.open(bpe_file).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_file) as handle:
+        lines = handle.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     symbols = list(_bytes_to_unicode().values())
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
@@ -60,7 +65,12 @@ def write_clip_tokenizer(folder: Path) -> None:
     vocab, merges = clip_vocabulary()
     atomic_write_text(Path(folder) / "vocab.json", json.dumps(vocab, ensure_ascii=False))
     atomic_write_text(Path(folder) / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
     atomic_write_json(Path(folder) / "special_tokens_map.json", special)
     config = {**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"}
     atomic_write_json(Path(folder) / "tokenizer_config.json", config)
@@ -80,7 +90,12 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> TinySD:
         sample_size=TINY_RESOLUTION // 8,
         block_out_channels=(32, 32, 64, 64),
         layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        down_block_types=(
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "CrossAttnDownBlock2D",
+            "DownBlock2D",
+        ),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=4,
@@ -111,7 +126,11 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> TinySD:
         )
     )
     scheduler = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
         steps_offset=1,
     )
     unet.save_pretrained(pipe_dir / "unet")
@@ -122,7 +141,9 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> TinySD:
     atomic_write_json(pipe_dir / "model_index.json", _model_index())
 
     single_file = folder / "sd-tiny.safetensors"
-    state = to_original_layout(unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), len(unet.config.block_out_channels))
+    state = to_original_layout(
+        unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), len(unet.config.block_out_channels)
+    )
     with atomic_path(single_file) as tmp:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
     return TinySD(pipe_dir, single_file)
@@ -142,8 +163,14 @@ def _model_index() -> dict:
     }
 
 
-_RESNET_NAMES = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+_RESNET_NAMES = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 _VAE_ATTENTION_NAMES = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 

@@ -1,0 +1,343 @@
+"""Build the studio's Blocks and launch them (share, auth, listen, file-serving rules).
+
+The flow is one tab per step: Project -> Photos -> Train -> Generate -> Gallery, plus Settings.
+Everything the tabs show comes from the project store and the job runner, so a reloaded tab (or
+a second one) sees the same state. Nothing here imports torch: the engine does, when asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import gradio as gr
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+
+from engine.store import Project, ProjectStore, StoreError
+from studio import gallery, generate, photos, project, settings, train
+from studio.jobs import RUNNING, JobRunner
+from studio.settings import StudioSettings
+
+if TYPE_CHECKING:
+    from engine.demo import DemoKit
+    from engine.faces import FaceKit
+
+logger = logging.getLogger(__name__)
+
+TITLE = "MagiCapture Studio"
+STEPS = (
+    ("project", "1 · Project"),
+    ("photos", "2 · Photos"),
+    ("train", "3 · Train"),
+    ("generate", "4 · Generate"),
+    ("gallery", "5 · Gallery"),
+    ("settings", "⚙ Settings"),
+)
+CSS = """
+.mc-banner {padding: .6em 1em; border-radius: 8px; font-weight: 600;}
+.mc-demo {background: #fff4d6; color: #7a5300; border: 1px solid #f0c96a;}
+.mc-fallback {background: #fde8e8; color: #8a1c1c; border: 1px solid #f3b3b3;}
+.mc-status {display: flex; gap: .6em; flex-wrap: wrap; align-items: center; font-size: .92em;}
+.mc-chip {padding: .2em .7em; border-radius: 999px; background: var(--block-background-fill);
+  border: 1px solid var(--border-color-primary);}
+.mc-progress {height: 14px; border-radius: 7px; background: var(--border-color-primary); overflow: hidden;}
+.mc-progress > div {height: 100%; background: var(--color-accent); transition: width .4s;}
+.mc-empty {padding: 1.5em; text-align: center; opacity: .75; border: 2px dashed var(--border-color-primary);
+  border-radius: 10px;}
+.mc-refused {color: #8a1c1c;}
+.mc-queue li {margin: .15em 0;}
+"""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the start-up probe found (filled in by a background thread, as it imports torch)."""
+
+    ready: bool = False
+    summary: str = "Looking for a GPU…"
+    profile: str | None = None
+    has_gpu: bool = False
+
+
+class Studio:
+    """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
+
+    def __init__(self, store: ProjectStore, demo: DemoKit | None = None):
+        self.store = store
+        self.runner = JobRunner()
+        self.demo = demo
+        self.settings = StudioSettings.load(store.root)
+        self.device = DeviceInfo()
+        self._face_kit: FaceKit | None = None
+        self._face_lock = threading.Lock()
+
+    @property
+    def base_model(self) -> str:
+        return str(self.demo.sd.folder) if self.demo is not None else self.settings.base_model
+
+    def update_settings(self, new: StudioSettings) -> None:
+        if new.commercial != self.settings.commercial:
+            with self._face_lock:
+                self._face_kit = None
+        self.settings = new
+        new.save(self.store.root)
+
+    def face_kit(self) -> FaceKit:
+        """The face models (loaded once, on first use; thread-safe)."""
+        with self._face_lock:
+            if self._face_kit is None:
+                from engine.faces import load_face_kit
+
+                self._face_kit = load_face_kit(commercial=self.settings.commercial, allow_fallback=True)
+            return self._face_kit
+
+    def face_kit_loaded(self) -> FaceKit | None:
+        return self._face_kit
+
+    def project(self, name: str | None) -> Project:
+        """The open project, or a `gr.Error` telling the user to pick one."""
+        if not name:
+            raise gr.Error("Open or create a project first (step 1).")
+        try:
+            return self.store.open(name)
+        except StoreError as error:
+            raise gr.Error(str(error)) from error
+
+    def warm_up(self) -> None:
+        """Probe the device and load the face models in the background, so start-up stays fast."""
+        threading.Thread(target=self._warm_up, name="studio-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        self.device = probe_device()
+        print(self.device.summary, flush=True)
+        try:
+            self.face_kit()
+        except Exception:  # shown when a photo is added; the studio runs without it
+            logger.exception("The face models could not be loaded")
+
+
+def probe_device() -> DeviceInfo:
+    from engine.devices import detect_profile, gpu_memory_gb, pick_device
+
+    device = pick_device()
+    profile = detect_profile(device)
+    if device.type == "cpu":
+        summary = (
+            "No GPU found: training on the CPU takes hours. To try the whole flow in about a minute, "
+            "start the studio with --demo (tiny random models)."
+        )
+        return DeviceInfo(True, summary, profile.name, False)
+    memory = gpu_memory_gb(device)
+    size = f" with {memory:.0f} GB" if memory else ""
+    return DeviceInfo(True, f"GPU: {device.type}{size}; memory profile {profile.name}.", profile.name, True)
+
+
+def header_html(studio: Studio) -> str:
+    """The status line above the tabs: device, face models and the job queue."""
+    chips = [f"<span class='mc-chip'>🖥 {studio.device.summary}</span>"]
+    kit = studio.face_kit_loaded()
+    if kit is None:
+        chips.append("<span class='mc-chip'>🙂 face models load on first use</span>")
+    elif kit.is_fallback:
+        chips.append(
+            "<span class='mc-chip mc-fallback'>⚠ fallback face detector (approximate): "
+            f"{', '.join(kit.fallbacks)}; download the face models in Settings</span>"
+        )
+    else:
+        chips.append("<span class='mc-chip'>🙂 face models ready</span>")
+    running = studio.runner.running()
+    queued = studio.runner.queued()
+    if running is not None:
+        chips.append(f"<span class='mc-chip'>⏳ running: {running.title}</span>")
+    if queued:
+        chips.append(f"<span class='mc-chip'>🕒 {len(queued)} job(s) waiting</span>")
+    if running is None and not queued:
+        chips.append("<span class='mc-chip'>✔ no job running</span>")
+    return f"<div class='mc-status'>{''.join(chips)}</div>"
+
+
+def initial_project(studio: Studio) -> str | None:
+    """The project a new or reloaded tab opens on: the running job's, else the latest changed."""
+    running = studio.runner.running()
+    names = studio.store.list()
+    if running is not None and running.status == RUNNING and running.project in names:
+        return running.project
+    if not names:
+        return None
+    return max(names, key=lambda name: (studio.store.projects_dir / name / "manifest.json").stat().st_mtime)
+
+
+def build(studio: Studio) -> gr.Blocks:
+    """The whole studio as one Blocks app."""
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"# 📸 {TITLE}\nStudio portraits of one person in a reference style, on your own computer.")
+            current = gr.Dropdown(
+                studio.store.list(),
+                value=None,
+                label="Open project",
+                info="One project per client or subject.",
+                allow_custom_value=False,
+                scale=0,
+                min_width=260,
+                elem_id="project-picker",
+            )
+        if studio.demo is not None:
+            gr.HTML(
+                "<div class='mc-banner mc-demo' id='demo-banner'>Demo mode: tiny random models. "
+                "Training and generation run in seconds on the CPU and make noise-like pictures; "
+                "the flow is the real one.</div>"
+            )
+        status = gr.HTML(header_html(studio), elem_id="status-line")
+        timer = gr.Timer(1.0)
+        with gr.Tabs(selected="project") as tabs:
+            with gr.Tab(STEPS[0][1], id="project"):
+                project.build(studio, current, tabs)
+            with gr.Tab(STEPS[1][1], id="photos"):
+                photos.build(studio, current, tabs)
+            with gr.Tab(STEPS[2][1], id="train") as train_tab:
+                train.build(studio, current, tabs, timer, train_tab)
+            with gr.Tab(STEPS[3][1], id="generate") as generate_tab:
+                generate.build(studio, current, tabs, timer, generate_tab)
+            with gr.Tab(STEPS[4][1], id="gallery") as gallery_tab:
+                gallery.build(studio, current, gallery_tab)
+            with gr.Tab(STEPS[5][1], id="settings"):
+                settings.build(studio)
+
+        timer.tick(lambda: header_html(studio), None, status, show_progress="hidden", queue=False)
+        blocks.load(
+            lambda: gr.Dropdown(choices=studio.store.list(), value=initial_project(studio)),
+            None,
+            current,
+            show_progress="hidden",
+        )
+    return blocks
+
+
+# -- serving rules -------------------------------------------------------------------------
+
+FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/")
+REFUSED_ROUTES = ("/gradio_api/proxy=", "/proxy=", "/gradio_api/run-history/", "/gradio_api/vibe-", "/gradio_api/undo-vibe")
+PUBLIC_ROUTES = {
+    "/",
+    "/login",
+    "/login/",
+    "/logout",
+    "/favicon.ico",
+    "/theme.css",
+    "/gradio_api/theme.css",
+    "/robots.txt",
+    "/manifest.json",
+    "/gradio_api/login_check",
+    "/gradio_api/login_check/",
+    "/gradio_api/app_id",
+    "/gradio_api/app_id/",
+}
+PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
+"""The login page and the app's own front-end files: served before login."""
+
+
+class Gatekeeper:
+    """ASGI middleware: files only from the data root, and a login on every other route.
+
+    Gradio already checks both; this is the single, auditable place that decides for the studio:
+    a file request must name an existing file inside ``root`` (after resolving ``..`` and links),
+    URLs are never fetched, and with auth on only the login page is served without a session.
+    """
+
+    def __init__(self, app, root: str):
+        self.app = app
+        self.root = Path(root).resolve()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        refusal = self.refusal(path, scope)
+        if refusal is not None:
+            status, text = refusal
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await PlainTextResponse(text, status_code=status)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def refusal(self, path: str, scope) -> tuple[int, str] | None:
+        gradio_app = scope.get("app")
+        if getattr(gradio_app, "auth", None) is not None and not self.public(path) and not self.logged_in(scope):
+            return 401, "Not logged in."
+        if path.startswith(REFUSED_ROUTES):
+            return 403, "Not served by MagiCapture Studio."
+        for prefix in FILE_ROUTES:
+            if path.startswith(prefix):
+                return None if self.servable(path[len(prefix) :]) else (403, "File not allowed.")
+        return None
+
+    @staticmethod
+    def public(path: str) -> bool:
+        return path in PUBLIC_ROUTES or path.startswith(PUBLIC_PREFIXES)
+
+    @staticmethod
+    def logged_in(scope) -> bool:
+        app = scope.get("app")
+        cookies = {}
+        for name, value in scope.get("headers", []):
+            if name == b"cookie":
+                for part in value.decode("latin-1").split(";"):
+                    key, _, item = part.strip().partition("=")
+                    cookies[key] = item
+        tokens = getattr(app, "tokens", {})
+        cookie_id = getattr(app, "cookie_id", "")
+        candidates = (cookies.get(f"access-token-{cookie_id}"), cookies.get(f"access-token-unsecure-{cookie_id}"))
+        return any(token and token in tokens for token in candidates)
+
+    def servable(self, target: str) -> bool:
+        if not target or "://" in target or target.lower().startswith(("http:", "https:", "data:", "file:")):
+            return False
+        try:
+            path = Path(target).resolve()
+        except (OSError, ValueError):
+            return False
+        return (path == self.root or self.root in path.parents) and path.is_file()
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    port: int | None = None
+    share: bool = False
+    listen: bool = False
+    auth: tuple[str, str] | None = None
+    open_browser: bool = True
+
+
+def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.Blocks:
+    """Serve the studio. Files are served from the data root only (``allowed_paths``)."""
+    if options.share and options.auth is None:
+        raise ValueError("Sharing needs a login; pass auth.")
+    root = str(studio.store.root.resolve())
+    blocks = build(studio)
+    blocks.queue(default_concurrency_limit=4)
+    studio.warm_up()
+    blocks.launch(
+        server_name="0.0.0.0" if options.listen else "127.0.0.1",
+        server_port=options.port,
+        share=options.share,
+        auth=options.auth,
+        auth_message="MagiCapture Studio: log in with the user name and password given when it was started.",
+        inbrowser=options.open_browser,
+        allowed_paths=[root],
+        app_kwargs={"middleware": [Middleware(Gatekeeper, root=root)]},
+        prevent_thread_lock=not block,
+        run_history=False,
+        ssr_mode=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        footer_links=[],
+        max_file_size="60mb",
+        theme=gr.themes.Soft(primary_hue="indigo"),
+        css=CSS,
+    )
+    return blocks

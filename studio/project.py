@@ -1,0 +1,85 @@
+"""Project step: create, open and delete projects (one per client or subject)."""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from engine.store import StoreError
+
+if TYPE_CHECKING:
+    from studio.app import Studio
+
+
+def summary(studio: Studio, name: str | None) -> str:
+    """An HTML card for the open project, or the empty state."""
+    if not name:
+        if not studio.store.list():
+            return (
+                "<div class='mc-empty'><b>No projects yet.</b><br>Create one for each client or subject: "
+                "give it a name on the right, then add their selfies and a few style photos.</div>"
+            )
+        return "<div class='mc-empty'>Pick a project in <b>Open project</b> above, or create a new one.</div>"
+    try:
+        manifest = studio.store.open(name).manifest()
+    except StoreError as error:
+        return f"<div class='mc-empty mc-refused'>{html.escape(str(error))}</div>"
+    images = manifest.get("images", [])
+    sources = sum(1 for image in images if image.get("role") == "source")
+    references = sum(1 for image in images if image.get("role") == "reference")
+    trainings = manifest.get("trainings", [])
+    outputs = manifest.get("outputs", [])
+    rows = [
+        ("🤳 Selfies", sources, "4-6 recommended"),
+        ("🎨 Style references", references, "4-6 recommended"),
+        ("🧠 Trainings", len(trainings), ""),
+        ("🖼 Portraits", len(outputs), ""),
+    ]
+    cells = "".join(f"<tr><td>{label}</td><td><b>{count}</b></td><td>{hint}</td></tr>" for label, count, hint in rows)
+    title = html.escape(str(manifest.get("name", name)))
+    return f"<h3>{title}</h3><p>Created {html.escape(str(manifest.get('created', '?')))}</p><table>{cells}</table>"
+
+
+def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
+    """Lay out the Project tab and wire its events."""
+    with gr.Row():
+        with gr.Column(scale=3):
+            card = gr.HTML(summary(studio, None), elem_id="project-summary")
+            next_step = gr.Button("Next: add photos →", variant="primary")
+        with gr.Column(scale=2):
+            gr.Markdown("### New project")
+            name = gr.Textbox(label="Name", placeholder="e.g. Anna Smith, headshots 2025", elem_id="new-project-name")
+            create = gr.Button("Create project", variant="primary", elem_id="create-project")
+            with gr.Accordion("Delete the open project", open=False):
+                confirm = gr.Checkbox(label="Yes, delete it with all its photos, trainings and portraits")
+                delete = gr.Button("Delete project", variant="stop")
+
+    def on_create(text: str):
+        try:
+            project = studio.store.create(text.strip())
+        except StoreError as error:
+            raise gr.Error(str(error)) from error
+        gr.Info(f"Project {project.name} created.")
+        return gr.Dropdown(choices=studio.store.list(), value=project.name), ""
+
+    def on_delete(name: str | None, confirmed: bool):
+        if not name:
+            raise gr.Error("Open the project to delete first.")
+        if not confirmed:
+            raise gr.Error("Tick the box to confirm; deleting a project cannot be undone.")
+        if any(job.project == name and job.active for job in studio.runner.jobs()):
+            raise gr.Error(f"A job of {name} is queued or running; cancel it before deleting the project.")
+        try:
+            studio.store.delete(name)
+        except StoreError as error:
+            raise gr.Error(str(error)) from error
+        gr.Info(f"Project {name} deleted.")
+        return gr.Dropdown(choices=studio.store.list(), value=None), False
+
+    create.click(on_create, name, [current, name])
+    name.submit(on_create, name, [current, name])
+    delete.click(on_delete, [current, confirm], [current, confirm])
+    current.change(lambda value: summary(studio, value), current, card, show_progress="hidden")
+    next_step.click(lambda: gr.Tabs(selected="photos"), None, tabs)
