@@ -4,8 +4,9 @@ Keys follow diffusers' LoRA format (what ``StableDiffusionLoraLoaderMixin.save_l
 for peft adapters): ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` and ``text_encoder.<module>...``,
 plus ``embeddings.<token>`` for the placeholder tokens. The file's metadata holds ``magicapture``
 (JSON: base model, tokens, preset...) and diffusers' ``lora_adapter_metadata`` (the LoRA ranks and
-alphas), so generation can apply it with ``pipe.load_lora_weights(path)`` and
-``pipe.load_textual_inversion(artefact.embeddings[token], token=token)``.
+alphas). diffusers' ``load_lora_weights`` refuses a file with non-LoRA keys, so `apply_to_pipeline`
+loads the LoRA part through the same loader's per-model entry points and inserts the embeddings
+with ``load_textual_inversion``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ class Artefact:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA tensors with diffusers' ``unet.``/``text_encoder.`` prefixes."""
+        return {
+            **{PREFIXES["unet"] + k: v for k, v in self.unet_lora.items()},
+            **{PREFIXES["text_encoder"] + k: v for k, v in self.text_lora.items()},
+        }
+
+    def lora_metadata(self) -> dict[str, Any]:
+        """diffusers' adapter metadata: ``<model>.<LoraConfig argument>`` -> value."""
+        return {f"{name}.{key}": value for name, config in self.metadata.get("lora", {}).items() for key, value in config.items()}
+
 
 def save_artefact(
     path: Path,
@@ -61,12 +73,7 @@ def save_artefact(
         for key, value in part.items():
             tensors[prefix + key] = value.detach().to("cpu").contiguous()
     header = {"format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}
-    adapters = {
-        f"{name}.{key}": value
-        for name, config in metadata.get("lora", {}).items()
-        if (unet_lora if name == "unet" else text_lora)
-        for key, value in config.items()
-    }
+    adapters = Artefact(unet_lora, text_lora, embeddings, metadata).lora_metadata()
     if adapters:
         header[LORA_METADATA_KEY] = json.dumps(adapters, sort_keys=True)
     with atomic_path(Path(path)) as tmp:
@@ -100,3 +107,16 @@ def load_artefact(path: Path) -> Artefact:
     except json.JSONDecodeError as error:
         raise ArtefactError(f"The metadata of {path.name} is damaged ({error}).") from error
     return Artefact(parts["unet"], parts["text_encoder"], parts["embeddings"], metadata, path)
+
+
+def apply_to_pipeline(pipe, artefact: Artefact, adapter_name: str = "magicapture") -> None:
+    """Load the artefact's LoRA (as adapter ``adapter_name``) and its tokens into a SD 1.x pipeline."""
+    state, metadata = artefact.lora_state_dict(), artefact.lora_metadata() or None
+    if artefact.unet_lora:
+        pipe.load_lora_into_unet(state, None, pipe.unet, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe)
+    if artefact.text_lora:
+        pipe.load_lora_into_text_encoder(
+            state, None, pipe.text_encoder, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe
+        )
+    for token, embedding in artefact.embeddings.items():
+        pipe.load_textual_inversion(embedding, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)

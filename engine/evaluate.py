@@ -4,17 +4,21 @@ Every output image (``manifest["outputs"]``) is scored against the project's pho
 the source photos, style against the reference photos, and the aesthetic score on its own (see
 `engine.metrics` for the definitions). Scores are averaged per training run, so runs trained with
 different settings (a preset, Attention Refocusing on or off) sit side by side in one table whose
-extra columns are the settings in which the runs differ. Each evaluation is saved as
+extra columns are the settings in which the runs differ (read from each run's artefact).
+Post-processed outputs (restored, upscaled: entries with a ``parent``) are averaged apart from the
+raw ones, as in the paper's "MagiCapture + post-processing" row. Each evaluation is saved as
 ``<project>/evaluations/<timestamp>.json``.
 
-Protocol details: a generated image in which no face is detected scores CSIM 0 (its identity is
-not recognisable) and counts against the ``faces`` column; its style embedding is then taken with
-nothing masked. Faces are masked in every image by the union of the face-parsing masks of all
-detected faces.
+Protocol details: only the largest face of an image counts. A generated image in which no face
+is detected scores CSIM 0 (its identity is not recognisable) and counts against the ``faces``
+column; its style embedding is then taken with nothing masked. Source identities come from the
+faces intake found in the stored crops, and reference faces are masked with intake's stored face
+mask, so the photos are scored exactly as training saw them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +39,8 @@ EVALUATIONS = "evaluations"
 NO_RUN = "none"
 """Run label of outputs that do not come from a training run."""
 METRIC_COLUMNS = ("n", "faces", "csim", "style", "aesthetic")
+BATCH = 16
+"""Output images loaded and embedded at a time."""
 
 
 class EvaluationError(Exception):
@@ -45,6 +51,8 @@ class EvaluationError(Exception):
 class ImageScore:
     output: str
     run: str
+    post: bool
+    """Whether the image is a post-processed version of another output (restored, upscaled)."""
     face: bool
     """Whether a face was detected in the generated image."""
     csim: float | None
@@ -55,9 +63,12 @@ class ImageScore:
 
 @dataclass(frozen=True)
 class RunScore:
+    """The mean scores of one run's outputs, the raw ones or the post-processed ones."""
+
     run: str
+    post: bool
     settings: dict[str, Any]
-    """The run's training configuration, flattened (``{"preset": "paper", "ar.weight": 2.5, ...}``)."""
+    """The run's training configuration (``{"preset": "paper", "ar_weight": 2.5, ...}``)."""
     n: int
     faces: int
     csim: float | None
@@ -91,11 +102,13 @@ class EvalReport:
         return differing
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per run: run, the compared settings, n, faces, csim, style, aesthetic."""
+        """One row per run (and per raw/post-processed): run, [post,] the compared settings, the metrics."""
         settings = self.compared_settings()
+        post = any(run.post for run in self.runs)
         return [
             {
                 "run": run.run,
+                **({"post": "yes" if run.post else "no"} if post else {}),
                 **{key: run.settings.get(key) for key in settings},
                 **{column: getattr(run, column) for column in METRIC_COLUMNS},
             }
@@ -111,7 +124,7 @@ class EvalReport:
             "| " + " | ".join(columns) + " |",
             "|" + "|".join("---" for _ in columns) + "|",
         ]
-        lines += ["| " + " | ".join(_cell(row[column]) for column in columns) + " |" for row in rows]
+        lines += ["| " + " | ".join(_cell(column, row[column]) for column in columns) + " |" for row in rows]
         lines += ["", *(f"- {note}" for note in self.notes)] if self.notes else []
         return "\n".join(lines) + "\n"
 
@@ -127,29 +140,32 @@ class EvalReport:
         }
 
 
-def _cell(value: Any) -> str:
+def _cell(column: str, value: Any) -> str:
+    """Metrics with three decimals, settings as short as they read (2.5, 0.0001), missing as n/a."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.3f}" if column in METRIC_COLUMNS else f"{value:g}"
     return str(value)
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become tuples so values compare and hash."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
+def run_settings(
+    project: Project, manifest: Mapping[str, Any], runs: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """Training configuration of some runs, by run id: the one recorded in the artefact, else the preset."""
+    from engine.artefact import ArtefactError, load_artefact
 
-
-def run_settings(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Flattened training configuration of every run in ``manifest["trainings"]``, by run id."""
-    return {str(entry["id"]): flatten(entry.get("config") or {}) for entry in manifest.get("trainings", [])}
+    entries = {str(entry.get("id")): entry for entry in manifest.get("trainings", [])}
+    settings = {}
+    for run in runs:
+        entry = entries.get(run, {})
+        settings[run] = {"preset": entry["preset"]} if "preset" in entry else {}
+        if entry.get("artefact"):
+            with contextlib.suppress(ArtefactError):
+                settings[run] = load_artefact(project.path(entry["artefact"])).metadata.get(
+                    "config", settings[run]
+                )
+    return settings
 
 
 def evaluate_project(
@@ -195,44 +211,27 @@ def evaluate_project(
         )
 
     # 2. The project's photos: source identities, masked reference embeddings.
-    source_faces = [e for e in (_identity(face_kit, image) for image in sources) if e is not None]
+    source_faces = []
     if face_kit.scorer is None:
         notes.append("No face recogniser is installed, so CSIM was not measured.")
-    elif not source_faces:
-        notes.append("No face was found in the source photos, so CSIM was not measured.")
-    reference_embeds = metrics.clip_embeddings(clip, [_masked(face_kit, image) for image in references])
+    elif not sources:
+        notes.append("The project has no source photos, so CSIM was not measured.")
+    else:
+        source_faces = [_source_identity(face_kit, project, record) for record in sources]
+    reference_embeds = metrics.clip_embeddings(clip, [_reference_masked(project, r) for r in references])
 
-    # 3. The outputs: faces, masked and whole CLIP embeddings.
-    images = [_load_rgb(project.path(entry["file"])) for entry in outputs]
-    faces = [face_kit.detector.detect(image) for image in images]
-    style_embeds = metrics.clip_embeddings(
-        clip, [_masked(face_kit, im, fs) for im, fs in zip(images, faces, strict=True)]
-    )
-    scores = metrics.aesthetic_score(metrics.clip_embeddings(clip, images), aesthetic)
+    # 3. The outputs, a batch at a time.
+    per_image: list[ImageScore] = []
+    for start in range(0, len(outputs), BATCH):
+        batch = outputs[start : start + BATCH]
+        per_image += _score_batch(project, batch, face_kit, clip, aesthetic, source_faces, reference_embeds)
 
-    # 4. Per-image and per-run scores.
-    style = metrics.pairwise_cosine(style_embeds, reference_embeds).mean(axis=1)
-    per_image = []
-    for index, (entry, image, found) in enumerate(zip(outputs, images, faces, strict=True)):
-        identity = None
-        if source_faces:
-            identity = (
-                metrics.csim(face_kit.scorer.embed(image, found[0]), np.stack(source_faces)) if found else 0.0
-            )
-        per_image.append(
-            ImageScore(
-                output=str(entry["id"]),
-                run=_run_of(entry),
-                face=bool(found),
-                csim=identity,
-                style=float(style[index]),
-                aesthetic=float(scores[index]),
-            )
-        )
-    settings = run_settings(manifest)
+    # 4. Per-run means, the saved report.
+    groups = dict.fromkeys((image.run, image.post) for image in per_image)
+    settings = run_settings(project, manifest, dict.fromkeys(run for run, _ in groups))
     runs = [
-        _run_score(run, settings.get(run, {}), [s for s in per_image if s.run == run])
-        for run in _runs(per_image)
+        _run_score(run, post, settings[run], [i for i in per_image if (i.run, i.post) == (run, post)])
+        for run, post in groups
     ]
 
     created = datetime.now(timezone.utc)
@@ -251,12 +250,46 @@ def evaluate_project(
     return report
 
 
+def _score_batch(
+    project: Project,
+    entries: list[dict[str, Any]],
+    kit: FaceKit,
+    clip: Clip,
+    aesthetic: torch.nn.Module,
+    source_faces: list[np.ndarray],
+    reference_embeds: np.ndarray,
+) -> list[ImageScore]:
+    """Detect faces, then score identity, masked style and aesthetic of some output images."""
+    from engine import metrics
+
+    images = [_load(project.path(entry["file"]), "RGB") for entry in entries]
+    faces = [kit.detector.detect(image) for image in images]
+    masked = [_masked(kit, image, found) for image, found in zip(images, faces, strict=True)]
+    style = metrics.pairwise_cosine(metrics.clip_embeddings(clip, masked), reference_embeds).mean(axis=1)
+    beauty = metrics.aesthetic_score(metrics.clip_embeddings(clip, images), aesthetic)
+    scores = []
+    for index, (entry, image, found) in enumerate(zip(entries, images, faces, strict=True)):
+        identity = None
+        if source_faces:
+            identity = (
+                metrics.csim(kit.scorer.embed(image, found[0]), np.stack(source_faces)) if found else 0.0
+            )
+        scores.append(
+            ImageScore(
+                output=str(entry["id"]),
+                run=_run_of(entry),
+                post=bool(entry.get("parent")),
+                face=bool(found),
+                csim=identity,
+                style=float(style[index]),
+                aesthetic=float(beauty[index]),
+            )
+        )
+    return scores
+
+
 def _run_of(entry: Mapping[str, Any]) -> str:
     return str(entry.get("run") or NO_RUN)
-
-
-def _runs(images: list[ImageScore]) -> list[str]:
-    return list(dict.fromkeys(image.run for image in images))
 
 
 def _pick_outputs(
@@ -282,44 +315,52 @@ def _pick_outputs(
     return present, [f"{missing} generated image file(s) are missing and were skipped."] if missing else []
 
 
-def _photos(project: Project, manifest: Mapping[str, Any], role: str) -> list[np.ndarray]:
-    """The training crops of the project's photos of one role."""
-    entries = [e for e in manifest.get("images", []) if e.get("role") == role]
-    paths = [project.path("photos", role, str(e["id"]), "crop.png") for e in entries]
-    return [_load_rgb(path) for path in paths if path.is_file()]
+def _photos(project: Project, manifest: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
+    """The accepted photos of one role whose crop is on disk (what training uses)."""
+    records = [
+        r for r in manifest.get("images", []) if r.get("role") == role and r.get("status") == "accepted"
+    ]
+    return [r for r in records if project.path(r["crop"]).is_file()]
 
 
-def _load_rgb(path: Path) -> np.ndarray:
+def _load(path: Path, mode: str) -> np.ndarray:
+    """A writable ``uint8`` array of the image at ``path`` in PIL mode ``mode`` ("RGB", "L")."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert(mode))
 
 
-def _identity(kit: FaceKit, image: np.ndarray) -> np.ndarray | None:
-    """The recogniser's embedding of the largest face, or None without a face or recogniser."""
-    if kit.scorer is None:
-        return None
-    faces = kit.detector.detect(image)
-    return kit.scorer.embed(image, faces[0]) if faces else None
+def _source_identity(kit: FaceKit, project: Project, record: Mapping[str, Any]) -> np.ndarray:
+    """The recogniser's embedding of the face intake found in a source crop."""
+    from engine.faces import Face
+
+    face = Face(tuple(record["bbox"]), np.asarray(record["landmarks"], np.float32).reshape(5, 2), 1.0)
+    return kit.scorer.embed(_load(project.path(record["crop"]), "RGB"), face)
 
 
-def _masked(kit: FaceKit, image: np.ndarray, faces: list[Face] | None = None) -> np.ndarray:
-    """The image with every detected face's parsed face region painted grey."""
+def _reference_masked(project: Project, record: Mapping[str, Any]) -> np.ndarray:
+    """A reference crop with the face region intake stored (``mask.png``) painted grey."""
+    from engine.metrics import mask_out
+
+    return mask_out(
+        _load(project.path(record["crop"]), "RGB"), _load(project.path(record["mask"]), "L") > 127
+    )
+
+
+def _masked(kit: FaceKit, image: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """The image with the parsed face region of its largest face painted grey (as intake masks photos)."""
     from engine.faces import face_mask
     from engine.metrics import mask_out
 
-    faces = kit.detector.detect(image) if faces is None else faces
-    mask = np.zeros(image.shape[:2], dtype=bool)
-    for face in faces:
-        mask |= face_mask(kit.parser.parse(image, face))
-    return mask_out(image, mask)
+    return mask_out(image, face_mask(kit.parser.parse(image, faces[0])) if faces else None)
 
 
-def _run_score(run: str, settings: dict[str, Any], images: list[ImageScore]) -> RunScore:
+def _run_score(run: str, post: bool, settings: dict[str, Any], images: list[ImageScore]) -> RunScore:
     identities = [image.csim for image in images if image.csim is not None]
     return RunScore(
         run=run,
+        post=post,
         settings=settings,
         n=len(images),
         faces=sum(image.face for image in images),

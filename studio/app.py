@@ -112,19 +112,26 @@ class Studio:
         threading.Thread(target=self._warm_up, name="studio-warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:
-        self.device = probe_device()
+        self.device = probe_device(demo=self.demo is not None)
         print(self.device.summary, flush=True)
+        for name, run in train.interrupted_runs(self):
+            print(
+                f"Training {run} of project {name} stopped before the end; resume it in the Train tab.",
+                flush=True,
+            )
         try:
             self.face_kit()
         except Exception:  # shown when a photo is added; the studio runs without it
             logger.exception("The face models could not be loaded")
 
 
-def probe_device() -> DeviceInfo:
+def probe_device(demo: bool = False) -> DeviceInfo:
     from engine.devices import detect_profile, gpu_memory_gb, pick_device
 
     device = pick_device()
     profile = detect_profile(device)
+    if device.type == "cpu" and demo:
+        return DeviceInfo(True, "Demo mode on the CPU (no GPU needed).", profile.name, False)
     if device.type == "cpu":
         summary = (
             "No GPU found: training on the CPU takes hours. To try the whole flow in about a minute, "
@@ -175,7 +182,9 @@ def build(studio: Studio) -> gr.Blocks:
     """The whole studio as one Blocks app."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
         with gr.Row(equal_height=True):
-            gr.Markdown(f"# 📸 {TITLE}\nStudio portraits of one person in a reference style, on your own computer.")
+            gr.Markdown(
+                f"# 📸 {TITLE}\nStudio portraits of one person in a reference style, on your own computer."
+            )
             current = gr.Dropdown(
                 studio.store.list(),
                 value=None,
@@ -197,8 +206,8 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tabs(selected="project") as tabs:
             with gr.Tab(STEPS[0][1], id="project"):
                 project.build(studio, current, tabs)
-            with gr.Tab(STEPS[1][1], id="photos"):
-                photos.build(studio, current, tabs)
+            with gr.Tab(STEPS[1][1], id="photos") as photos_tab:
+                photos.build(studio, current, tabs, photos_tab)
             with gr.Tab(STEPS[2][1], id="train") as train_tab:
                 train.build(studio, current, tabs, timer, train_tab)
             with gr.Tab(STEPS[3][1], id="generate") as generate_tab:
@@ -221,7 +230,13 @@ def build(studio: Studio) -> gr.Blocks:
 # -- serving rules -------------------------------------------------------------------------
 
 FILE_ROUTES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/")
-REFUSED_ROUTES = ("/gradio_api/proxy=", "/proxy=", "/gradio_api/run-history/", "/gradio_api/vibe-", "/gradio_api/undo-vibe")
+REFUSED_ROUTES = (
+    "/gradio_api/proxy=",
+    "/proxy=",
+    "/gradio_api/run-history/",
+    "/gradio_api/vibe-",
+    "/gradio_api/undo-vibe",
+)
 PUBLIC_ROUTES = {
     "/",
     "/login",
@@ -236,6 +251,7 @@ PUBLIC_ROUTES = {
     "/gradio_api/login_check/",
     "/gradio_api/app_id",
     "/gradio_api/app_id/",
+    "/gradio_api/startup-events",
 }
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
 """The login page and the app's own front-end files: served before login."""
@@ -267,7 +283,11 @@ class Gatekeeper:
 
     def refusal(self, path: str, scope) -> tuple[int, str] | None:
         gradio_app = scope.get("app")
-        if getattr(gradio_app, "auth", None) is not None and not self.public(path) and not self.logged_in(scope):
+        if (
+            getattr(gradio_app, "auth", None) is not None
+            and not self.public(path)
+            and not self.logged_in(scope)
+        ):
             return 401, "Not logged in."
         if path.startswith(REFUSED_ROUTES):
             return 403, "Not served by MagiCapture Studio."
@@ -291,7 +311,10 @@ class Gatekeeper:
                     cookies[key] = item
         tokens = getattr(app, "tokens", {})
         cookie_id = getattr(app, "cookie_id", "")
-        candidates = (cookies.get(f"access-token-{cookie_id}"), cookies.get(f"access-token-unsecure-{cookie_id}"))
+        candidates = (
+            cookies.get(f"access-token-{cookie_id}"),
+            cookies.get(f"access-token-unsecure-{cookie_id}"),
+        )
         return any(token and token in tokens for token in candidates)
 
     def servable(self, target: str) -> bool:
@@ -314,9 +337,9 @@ class LaunchOptions:
 
 
 def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.Blocks:
-    """Serve the studio. Files are served from the data root only (``allowed_paths``)."""
+    """Serve the studio; with ``block`` wait until Ctrl+C. Files are served from the data root only."""
     if options.share and options.auth is None:
-        raise ValueError("Sharing needs a login; pass auth.")
+        raise ValueError("Sharing needs a login: pass auth.")
     root = str(studio.store.root.resolve())
     blocks = build(studio)
     blocks.queue(default_concurrency_limit=4)
@@ -330,7 +353,8 @@ def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.
         inbrowser=options.open_browser,
         allowed_paths=[root],
         app_kwargs={"middleware": [Middleware(Gatekeeper, root=root)]},
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
+        quiet=True,
         run_history=False,
         ssr_mode=False,
         mcp_server=False,
@@ -340,4 +364,12 @@ def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
     )
+    print(f"MagiCapture Studio is running at {blocks.local_url}", flush=True)
+    if blocks.share_url:
+        print(f"Public link (login required): {blocks.share_url}", flush=True)
+    if block:
+        try:
+            blocks.block_thread()
+        finally:
+            studio.runner.close()
     return blocks

@@ -92,7 +92,9 @@ class JobRunner:
                     raise JobRefused(
                         f"{other.title} is already {where}; wait for it to finish or cancel it first."
                     )
-            job = Job(id=f"job-{next(self._ids)}", kind=kind, project=project, title=title, work=work, key=key)
+            job = Job(
+                id=f"job-{next(self._ids)}", kind=kind, project=project, title=title, work=work, key=key
+            )
             self._queue.append(job)
             self._ensure_worker()
             self._lock.notify_all()

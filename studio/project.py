@@ -37,7 +37,9 @@ def summary(studio: Studio, name: str | None) -> str:
         ("🧠 Trainings", len(trainings), ""),
         ("🖼 Portraits", len(outputs), ""),
     ]
-    cells = "".join(f"<tr><td>{label}</td><td><b>{count}</b></td><td>{hint}</td></tr>" for label, count, hint in rows)
+    cells = "".join(
+        f"<tr><td>{label}</td><td><b>{count}</b></td><td>{hint}</td></tr>" for label, count, hint in rows
+    )
     title = html.escape(str(manifest.get("name", name)))
     return f"<h3>{title}</h3><p>Created {html.escape(str(manifest.get('created', '?')))}</p><table>{cells}</table>"
 
@@ -50,7 +52,9 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
             next_step = gr.Button("Next: add photos →", variant="primary")
         with gr.Column(scale=2):
             gr.Markdown("### New project")
-            name = gr.Textbox(label="Name", placeholder="e.g. Anna Smith, headshots 2025", elem_id="new-project-name")
+            name = gr.Textbox(
+                label="Name", placeholder="e.g. Anna Smith, headshots 2025", elem_id="new-project-name"
+            )
             create = gr.Button("Create project", variant="primary", elem_id="create-project")
             with gr.Accordion("Delete the open project", open=False):
                 confirm = gr.Checkbox(label="Yes, delete it with all its photos, trainings and portraits")

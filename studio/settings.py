@@ -118,12 +118,14 @@ def build(studio: Studio) -> None:
     def on_save(source: str, allow_pickle: bool, commercial_use: bool):
         source = source.strip()
         if not source:
-            raise gr.Error("The base model is empty; give a Hugging Face id, a folder or a .safetensors file.")
+            raise gr.Error(
+                "The base model is empty; give a Hugging Face id, a folder or a .safetensors file."
+            )
         studio.update_settings(StudioSettings(source, allow_pickle, commercial_use))
         gr.Info("Settings saved.")
         return describe_base(source)
 
-    def on_download(name: str | None, progress=gr.Progress()):
+    def on_download(name: str | None, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
         from engine.assets import AssetError, asset_path
 
         if not name:

@@ -11,6 +11,9 @@ from engine import metrics
 from engine.assets import AssetMissing
 from engine.demo.scoring import TINY_CLIP_DIM, TINY_HEAD_WIDTHS
 
+DIFFERENT = 1e-4
+"""The random tiny CLIP maps all images close together; different images still differ by more than this."""
+
 
 def test_csim_of_identical_embeddings_is_one_and_of_orthogonal_ones_zero():
     face = np.array([0.3, -1.2, 0.5, 2.0])
@@ -151,7 +154,7 @@ def test_identical_images_have_style_one_and_different_images_less(clip):
     embeds = metrics.clip_embeddings(clip, [pattern(1), pattern(1), pattern(2)])
     assert embeds.shape == (3, TINY_CLIP_DIM)
     assert metrics.style_similarity(embeds[:1], embeds[1:2]) == pytest.approx(1.0)
-    assert metrics.style_similarity(embeds[:1], embeds[2:3]) < 0.999
+    assert metrics.style_similarity(embeds[:1], embeds[2:3]) < 1 - DIFFERENT
 
 
 def test_masked_faces_change_the_style_embedding_only_through_the_masked_area(clip):
@@ -165,9 +168,9 @@ def test_masked_faces_change_the_style_embedding_only_through_the_masked_area(cl
     masked = [metrics.mask_out(image, face) for image in (base, other_face, other_background)]
     embeds = metrics.clip_embeddings(clip, masked)
     assert metrics.style_similarity(embeds[:1], embeds[1:2]) == pytest.approx(1.0)
-    assert metrics.style_similarity(embeds[:1], embeds[2:3]) < 0.999
+    assert metrics.style_similarity(embeds[:1], embeds[2:3]) < 1 - DIFFERENT
     unmasked = metrics.clip_embeddings(clip, [base, other_face])
-    assert metrics.style_similarity(unmasked[:1], unmasked[1:2]) < 0.999
+    assert metrics.style_similarity(unmasked[:1], unmasked[1:2]) < 1 - DIFFERENT
 
 
 def test_clip_embeddings_batch_and_accept_any_array_layout(clip):

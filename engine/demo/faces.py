@@ -6,7 +6,7 @@
   of each 32x32 cell, and every box and landmark offset is a constant (`SCRFD_BOX`,
   `SCRFD_LANDMARKS`, in stride units from the anchor centre), so a bright cell on a dark image
   decodes to a known face. It finds no faces in photos, so `engine.faces` detects with Haar
-  cascades in demo mode (the file is listed in ``DEMO_STANDIN``).
+  cascades in demo mode (``DEMO_STANDIN`` lists it, and the YuNet stand-in, by sha256).
 - ``buffalo_l/w600k_r50.onnx``: ArcFace signature (``Nx3x112x112`` -> ``Nx512``), a small random
   residual conv net with batch norms and PReLUs, convertible by onnx2torch.
 - ``79999_iter.pth``: a BiSeNet face-parser state dict at width 8 (the real one is width 64).
@@ -69,9 +69,9 @@ def _tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
 
-def _constant_head(
+def _head(
     prefix: str, source: str, weight: np.ndarray, bias: np.ndarray, shape: list[int], sigmoid: bool
-):
+) -> tuple[list, list]:
     """Nodes and weights of a 1x1 conv head, reshaped channels-last into ``shape``."""
     from onnx import helper
 
@@ -125,7 +125,7 @@ def scrfd_standin() -> onnx.ModelProto:
         }
         for kind, (weight, bias, width, sigmoid) in heads.items():
             name = f"{kind}_{stride}"
-            more_nodes, more_weights = _constant_head(name, pooled, weight, bias, [-1, width], sigmoid)
+            more_nodes, more_weights = _head(name, pooled, weight, bias, [-1, width], sigmoid)
             nodes += more_nodes
             weights += more_weights
             outputs[kind].append(
@@ -158,7 +158,7 @@ def yunet_standin() -> onnx.ModelProto:
         }
         for kind, (weight, bias, width) in heads.items():
             name = f"{kind}_{stride}"
-            more_nodes, more_weights = _constant_head(
+            more_nodes, more_weights = _head(
                 name, pooled, weight, bias, [1, -1, width], kind in ("cls", "obj")
             )
             nodes += more_nodes

@@ -77,9 +77,10 @@ class FaceKit:
     def identity_model(self) -> IdentityModel:
         """The recogniser as a frozen, differentiable torch module (built on first use, fp32, CPU)."""
         if self.scorer is None:
+            pack = COMMERCIAL_RECOGNISER if self.commercial else FACE_PACK
             raise FaceModelMissing(
                 "No face recogniser is installed, so identity can be neither measured nor trained; "
-                "download the face models (magicapture models download) and try again."
+                f"run `magicapture models download {pack}` and try again."
             )
         if self._identity is None:
             self._identity = self.scorer.identity_model()

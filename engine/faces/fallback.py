@@ -9,6 +9,7 @@ typical positions inside the face box, so alignment and masks are approximate.
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ class HaarDetector:
             )
         self.max_side = max_side
         self.min_neighbors = min_neighbors
+        self._lock = threading.Lock()  # one cascade evaluation at a time per classifier object
 
     def detect(self, image: np.ndarray) -> list[Face]:
         import cv2
@@ -56,14 +58,19 @@ class HaarDetector:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
-        boxes, _, weights = self.faces.detectMultiScale3(
-            gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(24, 24), outputRejectLevels=True
-        )
         faces = []
-        for (x, y, w, h), weight in zip(boxes, np.ravel(weights), strict=True):
-            landmarks = self._landmarks(gray, float(x), float(y), float(w), float(h))
-            score = 1.0 / (1.0 + math.exp(-float(weight)))
-            faces.append(Face((x, y, x + w, y + h), landmarks, score).transformed(1.0 / scale))
+        with self._lock:
+            boxes, _, weights = self.faces.detectMultiScale3(
+                gray,
+                scaleFactor=1.1,
+                minNeighbors=self.min_neighbors,
+                minSize=(24, 24),
+                outputRejectLevels=True,
+            )
+            for (x, y, w, h), weight in zip(boxes, np.ravel(weights), strict=True):
+                landmarks = self._landmarks(gray, float(x), float(y), float(w), float(h))
+                score = 1.0 / (1.0 + math.exp(-float(weight)))
+                faces.append(Face((x, y, x + w, y + h), landmarks, score).transformed(1.0 / scale))
         return largest_first(faces)
 
     def _landmarks(self, gray: np.ndarray, x: float, y: float, w: float, h: float) -> np.ndarray:

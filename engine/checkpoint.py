@@ -1,0 +1,135 @@
+"""Training checkpoints on disk: safetensors and JSON only (no pickle), saved atomically.
+
+A checkpoint is a folder ``checkpoints/step-<N>/`` written under a temporary name and renamed
+when complete, so a crash or a full disk mid-save leaves the previous checkpoints untouched;
+only the newest ``keep`` are kept. Optimiser states (torch AdamW or bitsandbytes AdamW8bit,
+nested dicts of tensors and numbers) are split into a tensor file and a JSON tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.store import StorageFull, atomic_path, atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
+
+STATE = "state.json"
+"""Written last: a folder without it is not a checkpoint."""
+_STEP = re.compile(r"^step-(\d+)$")
+_TENSOR = "__tensor__"
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints under ``folder``, oldest first."""
+    if not Path(folder).is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in Path(folder).iterdir() if (m := _STEP.match(p.name)) and (p / STATE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def staging(folder: Path, step: int) -> Path:
+    """An empty temporary folder for the checkpoint of ``step``."""
+    path = Path(folder) / f".tmp-step-{step}"
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as error:
+        _full(error, folder)
+        raise
+    return path
+
+
+def commit(path: Path, step: int, keep: int) -> Path:
+    """Move a staged checkpoint into place and delete all but the newest ``keep``."""
+    final = path.with_name(f"step-{step}")
+    if final.exists():
+        old = final.with_name(f".old-step-{step}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, final)
+    for stale in checkpoints(path.parent)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def discard(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _full(error: OSError, folder: Path) -> None:
+    import errno
+
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFull(
+            f"The disk holding {folder} is full, so the checkpoint could not be saved; the previous "
+            "checkpoint is intact. Free some space, then resume the training."
+        ) from error
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    try:
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+    except StorageFull as error:
+        _full(error.__cause__, folder)
+        raise
+
+
+def save_json(path: Path, value: Any, folder: Path) -> None:
+    try:
+        atomic_write_json(path, value)
+    except StorageFull as error:
+        _full(error.__cause__, folder)
+        raise
+
+
+def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device))
+
+
+def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    """A nested state (dicts, lists, tensors, numbers) -> a JSON tree plus its tensors by path."""
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value
+            return {_TENSOR: path}
+        if isinstance(value, dict):
+            return {"dict": [[key, walk(item, f"{path}/{key}")] for key, item in value.items()]}
+        if isinstance(value, (list, tuple)):
+            return {"list" if isinstance(value, list) else "tuple": [walk(item, f"{path}/{i}") for i, item in enumerate(value)]}
+        return value
+
+    return walk(state, prefix), tensors
+
+
+def join_state(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `split_state` (dict keys keep their type: optimiser states use int keys)."""
+    if isinstance(tree, dict):
+        if _TENSOR in tree:
+            return tensors[tree[_TENSOR]]
+        if "dict" in tree:
+            return {key: join_state(item, tensors) for key, item in tree["dict"]}
+        if "tuple" in tree:
+            return tuple(join_state(item, tensors) for item in tree["tuple"])
+        return [join_state(item, tensors) for item in tree["list"]]
+    return tree
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text("utf-8"))

@@ -1,0 +1,298 @@
+"""Training data: the project's accepted photos, prompt templates, augmentation and the latent cache.
+
+Three kinds of sample (METHOD.md section 4):
+
+- ``source``: a source photo under a source template, reconstructed inside the face mask M_s;
+  AR target of the identity token: M_s.
+- ``reference``: a reference photo under a reference template, reconstructed with M_r = 1 - face;
+  AR target of the style token: M_r.
+- ``composed`` (phase 2): a reference photo under a composed template, reconstructed with M_r;
+  AR targets: identity token -> 1 - M_r (the reference's face), style token -> M_r. Its face is
+  left to the identity loss, against the source identity.
+
+Templates, images and augmented views are drawn per step. Each image is VAE-encoded once per
+view (``latent_cache_variants`` views: horizontal flip for a ``flip_probability`` share of them,
+colour jitter on all), and the latent is re-sampled from the cached distribution every step.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from engine.config import TrainingConfig
+    from engine.store import Project
+
+SOURCE_TEMPLATES = (
+    "a photo of a {} person",
+    "the photo of a {} person",
+    "a good photo of the {} person",
+    "a close-up photo of the {} person",
+    "a cropped photo of a {} person",
+    "a bright photo of the {} person",
+    "a clean photo of a {} person",
+    "a nice photo of the {} person",
+    "a portrait photo of a {} person",
+    "a photo of one {} person",
+)
+"""Source prompts; ``{}`` is the identity token."""
+REFERENCE_TEMPLATES = (
+    "a painting of a person in the style of {}",
+    "a picture of a person in the style of {}",
+    "a rendering of a person in the style of {}",
+    "an artwork of a person in the style of {}",
+    "a portrait of a person in the style of {}",
+    "an image of a person in the style of {}",
+    "a photo of a person in the style of {}",
+)
+"""Reference prompts; ``{}`` is the style token."""
+COMPOSED_SUFFIX = " in the style of {}"
+KINDS = ("source", "reference", "composed")
+LATENT_SCALE = 8
+"""Pixels per latent in SD 1.x."""
+FLIP_ORDER = [1, 0, 2, 4, 3]
+"""Landmark order after a horizontal flip (the two eyes and the two mouth corners swap)."""
+
+
+class DataError(Exception):
+    """The project's photos cannot make a training set; the message says what to add or fix."""
+
+
+def composed_prompt(identity_token: str, style_token: str, template: str = SOURCE_TEMPLATES[0]) -> str:
+    """A source template with " in the style of <style>" (what previews and generation use)."""
+    return template.format(identity_token) + COMPOSED_SUFFIX.format(style_token)
+
+
+@dataclass
+class TrainImage:
+    """One accepted photo at training resolution."""
+
+    id: str
+    role: str
+    pixels: torch.Tensor
+    """``[3, R, R]`` in [-1, 1]."""
+    face: torch.Tensor
+    """``[1, R, R]`` in {0, 1}: the face region (M_s; M_r = 1 - face)."""
+    landmarks: torch.Tensor
+    """``[5, 2]`` pixels."""
+    bbox: torch.Tensor
+    """``[4]`` x1, y1, x2, y2 pixels."""
+    embedding: torch.Tensor | None
+    """ArcFace embedding of the photo (sources)."""
+
+
+def load_images(project: Project, resolution: int) -> list[TrainImage]:
+    """Accepted source and reference photos of ``project``, resized to ``resolution``."""
+    from PIL import Image
+
+    images = []
+    for entry in project.manifest().get("images", []):
+        if entry.get("status") != "accepted" or entry.get("role") not in ("source", "reference"):
+            continue
+        try:
+            with Image.open(project.path(entry["crop"])) as crop:
+                size = crop.size
+                rgb = crop.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
+            with Image.open(project.path(entry["mask"])) as mask:
+                face = mask.convert("L").resize((resolution, resolution), Image.Resampling.NEAREST)
+            embedding = np.load(project.path(entry["embedding"]), allow_pickle=False) if entry.get("embedding") else None
+        except (OSError, KeyError, ValueError) as error:
+            raise DataError(
+                f"Photo {entry.get('id')!r} of project {project.name!r} cannot be read ({error}); remove it and add it again."
+            ) from error
+        scale = resolution / size[0]
+        pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+        images.append(
+            TrainImage(
+                id=entry["id"],
+                role=entry["role"],
+                pixels=pixels,
+                face=torch.from_numpy((np.asarray(face) >= 128).astype(np.float32))[None],
+                landmarks=torch.tensor(entry["landmarks"], dtype=torch.float32).view(5, 2) * scale,
+                bbox=torch.tensor(entry["bbox"], dtype=torch.float32).view(4) * scale,
+                embedding=None if embedding is None else torch.from_numpy(np.asarray(embedding, np.float32).ravel()),
+            )
+        )
+    for role, advice in (("source", "photos of the person"), ("reference", "photos showing the style")):
+        if not any(image.role == role for image in images):
+            raise DataError(f"Project {project.name!r} has no accepted {role} photos; add 4-6 {advice} first.")
+    return images
+
+
+def source_identity(images: list[TrainImage]) -> torch.Tensor:
+    """The identity target: the normalised mean of the source embeddings.
+
+    The mean rather than one paired photo: composed pairs are random, so a single source photo says
+    nothing about the face being generated, while the mean averages out each photo's pose, light
+    and expression and gives every sample the same, steadier target.
+    """
+    embeddings = [image.embedding for image in images if image.role == "source" and image.embedding is not None]
+    if not embeddings:
+        raise DataError("No source photo has a face embedding; re-add the source photos so they are analysed.")
+    return F.normalize(torch.stack(embeddings).mean(dim=0), dim=0)
+
+
+def jitter(pixels: torch.Tensor, brightness: float, contrast: float, saturation: float) -> torch.Tensor:
+    """Colour jitter of ``[3, H, W]`` in [-1, 1] by the given factors (1 = unchanged)."""
+    x = (pixels + 1) / 2 * brightness
+    gray = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+    x = (x - gray.mean()) * contrast + gray.mean()
+    gray = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    x = (x - gray) * saturation + gray
+    return x.clamp(0, 1) * 2 - 1
+
+
+def flip_points(landmarks: torch.Tensor, bbox: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Landmarks and box after a horizontal flip of an image ``width`` pixels wide."""
+    flipped = landmarks[FLIP_ORDER].clone()
+    flipped[:, 0] = width - 1 - flipped[:, 0]
+    box = torch.stack([width - bbox[2], bbox[1], width - bbox[0], bbox[3]])
+    return flipped, box
+
+
+@dataclass
+class View:
+    """One augmented version of an image, VAE-encoded."""
+
+    image: int
+    flip: bool
+    mean: torch.Tensor
+    std: torch.Tensor
+    face: torch.Tensor
+    """``[1, h, w]`` face mask on the latent grid (nearest)."""
+    landmarks: torch.Tensor
+    bbox: torch.Tensor
+
+
+@dataclass
+class Sample:
+    kind: str
+    image: int
+    template: int
+    view: int
+
+
+@dataclass
+class Batch:
+    """Tensors of one micro-batch, on the training device."""
+
+    kinds: list[str]
+    latents: torch.Tensor
+    """``[B, 4, h, w]`` scaled latents."""
+    input_ids: torch.Tensor
+    recon_masks: torch.Tensor
+    """``[B, 1, h, w]`` reconstruction weights (binary mask, optionally floored)."""
+    ar_rows: torch.Tensor
+    """AR pairs: batch row, token position in the prompt, binary target ``[h, w]``."""
+    ar_positions: torch.Tensor
+    ar_targets: torch.Tensor
+    ar_tokens: list[str]
+    identity_rows: torch.Tensor
+    """Rows that take the identity loss, with the known landmarks and face boxes of their image."""
+    landmarks: torch.Tensor
+    boxes: torch.Tensor
+
+
+class TrainingData:
+    """Draws samples and turns them into batches; holds the prompt ids and the latent cache."""
+
+    def __init__(self, images: list[TrainImage], config: TrainingConfig, tokenizer):
+        self.images = images
+        self.config = config
+        self.by_role = {role: [i for i, image in enumerate(images) if image.role == role] for role in ("source", "reference")}
+        identity, style = config.identity_token, config.style_token
+        self.prompts = {
+            "source": [t.format(identity) for t in SOURCE_TEMPLATES],
+            "reference": [t.format(style) for t in REFERENCE_TEMPLATES],
+            "composed": [composed_prompt(identity, style, t) for t in SOURCE_TEMPLATES],
+        }
+        self.token_ids = dict(zip((identity, style), tokenizer.convert_tokens_to_ids([identity, style]), strict=True))
+        self.input_ids = {
+            kind: tokenizer(
+                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids
+            for kind, prompts in self.prompts.items()
+        }
+        self.views: list[list[View]] = []
+
+    @torch.no_grad()
+    def build_cache(self, vae, device: torch.device, dtype: torch.dtype, chunk: int = 4) -> None:
+        """Encode ``latent_cache_variants`` augmented views of every image (deterministic in the seed)."""
+        count, config = self.config.latent_cache_variants, self.config
+        flipped = [(v + 0.5) / count > 1 - config.flip_probability for v in range(count)]
+        jobs = []
+        for index, image in enumerate(self.images):
+            for view in range(count):
+                rng = random.Random(f"{config.seed}/{index}/{view}")
+                factors = [1 + rng.uniform(-config.color_jitter, config.color_jitter) for _ in range(3)]
+                pixels, face, landmarks, bbox = jitter(image.pixels, *factors), image.face, image.landmarks, image.bbox
+                if flipped[view]:
+                    pixels, face = pixels.flip(-1), face.flip(-1)
+                    landmarks, bbox = flip_points(landmarks, bbox, pixels.shape[-1])
+                jobs.append((index, flipped[view], pixels, face, landmarks, bbox))
+        views: list[View] = []
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            pixels = torch.stack([job[2] for job in part]).to(device, dtype)
+            dist = vae.encode(pixels).latent_dist
+            for job, mean, std in zip(part, dist.mean.float(), dist.std.float()):
+                face = F.interpolate(job[3][None], size=mean.shape[-2:], mode="nearest")[0].to(device)
+                views.append(View(job[0], job[1], mean, std, face, job[4], job[5]))
+        self.views = [views[i * count : (i + 1) * count] for i in range(len(self.images))]
+
+    def draw(self, rng: random.Random, phase: int) -> Sample:
+        """One sample: kind (1:1 in phase 1, ``task_mix`` in phase 2), image, template and view."""
+        weights = [1.0, 1.0, 0.0] if phase == 1 else list(self.config.task_mix)
+        kind = rng.choices(KINDS, weights=weights)[0]
+        image = rng.choice(self.by_role["source" if kind == "source" else "reference"])
+        template = rng.randrange(len(self.prompts[kind]))
+        view = rng.randrange(len(self.views[image]))
+        return Sample(kind, image, template, view)
+
+    def prompt(self, sample: Sample) -> str:
+        return self.prompts[sample.kind][sample.template]
+
+    def batch(
+        self, samples: list[Sample], scaling_factor: float, identity_kinds: tuple[str, ...], generator: torch.Generator
+    ) -> Batch:
+        """Tensors for ``samples``; latents are drawn from the cached distributions with ``generator``."""
+        identity_id, style_id = self.token_ids.values()
+        views = [self.views[s.image][s.view] for s in samples]
+        mean = torch.stack([v.mean for v in views])
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        latents = (mean + torch.stack([v.std for v in views]) * noise) * scaling_factor
+        input_ids = torch.stack([self.input_ids[s.kind][s.template] for s in samples])
+        faces = torch.stack([v.face for v in views])
+        targets = torch.where(torch.tensor([s.kind == "source" for s in samples]).view(-1, 1, 1, 1).to(faces.device), faces, 1 - faces)
+        rows, positions, ar_targets, tokens = [], [], [], []
+        for row, (sample, face) in enumerate(zip(samples, faces)):
+            pairs = {
+                "source": [(identity_id, face)],
+                "reference": [(style_id, 1 - face)],
+                "composed": [(identity_id, face), (style_id, 1 - face)],
+            }[sample.kind]
+            for token_id, target in pairs:
+                rows.append(row)
+                positions.append(int((input_ids[row] == token_id).nonzero()[0, 0]))
+                ar_targets.append(target[0])
+                tokens.append(self.config.identity_token if token_id == identity_id else self.config.style_token)
+        identity_rows = [row for row, s in enumerate(samples) if s.kind in identity_kinds]
+        return Batch(
+            kinds=[s.kind for s in samples],
+            latents=latents,
+            input_ids=input_ids.to(latents.device),
+            recon_masks=targets.clamp_min(self.config.mask_floor),
+            ar_rows=torch.tensor(rows, dtype=torch.long),
+            ar_positions=torch.tensor(positions, dtype=torch.long),
+            ar_targets=torch.stack(ar_targets),
+            ar_tokens=tokens,
+            identity_rows=torch.tensor(identity_rows, dtype=torch.long),
+            landmarks=torch.stack([views[r].landmarks for r in identity_rows]) if identity_rows else torch.zeros(0, 5, 2),
+            boxes=torch.stack([views[r].bbox for r in identity_rows]) if identity_rows else torch.zeros(0, 4),
+        )

@@ -1,0 +1,176 @@
+"""Exports for other tools: the LoRA (diffusers or kohya/AUTOMATIC1111), the embeddings, a zip of outputs.
+
+Files go under ``<project>/exports/``, the LoRA and embeddings of a run in ``exports/<run>/``.
+
+- diffusers: ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` and ``text_encoder.text_model.<module>...``
+  in one ``.safetensors`` that ``pipe.load_lora_weights`` reads.
+- kohya: the same weights under the names AUTOMATIC1111, ComfyUI and kohya's scripts read
+  (``lora_unet_<module>.lora_down.weight`` / ``lora_up.weight`` / ``.alpha`` and ``lora_te_<module>...``).
+- embeddings: one AUTOMATIC1111 textual-inversion file per placeholder token (``emb_params``,
+  ``[1, dim]``); its file name (e.g. ``alice-sks``) is the word to type in a prompt.
+
+The LoRA scale alpha/rank of the artefact is folded into the ``lora_B`` (up) weights and every
+alpha written equals the rank, so each loader, whatever it assumes about alpha, applies the trained
+update.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.store import Project, atomic_path, safe_name
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.artefact import Artefact
+
+EXPORTS = "exports"
+FORMATS = ("a1111", "diffusers")
+EMBEDDING_KEY = "emb_params"
+"""AUTOMATIC1111's tensor name in a ``.safetensors`` embedding."""
+TEXT_MODEL = "text_model."
+
+
+class ExportError(Exception):
+    """An export cannot be made; the message says why."""
+
+
+def _lora_scale(artefact: Artefact, part: str, weights: dict[str, torch.Tensor]) -> float:
+    config = artefact.metadata.get("lora", {}).get(part) or {}
+    ranks = {value.shape[0] for key, value in weights.items() if ".lora_A." in key}
+    rank = config.get("r", next(iter(ranks), 1))
+    return float(config.get("lora_alpha", rank)) / float(rank)
+
+
+def diffusers_state_dict(artefact: Artefact) -> dict[str, torch.Tensor]:
+    """The artefact's LoRA in diffusers' SD 1.x naming, alpha/rank folded into ``lora_B``."""
+    state = {}
+    for part, weights in (("unet", artefact.unet_lora), ("text_encoder", artefact.text_lora)):
+        scale = _lora_scale(artefact, part, weights)
+        for key, value in weights.items():
+            name = key if part == "unet" or key.startswith(TEXT_MODEL) else TEXT_MODEL + key
+            state[f"{part}.{name}"] = (value * scale if ".lora_B." in key else value).contiguous()
+    return state
+
+
+def kohya_state_dict(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers/peft LoRA names -> kohya names (``lora_unet_...``, ``lora_te_...``, with ``.alpha`` = rank)."""
+    import torch
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+
+    converted = convert_state_dict_to_kohya(diffusers_state)
+    state = {}
+    for key, value in converted.items():
+        # SD 1.x has one text encoder, "lora_te_"; "lora_te1_" is SDXL's first one.
+        key = "lora_te_" + key[len("lora_te1_") :] if key.startswith("lora_te1_") else key
+        state[key] = value.to(torch.float32) if key.endswith(".alpha") else value
+    return state
+
+
+def _run_folder(project: Project, run: str | None) -> tuple[Artefact, str, Path]:
+    from engine.artefact import load_artefact
+    from engine.generate import resolve_artefact
+
+    path, run_id = resolve_artefact(project, run)
+    artefact = load_artefact(path)
+    name = safe_name(run_id or path.stem)
+    return artefact, name, project.path(EXPORTS, name)
+
+
+def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return path
+
+
+def export_lora(project: Project, run: str | None = None, format: str = "a1111") -> Path:
+    """Write the run's LoRA (the latest finished run by default) for AUTOMATIC1111/ComfyUI or diffusers."""
+    from engine.generate import model_name
+
+    if format not in FORMATS:
+        raise ExportError(f"Unknown LoRA format {format!r}; choose one of {', '.join(FORMATS)}.")
+    artefact, run_name, folder = _run_folder(project, run)
+    state = diffusers_state_dict(artefact)
+    if not state:
+        raise ExportError(
+            f"Run {run_name} has no LoRA (it trained the token embeddings only); export its embeddings instead."
+        )
+    project_name = safe_name(project.name)
+    base = str(artefact.metadata.get("base_model", ""))
+    metadata = {"format": "pt", "magicapture": json.dumps({"run": run_name, "base_model": base, "tokens": artefact.metadata.get("tokens")})}
+    if format == "diffusers":
+        return _save_safetensors(folder / f"{project_name}-lora-diffusers.safetensors", state, metadata)
+    ranks = sorted({int(v.shape[0]) for k, v in state.items() if ".lora_A." in k})
+    metadata.update(
+        ss_network_module="networks.lora",
+        ss_network_dim=str(ranks[-1]),
+        ss_network_alpha=str(ranks[-1]),
+        ss_base_model_version="sd_v1",
+        ss_sd_model_name=model_name(base),
+        ss_output_name=f"{project_name}-lora",
+    )
+    return _save_safetensors(folder / f"{project_name}-lora.safetensors", kohya_state_dict(state), metadata)
+
+
+def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
+    """Write each placeholder embedding as an AUTOMATIC1111 textual inversion (loads in diffusers too).
+
+    The file name is the prompt word in AUTOMATIC1111: ``<project>-<token without brackets>``.
+    """
+    from engine.generate import placeholder_tokens
+
+    artefact, _, folder = _run_folder(project, run)
+    tokens = placeholder_tokens(artefact)
+    paths = []
+    for role in ("identity", "style"):
+        token = tokens[role]
+        word = safe_name(f"{project.name}-{token.strip('<>')}")
+        row = artefact.embeddings[token].reshape(1, -1)
+        metadata = {"format": "pt", "magicapture_token": token, "magicapture_role": role}
+        paths.append(_save_safetensors(folder / f"{word}.safetensors", {EMBEDDING_KEY: row}, metadata))
+    return paths
+
+
+def export_outputs_zip(project: Project, output_ids: list[str], *, image_format: str = "png") -> Path:
+    """Zip the chosen outputs (PNG with their parameters chunk, or JPEG) with one ``params.json``."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.generate import encode_image
+
+    if image_format not in ("png", "jpeg"):
+        raise ExportError(f"Images are zipped as png or jpeg, not {image_format!r}.")
+    records = {entry["id"]: entry for entry in project.manifest().get("outputs", [])}
+    missing = [i for i in output_ids if i not in records or not project.path(records[i]["file"]).is_file()]
+    if missing:
+        raise ExportError(f"Project {project.name!r} has no output image(s) {', '.join(missing)}; refresh the gallery.")
+    if not output_ids:
+        raise ExportError("Choose at least one image to zip.")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    target = project.path(EXPORTS, f"{safe_name(project.name)}-portraits-{stamp}.zip")
+    listing: list[dict[str, Any]] = []
+    with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as archive:
+        for output_id in dict.fromkeys(output_ids):
+            record = records[output_id]
+            source = project.path(record["file"])
+            if image_format == "png":
+                name = f"{output_id}.png"
+                archive.write(source, name, compress_type=zipfile.ZIP_STORED)
+            else:
+                name = f"{output_id}.jpg"
+                with Image.open(source) as picture:
+                    dpi = picture.info.get("dpi")
+                    pixels = picture.convert("RGB")
+                    parameters = picture.info.get("parameters")
+                data = encode_image(np.asarray(pixels), ".jpg", parameters=parameters, dpi=round(dpi[0]) if dpi else None)
+                archive.writestr(name, data, compress_type=zipfile.ZIP_STORED)
+            listing.append({"file": name, **record})
+        archive.writestr("params.json", json.dumps(listing, indent=2), compress_type=zipfile.ZIP_DEFLATED)
+    return target

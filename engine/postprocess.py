@@ -1,0 +1,323 @@
+"""Post-processing: background upscaling, face restoration pasted back through the parsing mask, presets.
+
+Order (METHOD.md section 7): the whole image is upscaled with Real-ESRGAN (x2 or x4, in
+overlapping tiles, so a 2048 px result fits in 8 GB), then each face is aligned to the 512x512
+FFHQ crop the restorers were trained on, restored (GFPGAN v1.4 or CodeFormer with its fidelity
+weight), and pasted back through the face-parsing mask of the restored crop with a feathered edge.
+An output preset (passport, headshot) frames the result last. Every step is optional, and the
+original is kept: the result is a new output that names its parent.
+
+Weights are assets of the registry, loaded by spandrel's `ModelLoader` (``weights_only``-style
+restricted unpickling for ``.pth``); CodeFormer's architecture comes from spandrel_extra_arches.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.events import Event, Status
+from engine.store import Project, now
+
+if TYPE_CHECKING:
+    import torch
+    from spandrel import ImageModelDescriptor
+
+    from engine.faces import Face, FaceKit
+    from engine.generate import OutputRecord
+    from engine.presets import Framed
+
+RESTORERS = {"gfpgan": "gfpgan_v1.4", "codeformer": "codeformer"}
+"""Restorer name -> asset name."""
+RESTORER_LABELS = {"gfpgan": "GFPGAN", "codeformer": "CodeFormer"}
+UPSCALERS = {2: "realesrgan_x2plus", 4: "realesrgan_x4plus"}
+"""Upscale factor -> asset name."""
+FACE_SIZE = 512
+FFHQ_TEMPLATE = np.array(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043], [313.08905, 371.15118]],
+    dtype=np.float32,
+)
+"""The five landmarks in the 512x512 aligned crops GFPGAN and CodeFormer were trained on (FFHQ alignment)."""
+CROP_BOX = (128.0, 128.0, 384.0, 384.0)
+"""Face box given to the parser for an aligned crop: with the parser's context of 2 it parses the whole crop."""
+TILE = 256
+TILE_OVERLAP = 32
+"""Upscaling tile side and the context added on each side, in input pixels."""
+FEATHER = 12
+"""Width of the soft edge of the paste-back mask, in pixels of the 512 crop."""
+FIDELITY = 0.5
+
+
+class PostprocessError(Exception):
+    """Post-processing cannot run as asked; the message says what to change."""
+
+
+@functools.cache
+def _registry() -> Any:
+    """spandrel's registry plus the extra architectures (CodeFormer), without touching the global one."""
+    from spandrel import MAIN_REGISTRY
+    from spandrel_extra_arches import EXTRA_REGISTRY
+
+    registry = MAIN_REGISTRY.copy()
+    registry.add(*EXTRA_REGISTRY, ignore_duplicates=True)
+    return registry
+
+
+_MODELS: dict[tuple[str, int, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_model(path: Path, device: torch.device | str | None = None) -> ImageModelDescriptor:
+    """A spandrel model from a weights file, on ``device`` in its fastest safe dtype (kept for reuse)."""
+    import torch
+    from spandrel import ModelLoader, UnsupportedModelError
+
+    from engine.devices import pick_device
+
+    device = torch.device(device) if device is not None else pick_device()
+    key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(device))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            try:
+                model = ModelLoader(registry=_registry()).load_from_file(str(path))
+            except (UnsupportedModelError, ValueError, RuntimeError, KeyError, OSError) as error:
+                raise PostprocessError(f"{path} is not a restoration or upscaling model spandrel can load ({error}).") from error
+            dtype = torch.float32
+            if device.type == "cuda" and model.supports_half:
+                dtype = torch.float16
+            elif device.type == "cuda" and model.supports_bfloat16 and torch.cuda.is_bf16_supported():
+                dtype = torch.bfloat16
+            _MODELS.clear()  # keep one model: restorers are large
+            _MODELS[key] = model.to(device).to(dtype).eval()
+        return _MODELS[key]
+
+
+def _to_tensor(image: np.ndarray, model: Any) -> torch.Tensor:
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    return tensor.to(model.device, model.dtype)
+
+
+def _to_image(tensor: torch.Tensor) -> np.ndarray:
+    pixels = tensor[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return (pixels * 255).round().astype(np.uint8)
+
+
+def upscale_image(image: np.ndarray, model: Any, *, tile: int = TILE, overlap: int = TILE_OVERLAP) -> np.ndarray:
+    """Upscale an RGB ``uint8`` image tile by tile; each tile sees ``overlap`` pixels of context per side."""
+    import torch
+
+    if model.scale < 2:
+        raise PostprocessError(f"{model.architecture.name} does not upscale (scale {model.scale}).")
+    scale, (height, width) = model.scale, image.shape[:2]
+    pixels = _to_tensor(image, model)
+    out = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+    with torch.inference_mode():
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
+                y1, x1 = min(bottom + overlap, height), min(right + overlap, width)
+                piece = model(pixels[..., y0:y1, x0:x1])
+                rows = slice((top - y0) * scale, (bottom - y0) * scale)
+                cols = slice((left - x0) * scale, (right - x0) * scale)
+                out[top * scale : bottom * scale, left * scale : right * scale] = _to_image(piece[..., rows, cols])
+    return out
+
+
+def align_face(image: np.ndarray, face: Face, size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The ``size`` square FFHQ-aligned crop of ``face`` and the ``2x3`` affine from image to crop."""
+    import cv2
+    import torch
+
+    from engine.faces.align import similarity_matrices
+
+    template = torch.from_numpy(FFHQ_TEMPLATE * (size / FACE_SIZE))
+    landmarks = torch.as_tensor(np.asarray(face.landmarks, dtype=np.float32))[None]
+    matrix = similarity_matrices(landmarks, template)[0].double().numpy()
+    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return crop, matrix
+
+
+def restore_crop(model: Any, crop: np.ndarray, *, fidelity: float = FIDELITY) -> np.ndarray:
+    """Run GFPGAN or CodeFormer on an aligned 512 crop (the networks take and give [-1, 1])."""
+    import torch
+
+    kind = model.architecture.id
+    pixels = _to_tensor(crop, model) * 2 - 1
+    with torch.inference_mode():
+        if kind == "CodeFormer":
+            restored = model.model(pixels, weight=fidelity)[0]
+        elif kind == "GFPGAN":
+            restored = model.model(pixels, return_rgb=False, randomize_noise=False)[0]
+        else:
+            raise PostprocessError(f"{model.architecture.name} is not a face restorer (GFPGAN or CodeFormer).")
+    return _to_image((restored + 1) / 2)
+
+
+def feather_mask(mask: np.ndarray, feather: int = FEATHER) -> np.ndarray:
+    """A float mask in [0, 1] that is 0 outside ``mask``: eroded by ``feather`` then blurred by as much.
+
+    The crop's border strip of ``feather`` pixels is cleared first, so the pasted face never shows
+    the crop's edge.
+    """
+    import cv2
+
+    binary = np.asarray(mask).astype(np.uint8)
+    binary[:feather], binary[-feather:], binary[:, :feather], binary[:, -feather:] = 0, 0, 0, 0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * feather + 1, 2 * feather + 1))
+    inner = cv2.erode(binary, kernel).astype(np.float32)
+    soft = cv2.blur(inner, (feather + 1, feather + 1))
+    soft = cv2.blur(soft, (feather + 1, feather + 1))
+    return np.where(binary > 0, soft, 0.0).astype(np.float32)
+
+
+def paste_face(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Blend the (restored) ``crop`` back into ``image`` through ``mask`` (crop space, [0, 1]).
+
+    Pixels where the warped mask is 0 are returned unchanged.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    back = cv2.warpAffine(crop, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    weight = cv2.warpAffine(mask, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    weight = np.clip(weight, 0.0, 1.0)[..., None]
+    blended = image.astype(np.float32) * (1 - weight) + back.astype(np.float32) * weight
+    return np.where(weight > 0, np.clip(np.round(blended), 0, 255), image).astype(np.uint8)
+
+
+def restore_faces(
+    image: np.ndarray, faces: list[Face], model: Any, parser: Any, *, fidelity: float = FIDELITY
+) -> np.ndarray:
+    """Restore every face of ``image`` and paste it back through the face-parsing mask of the restored crop."""
+    from engine.faces import Face, face_mask
+
+    crop_face = Face(CROP_BOX, FFHQ_TEMPLATE.copy(), 1.0)
+    for face in faces:
+        crop, matrix = align_face(image, face)
+        restored = restore_crop(model, crop, fidelity=fidelity)
+        mask = feather_mask(face_mask(parser.parse(restored, crop_face)))
+        image = paste_face(image, restored, matrix, mask)
+    return image
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        return np.asarray(picture.convert("RGB"))
+
+
+def _postprocess_text(parent: Path, extras: dict[str, Any]) -> str:
+    from engine.generate import a1111_pairs, read_parameters
+
+    text = read_parameters(parent) or ""
+    pairs = a1111_pairs(extras)
+    return f"{text}, {pairs}" if text else pairs
+
+
+def postprocess_output(
+    project: Project,
+    output_id: str,
+    restore: str | None = None,
+    upscale: int = 1,
+    preset: str | None = None,
+    *,
+    fidelity: float = FIDELITY,
+    face_kit: FaceKit | None = None,
+    commercial: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+) -> OutputRecord:
+    """Upscale, restore faces and/or frame output ``output_id``; the result is a new output, the original stays.
+
+    ``restore`` is "gfpgan", "codeformer" or None; ``upscale`` 1, 2 or 4; ``preset`` one of
+    `engine.presets.PRESETS` or None. ``fidelity`` is CodeFormer's weight (0: strongest
+    restoration, 1: closest to the input). With ``commercial``, non-commercial weights are refused.
+    """
+    from engine import assets
+    from engine.generate import (
+        OUTPUTS,
+        OutputRecord,
+        add_output,
+        identity_score,
+        new_output_id,
+        source_embedding,
+    )
+    from engine.presets import apply_preset, get_preset
+
+    emit = on_event or (lambda event: None)
+    if restore is not None and restore not in RESTORERS:
+        raise PostprocessError(f"Unknown face restorer {restore!r}; choose {' or '.join(RESTORERS)}, or none.")
+    if upscale not in (1, *UPSCALERS):
+        raise PostprocessError(f"Upscaling is x1, x2 or x4, not x{upscale}.")
+    if preset is not None:
+        get_preset(preset)
+    if restore is None and upscale == 1 and preset is None:
+        raise PostprocessError("Nothing to do: choose a face restorer, an upscale factor or an output preset.")
+    if not 0.0 <= fidelity <= 1.0:
+        raise PostprocessError(f"The fidelity weight must lie between 0 and 1 (got {fidelity}).")
+    entry = next((e for e in project.manifest().get("outputs", []) if e.get("id") == output_id), None)
+    if entry is None or not project.path(entry["file"]).is_file():
+        raise PostprocessError(f"Project {project.name!r} has no output image {output_id!r}; refresh the gallery.")
+    parent = OutputRecord.from_json(entry)
+    image = _load_rgb(project.path(parent.file))
+    if face_kit is None:
+        from engine.faces import load_face_kit
+
+        face_kit = load_face_kit(commercial=commercial)
+    faces = face_kit.detector.detect(image)
+    steps: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    warnings: list[str] = []
+    if upscale > 1:
+        emit(Status(message=f"Upscaling x{upscale} with Real-ESRGAN…"))
+        model = load_model(assets.asset_path(UPSCALERS[upscale], commercial=commercial))
+        image = upscale_image(image, model)
+        faces = [face.transformed(float(upscale)) for face in faces]
+        steps["upscale"] = upscale
+        extras.update({"Postprocess upscale by": upscale, "Postprocess upscaler": f"RealESRGAN x{upscale}plus"})
+    if restore is not None:
+        if faces:
+            emit(Status(message=f"Restoring {len(faces)} face(s) with {RESTORER_LABELS[restore]}…"))
+            model = load_model(assets.asset_path(RESTORERS[restore], commercial=commercial))
+            image = restore_faces(image, faces, model, face_kit.parser, fidelity=fidelity)
+        else:
+            warnings.append("No face was found in the image, so no face was restored.")
+        steps.update(restore=restore, fidelity=fidelity)
+        extras["Face restoration"] = RESTORER_LABELS[restore]
+        if restore == "codeformer":
+            extras["CodeFormer weight"] = fidelity
+    dpi = None
+    if preset is not None:
+        if not faces:
+            raise PostprocessError(f"No face was found in output {output_id!r}, so the {preset} preset cannot place it.")
+        framed: Framed = apply_preset(image, faces[0], preset)
+        image, dpi = framed.image, framed.preset.dpi
+        warnings.extend(framed.warnings)
+        steps.update(preset=preset, eye_line=round(framed.eye_line, 4), head_height=round(framed.head_height, 4))
+        extras["Output preset"] = preset
+    emit(Status(message="Scoring identity…"))
+    identity = identity_score(face_kit, image, source_embedding(project, face_kit))
+    steps["identity_before"] = parent.identity
+    new_id = new_output_id(parent.seed)
+    record = OutputRecord(
+        id=new_id,
+        file=f"{OUTPUTS}/{new_id}.png",
+        seed=parent.seed,
+        params={**parent.params, "postprocess": steps, "width": int(image.shape[1]), "height": int(image.shape[0])},
+        run=parent.run,
+        identity=identity,
+        created=now(),
+        parent=parent.id,
+        raw=parent.raw or parent.file,
+        warnings=warnings,
+    )
+    return add_output(project, image, record, _postprocess_text(project.path(parent.file), extras), dpi)

@@ -1,0 +1,751 @@
+"""Two-phase MagiCapture training under accelerate: checkpoints, resume, cancel, events.
+
+`train` runs phase 1 (the two placeholder embeddings, masked reconstruction) and phase 2 (LoRA on
+the UNet and text encoder plus the two embeddings; masked reconstruction, composed prompts,
+identity loss and Attention Refocusing), writing everything under ``trainings/<run>/`` of the
+project: ``events.jsonl``, ``previews/``, ``checkpoints/step-N/`` and ``final.safetensors``.
+
+One step, top to bottom (`Trainer.losses`): draw samples; noise their cached latents at random
+timesteps; one pass of text encoder and UNet (with the identity branch's extra rows when it cannot
+reuse the reconstruction pass); masked reconstruction; AR from the captured maps; identity from the
+one-step x0 estimate decoded around the face.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from engine import checkpoint as ckpt
+from engine.config import MEMORY_FIELDS, ConfigError, TrainingConfig, preset
+from engine.data import TrainingData, composed_prompt, load_images, source_identity
+from engine.events import (
+    Cancelled,
+    CheckpointSaved,
+    Event,
+    EventLog,
+    Failed,
+    Finished,
+    PhaseStarted,
+    PreviewSaved,
+    Status,
+    StepDone,
+)
+from engine.losses import masked_reconstruction
+from engine.store import Project, StorageFull, atomic_path, now
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+
+    from engine.faces import FaceKit
+    from engine.models import BaseModel
+
+RUNS = "trainings"
+ARTEFACT = "final.safetensors"
+PHASES = {1: "token embeddings", 2: "LoRA and embeddings"}
+RECOMMENDED = {"unet_scale": 0.6, "text_encoder_scale": 0.9, "sampler": "euler_a", "steps": 50, "guidance": 7.0}
+"""The released inference settings (METHOD.md section 7), stored in the artefact."""
+
+
+class TrainingError(Exception):
+    """Training could not run or stopped on an error; the message says what to do."""
+
+
+class TrainingCancelled(Exception):
+    """The training was cancelled; its state is in ``checkpoint`` and can be resumed."""
+
+    def __init__(self, run: str, checkpoint: Path | None):
+        super().__init__(f"Training {run} was cancelled; resume it to continue from its last checkpoint.")
+        self.run = run
+        self.checkpoint = checkpoint
+
+
+@dataclass(frozen=True)
+class Options:
+    """Memory and speed options of one run: the config's values, else the VRAM profile's."""
+
+    profile: str
+    device: torch.device
+    mixed_precision: str
+    use_8bit_adam: bool
+    gradient_checkpointing: bool
+    vae_slicing: bool
+    train_text_encoder: bool
+    identity_face_window: bool
+    identity_reuse_pass: bool
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mixed_precision, torch.float32)
+
+
+def resolve_options(config: TrainingConfig) -> Options:
+    from engine.devices import CPU_PROFILE, PROFILES, detect_profile, pick_device
+
+    device = pick_device(None if config.device == "auto" else config.device)
+    if config.vram_profile == "auto":
+        profile = detect_profile(device)
+    else:
+        profile = CPU_PROFILE if config.vram_profile == "cpu" else PROFILES[config.vram_profile]
+    values = {}
+    for name in ("use_8bit_adam", "gradient_checkpointing", "vae_slicing", "train_text_encoder", "identity_face_window", "identity_reuse_pass"):
+        value = getattr(config, name)
+        values[name] = getattr(profile, name) if value is None else value
+    mixed = config.mixed_precision or profile.mixed_precision
+    if device.type != "cuda":
+        mixed = "no"
+    return Options(profile=profile.name, device=device, mixed_precision=mixed, **values)
+
+
+# Runs -------------------------------------------------------------------------------------------
+
+
+def _runs(project: Project) -> list[dict[str, Any]]:
+    return project.manifest().get("trainings", [])
+
+
+def _set_run(project: Project, run: str, **values: Any) -> None:
+    def change(manifest: dict[str, Any]) -> None:
+        entry = next((t for t in manifest.setdefault("trainings", []) if t.get("id") == run), None)
+        if entry is None:
+            entry = {"id": run, "started": now()}
+            manifest["trainings"].append(entry)
+        entry.update(values, updated=now())
+
+    project.update(change)
+
+
+def _run_lock(project: Project, run: str):
+    from filelock import FileLock
+
+    return FileLock(str(project.path(RUNS, run, ".lock")), timeout=0)
+
+
+def resume_available(project: Project) -> str | None:
+    """The newest unfinished run that has a checkpoint and is not being trained now, or None."""
+    from filelock import Timeout
+
+    for entry in reversed(_runs(project)):
+        run = entry.get("id")
+        if not run or entry.get("status") == "finished" or not ckpt.checkpoints(project.path(RUNS, run, "checkpoints")):
+            continue
+        try:
+            with _run_lock(project, run):
+                return run
+        except Timeout:
+            continue
+    return None
+
+
+def _new_run_id(project: Project) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    taken = {t.get("id") for t in _runs(project)}
+    run, suffix = f"run-{stamp}", 1
+    while run in taken or project.path(RUNS, run).exists():
+        suffix += 1
+        run = f"run-{stamp}-{suffix}"
+    return run
+
+
+class _Events:
+    """Sends events to the callback and to ``events.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, callback: Callable[[Event], None] | None, enabled: bool):
+        self.log = EventLog(path) if enabled else None
+        self.callback = callback if enabled else None
+
+    def __call__(self, event: Event) -> None:
+        if self.log is None:
+            return
+        self.log.append(event)
+        if self.callback is not None:
+            self.callback(event)
+
+
+# Entry points -----------------------------------------------------------------------------------
+
+
+def train(
+    project: Project,
+    config: TrainingConfig | None = None,
+    *,
+    on_event: Callable[[Event], None] | None = None,
+    cancel: threading.Event | None = None,
+    resume: bool | str = False,
+    base: BaseModel | None = None,
+    face_kit: FaceKit | None = None,
+) -> Path:
+    """Train on the project's accepted photos and return the path of ``final.safetensors``.
+
+    ``resume`` (True for the newest resumable run, or a run id) continues a stopped or crashed run
+    from its last checkpoint with that run's own settings; only memory options
+    (`engine.config.MEMORY_FIELDS`) come from ``config``. ``cancel`` stops the run within one step,
+    after saving a checkpoint, by raising `TrainingCancelled`. ``base`` (a loaded base model) is
+    modified by the training (tokens, LoRA, attention processors): load a fresh one per run.
+    Works in one process or under ``accelerate launch`` (data parallel; the run folder and events
+    belong to the main process).
+    """
+    from accelerate.utils import broadcast_object_list, set_seed
+
+    given = config
+    config = config or preset("released")
+    start = None
+    if resume:
+        run = resume if isinstance(resume, str) else resume_available(project)
+        found = ckpt.checkpoints(project.path(RUNS, run, "checkpoints")) if run else []
+        if not found:
+            raise TrainingError(f"Project {project.name!r} has no stopped training to resume; start a new one.")
+        start = found[-1]
+        saved = TrainingConfig.from_dict(ckpt.read_json(start / ckpt.STATE)["config"])
+        config = saved.replace(**{name: getattr(given, name) for name in MEMORY_FIELDS}) if given else saved
+    options = resolve_options(config)
+    accelerator = _accelerator(config, options)
+    set_seed(config.seed)
+    if not resume:
+        ids = [_new_run_id(project) if accelerator.is_main_process else None]
+        broadcast_object_list(ids)
+        run = ids[0]
+    folder = project.path(RUNS, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    emit = _Events(folder / "events.jsonl", on_event, accelerator.is_main_process)
+    lock = _run_lock(project, run) if accelerator.is_main_process else contextlib.nullcontext()
+    try:
+        with lock:
+            if accelerator.is_main_process:
+                _set_run(project, run, status="running", preset=config.preset, error=None)
+            trainer = Trainer(project, run, config, options, accelerator, emit, cancel)
+            return trainer.run(start, base, face_kit)
+    except TrainingCancelled:
+        if accelerator.is_main_process:
+            _set_run(project, run, status="stopped")
+        raise
+    except BaseException as error:
+        message = _failure_message(error, options, run)
+        if accelerator.is_main_process and not isinstance(error, KeyboardInterrupt):
+            saved = ckpt.checkpoints(folder / "checkpoints")
+            emit(Failed(message=message, error=type(error).__name__, checkpoint=str(saved[-1]) if saved else None))
+            _set_run(project, run, status="failed", error=message)
+        if isinstance(error, torch.OutOfMemoryError):
+            raise TrainingError(message) from error
+        if _is_lock_timeout(error):
+            raise TrainingError(message) from error
+        raise
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _is_lock_timeout(error: BaseException) -> bool:
+    from filelock import Timeout
+
+    return isinstance(error, Timeout)
+
+
+def _failure_message(error: BaseException, options: Options, run: str) -> str:
+    from engine.devices import lower_profile
+
+    if isinstance(error, torch.OutOfMemoryError):
+        lower = lower_profile(options.profile)
+        advice = (
+            f"choose the smaller '{lower.name}' VRAM profile and resume it"
+            if lower
+            else "lower the resolution or close other programs using the GPU, then resume it"
+        )
+        return f"Training {run} ran out of GPU memory with the '{options.profile}' profile; its last checkpoint is kept: {advice}."
+    if _is_lock_timeout(error):
+        return f"Training {run} is already running in another process; wait for it or cancel it first."
+    if isinstance(error, (StorageFull, TrainingError, ConfigError)):
+        return str(error)
+    return f"Training {run} failed: {type(error).__name__}: {error}"
+
+
+def _accelerator(config: TrainingConfig, options: Options):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if PartialState._shared_state and not PartialState().use_distributed:
+        # One process: let a new run choose its own precision and device (the studio trains repeatedly).
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(
+        mixed_precision=options.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=options.device.type == "cpu",
+    )
+
+
+# The trainer ------------------------------------------------------------------------------------
+
+
+class Denoiser(nn.Module):
+    """Text encoder and UNet as one module, so one DDP wrapper sees every trained parameter."""
+
+    def __init__(self, text_encoder: nn.Module, unet: nn.Module):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.unet = unet
+
+    def forward(self, input_ids: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        states = self.text_encoder(input_ids)[0]
+        return self.unet(noisy, timesteps, states).sample
+
+
+class Trainer:
+    """State of one run; `run` drives both phases."""
+
+    def __init__(self, project, run, config, options, accelerator, emit, cancel):
+        self.project, self.run_id, self.config, self.options = project, run, config, options
+        self.accelerator, self.emit, self.cancel = accelerator, emit, cancel
+        self.folder = project.path(RUNS, run)
+        self.device = accelerator.device
+        rank = accelerator.process_index
+        self.rng = random.Random(config.seed * 1_000_003 + rank)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed * 1_000_003 + rank)
+
+    # Setup -------------------------------------------------------------------------------------
+
+    def setup(self, base: BaseModel | None, face_kit: FaceKit | None) -> None:
+        from engine.attention import AttentionStore, install_capture
+        from engine.models import load_base
+        from engine.tokens import add_placeholder_tokens
+
+        config, options = self.config, self.options
+        self.emit(Status(message=f"Loading {config.base_model if base is None else base.source}."))
+        dtype = options.weight_dtype
+        if base is None:
+            names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+            base = load_base(config.base_model, device=str(self.device), dtype=names[dtype])
+        for module in (base.text_encoder, base.vae, base.unet):
+            module.requires_grad_(False)
+            if module.device != self.device or module.dtype != dtype:
+                module.to(self.device, dtype=dtype)
+        self.base = base
+        self.placeholders = add_placeholder_tokens(base.tokenizer, base.text_encoder, config)
+        self.store = AttentionStore()
+        install_capture(base.unet, self.store)
+        if options.gradient_checkpointing:
+            base.unet.enable_gradient_checkpointing()
+            base.vae.enable_gradient_checkpointing()
+            base.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if options.vae_slicing:
+            base.vae.enable_slicing()
+        base.text_encoder.train()
+        base.unet.train()
+
+        images = load_images(self.project, config.resolution)
+        self.data = TrainingData(images, config, base.tokenizer)
+        self.emit(Status(message=f"Encoding {len(images) * config.latent_cache_variants} augmented views of {len(images)} photos."))
+        self.data.build_cache(base.vae, self.device, dtype)
+        self.identity = None
+        if config.phase2_steps and config.identity_weight > 0:
+            from engine.faces import load_face_kit
+
+            kit = face_kit or load_face_kit()
+            self.identity = (source_identity(images).to(self.device), kit.detector, kit.identity_model().to(self.device))
+
+    def lora_configs(self) -> dict[str, dict[str, Any]]:
+        """LoraConfig arguments of the UNet and (if trained) the text encoder."""
+        import re
+
+        config = self.config
+        common = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "init_lora_weights": config.lora_init == "gaussian"}
+        if config.lora_init == "gaussian":
+            common["init_lora_weights"] = "gaussian"
+        targets: Any = list(config.lora_unet_targets)
+        if config.lora_cross_attention_only:
+            projections = [re.escape(t) for t in targets if t.startswith("to_")]
+            if not projections:
+                raise ConfigError("lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets.")
+            targets = rf".*attn2\.({'|'.join(projections)})"
+        configs = {"unet": {**common, "target_modules": targets}}
+        if self.options.train_text_encoder:
+            configs["text_encoder"] = {**common, "target_modules": list(config.lora_text_targets)}
+        return configs
+
+    def add_lora(self) -> None:
+        """Inject the LoRA adapters (fp32), initialised from the seed whatever the RNG state."""
+        from diffusers.training_utils import cast_training_params
+        from peft import LoraConfig, inject_adapter_in_model
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed + 1)
+            for name, arguments in self.lora_configs().items():
+                module = getattr(self.base, name)
+                inject_adapter_in_model(LoraConfig(**arguments), module)
+                cast_training_params(module, torch.float32)
+
+    def setup_phase(self, phase: int, restore: Path | None) -> None:
+        """Trainable parameters, optimiser, schedule and the accelerate wrapper of a phase."""
+        from diffusers.optimization import get_scheduler
+
+        config, accelerator = self.config, self.accelerator
+        if phase == 2:
+            self.add_lora()
+        model = Denoiser(self.base.text_encoder, self.base.unet)
+        if restore is not None:
+            self.load_trainable(model, restore / "trainable.safetensors", strict=ckpt.read_json(restore / ckpt.STATE)["phase"] == phase)
+        rows = [self.placeholders.rows]
+        scale = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes if config.scale_lr else 1
+        if phase == 1:
+            groups = [{"params": rows, "lr": config.phase1_lr * scale, "weight_decay": config.phase1_weight_decay}]
+        else:
+            lora = {name: [p for n, p in getattr(self.base, name).named_parameters() if "lora_" in n] for name in ("unet", "text_encoder")}
+            groups = [
+                {"params": lora["unet"], "lr": config.phase2_unet_lr * scale},
+                {"params": lora["text_encoder"], "lr": config.phase2_text_lr * scale},
+                {"params": rows, "lr": config.phase2_embedding_lr * scale},
+            ]
+            groups = [dict(g, weight_decay=config.phase2_weight_decay) for g in groups if g["params"]]
+        for group in groups:
+            for param in group["params"]:
+                param.requires_grad_(True)
+        self.trainable = [p for g in groups for p in g["params"]]
+        optimizer = self.make_optimizer(groups)
+        steps = config.phase1_steps if phase == 1 else config.phase2_steps
+        self.scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=steps)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if restore is not None and ckpt.read_json(restore / ckpt.STATE)["phase"] == phase:
+            self.load_optimisation(restore)
+
+    def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        if self.options.use_8bit_adam:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(groups, betas=(0.9, 0.999), eps=1e-8)
+        return torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+    # Loop --------------------------------------------------------------------------------------
+
+    def run(self, start: Path | None, base: BaseModel | None, face_kit: FaceKit | None) -> Path:
+        self.started = time.perf_counter()
+        self.setup(base, face_kit)
+        config = self.config
+        state = ckpt.read_json(start / ckpt.STATE) if start else {"phase": 1, "step": 0}
+        steps = {1: config.phase1_steps, 2: config.phase2_steps}
+        self.total_steps = steps[1] + steps[2]
+        for phase in (1, 2):
+            if steps[phase] == 0 or phase < state["phase"]:
+                continue
+            first = state["step"] if phase == state["phase"] else 0
+            if phase == 1 and first >= steps[1] and steps[2]:
+                continue  # phase 2's setup loads the finished phase-1 rows from the checkpoint
+            self.setup_phase(phase, start)
+            if start is not None:
+                self.load_rng(start)
+                start = None
+            self.run_phase(phase, first, steps[phase])
+        return self.finish()
+
+    def run_phase(self, phase: int, first: int, steps: int) -> None:
+        config, accelerator = self.config, self.accelerator
+        if first < steps:
+            self.emit(PhaseStarted(phase=phase, steps=steps, description=PHASES[phase]))
+        offset = config.phase1_steps if phase == 2 else 0
+        began, done = time.perf_counter(), 0
+        for step in range(first, steps):
+            lr = self.scheduler.get_last_lr()[0]
+            totals: dict[str, float] = {}
+            for _ in range(config.gradient_accumulation_steps):
+                with accelerator.accumulate(self.model):
+                    samples = [self.data.draw(self.rng, phase) for _ in range(config.train_batch_size)]
+                    terms = self.losses(phase, step, steps, samples)
+                    accelerator.backward(terms["total"])
+                    if accelerator.sync_gradients:
+                        if config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+                        self.optimizer.step()
+                        if not accelerator.optimizer_step_was_skipped:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                for name, value in terms.items():
+                    totals[name] = totals.get(name, 0.0) + value.item() / config.gradient_accumulation_steps
+            if phase == 1 and config.embedding_norm_pull:
+                from engine.tokens import pull_norms
+
+                pull_norms(self.placeholders.rows, config.embedding_norm_target, min(1.0, 100 * lr))
+            done += 1
+            global_step = offset + step + 1
+            speed = done / max(time.perf_counter() - began, 1e-9)
+            self.emit(
+                StepDone(
+                    phase=phase, step=step + 1, phase_steps=steps, global_step=global_step, total_steps=self.total_steps,
+                    losses=totals, lr=lr, it_per_s=speed, eta_s=(self.total_steps - global_step) / speed,
+                )
+            )
+            last = step + 1 == steps
+            if config.preview_every and (global_step % config.preview_every == 0 or (last and phase == 2)):
+                self.preview(phase, global_step)
+            if global_step % config.checkpoint_every == 0 or last:
+                self.save_checkpoint(phase, step + 1, global_step)
+            if self.cancelled():
+                saved = ckpt.checkpoints(self.folder / "checkpoints")
+                path = saved[-1] if saved and saved[-1].name == f"step-{global_step}" else self.save_checkpoint(phase, step + 1, global_step)
+                self.emit(Cancelled(global_step=global_step, checkpoint=str(path)))
+                raise TrainingCancelled(self.run_id, path)
+
+    def cancelled(self) -> bool:
+        flag = torch.tensor(float(bool(self.cancel and self.cancel.is_set())), device=self.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
+
+    # One step ----------------------------------------------------------------------------------
+
+    def identity_kinds(self, phase: int) -> tuple[str, ...]:
+        if phase == 1 or self.identity is None:
+            return ()
+        return ("source", "composed") if self.config.identity_on_source else ("composed",)
+
+    def losses(self, phase: int, step: int, steps: int, samples: list) -> dict[str, torch.Tensor]:
+        """Loss terms of one micro-batch: ``total`` (weighted) plus each unweighted term."""
+        config, gen = self.config, self.generator
+        scheduler = self.base.noise_scheduler
+        batch = self.data.batch(samples, self.base.vae.config.scaling_factor, self.identity_kinds(phase), gen)
+        size = len(samples)
+        latents = batch.latents
+        noise = torch.randn(latents.shape, generator=gen, device=self.device)
+        high = config.phase1_max_timestep if phase == 1 else config.phase2_max_timestep
+        timesteps = torch.randint(0, high, (size,), generator=gen, device=self.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        input_ids = batch.input_ids
+
+        # Identity rows: reuse the reconstruction pass when its timestep is low enough, else add rows.
+        identity_rows = batch.identity_rows.to(self.device)
+        if len(identity_rows):
+            reusable = timesteps[identity_rows] < config.identity_max_timestep
+            fresh = identity_rows[~reusable] if self.options.identity_reuse_pass else identity_rows
+            extra_t = torch.randint(0, config.identity_max_timestep, (len(fresh),), generator=gen, device=self.device)
+            extra_noise = torch.randn((len(fresh), *latents.shape[1:]), generator=gen, device=self.device)
+            noisy = torch.cat([noisy, scheduler.add_noise(latents[fresh], extra_noise, extra_t)])
+            timesteps = torch.cat([timesteps, extra_t])
+            input_ids = torch.cat([input_ids, input_ids[fresh]])
+            source_rows = identity_rows.clone()
+            reused = torch.isin(identity_rows, fresh, invert=True)
+            source_rows[~reused] = size + torch.arange(len(fresh), device=self.device)
+        use_ar = phase == 2 and config.ar_weight > 0
+        if use_ar:
+            self.store.start()
+        eps = self.model(input_ids, noisy, timesteps)
+        self.store.stop()
+
+        weights = torch.ones(size, device=self.device)
+        if step < config.style_weight_fraction * steps:
+            styled = torch.tensor([kind != "source" for kind in batch.kinds], device=self.device)
+            weights = torch.where(styled, config.style_weight, 1.0)
+        reconstruction = masked_reconstruction(eps[:size].float(), noise.float(), batch.recon_masks)
+        terms = {"reconstruction": reconstruction.mean()}
+        total = (reconstruction * weights).mean()
+        if use_ar:
+            terms["attention"] = self.attention_term(batch)
+            total = total + config.ar_weight * terms["attention"]
+        if len(identity_rows):
+            term = self.identity_term(noisy[source_rows], eps[source_rows], timesteps[source_rows], batch)
+            if term is not None:
+                terms["identity"] = term
+                total = total + config.identity_weight * term
+        terms["total"] = total
+        return terms
+
+    def attention_term(self, batch) -> torch.Tensor:
+        """AR loss averaged over each sample's tokens, then over samples."""
+        from engine.attention import refocusing_loss
+
+        maps = self.store.token_maps(batch.ar_positions, batch.ar_rows)
+        pairs = refocusing_loss(maps, batch.ar_targets.to(self.device))
+        rows = batch.ar_rows.to(self.device)
+        count = torch.zeros(len(batch.kinds), device=self.device).index_add_(0, rows, torch.ones_like(pairs))
+        per_sample = torch.zeros_like(count).index_add_(0, rows, pairs) / count.clamp_min(1)
+        return per_sample[count > 0].mean()
+
+    def identity_term(self, noisy, eps, timesteps, batch) -> torch.Tensor | None:
+        """Identity loss of the one-step x0 estimates, decoded (around the face) with gradient."""
+        from engine.losses import crop_windows, detect_landmarks, face_windows, identity_loss, predicted_x0
+
+        target, detector, recogniser = self.identity
+        vae = self.base.vae
+        latents = predicted_x0(noisy, eps, self.base.noise_scheduler.alphas_cumprod, timesteps)
+        boxes, landmarks = batch.boxes.to(self.device), batch.landmarks.to(self.device)
+        if self.options.identity_face_window:
+            side, corners = face_windows(boxes, latents.shape[-2:], 8, self.config.identity_window_margin)
+            latents = crop_windows(latents, side, corners)
+            landmarks = landmarks - (corners * 8).to(landmarks).unsqueeze(1)
+        with self.accelerator.autocast():
+            images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+            fallback = landmarks if self.config.identity_fallback_landmarks else None
+            points, found = detect_landmarks(detector, images, fallback)
+            if not found.any():
+                return None
+            return identity_loss(images[found], points[found], recogniser, target).mean()
+
+    # Checkpoints -------------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        model = self.accelerator.unwrap_model(self.model)
+        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, phase: int, step: int, global_step: int) -> Path:
+        accelerator = self.accelerator
+        folder = self.folder / "checkpoints"
+        staged = folder / f".tmp-step-{global_step}"
+        try:
+            if accelerator.is_main_process:
+                ckpt.staging(folder, global_step)
+            accelerator.wait_for_everyone()
+            rank = accelerator.process_index
+            ckpt.save_tensors(staged / f"rng-{rank}.safetensors", {"torch": self.generator.get_state()}, folder)
+            ckpt.save_json(staged / f"rng-{rank}.json", {"python": _python_state(self.rng.getstate())}, folder)
+            if accelerator.is_main_process:
+                ckpt.save_tensors(staged / "trainable.safetensors", self.trainable_state(), folder)
+                tree, tensors = ckpt.split_state(self.optimizer.state_dict())
+                ckpt.save_tensors(staged / "optimizer.safetensors", tensors, folder)
+                ckpt.save_json(staged / "optimizer.json", tree, folder)
+                state = {
+                    "phase": phase, "step": step, "global_step": global_step, "run": self.run_id,
+                    "config": self.config.to_dict(), "scheduler": self.scheduler.state_dict(), "saved": now(),
+                    "processes": accelerator.num_processes,
+                }
+                ckpt.save_json(staged / ckpt.STATE, state, folder)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                ckpt.commit(staged, global_step, self.config.keep_checkpoints)
+        except BaseException:
+            if accelerator.is_main_process:
+                ckpt.discard(staged)
+            raise
+        path = folder / f"step-{global_step}"
+        accelerator.wait_for_everyone()
+        self.emit(CheckpointSaved(global_step=global_step, path=str(path)))
+        if accelerator.is_main_process:
+            _set_run(self.project, self.run_id, step=global_step, total_steps=self.total_steps)
+        return path
+
+    def load_trainable(self, model: Denoiser, path: Path, strict: bool) -> None:
+        saved = ckpt.load_tensors(path, self.device)
+        params = dict(model.named_parameters())
+        wanted = {n for n, p in params.items() if p.requires_grad or "lora_" in n}
+        missing = sorted(wanted - saved.keys()) if strict else []
+        unknown = sorted(saved.keys() - params.keys())
+        if missing or unknown:
+            raise TrainingError(f"Checkpoint {path.parent} does not match this model ({len(missing)} missing, {len(unknown)} unknown tensors).")
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+    def load_optimisation(self, path: Path) -> None:
+        state = ckpt.read_json(path / ckpt.STATE)
+        if state.get("processes", 1) != self.accelerator.num_processes:
+            raise TrainingError(
+                f"Checkpoint {path} was saved with {state.get('processes', 1)} processes; resume it with the same number."
+            )
+        tree = ckpt.read_json(path / "optimizer.json")
+        self.optimizer.load_state_dict(ckpt.join_state(tree, ckpt.load_tensors(path / "optimizer.safetensors")))
+        self.scheduler.load_state_dict(state["scheduler"])
+
+    def load_rng(self, path: Path) -> None:
+        rank = self.accelerator.process_index
+        self.generator.set_state(ckpt.load_tensors(path / f"rng-{rank}.safetensors")["torch"])
+        self.rng.setstate(_python_state(ckpt.read_json(path / f"rng-{rank}.json")["python"]))
+
+    # Previews and the artefact ----------------------------------------------------------------
+
+    @torch.no_grad()
+    def preview(self, phase: int, global_step: int) -> None:
+        """Composed-prompt samples at fixed seeds plus attention overlays of both tokens (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        from engine.models import make_pipeline
+
+        config = self.config
+        prompt = composed_prompt(config.identity_token, config.style_token)
+        seeds = list(config.preview_seeds)
+        pipe = make_pipeline(self.base, "euler_a")
+        pipe.set_progress_bar_config(disable=True)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self.accelerator.autocast():
+            self.store.start(accumulate=True)
+            try:
+                images = pipe(
+                    [prompt] * len(seeds), height=config.resolution, width=config.resolution,
+                    num_inference_steps=config.preview_steps, guidance_scale=config.preview_guidance,
+                    generator=[torch.Generator(self.device).manual_seed(s) for s in seeds], output_type="np",
+                ).images
+            finally:
+                self.store.stop()
+        ids = self.base.tokenizer(prompt, padding="max_length", max_length=self.base.tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+        rows = torch.arange(len(seeds)) + (len(seeds) if config.preview_guidance > 1 else 0)
+        folder = self.folder / "previews" / f"step-{global_step:06d}"
+        paths, overlays = [], {}
+        for label, token in (("identity", config.identity_token), ("style", config.style_token)):
+            position = int((ids == self.data.token_ids[token]).nonzero()[0, 0])
+            maps = self.store.token_maps(torch.full((len(seeds),), position), rows).mean(dim=1)
+            overlays[token] = [_save_png(folder / f"seed-{s}-{label}.png", _overlay(img, m)) for s, img, m in zip(seeds, images, maps)]
+        paths = [_save_png(folder / f"seed-{s}.png", (img * 255).round().astype("uint8")) for s, img in zip(seeds, images)]
+        self.emit(PreviewSaved(phase=phase, global_step=global_step, prompt=prompt, images=paths, attention_maps=overlays))
+
+    def finish(self) -> Path:
+        from engine.artefact import save_artefact
+
+        config, accelerator = self.config, self.accelerator
+        path = self.folder / ARTEFACT
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            loras = {name: {} for name in ("unet", "text_encoder")}
+            if config.phase2_steps:
+                for name in self.lora_configs():
+                    loras[name] = _lora_state(getattr(self.base, name))
+            rows = self.placeholders.rows.detach()
+            metadata = {
+                "format": 1, "base_model": self.base.source, "preset": config.preset, "run": self.run_id,
+                "tokens": {"identity": config.identity_token, "style": config.style_token},
+                "prompt": composed_prompt(config.identity_token, config.style_token),
+                "resolution": config.resolution, "lora": self.lora_configs() if config.phase2_steps else {},
+                "recommended": RECOMMENDED, "config": config.to_dict(), "created": now(),
+            }
+            save_artefact(path, loras["unet"], loras["text_encoder"], {config.identity_token: rows[0], config.style_token: rows[1]}, metadata)
+            _set_run(self.project, self.run_id, status="finished", artefact=str(path.relative_to(self.project.root)))
+        accelerator.wait_for_everyone()
+        self.emit(Finished(artefact=str(path), seconds=time.perf_counter() - self.started))
+        return path
+
+
+def _lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """LoRA weights of a peft-injected module under peft's saved names (adapter name dropped)."""
+    return {k.replace(".default.", "."): v for k, v in module.state_dict().items() if "lora_" in k}
+
+
+def _python_state(state):
+    """``random.getstate()`` <-> JSON lists."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss] if isinstance(internal, tuple) else (version, tuple(internal), gauss)
+
+
+def _overlay(image, heat: torch.Tensor):
+    """RGB ``uint8``: the image blended with a jet-coloured, min-max normalised attention map."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    size = image.shape[:2]
+    heat = F.interpolate(heat[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    heat = ((heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-8)).numpy()
+    colour = np.stack([np.clip(1.5 - np.abs(4 * heat - c), 0, 1) for c in (3, 2, 1)], axis=-1)
+    return (255 * (0.5 * image + 0.5 * colour)).round().astype("uint8")
+
+
+def _save_png(path: Path, pixels) -> str:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+    return str(path)
+

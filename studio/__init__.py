@@ -1,0 +1,1 @@
+"""The Gradio studio: layout, events and the background job runner (all work is done by `engine`)."""

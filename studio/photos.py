@@ -1,0 +1,208 @@
+"""Photos step: upload selfies and style references; see each crop with its mask, or why it was refused."""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+if TYPE_CHECKING:
+    from engine.store import Project
+    from studio.app import Studio
+
+ROLES = {"source": "selfie", "reference": "style reference"}
+IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"]
+REFUSALS_KEPT = 12
+
+
+@dataclass(frozen=True)
+class Refusal:
+    filename: str
+    role: str
+    reason: str
+    """The intake's reason code, e.g. ``several_faces``."""
+    message: str
+
+
+class RefusalLog:
+    """The latest refused uploads per project, kept in the server so a reload still shows them."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, deque[Refusal]] = defaultdict(lambda: deque(maxlen=REFUSALS_KEPT))
+        self._lock = threading.Lock()
+
+    def add(self, project: str, refusal: Refusal) -> None:
+        with self._lock:
+            self._items[project].appendleft(refusal)
+
+    def get(self, project: str | None) -> list[Refusal]:
+        with self._lock:
+            return list(self._items.get(project or "", ()))
+
+    def clear(self, project: str) -> None:
+        with self._lock:
+            self._items.pop(project, None)
+
+
+def photo_items(project: Project, role: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Gallery items (preview image, caption) and the matching photo ids, in upload order."""
+    from engine.intake import photos
+
+    items, ids = [], []
+    for record in photos(project, role):
+        picture = record.get("preview") or record.get("crop")
+        if not picture:
+            continue
+        items.append((str(project.path(picture)), record.get("filename", record["id"])))
+        ids.append(record["id"])
+    return items, ids
+
+
+def refusals_html(refusals: list[Refusal]) -> str:
+    if not refusals:
+        return ""
+    rows = "".join(
+        f"<li><b>{html.escape(item.reason.replace('_', ' ').capitalize())}</b> · {html.escape(item.filename)} "
+        f"({ROLES[item.role]}): {html.escape(item.message)}</li>"
+        for item in refusals
+    )
+    return f"<div class='mc-refused' id='refusals'><b>Not used:</b><ul>{rows}</ul></div>"
+
+
+def empty_hint(role: str, count: int) -> str:
+    if count:
+        return f"{count} {ROLES[role]}{'s' if count != 1 else ''} ready. Click one to remove or replace it."
+    if role == "source":
+        return "No selfies yet. Add 4-6 photos of the person: one face each, different angles and light."
+    return "No style references yet. Add 4-6 photos in the look you want (a studio headshot, a painting…)."
+
+
+def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab) -> None:
+    """Lay out the Photos tab and wire its events."""
+    refusals = RefusalLog()
+    panels: dict[str, dict[str, Any]] = {}
+    with gr.Row():
+        for role, title, tip in (
+            ("source", "🤳 Selfies", "One face per photo; sharp, well lit, different angles."),
+            ("reference", "🎨 Style references", "Portraits in the style you want; the face is ignored."),
+        ):
+            with gr.Column():
+                gr.Markdown(f"### {title}\n{tip}")
+                upload = gr.File(
+                    label=f"Add {ROLES[role]}s",
+                    file_count="multiple",
+                    file_types=IMAGE_TYPES,
+                    elem_id=f"upload-{role}",
+                )
+                hint = gr.Markdown(elem_id=f"hint-{role}")
+                shown = gr.Gallery(
+                    label="Crops with their face masks"
+                    if role == "source"
+                    else "Crops with their style masks",
+                    columns=4,
+                    height=320,
+                    object_fit="contain",
+                    allow_preview=False,
+                    elem_id=f"gallery-{role}",
+                )
+                with gr.Row():
+                    remove = gr.Button("Remove selected", size="sm")
+                    replace = gr.UploadButton("Replace selected", size="sm", file_types=IMAGE_TYPES)
+                panels[role] = {
+                    "upload": upload,
+                    "hint": hint,
+                    "gallery": shown,
+                    "remove": remove,
+                    "replace": replace,
+                    "ids": gr.State([]),
+                    "selected": gr.State(None),
+                }
+    refused = gr.HTML(elem_id="refused-photos")
+    with gr.Accordion("No style photos? Make style references from a text prompt", open=False):
+        gr.Markdown(
+            "The base model paints a few references from your description (e.g. *studio headshot, soft "
+            "light, grey backdrop*); you can remove the ones you do not like."
+        )
+        with gr.Row():
+            prompt = gr.Textbox(label="Describe the style", scale=4)
+            count = gr.Slider(1, 8, value=4, step=1, label="How many", scale=1)
+        make = gr.Button("Make style references")
+    next_step = gr.Button("Next: train →", variant="primary")
+
+    def views(name: str | None) -> list[Any]:
+        """Gallery, ids, hint per role, then the refusals."""
+        values: list[Any] = []
+        project = studio.project(name) if name else None
+        for role in ROLES:
+            items, ids = photo_items(project, role) if project else ([], [])
+            values += [items, ids, empty_hint(role, len(ids)) if project else ""]
+        return [*values, refusals_html(refusals.get(name))]
+
+    outputs = [
+        c for role in ROLES for c in (panels[role]["gallery"], panels[role]["ids"], panels[role]["hint"])
+    ]
+    outputs.append(refused)
+
+    def add_files(name: str | None, files: list[str] | None, role: str, progress: gr.Progress) -> None:
+        from engine.intake import Refused, add_photo
+
+        project = studio.project(name)
+        files = files or []
+        kit = studio.face_kit()
+        for index, file in enumerate(files):
+            path = Path(file)
+            progress(index / max(len(files), 1), desc=f"Checking {path.name}")
+            outcome = add_photo(project, path.read_bytes(), path.name, role, kit)
+            if isinstance(outcome, Refused):
+                refusals.add(project.name, Refusal(path.name, role, outcome.reason, outcome.message))
+
+    for role, panel in panels.items():
+
+        def on_upload(name, files, role=role, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
+            if not files:
+                return [gr.skip()] * (len(outputs) + 1)
+            add_files(name, files, role, progress)
+            return [*views(name), None]
+
+        def on_select(ids: list[str], event: gr.SelectData):
+            return ids[event.index] if 0 <= event.index < len(ids) else None
+
+        def on_remove(name, selected, role=role):
+            from engine.intake import remove_photo
+
+            if not selected:
+                raise gr.Error(f"Click a {ROLES[role]} first, then remove it.")
+            remove_photo(studio.project(name), selected)
+            return [*views(name), None]
+
+        def on_replace(name, selected, file, role=role, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
+            from engine.intake import remove_photo
+
+            if not selected:
+                raise gr.Error(f"Click the {ROLES[role]} to replace first.")
+            remove_photo(studio.project(name), selected)
+            add_files(name, [file], role, progress)
+            return [*views(name), None]
+
+        panel["upload"].upload(on_upload, [current, panel["upload"]], [*outputs, panel["upload"]])
+        panel["gallery"].select(on_select, panel["ids"], panel["selected"])
+        panel["remove"].click(on_remove, [current, panel["selected"]], [*outputs, panel["selected"]])
+        panel["replace"].upload(
+            on_replace, [current, panel["selected"], panel["replace"]], [*outputs, panel["selected"]]
+        )
+
+    def on_make(name: str | None, text: str, how_many: float):
+        from studio.generate import submit_references
+
+        job = submit_references(studio, studio.project(name), text, int(how_many))
+        gr.Info(f"{job.title} is queued; the references appear here when it is done.")
+
+    make.click(on_make, [current, prompt, count], None)
+    current.change(views, current, outputs, show_progress="hidden")
+    tab.select(views, current, outputs, show_progress="hidden")
+    next_step.click(lambda: gr.Tabs(selected="train"), None, tabs)

@@ -1,0 +1,437 @@
+"""Train step: preset and memory profile, start / cancel / resume, and the live view of the run.
+
+The live view is a fold over the engine's training events: the same function reads the running
+job's events (from the job runner) and a past run's ``events.jsonl`` (after a restart), so an
+interrupted run shows its previews and losses when the studio comes back.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import pandas as pd
+
+from engine.config import PRESETS, PROFILE_NAMES, ConfigError, TrainingConfig, preset
+from engine.events import (
+    Cancelled,
+    CheckpointSaved,
+    Failed,
+    Finished,
+    PhaseStarted,
+    PreviewSaved,
+    Status,
+    StepDone,
+    read_events,
+)
+from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobRefused
+
+if TYPE_CHECKING:
+    from engine.store import Project
+    from studio.app import Studio
+
+PRESET_HELP = {
+    "released": "**released**: the authors' released settings (2,700 steps). Best results; 20-40 min on a good GPU.",
+    "paper": "**paper**: the values stated in the paper (gradient accumulation 4, slower).",
+    "fast": "**fast**: 700 steps for a first look at whether the photos work.",
+}
+ADVANCED = (
+    "phase1_steps",
+    "phase2_steps",
+    "resolution",
+    "seed",
+    "lora_rank",
+    "identity_weight",
+    "ar_weight",
+    "checkpoint_every",
+    "preview_every",
+)
+"""Settings shown under "Advanced"; the rest keep the preset's values."""
+MAX_PLOT_POINTS = 600
+"""Loss points per term sent to the browser; longer runs are thinned evenly."""
+DEMO_OVERRIDES = {
+    "phase1_steps": 6,
+    "phase2_steps": 6,
+    "checkpoint_every": 3,
+    "preview_every": 6,
+    "preview_steps": 4,
+    "preview_seeds": [0],
+    "latent_cache_variants": 1,
+    "device": "cpu",
+}
+"""Demo mode: a CPU run of the tiny model that finishes in about a minute."""
+
+
+@dataclass
+class TrainingView:
+    """What the Train tab shows about one run."""
+
+    state: str = "idle"
+    """idle, starting, running, done, failed, cancelled or interrupted."""
+    run: str | None = None
+    message: str = ""
+    phase: int = 0
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    it_per_s: float | None = None
+    lr: float | None = None
+    losses: list[tuple[int, str, float]] = field(default_factory=list)
+    previews: list[tuple[str, str]] = field(default_factory=list)
+    attention: list[tuple[str, str]] = field(default_factory=list)
+    checkpoint: str | None = None
+    artefact: str | None = None
+
+
+def fold(events: list[Any]) -> TrainingView:
+    """The view after ``events`` (engine event objects, in order)."""
+    view = TrainingView(state="starting", message="Preparing the training…")
+    for event in events:
+        if isinstance(event, Status):
+            view.message = event.message
+        elif isinstance(event, PhaseStarted):
+            view.state, view.phase, view.message = "running", event.phase, event.description
+        elif isinstance(event, StepDone):
+            view.state = "running"
+            view.phase, view.step, view.total = event.phase, event.global_step, event.total_steps
+            view.eta_s, view.it_per_s, view.lr = event.eta_s, event.it_per_s, event.lr
+            view.losses.extend((event.global_step, term, value) for term, value in event.losses.items())
+        elif isinstance(event, PreviewSaved):
+            view.previews = [
+                (path, f"step {event.global_step} · seed {i}") for i, path in enumerate(event.images)
+            ]
+            view.attention = [
+                (path, f"{token} · step {event.global_step}")
+                for token, paths in event.attention_maps.items()
+                for path in paths
+            ]
+        elif isinstance(event, CheckpointSaved):
+            view.checkpoint = f"Checkpoint saved at step {event.global_step}."
+        elif isinstance(event, Finished):
+            view.state, view.artefact = "done", event.artefact
+            view.step = view.total = max(view.total, view.step)
+            view.message = f"Finished in {duration(event.seconds)}."
+        elif isinstance(event, Cancelled):
+            view.state = "cancelled"
+            view.message = f"Cancelled at step {event.global_step}" + (
+                "; resume continues from the last checkpoint." if event.checkpoint else "."
+            )
+        elif isinstance(event, Failed):
+            view.state, view.message = "failed", event.message
+    return view
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_html(view: TrainingView, job: Job | None) -> str:
+    """The progress bar with phase, step, speed and ETA."""
+    if job is not None and job.status == QUEUED:
+        return "<div class='mc-empty'>🕒 Waiting in the queue for the job before it to finish…</div>"
+    if view.state == "idle":
+        return (
+            "<div class='mc-empty'>No training yet. Add photos, pick a preset and press "
+            "<b>Start training</b>; the progress, losses and previews appear here.</div>"
+        )
+    fraction = view.step / view.total if view.total else 0.0
+    if view.state == "done":
+        fraction = 1.0
+    parts = [
+        f"Phase {view.phase} of 2" if view.phase else "",
+        f"step {view.step} / {view.total}" if view.total else "",
+    ]
+    if view.state == "running" and view.it_per_s:
+        parts.append(f"{view.it_per_s:.2f} it/s")
+    if view.state == "running" and view.eta_s is not None:
+        parts.append(f"ETA {duration(view.eta_s)}")
+    icon = {"done": "✅", "failed": "❌", "cancelled": "⏹", "interrupted": "⏸"}.get(view.state, "⏳")
+    details = " · ".join(p for p in parts if p)
+    message = html.escape(view.message)
+    checkpoint = f"<br><small>{html.escape(view.checkpoint)}</small>" if view.checkpoint else ""
+    return (
+        f"<div id='train-progress' data-state='{view.state}'><b>{icon} {details}</b> {message}"
+        f"<div class='mc-progress'><div style='width:{100 * fraction:.1f}%'></div></div>{checkpoint}</div>"
+    )
+
+
+def loss_frame(view: TrainingView) -> pd.DataFrame:
+    """Loss points as a long table (step, value, term), thinned to `MAX_PLOT_POINTS` per term."""
+    frame = pd.DataFrame(view.losses, columns=["step", "term", "value"])
+    if frame.empty:
+        return frame
+    stride = max(1, int(frame["step"].nunique() / MAX_PLOT_POINTS + 0.999))
+    return frame[frame["step"] % stride == 0] if stride > 1 else frame
+
+
+# -- runs on disk --------------------------------------------------------------------------
+
+_replays: dict[Path, tuple[int, int, TrainingView]] = {}
+
+
+def replay(events_file: Path) -> TrainingView:
+    """The view of a run from its ``events.jsonl`` (cached until the file changes)."""
+    try:
+        stat = events_file.stat()
+    except FileNotFoundError:
+        return fold([])
+    cached = _replays.get(events_file)
+    if cached is None or cached[:2] != (stat.st_mtime_ns, stat.st_size):
+        cached = (stat.st_mtime_ns, stat.st_size, fold(read_events(events_file)))
+        _replays[events_file] = cached
+    return copy.deepcopy(cached[2])
+
+
+def disk_view(project: Project) -> TrainingView:
+    """The project's newest run as recorded on disk (by this studio before a restart, or the CLI)."""
+    from engine.train import resume_available
+
+    runs = project.manifest().get("trainings", [])
+    if not runs:
+        return TrainingView()
+    entry = runs[-1]
+    view = replay(project.path("trainings", entry["id"], "events.jsonl"))
+    view.run = entry["id"]
+    if entry.get("status") != "finished" and resume_available(project) == entry["id"]:
+        view.state = "interrupted"
+        view.message = (
+            f"Training {entry['id']} stopped before the end; resume continues from its last checkpoint."
+        )
+    elif entry.get("status") == "finished":
+        view.state = "done"
+    return view
+
+
+def interrupted_runs(studio: Studio) -> list[tuple[str, str]]:
+    """(project, run) of every stopped or crashed run that can be resumed, for the start-up notice."""
+    from engine.train import resume_available
+
+    found = []
+    for name in studio.store.list():
+        run = resume_available(studio.store.open(name))
+        if run is not None:
+            found.append((name, run))
+    return found
+
+
+def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | None]:
+    """The training to show for a project: its job in this session, else its newest run on disk."""
+    if not name:
+        return TrainingView(), None
+    job = studio.runner.latest(name, "train")
+    if job is None:
+        return disk_view(studio.store.open(name)), None
+    view = fold(job.event_list())
+    if job.status == FAILED and view.state != "failed":
+        view.state, view.message = "failed", job.error or "The training failed."
+    elif job.status == CANCELLED and view.state not in ("cancelled", "failed"):
+        view.state, view.message = "cancelled", "Cancelled; resume continues from the last checkpoint."
+    elif job.status == DONE:
+        view.state = "done"
+    return view, job
+
+
+# -- starting jobs -------------------------------------------------------------------------
+
+
+def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[str, Any]) -> TrainingConfig:
+    """The run's config: the preset, the user's advanced values, the base model and demo limits."""
+    overrides = {"base_model": studio.base_model, "vram_profile": profile, **advanced}
+    if studio.demo is not None:
+        overrides.update(DEMO_OVERRIDES, resolution=studio.demo.resolution)
+    try:
+        return preset(preset_name, **overrides)
+    except ConfigError as error:
+        raise gr.Error(str(error)) from error
+
+
+def submit_training(studio: Studio, project: Project, config: TrainingConfig, *, resume: bool = False) -> Job:
+    """Queue a training of ``project``; a second one for the same project is refused with a reason."""
+
+    def work(job: Job) -> Path:
+        from engine.train import train
+
+        return train(
+            project, config, on_event=job.emit, cancel=job.cancel, resume=resume, face_kit=studio.face_kit()
+        )
+
+    verb = "Resumed training" if resume else "Training"
+    return studio.runner.submit(
+        "train", project.name, f"{verb} of {project.name}", work, key=f"train:{project.name}"
+    )
+
+
+def readiness(studio: Studio, name: str | None) -> str:
+    if not name:
+        return "Open or create a project first (step 1)."
+    from engine.intake import photos
+
+    project = studio.store.open(name)
+    sources, references = len(photos(project, "source")), len(photos(project, "reference"))
+    notes = [f"**{sources}** selfie(s) and **{references}** style reference(s)."]
+    if not sources or not references:
+        notes.append("⚠️ Training needs at least one of each; add them in step 2.")
+    elif sources < 4 or references < 4:
+        notes.append("Works with fewer, but 4-6 of each give better likeness and style.")
+    return " ".join(notes)
+
+
+def queue_html(studio: Studio) -> str:
+    items = []
+    for job in studio.runner.jobs()[:8]:
+        state = {RUNNING: "⏳ running", QUEUED: "🕒 waiting", DONE: "✅ done", FAILED: "❌ failed"}.get(
+            job.status, "⏹ cancelled"
+        )
+        items.append(f"<li>{state}: {html.escape(job.title)}</li>")
+    if not items:
+        return "<i>The queue is empty. One GPU job runs at a time; others wait here.</i>"
+    return f"<ul class='mc-queue'>{''.join(items)}</ul>"
+
+
+# -- layout --------------------------------------------------------------------------------
+
+
+def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, tab: gr.Tab) -> None:
+    """Lay out the Train tab and wire its events."""
+    default_preset = "fast" if studio.demo is not None else "released"
+    start_values = preset(default_preset)
+    ready = gr.Markdown(elem_id="train-readiness")
+    with gr.Row():
+        with gr.Column(scale=2):
+            preset_choice = gr.Radio(list(PRESETS), value=default_preset, label="Preset")
+            preset_help = gr.Markdown(PRESET_HELP.get(default_preset, ""))
+        with gr.Column(scale=1):
+            profile = gr.Dropdown(
+                list(PROFILE_NAMES), value="auto", label="GPU memory profile", info=studio.device.summary
+            )
+    with gr.Accordion("Advanced settings", open=False):
+        if studio.demo is not None:
+            gr.Markdown("Demo mode runs a few CPU steps of the tiny model whatever is set here.")
+        fields = {item.name: item for item in TrainingConfig.__dataclass_fields__.values()}
+        advanced = []
+        with gr.Row():
+            for name in ADVANCED:
+                advanced.append(
+                    gr.Number(
+                        getattr(start_values, name),
+                        label=name.replace("_", " "),
+                        info=fields[name].metadata["help"],
+                    )
+                )
+    with gr.Row():
+        start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
+        cancel = gr.Button("⏹ Cancel", variant="stop", elem_id="cancel-training")
+        resume = gr.Button("⟲ Resume", elem_id="resume-training", visible=False)
+    progress = gr.HTML(progress_html(TrainingView(), None), elem_id="train-progress-box")
+    with gr.Row():
+        plot = gr.LinePlot(
+            loss_frame(TrainingView()),
+            x="step",
+            y="value",
+            color="term",
+            title="Losses",
+            height=280,
+            elem_id="loss-plot",
+        )
+    with gr.Row():
+        previews = gr.Gallery(
+            label="Latest previews (composed prompt)", columns=4, height=260, elem_id="train-previews"
+        )
+        attention = gr.Gallery(
+            label="Where the tokens look (<sks> = the person, <style1> = the style)",
+            columns=4,
+            height=260,
+            elem_id="train-attention",
+        )
+    with gr.Accordion("Queue", open=False):
+        queue = gr.HTML(queue_html(studio))
+    next_step = gr.Button("Next: generate →", variant="primary")
+    seen = gr.State(None)
+
+    outputs = [progress, plot, previews, attention, resume, queue, seen]
+
+    def refresh(name: str | None, last: Any, force: bool = False) -> list[Any]:
+        view, job = latest_view(studio, name)
+        previews_shown = tuple(path for path, _ in view.previews)
+        signature = [
+            name,
+            job.id if job else None,
+            job.status if job else None,
+            view.state,
+            view.step,
+            previews_shown,
+        ]
+        if not force and signature == last:
+            return [gr.skip()] * (len(outputs) - 2) + [queue_html(studio), gr.skip()]
+        idle = job is None or not job.active
+        return [
+            progress_html(view, job),
+            loss_frame(view),
+            view.previews,
+            view.attention,
+            gr.Button(visible=idle and view.state in ("interrupted", "cancelled")),
+            queue_html(studio),
+            signature,
+        ]
+
+    def on_run(name, preset_name, profile_name, *values, resume=False):
+        project = studio.project(name)
+        if not resume and not photos_ready(project):
+            raise gr.Error("Training needs at least one selfie and one style reference; add them in step 2.")
+        chosen = {
+            key: int(value) if float(value).is_integer() else float(value)
+            for key, value in zip(ADVANCED, values, strict=True)
+            if value is not None
+        }
+        config = make_config(studio, preset_name, profile_name, chosen)
+        try:
+            job = submit_training(studio, project, config, resume=resume)
+        except JobRefused as error:
+            raise gr.Error(str(error)) from error
+        gr.Info(
+            f"{job.title} is queued behind the running job."
+            if job.status == QUEUED
+            else f"{job.title} started."
+        )
+        return refresh(name, None, force=True)
+
+    def on_cancel(name):
+        job = studio.runner.latest(name, "train") if name else None
+        if job is None or not job.active:
+            raise gr.Error("No training of this project is running.")
+        studio.runner.cancel(job.id)
+        gr.Info("Cancelling… the run stops after the current step and keeps its last checkpoint.")
+
+    def on_preset(name: str):
+        values = preset(name)
+        return [PRESET_HELP.get(name, "")] + [getattr(values, key) for key in ADVANCED]
+
+    settings = [current, preset_choice, profile, *advanced]
+    start.click(on_run, settings, outputs)
+    resume.click(functools.partial(on_run, resume=True), settings, outputs)
+    cancel.click(on_cancel, current, None)
+    preset_choice.change(on_preset, preset_choice, [preset_help, *advanced])
+    timer.tick(refresh, [current, seen], outputs, show_progress="hidden")
+    current.change(
+        lambda name: [readiness(studio, name), *refresh(name, None, force=True)], current, [ready, *outputs]
+    )
+    tab.select(lambda name: readiness(studio, name), current, ready)
+    next_step.click(lambda: gr.Tabs(selected="generate"), None, tabs)
+
+
+def photos_ready(project: Project) -> bool:
+    from engine.intake import photos
+
+    return bool(photos(project, "source")) and bool(photos(project, "reference"))

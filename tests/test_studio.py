@@ -1,0 +1,363 @@
+"""The studio without a browser: job runner, start-up, serving rules and auth against a running app."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+import app as launcher
+from engine.events import Finished, PhaseStarted, PreviewSaved, StepDone
+from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRefused, JobRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- job runner ----------------------------------------------------------------------------
+
+
+def test_runner_runs_jobs_one_at_a_time_in_order():
+    runner = JobRunner()
+    active, peak, order = [0], [0], []
+    lock = threading.Lock()
+
+    def work(job):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        order.append(job.title)
+        with lock:
+            active[0] -= 1
+        return job.title
+
+    jobs = [runner.submit("train", f"p{i}", f"job {i}", work) for i in range(4)]
+    assert all(runner.wait(job, timeout=10) for job in jobs)
+    assert peak[0] == 1
+    assert order == ["job 0", "job 1", "job 2", "job 3"]
+    assert [job.status for job in jobs] == [DONE] * 4
+    assert jobs[2].result == "job 2"
+
+
+def test_runner_refuses_a_second_job_with_the_same_key_and_says_why():
+    runner = JobRunner()
+    release = threading.Event()
+    first = runner.submit("train", "anna", "Training of anna", lambda job: release.wait(10), key="train:anna")
+    with pytest.raises(JobRefused, match="Training of anna is already"):
+        runner.submit("train", "anna", "Training of anna", lambda job: None, key="train:anna")
+    other = runner.submit("train", "ben", "Training of ben", lambda job: None, key="train:ben")
+    assert other.status == QUEUED
+    release.set()
+    assert runner.wait(other, timeout=10)
+    assert first.status == DONE and other.status == DONE
+    again = runner.submit("train", "anna", "Training of anna", lambda job: None, key="train:anna")
+    assert runner.wait(again, timeout=10) and again.status == DONE
+
+
+def test_runner_cancels_queued_and_running_jobs():
+    runner = JobRunner()
+    started = threading.Event()
+
+    def long_work(job):
+        started.set()
+        while not job.cancel.wait(0.01):
+            pass
+        raise RuntimeError("stopped because cancelled")
+
+    running = runner.submit("train", "p", "long", long_work)
+    waiting = runner.submit("generate", "p", "waiting", lambda job: pytest.fail("a cancelled job ran"))
+    assert started.wait(10)
+    assert running.status == RUNNING
+    assert runner.cancel(waiting.id) and waiting.status == CANCELLED
+    assert runner.cancel(running.id)
+    assert runner.wait(running, timeout=10)
+    assert running.status == CANCELLED and running.error is None
+    assert not runner.cancel(running.id)
+
+
+def test_a_failing_job_keeps_its_message_and_the_runner_goes_on():
+    runner = JobRunner()
+
+    def broken(job):
+        raise ValueError("The photos of project p are gone; add them again.")
+
+    failed = runner.submit("train", "p", "broken", broken)
+    after = runner.submit("train", "p", "after", lambda job: 42)
+    assert runner.wait(after, timeout=10)
+    assert failed.status == FAILED
+    assert failed.error == "The photos of project p are gone; add them again."
+    assert after.status == DONE and after.result == 42
+    assert runner.jobs()[0] is after
+
+
+def test_two_train_clicks_on_one_project_queue_one_and_refuse_the_other(tmp_path):
+    from engine.config import preset
+    from engine.store import ProjectStore
+    from studio.app import Studio
+    from studio.train import submit_training
+
+    studio = Studio(ProjectStore(tmp_path))
+    project = studio.store.create("anna")
+    release = threading.Event()
+    blocker = studio.runner.submit("generate", "other", "Portraits of other", lambda job: release.wait(10))
+    first = submit_training(studio, project, preset("fast"))
+    assert first.status == QUEUED
+    with pytest.raises(JobRefused, match="Training of anna is already waiting in the queue"):
+        submit_training(studio, project, preset("fast"))
+    studio.runner.cancel(first.id)
+    release.set()
+    assert studio.runner.wait(blocker, timeout=10)
+    assert first.status == CANCELLED
+
+
+# -- the live training view ----------------------------------------------------------------
+
+
+def training_events(tmp_path: Path) -> list:
+    return [
+        PhaseStarted(phase=1, steps=4, description="Phase 1: learning the two tokens"),
+        *[
+            StepDone(
+                phase=1,
+                step=i,
+                phase_steps=4,
+                global_step=i,
+                total_steps=8,
+                losses={"source": 0.5 / i, "total": 1.0 / i},
+                lr=1e-3,
+                it_per_s=2.0,
+                eta_s=(8 - i) / 2.0,
+            )
+            for i in (1, 2, 3)
+        ],
+        PreviewSaved(
+            phase=1,
+            global_step=3,
+            prompt="a photo of <sks> person in the style of <style1>",
+            images=[str(tmp_path / "seed-0.png")],
+            attention_maps={
+                "<sks>": [str(tmp_path / "seed-0-identity.png")],
+                "<style1>": [str(tmp_path / "s.png")],
+            },
+        ),
+    ]
+
+
+def test_fold_shows_progress_losses_previews_and_attention(tmp_path):
+    from studio.train import fold, loss_frame, progress_html
+
+    view = fold(training_events(tmp_path))
+    assert (view.state, view.phase, view.step, view.total) == ("running", 1, 3, 8)
+    assert view.eta_s == 2.5
+    frame = loss_frame(view)
+    assert sorted(frame["term"].unique()) == ["source", "total"]
+    assert len(frame) == 6
+    assert [caption for _, caption in view.attention] == ["<sks> · step 3", "<style1> · step 3"]
+    assert view.previews[0][0] == str(tmp_path / "seed-0.png")
+    page = progress_html(view, None)
+    assert "step 3 / 8" in page and "ETA 2 s" in page and "width:37.5%" in page
+    done = fold([*training_events(tmp_path), Finished(artefact="x", seconds=75)])
+    assert done.state == "done" and "1 min 15 s" in done.message
+
+
+def test_replay_from_disk_matches_the_live_view(tmp_path):
+    from engine.events import EventLog
+    from studio.train import fold, replay
+
+    log = EventLog(tmp_path / "events.jsonl")
+    events = training_events(tmp_path)
+    for event in events:
+        log.append(event)
+    assert replay(tmp_path / "events.jsonl") == fold(events)
+
+
+# -- start-up ------------------------------------------------------------------------------
+
+
+def test_importing_the_studio_does_not_import_torch():
+    code = "import sys, app, studio.app; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_share_without_auth_refuses_to_start_and_says_how_to_log_in(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != launcher.AUTH_ENV}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import app, sys; sys.exit(app.main())",
+            "--share",
+            "--no-browser",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--auth USER:PASSWORD" in result.stderr and launcher.AUTH_ENV in result.stderr
+    assert not (tmp_path / "projects").exists()
+
+
+def test_auth_comes_from_the_flag_or_the_environment():
+    assert launcher.resolve_auth("ann:secret", {}) == (("ann", "secret"), False)
+    assert launcher.resolve_auth(None, {launcher.AUTH_ENV: "bo:pw:with:colons"}) == (
+        ("bo", "pw:with:colons"),
+        False,
+    )
+    assert launcher.resolve_auth(None, {}) == (None, False)
+    (user, password), generated = launcher.resolve_auth("generate", {})
+    assert generated and user and len(password) >= 12
+    with pytest.raises(launcher.AuthError, match="USER:PASSWORD"):
+        launcher.resolve_auth("no-colon", {})
+
+
+# -- serving rules against a running app ---------------------------------------------------
+
+
+def start_studio(root: Path, auth: tuple[str, str] | None = None):
+    from engine.store import ProjectStore
+    from studio.app import LaunchOptions, Studio, launch
+
+    studio = Studio(ProjectStore(root))
+    blocks = launch(studio, LaunchOptions(port=free_port(), auth=auth, open_browser=False), block=False)
+    return studio, blocks, blocks.local_url.rstrip("/")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served").resolve()
+    studio, blocks, url = start_studio(root)
+    project = studio.store.create("anna")
+    yield root, project, url
+    blocks.close()
+
+
+@pytest.fixture(scope="module")
+def served_with_auth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served-auth").resolve()
+    studio, blocks, url = start_studio(root, auth=("ann", "s3cret-pw"))
+    studio.store.create("anna")
+    yield root, blocks, url
+    blocks.close()
+
+
+def outside_paths(root: Path) -> list[str]:
+    depth = "/..".join([""] * (len(root.parts) + 2))
+    return [
+        "/etc/passwd",
+        f"{root}{depth}/etc/passwd",
+        f"{root}/projects/../../../../../../../../etc/passwd",
+        f"{root}/projects/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "../../../../../../../../etc/passwd",
+        "//etc/passwd",
+        str(ROOT / "pyproject.toml"),
+        str(Path(launcher.__file__).resolve()),
+        f"{root}/projects/evil-link/passwd",
+    ]
+
+
+def test_files_are_served_only_from_the_data_root(served):
+    root, project, url = served
+    (project.root / "evil-link").symlink_to("/etc", target_is_directory=True)
+    inside = project.root / "manifest.json"
+    answer = requests.get(f"{url}/gradio_api/file={inside}", timeout=10)
+    assert answer.status_code == 200 and '"anna"' in answer.text
+    for path in outside_paths(root):
+        for route in ("/gradio_api/file=", "/gradio_api/file/", "/file="):
+            answer = requests.get(f"{url}{route}{path}", timeout=10)
+            assert answer.status_code in (403, 404), (route, path, answer.status_code)
+            assert "root:" not in answer.text
+
+
+def test_urls_are_never_fetched_or_proxied(served):
+    _, _, url = served
+    for target in (
+        "/gradio_api/file=http://127.0.0.1:1/x.png",
+        "/gradio_api/file=https://example.org/a.png",
+        "/gradio_api/proxy=https://example.org/a.png",
+    ):
+        answer = requests.get(f"{url}{target}", timeout=10)
+        assert answer.status_code == 403, target
+
+
+def test_the_gatekeeper_resolves_links_and_dots(tmp_path):
+    from studio.app import Gatekeeper
+
+    root = tmp_path / "root"
+    (root / "projects" / "a").mkdir(parents=True)
+    (root / "projects" / "a" / "ok.png").write_bytes(b"png")
+    (tmp_path / "secret.txt").write_text("secret")
+    (root / "projects" / "a" / "link.txt").symlink_to(tmp_path / "secret.txt")
+    gate = Gatekeeper(None, str(root))
+    assert gate.servable(str(root / "projects" / "a" / "ok.png"))
+    assert not gate.servable(str(root / "projects" / "a" / "link.txt"))
+    assert not gate.servable(str(root / "projects" / ".." / ".." / "secret.txt"))
+    assert not gate.servable(str(root / "projects" / "a"))
+    assert not gate.servable("")
+
+
+def app_routes(routes, prefix: str = ""):
+    """(path, methods) of every route, including those of routers included with a prefix."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from app_routes(inner.routes, prefix + route.include_context.prefix)
+        elif getattr(route, "path", None) is not None:
+            yield prefix + route.path, getattr(route, "methods", None) or {"GET"}
+
+
+def concrete(path: str, file: Path) -> str:
+    """A request path for a route pattern: placeholders filled with harmless values."""
+    path = path.replace("{path_or_url:path}", str(file))
+    return re.sub(r"\{[^}]+\}", "1", path)
+
+
+def test_with_auth_every_route_needs_the_login(served_with_auth):
+    from studio.app import Gatekeeper
+
+    root, blocks, url = served_with_auth
+    manifest = root / "projects" / "anna" / "manifest.json"
+    checked = set()
+    for path, methods in app_routes(blocks.server_app.routes):
+        if Gatekeeper.public(path) or Gatekeeper.public(path.split("{")[0]):
+            continue
+        method = "GET" if "GET" in methods else sorted(methods)[0]
+        answer = requests.request(
+            method, f"{url}{concrete(path, manifest)}", timeout=10, allow_redirects=False
+        )
+        assert answer.status_code == 401, (method, path, answer.status_code)
+        checked.add(path)
+    assert {"/config", "/gradio_api/info", "/gradio_api/upload", "/gradio_api/queue/join"} <= checked
+    assert len(checked) > 30
+
+    session = requests.Session()
+    assert (
+        session.post(f"{url}/login", data={"username": "ann", "password": "wrong"}, timeout=10).status_code
+        == 400
+    )
+    assert session.post(f"{url}/login", data={"username": "ann", "password": "s3cret-pw"}, timeout=10).ok
+    assert session.get(f"{url}/config", timeout=10).status_code == 200
+    answer = session.get(f"{url}/gradio_api/file={manifest}", timeout=10)
+    assert answer.status_code == 200 and '"anna"' in answer.text
+    assert session.get(f"{url}/gradio_api/file=/etc/passwd", timeout=10).status_code == 403
