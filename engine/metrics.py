@@ -162,7 +162,7 @@ def load_clip(
     """Load a CLIP image tower (default CLIP ViT-L/14) from a hub id or folder; safetensors weights only."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from engine.assets import offline
+    from engine.assets import assets_dir, offline
     from engine.devices import pick_device, pick_dtype
 
     name = clip_source(source)
@@ -177,8 +177,8 @@ def load_clip(
     except OSError as error:
         raise MetricsModelError(
             f"The CLIP image model {name} cannot be loaded ({error}). Connect to the internet once so it is "
-            f"downloaded into the Hugging Face cache, or save a copy of {DEFAULT_CLIP} (with its .safetensors "
-            "weights) in a folder and pass that folder."
+            f"downloaded into the Hugging Face cache, or save a copy of {DEFAULT_CLIP} (config, preprocessor "
+            f"config and .safetensors weights) in {assets_dir() / CLIP_FOLDER}."
         ) from error
     model = model.to(torch_device).eval().requires_grad_(False)
     return Clip(model, processor, name, torch_device, torch_dtype)

@@ -1,23 +1,58 @@
-"""Generate step: prompt words, style ideas, seeds, count, post-processing; runs as a background job."""
+"""Generate step: prompt words, style and outfit ideas, seeds, count, post-processing; a background job."""
 
 from __future__ import annotations
 
 import html
+import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from engine.events import Failed, Finished, Status, StepDone
+from engine.events import Failed, Status, StepDone
+from engine.models import SAMPLERS
+from engine.postprocess import RESTORER_LABELS
+from engine.presets import PRESETS
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
 
 if TYPE_CHECKING:
+    from engine.generate import OutputRecord
     from engine.store import Project
     from studio.app import Studio
 
-SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
-RESTORERS = ("none", "gfpgan", "codeformer")
-OUTPUT_PRESETS = ("none", "passport-eu", "passport-us", "headshot-1024", "headshot-2048")
+IDEAS = (
+    "wearing a navy suit",
+    "in a white shirt",
+    "in a black turtleneck",
+    "smiling",
+    "serious expression",
+    "outdoors, golden hour",
+    "soft studio light, grey backdrop",
+    "black and white",
+    "business headshot",
+    "oil painting",
+)
+"""Style and outfit ideas offered as clickable words."""
 DEMO_STEPS = 4
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for in the Generate tab."""
+
+    prompt_extra: str
+    count: int
+    seed: int
+    sampler: str
+    steps: int
+    guidance: float
+    restore: str | None
+    upscale: int
+    preset: str | None
+
+    @property
+    def postprocess(self) -> bool:
+        return self.restore is not None or self.upscale > 1 or self.preset is not None
 
 
 def finished_runs(project: Project) -> list[str]:
@@ -26,40 +61,43 @@ def finished_runs(project: Project) -> list[str]:
     return [run["id"] for run in reversed(runs) if run.get("status") == "finished"]
 
 
-def submit_generation(studio: Studio, project: Project, run: str | None, request: dict[str, Any]) -> Job:
-    """Queue a batch of portraits (and their post-processing) as one job."""
+def submit_generation(studio: Studio, project: Project, run: str | None, request: Request) -> Job:
+    """Queue a batch of portraits, then their post-processing, as one job."""
 
-    def work(job: Job) -> list[Any]:
+    def work(job: Job) -> list[OutputRecord]:
         from engine.generate import GenerationSettings, generate
         from engine.postprocess import postprocess_output
 
         settings = GenerationSettings(
-            prompt_extra=request["prompt_extra"],
-            count=request["count"],
-            seed=request["seed"],
-            sampler=request["sampler"],
-            steps=request["steps"],
-            guidance_scale=request["guidance"],
+            prompt_extra=request.prompt_extra,
+            count=request.count,
+            seed=request.seed,
+            sampler=request.sampler,
+            steps=request.steps,
+            guidance_scale=request.guidance,
         )
-        records = generate(
-            project, run, settings, face_kit=studio.face_kit(), on_event=job.emit, cancel=job.cancel
-        )
-        post = request["restore"] != "none" or request["upscale"] > 1 or request["preset"] != "none"
-        if not post:
+        kit = studio.face_kit()
+        records = generate(project, run, settings, face_kit=kit, on_event=job.emit, cancel=job.cancel)
+        if not request.postprocess:
             return records
-        done = []
+        finished = []
         for index, record in enumerate(records):
+            if job.cancel.is_set():
+                break
             job.emit(Status(message=f"Post-processing portrait {index + 1} of {len(records)}…"))
-            done.append(
+            finished.append(
                 postprocess_output(
                     project,
                     record.id,
-                    restore=None if request["restore"] == "none" else request["restore"],
-                    upscale=request["upscale"],
-                    preset=None if request["preset"] == "none" else request["preset"],
+                    restore=request.restore,
+                    upscale=request.upscale,
+                    preset=request.preset,
+                    face_kit=kit,
+                    commercial=studio.settings.commercial,
+                    on_event=job.emit,
                 )
             )
-        return done
+        return finished
 
     return studio.runner.submit(
         "generate", project.name, f"Portraits of {project.name}", work, key=f"generate:{project.name}"
@@ -67,19 +105,21 @@ def submit_generation(studio: Studio, project: Project, run: str | None, request
 
 
 def submit_references(studio: Studio, project: Project, prompt: str, count: int) -> Job:
-    """Queue the making of style references from a text prompt with the base model."""
+    """Queue the painting of style references from a text prompt with the base model."""
     if not prompt.strip():
         raise gr.Error("Describe the style first, e.g. 'studio headshot, soft light, grey backdrop'.")
 
-    def work(job: Job) -> Any:
+    def work(job: Job) -> list[Any]:
         from engine.generate import make_references
 
+        steps = DEMO_STEPS if studio.demo is not None else 30
         return make_references(
             project,
             prompt,
             count,
             base_model=studio.base_model,
             kit=studio.face_kit(),
+            steps=steps,
             on_event=job.emit,
             cancel=job.cancel,
         )
@@ -97,23 +137,25 @@ def submit_references(studio: Studio, project: Project, prompt: str, count: int)
 
 
 def progress_html(job: Job | None) -> str:
+    """The batch's progress bar and latest message."""
     if job is None:
-        return "<div class='mc-empty'>Pick the words and press <b>Generate</b>; new portraits appear here and in the Gallery.</div>"
+        return (
+            "<div class='mc-empty'>Choose the words and press <b>Generate</b>; new portraits appear here "
+            "and, best first, in the Gallery.</div>"
+        )
     if job.status == QUEUED:
         return "<div class='mc-empty'>🕒 Waiting for the running job to finish…</div>"
     events = job.event_list()
-    steps = [e for e in events if isinstance(e, StepDone)]
-    message = next((e.message for e in reversed(events) if isinstance(e, (Status, Failed))), "")
+    steps = [event for event in events if isinstance(event, StepDone)]
+    message = next((e.message for e in reversed(events) if isinstance(e, (Status, Failed))), "Starting…")
     fraction = steps[-1].global_step / steps[-1].total_steps if steps and steps[-1].total_steps else 0.0
-    if job.status == DONE or any(isinstance(e, Finished) for e in events):
-        fraction, message = (
-            1.0,
-            f"Done: {len(job.result or [])} portrait(s). See them best-first in the Gallery.",
-        )
+    if job.status == DONE:
+        fraction = 1.0
+        message = f"Done: {len(job.result or [])} portrait(s). See them best-first in the Gallery."
     elif job.status == FAILED:
         message = job.error or message
     elif job.status == CANCELLED:
-        message = "Cancelled."
+        message = "Cancelled; the portraits finished so far are in the Gallery."
     icon = {DONE: "✅", FAILED: "❌", CANCELLED: "⏹"}.get(job.status, "⏳")
     return (
         f"<div id='generate-progress' data-state='{job.status}'><b>{icon}</b> {html.escape(message)}"
@@ -125,11 +167,15 @@ def result_items(studio: Studio, job: Job | None) -> list[tuple[str, str]]:
     if job is None or job.status != DONE or not job.result:
         return []
     project = studio.store.open(job.project)
-    return [(str(project.path(record.file)), f"seed {getattr(record, 'seed', '?')}") for record in job.result]
+    return [(str(project.path(record.file)), f"seed {record.seed}") for record in job.result]
 
 
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, tab: gr.Tab) -> None:
     """Lay out the Generate tab and wire its events."""
+    empty = gr.HTML(
+        "<div class='mc-empty'>This project has no finished training yet: train it in step 3 first.</div>",
+        visible=False,
+    )
     with gr.Row():
         with gr.Column(scale=3):
             run = gr.Dropdown([], label="Trained model", info="Newest first.", elem_id="generate-run")
@@ -138,13 +184,28 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
                 placeholder="e.g. wearing a navy suit, smiling, outdoors",
                 elem_id="generate-extra",
             )
+            ideas = gr.Dropdown(
+                list(IDEAS),
+                multiselect=True,
+                label="Style and outfit ideas",
+                info="Added to the prompt words.",
+            )
             with gr.Row():
-                seed = gr.Number(0, label="First seed", precision=0, info="Each portrait uses the next seed.")
+                seed = gr.Number(0, label="First seed", precision=0, info="Portrait i uses seed + i.")
+                dice = gr.Button("🎲 Random seed", size="sm")
                 count = gr.Slider(1, 16, value=2 if studio.demo else 4, step=1, label="How many")
         with gr.Column(scale=2):
-            restore = gr.Radio(list(RESTORERS), value="none", label="Face restoration")
-            upscale = gr.Radio([1, 2, 4], value=1, label="Upscale")
-            output_preset = gr.Dropdown(list(OUTPUT_PRESETS), value="none", label="Output preset")
+            restore = gr.Radio(
+                [("none", "none"), *((label, key) for key, label in RESTORER_LABELS.items())],
+                value="none",
+                label="Face restoration",
+            )
+            upscale = gr.Radio([1, 2, 4], value=1, label="Upscale ×")
+            output_preset = gr.Dropdown(
+                [("none", "none"), *((p.description, p.name) for p in PRESETS.values())],
+                value="none",
+                label="Output preset",
+            )
     with gr.Accordion("Sampling", open=False), gr.Row():
         sampler = gr.Dropdown(list(SAMPLERS), value="euler_a", label="Sampler")
         steps = gr.Slider(1, 150, value=DEMO_STEPS if studio.demo else 50, step=1, label="Steps")
@@ -159,42 +220,34 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
 
     def runs(name: str | None):
         choices = finished_runs(studio.store.open(name)) if name else []
-        return gr.Dropdown(choices=choices, value=choices[0] if choices else None)
+        return gr.HTML(visible=bool(name) and not choices), gr.Dropdown(
+            choices=choices, value=choices[0] if choices else None
+        )
 
     def refresh(name: str | None, last: Any):
         job = studio.runner.latest(name, "generate") if name else None
-        signature = (job.id, job.status, len(job.events)) if job else None
+        signature = [job.id, job.status, len(job.events)] if job else None
         if signature == last:
             return gr.skip(), gr.skip(), last
         return progress_html(job), result_items(studio, job), signature
 
     def on_generate(
-        name,
-        chosen_run,
-        words,
-        first_seed,
-        how_many,
-        restorer,
-        factor,
-        out_preset,
-        sampler_name,
-        n_steps,
-        cfg,
+        name, chosen_run, words, picked, first_seed, how_many, restorer, factor, out, method, n, cfg
     ):
         project = studio.project(name)
         if not finished_runs(project):
             raise gr.Error("This project has no finished training yet; train it first (step 3).")
-        request = {
-            "prompt_extra": words.strip(),
-            "count": int(how_many),
-            "seed": int(first_seed or 0),
-            "sampler": sampler_name,
-            "steps": int(n_steps),
-            "guidance": float(cfg),
-            "restore": restorer,
-            "upscale": int(factor),
-            "preset": out_preset,
-        }
+        request = Request(
+            prompt_extra=", ".join(part for part in [words.strip(), *(picked or [])] if part),
+            count=int(how_many),
+            seed=int(first_seed or 0),
+            sampler=method,
+            steps=int(n),
+            guidance=float(cfg),
+            restore=None if restorer == "none" else restorer,
+            upscale=int(factor),
+            preset=None if out == "none" else out,
+        )
         try:
             job = submit_generation(studio, project, chosen_run, request)
         except JobRefused as error:
@@ -207,10 +260,24 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
             raise gr.Error("No generation of this project is running.")
         studio.runner.cancel(job.id)
 
-    inputs = [current, run, extra, seed, count, restore, upscale, output_preset, sampler, steps, guidance]
+    inputs = [
+        current,
+        run,
+        extra,
+        ideas,
+        seed,
+        count,
+        restore,
+        upscale,
+        output_preset,
+        sampler,
+        steps,
+        guidance,
+    ]
     go.click(on_generate, inputs, [progress, results, seen])
     stop.click(on_cancel, current, None)
+    dice.click(lambda: random.randrange(2**31), None, seed)
     timer.tick(refresh, [current, seen], [progress, results, seen], show_progress="hidden")
-    current.change(runs, current, run)
-    tab.select(runs, current, run)
+    current.change(runs, current, [empty, run])
+    tab.select(runs, current, [empty, run])
     next_step.click(lambda: gr.Tabs(selected="gallery"), None, tabs)

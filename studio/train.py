@@ -54,17 +54,10 @@ ADVANCED = (
 """Settings shown under "Advanced"; the rest keep the preset's values."""
 MAX_PLOT_POINTS = 600
 """Loss points per term sent to the browser; longer runs are thinned evenly."""
-DEMO_OVERRIDES = {
-    "phase1_steps": 6,
-    "phase2_steps": 6,
-    "checkpoint_every": 3,
-    "preview_every": 6,
-    "preview_steps": 4,
-    "preview_seeds": [0],
-    "latent_cache_variants": 1,
-    "device": "cpu",
-}
-"""Demo mode: a CPU run of the tiny model that finishes in about a minute."""
+DEMO_DEFAULTS = {"phase1_steps": 6, "phase2_steps": 6, "checkpoint_every": 3, "preview_every": 6}
+"""Demo mode: a CPU run of the tiny model that finishes in about a minute (editable under Advanced)."""
+DEMO_FIXED = {"preview_steps": 4, "preview_seeds": [0], "latent_cache_variants": 1, "device": "cpu"}
+"""Demo mode: settings the tiny model always runs with."""
 
 
 @dataclass
@@ -246,11 +239,18 @@ def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | N
 # -- starting jobs -------------------------------------------------------------------------
 
 
+def start_values(studio: Studio, preset_name: str) -> TrainingConfig:
+    """The values the Advanced fields start from: the preset, shortened in demo mode."""
+    if studio.demo is None:
+        return preset(preset_name)
+    return preset(preset_name, **DEMO_DEFAULTS, resolution=studio.demo.resolution)
+
+
 def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[str, Any]) -> TrainingConfig:
-    """The run's config: the preset, the user's advanced values, the base model and demo limits."""
+    """The run's config: the preset, the user's advanced values, the base model and the demo's fixed values."""
     overrides = {"base_model": studio.base_model, "vram_profile": profile, **advanced}
     if studio.demo is not None:
-        overrides.update(DEMO_OVERRIDES, resolution=studio.demo.resolution)
+        overrides.update(DEMO_FIXED, resolution=studio.demo.resolution)
     try:
         return preset(preset_name, **overrides)
     except ConfigError as error:
@@ -306,7 +306,7 @@ def queue_html(studio: Studio) -> str:
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, tab: gr.Tab) -> None:
     """Lay out the Train tab and wire its events."""
     default_preset = "fast" if studio.demo is not None else "released"
-    start_values = preset(default_preset)
+    initial = start_values(studio, default_preset)
     ready = gr.Markdown(elem_id="train-readiness")
     with gr.Row():
         with gr.Column(scale=2):
@@ -318,14 +318,14 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
             )
     with gr.Accordion("Advanced settings", open=False):
         if studio.demo is not None:
-            gr.Markdown("Demo mode runs a few CPU steps of the tiny model whatever is set here.")
+            gr.Markdown("Demo mode starts from a few CPU steps of the tiny model at 64 pixels.")
         fields = {item.name: item for item in TrainingConfig.__dataclass_fields__.values()}
         advanced = []
         with gr.Row():
             for name in ADVANCED:
                 advanced.append(
                     gr.Number(
-                        getattr(start_values, name),
+                        getattr(initial, name),
                         label=name.replace("_", " "),
                         info=fields[name].metadata["help"],
                     )
@@ -415,7 +415,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
         gr.Info("Cancelling… the run stops after the current step and keeps its last checkpoint.")
 
     def on_preset(name: str):
-        values = preset(name)
+        values = start_values(studio, name)
         return [PRESET_HELP.get(name, "")] + [getattr(values, key) for key in ADVANCED]
 
     settings = [current, preset_choice, profile, *advanced]

@@ -146,7 +146,10 @@ def test_default_clip_is_the_asset_cache_copy_else_the_hub(tiny_scoring, monkeyp
 def test_missing_clip_offline_names_the_model_and_the_remedy(monkeypatch, tmp_path):
     monkeypatch.setenv("MAGICAPTURE_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(metrics.MetricsModelError, match="clip-vit-large-patch14.*Connect to the internet"):
+    with pytest.raises(
+        metrics.MetricsModelError,
+        match="clip-vit-large-patch14.*Connect to the internet.*in .*clip-vit-large-patch14",
+    ):
         metrics.load_clip(metrics.DEFAULT_CLIP, device="cpu")
 
 

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from fixtures_faces import astronaut, face_assets, wheel_photo  # noqa: F401
+from fixtures_outputs import RUN, TOKENS, add_photo_output, base, lora, project  # noqa: F401
+from PIL import Image
+
+from engine import generate as gen
+from engine.events import Finished, StepDone
+from engine.faces import FaceKit
+from engine.generate import (
+    GenerationError,
+    GenerationSettings,
+    compose_prompt,
+    fit_prompt,
+    generate,
+    read_parameters,
+    sorted_outputs,
+)
+
+
+@pytest.fixture(scope="module")
+def no_faces() -> FaceKit:
+    from engine.faces.fallback import EllipseParser, HaarDetector
+
+    return FaceKit(HaarDetector(), EllipseParser(), None, fallbacks=("detector", "parser", "recogniser"))
+
+
+def pixels(project, record) -> np.ndarray:
+    return np.asarray(Image.open(project.path(record.file)).convert("RGB"))
+
+
+def fast(**values) -> GenerationSettings:
+    return GenerationSettings(steps=3, **values)
+
+
+def test_same_seed_gives_the_same_image_and_another_seed_another(project, no_faces):
+    first, second = generate(project, RUN, fast(seed=5, count=2), face_kit=no_faces)
+    again = generate(project, RUN, fast(seed=5), face_kit=no_faces)[0]
+    assert (first.seed, second.seed, again.seed) == (5, 6, 5)
+    assert np.array_equal(pixels(project, first), pixels(project, again))
+    assert not np.array_equal(pixels(project, first), pixels(project, second))
+    assert pixels(project, first).shape == (64, 64, 3)
+
+
+def test_each_image_carries_its_parameters_in_the_png_and_the_manifest(project, no_faces):
+    settings = fast(seed=3, sampler="dpmpp_2m_karras", guidance_scale=7.5, prompt_extra="wearing a suit")
+    record = generate(project, None, settings, face_kit=no_faces)[0]
+    assert read_parameters(project.path(record.file)) == (
+        "a photo of a <sks> person in the style of <style1>, wearing a suit\n"
+        f"Negative prompt: {gen.DEFAULT_NEGATIVE_PROMPT}\n"
+        "Steps: 3, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 3, Size: 64x64, Model: sd, "
+        "Lora UNet scale: 0.6, Lora text encoder scale: 0.9, MagiCapture run: run-1"
+    )
+    entry = project.manifest()["outputs"][-1]
+    assert entry["id"] == record.id and entry["file"] == f"outputs/{record.id}.png"
+    assert entry["run"] == RUN and entry["identity"] is None and entry["created"]
+    assert entry["params"]["seed"] == 3 and entry["params"]["artefact"] == f"trainings/{RUN}/final.safetensors"
+
+
+def test_unet_and_text_encoder_lora_scales_act_separately(project, no_faces):
+    def image(unet: float, text: float) -> np.ndarray:
+        settings = fast(seed=1, unet_lora_scale=unet, text_lora_scale=text)
+        return pixels(project, generate(project, RUN, settings, face_kit=no_faces)[0])
+
+    off, unet_only, text_only = image(0.0, 0.0), image(0.6, 0.0), image(0.0, 0.9)
+    assert not np.array_equal(off, unet_only)
+    assert not np.array_equal(off, text_only)
+    assert not np.array_equal(unet_only, text_only)
+
+
+def test_the_loaded_base_is_kept_between_calls(project, no_faces, monkeypatch):
+    generate(project, RUN, fast(), face_kit=no_faces)
+    kept = gen._CACHE["base"]
+
+    def no_reload(*args, **kwargs):
+        raise AssertionError("the base model was loaded again")
+
+    monkeypatch.setattr("engine.models.load_base", no_reload)
+    generate(project, RUN, fast(seed=2), face_kit=no_faces)
+    assert gen._CACHE["base"] is kept
+
+
+def test_a_base_passed_in_is_left_as_it_was(project, base, no_faces):
+    from engine.models import make_pipeline
+
+    def plain() -> np.ndarray:
+        pipe = make_pipeline(base)
+        pipe.set_progress_bar_config(disable=True)
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+        return pipe("a photo of a person", num_inference_steps=2, generator=generator, output_type="np").images[0]
+
+    before, vocabulary = plain(), len(base.tokenizer)
+    record = generate(project, RUN, fast(), base=base, face_kit=no_faces)[0]
+    assert project.path(record.file).is_file()
+    assert len(base.tokenizer) == vocabulary
+    assert base.text_encoder.get_input_embeddings().num_embeddings == vocabulary
+    assert not any("lora" in name for name, _ in base.unet.named_modules())
+    assert np.array_equal(before, plain())
+
+
+def test_prompt_uses_the_training_wording_and_never_doubles_tokens():
+    assert compose_prompt(TOKENS) == "a photo of a <sks> person in the style of <style1>"
+    assert compose_prompt(TOKENS, "  wearing   a suit ") == "a photo of a <sks> person in the style of <style1>, wearing a suit"
+    assert compose_prompt(TOKENS, "<sks> person on a beach") == "<sks> person on a beach"
+
+
+def test_long_prompts_are_cut_to_77_clip_tokens_with_a_warning(project, base, no_faces):
+    text = "a photo of a <sks> person " + " ".join(f"word{i}" for i in range(80))
+    cut, warning = fit_prompt(base.tokenizer, text)
+    assert warning is not None and "75" in warning
+    assert text.startswith(cut) and len(base.tokenizer(cut).input_ids) <= 77
+    assert fit_prompt(base.tokenizer, "a short prompt") == ("a short prompt", None)
+
+    record = generate(project, RUN, fast(prompt_extra=" ".join(["tall"] * 90)), face_kit=no_faces)[0]
+    assert record.warnings and "cut" in record.warnings[0]
+    assert record.params["prompt"].startswith("a photo of a <sks> person in the style of <style1>, tall")
+    assert read_parameters(project.path(record.file)).splitlines()[0] == record.params["prompt"]
+
+
+def test_progress_events_and_cancel(project, no_faces):
+    events, cancel = [], threading.Event()
+
+    def on_event(event):
+        events.append(event)
+        if isinstance(event, StepDone) and event.global_step == 4:
+            cancel.set()
+
+    records = generate(project, RUN, fast(count=3), face_kit=no_faces, on_event=on_event, cancel=cancel)
+    assert len(records) == 1
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert [e.global_step for e in steps] == [1, 2, 3, 4]
+    assert steps[0].total_steps == 9
+    assert isinstance(events[-1], Finished)
+    assert len(project.manifest()["outputs"]) == 1
+
+
+def test_settings_and_runs_are_checked(project, no_faces):
+    with pytest.raises(GenerationError, match="dpmpp_2m_karras"):
+        GenerationSettings(sampler="plms")
+    with pytest.raises(GenerationError, match="multiple of 8"):
+        GenerationSettings(width=500)
+    with pytest.raises(GenerationError, match="no finished training run 'nope'"):
+        generate(project, "nope", fast(), face_kit=no_faces)
+
+
+def test_identity_score_against_the_source_photos(project, face_assets, monkeypatch):  # noqa: F811
+    from engine.faces import load_face_kit
+
+    monkeypatch.setenv("MAGICAPTURE_ASSETS", str(face_assets))
+    kit = load_face_kit()
+    photo = astronaut()
+    face = kit.detector.detect(photo)[0]
+    path = project.path("photos", "source", "a", "embedding.npy")
+    path.parent.mkdir(parents=True)
+    np.save(path, kit.scorer.embed(photo, face))
+
+    def add_source(manifest):
+        manifest["images"].append(
+            {"id": "a", "role": "source", "embedding": "photos/source/a/embedding.npy", "embedding_model": kit.scorer.name}
+        )
+
+    project.update(add_source)
+    reference = gen.source_embedding(project, kit)
+    assert gen.identity_score(kit, photo, reference) == pytest.approx(1.0, abs=1e-3)
+    other = gen.identity_score(kit, wheel_photo("Tom_Hanks_54745.png"), reference)
+    assert other is not None and other < 0.999
+    assert gen.identity_score(kit, np.full((64, 64, 3), 128, np.uint8), reference) is None
+
+
+def test_outputs_sort_best_identity_first(project):
+    image = np.zeros((8, 8, 3), np.uint8)
+    for name, score in (("low", 0.3), ("none", None), ("high", 0.8)):
+        add_photo_output(project, image, name, identity=score)
+    assert [r.id for r in sorted_outputs(project)] == ["high", "low", "none"]

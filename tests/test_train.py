@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import errno
+import json
+import threading
+
+import pytest
+import torch
+from fixtures_training import make_project, tiny_face_kit
+
+from engine import checkpoint as ckpt
+from engine.artefact import apply_to_pipeline, load_artefact
+from engine.config import preset
+from engine.events import Cancelled, CheckpointSaved, Failed, Finished, PreviewSaved, StepDone, read_events
+from engine.models import load_base
+from engine.store import StorageFull
+from engine.train import TrainingCancelled, TrainingError, resolve_options, resume_available, train
+
+
+@pytest.fixture
+def project(isolated_home):
+    return make_project(isolated_home)
+
+
+def tiny_config(tiny_sd, **overrides):
+    values = dict(
+        base_model=str(tiny_sd.folder), resolution=64, phase1_steps=2, phase2_steps=2, checkpoint_every=1000,
+        preview_every=0, latent_cache_variants=2, device="cpu", vram_profile="cpu", use_8bit_adam=True,
+    )
+    return preset("released", **{**values, **overrides})
+
+
+def run(project, tiny_sd, config, **kwargs):
+    """Train on a fresh tiny base; returns (artefact path, base after training, events)."""
+    events = []
+    base = load_base(tiny_sd.folder)
+    path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=events.append, **kwargs)
+    return path, base, events
+
+
+def _frozen_state(base) -> dict[str, torch.Tensor]:
+    """Every base weight except the LoRA tensors and the placeholder rows."""
+    state = {f"unet.{k}": v for k, v in base.unet.state_dict().items()}
+    state.update({f"text.{k}": v for k, v in base.text_encoder.state_dict().items()})
+    return {k.replace(".base_layer", ""): v.clone() for k, v in state.items() if "lora_" not in k and not k.endswith(".rows")}
+
+
+def test_resolve_options_take_the_profile_unless_overridden():
+    cpu = resolve_options(preset(device="cpu", vram_profile="auto"))
+    assert (cpu.profile, cpu.mixed_precision, cpu.gradient_checkpointing, cpu.use_8bit_adam) == ("cpu", "no", False, True)
+    eight = resolve_options(preset(device="cpu", vram_profile="8gb", gradient_checkpointing=False))
+    assert eight.gradient_checkpointing is False and eight.identity_face_window and eight.mixed_precision == "no"
+    assert resolve_options(preset(device="cpu", vram_profile="6gb")).train_text_encoder is False
+
+
+def test_phase_one_changes_only_the_two_placeholder_rows(project, tiny_sd):
+    base = load_base(tiny_sd.folder)
+    before = {**{f"unet.{k}": v.clone() for k, v in base.unet.state_dict().items()},
+              **{f"text.{k}": v.clone() for k, v in base.text_encoder.state_dict().items()}}
+    path = train(project, tiny_config(tiny_sd, phase2_steps=0), base=base, face_kit=tiny_face_kit())
+    table = base.text_encoder.get_input_embeddings()
+    ids = table.token_ids
+    merged = table.merged_weight()
+    original = before["text.embeddings.token_embedding.weight"]
+    changed = (merged[: original.shape[0]] != original).any(dim=1).nonzero().flatten().tolist()
+    assert changed == []  # the original vocabulary is untouched...
+    assert merged.shape[0] == original.shape[0] + 2 and ids == [original.shape[0], original.shape[0] + 1]
+    artefact = load_artefact(path)
+    person = original[base.tokenizer.convert_tokens_to_ids("person</w>")]
+    assert not torch.equal(artefact.embeddings["<sks>"], person)  # ...while both new rows trained
+    assert artefact.embeddings["<style1>"].norm() > 0.05
+    after = _frozen_state(base)
+    for key, value in after.items():
+        if key != "text.embeddings.token_embedding.base.weight":
+            assert torch.equal(value, before[key]), key
+    assert not artefact.unet_lora and not artefact.text_lora
+
+
+def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
+    base = load_base(tiny_sd.folder)
+    original = {k: v.clone() for k, v in _frozen_state(base).items()}
+    table_before = base.text_encoder.get_input_embeddings().weight.detach().clone()
+    config = tiny_config(tiny_sd, phase1_steps=1, phase2_steps=2, gradient_checkpointing=True)
+    events = []
+    path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=events.append)
+    after = _frozen_state(base)
+    table = after.pop("text.embeddings.token_embedding.base.weight")
+    torch.testing.assert_close(table[: table_before.shape[0]], table_before, rtol=0, atol=0)
+    for key, value in after.items():
+        assert torch.equal(value, original[key]), key
+    artefact = load_artefact(path)
+    assert artefact.unet_lora and artefact.text_lora
+    assert any(v.abs().sum() > 0 for k, v in artefact.unet_lora.items() if "lora_B" in k)
+    assert any(v.abs().sum() > 0 for k, v in artefact.text_lora.items() if "lora_B" in k)
+    losses = [e.losses for e in events if isinstance(e, StepDone) and e.phase == 2]
+    assert all("attention" in terms for terms in losses)
+    assert "attention" not in [e.losses for e in events if isinstance(e, StepDone)][0]
+
+
+def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(project, tiny_sd):
+    config = tiny_config(tiny_sd, preview_every=2, preview_steps=2, checkpoint_every=2)
+    path, base, events = run(project, tiny_sd, config)
+    assert path.name == "final.safetensors" and path.is_file()
+    artefact = load_artefact(path)
+    assert artefact.metadata["tokens"] == {"identity": "<sks>", "style": "<style1>"}
+    assert artefact.metadata["preset"] == "released" and artefact.metadata["base_model"] == str(tiny_sd.folder)
+    assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in artefact.unet_lora)
+
+    from engine.models import make_pipeline
+
+    pipe = make_pipeline(load_base(tiny_sd.folder))
+    pipe.set_progress_bar_config(disable=True)
+    apply_to_pipeline(pipe, artefact)
+    loaded = {k.replace(".magicapture.", "."): v for k, v in pipe.unet.state_dict().items() if "lora_" in k}
+    assert loaded.keys() == artefact.unet_lora.keys()
+    assert all(torch.equal(loaded[k], artefact.unet_lora[k]) for k in loaded)
+    ids = pipe.tokenizer("a <sks> in <style1>").input_ids
+    rows = pipe.text_encoder.get_input_embeddings().weight
+    torch.testing.assert_close(rows[ids[2]], artefact.embeddings["<sks>"])
+    image = pipe(artefact.metadata["prompt"], num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+
+    optimiser = json.dumps(ckpt.read_json(ckpt.checkpoints(path.parent / "checkpoints")[-1] / "optimizer.json"))
+    assert '"optim_bits"' in optimiser and '"state1"' in optimiser  # bitsandbytes AdamW8bit
+
+    previews = [e for e in events if isinstance(e, PreviewSaved)]
+    assert [p.global_step for p in previews] == [2, 4]
+    for preview in previews:
+        assert len(preview.images) == 2 and all(__import__("os").path.isfile(p) for p in preview.images)
+        assert set(preview.attention_maps) == {"<sks>", "<style1>"}
+    assert [type(e) for e in events][-1] is Finished
+    assert [e.to_dict() for e in read_events(path.parent / "events.jsonl")] == [e.to_dict() for e in events]
+    steps = [e for e in events if isinstance(e, StepDone)]
+    assert [s.global_step for s in steps] == [1, 2, 3, 4] and all(s.it_per_s > 0 for s in steps)
+    assert [e.global_step for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
+    entry = project.manifest()["trainings"][-1]
+    assert entry["status"] == "finished" and entry["artefact"].endswith("final.safetensors")
+
+
+def _final_tensors(path):
+    artefact = load_artefact(path)
+    return {**artefact.unet_lora, **{f"t.{k}": v for k, v in artefact.text_lora.items()}, **artefact.embeddings}
+
+
+def test_stopped_and_resumed_runs_end_like_an_uninterrupted_one(project, tiny_sd):
+    config = tiny_config(tiny_sd, phase1_steps=2, phase2_steps=3)
+    reference = _final_tensors(run(project, tiny_sd, config)[0])
+
+    def cancel_at(step):
+        cancel = threading.Event()
+        return cancel, lambda e: cancel.set() if isinstance(e, StepDone) and e.global_step == step else None
+
+    cancel, watch = cancel_at(2)  # end of phase 1: phase 2 starts from the checkpoint
+    with pytest.raises(TrainingCancelled) as stopped:
+        train(project, config, base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(), on_event=watch, cancel=cancel)
+    run_id = stopped.value.run
+    assert stopped.value.checkpoint.name == "step-2"
+    assert project.manifest()["trainings"][-1]["status"] == "stopped"
+    assert resume_available(project) == run_id
+
+    cancel, watch = cancel_at(4)  # mid phase 2: optimiser, schedule and RNG state come back
+    with pytest.raises(TrainingCancelled):
+        train(project, config, base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(), on_event=watch, cancel=cancel, resume=True)
+    events = read_events(project.path("trainings", run_id, "events.jsonl"))
+    assert [e.global_step for e in events if isinstance(e, Cancelled)] == [2, 4]
+
+    path, _, _ = run(project, tiny_sd, config, resume=run_id)
+    resumed = _final_tensors(path)
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    assert resume_available(project) is None
+
+
+def test_out_of_memory_stops_cleanly_and_suggests_a_smaller_profile(project, tiny_sd, monkeypatch):
+    from engine.train import Trainer
+
+    original = Trainer.losses
+
+    def losses(self, phase, step, steps, samples):
+        if phase == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return original(self, phase, step, steps, samples)
+
+    monkeypatch.setattr(Trainer, "losses", losses)
+    config = tiny_config(tiny_sd, vram_profile="8gb", checkpoint_every=1)
+    events = []
+    with pytest.raises(TrainingError, match="'6gb'") as failure:
+        train(project, config, base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(), on_event=events.append)
+    assert isinstance(failure.value.__cause__, torch.OutOfMemoryError)
+    failed = events[-1]
+    assert isinstance(failed, Failed) and "'6gb'" in failed.message and failed.checkpoint.endswith("step-2")
+    entry = project.manifest()["trainings"][-1]
+    assert entry["status"] == "failed" and "out of GPU memory" in entry["error"]
+    assert resume_available(project) == entry["id"]
+
+
+def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(project, tiny_sd, monkeypatch):
+    calls = {"n": 0}
+    original = ckpt.save_tensors
+
+    def save_tensors(path, tensors, folder):
+        calls["n"] += 1
+        if "step-2" in str(path):
+            raise StorageFull("disk full") from OSError(errno.ENOSPC, "No space left on device")
+        return original(path, tensors, folder)
+
+    monkeypatch.setattr(ckpt, "save_tensors", save_tensors)
+    config = tiny_config(tiny_sd, checkpoint_every=1)
+    with pytest.raises(StorageFull) as full:
+        run(project, tiny_sd, config)
+    folder = project.path("trainings", project.manifest()["trainings"][-1]["id"], "checkpoints")
+    assert str(folder) in str(full.value) and "intact" in str(full.value)
+    assert [p.name for p in ckpt.checkpoints(folder)] == ["step-1"]
+    assert sorted(p.name for p in folder.iterdir()) == ["step-1"]  # no half-written folder left
+    assert ckpt.read_json(folder / "step-1" / ckpt.STATE)["global_step"] == 1
+
+
+def test_cancel_stops_within_one_step(project, tiny_sd):
+    cancel = threading.Event()
+    cancel.set()
+    events = []
+    with pytest.raises(TrainingCancelled) as stopped:
+        train(project, tiny_config(tiny_sd), base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(), on_event=events.append, cancel=cancel)
+    assert [e.global_step for e in events if isinstance(e, StepDone)] == [1]
+    assert isinstance(events[-1], Cancelled) and stopped.value.checkpoint.is_dir()
+
+
+def test_resume_without_a_stopped_run_is_refused(project, tiny_sd):
+    with pytest.raises(TrainingError, match="no stopped training"):
+        train(project, tiny_config(tiny_sd), resume=True)
