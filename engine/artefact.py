@@ -51,7 +51,11 @@ class Artefact:
 
     def lora_metadata(self) -> dict[str, Any]:
         """diffusers' adapter metadata: ``<model>.<LoraConfig argument>`` -> value."""
-        return {f"{name}.{key}": value for name, config in self.metadata.get("lora", {}).items() for key, value in config.items()}
+        return {
+            f"{name}.{key}": value
+            for name, config in self.metadata.get("lora", {}).items()
+            for key, value in config.items()
+        }
 
 
 def save_artefact(
@@ -69,7 +73,11 @@ def save_artefact(
     from safetensors.torch import save_file
 
     tensors = {}
-    for prefix, part in ((PREFIXES["unet"], unet_lora), (PREFIXES["text_encoder"], text_lora), (PREFIXES["embeddings"], embeddings)):
+    for prefix, part in (
+        (PREFIXES["unet"], unet_lora),
+        (PREFIXES["text_encoder"], text_lora),
+        (PREFIXES["embeddings"], embeddings),
+    ):
         for key, value in part.items():
             tensors[prefix + key] = value.detach().to("cpu").contiguous()
     header = {"format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}
@@ -91,10 +99,12 @@ def load_artefact(path: Path) -> Artefact:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 name = next((n for n, p in PREFIXES.items() if key.startswith(p)), None)
                 if name is None:
-                    raise ArtefactError(f"{path.name} has an unexpected tensor {key!r}; it is not a MagiCapture artefact.")
+                    raise ArtefactError(
+                        f"{path.name} has an unexpected tensor {key!r}; it is not a MagiCapture artefact."
+                    )
                 parts[name][key[len(PREFIXES[name]) :]] = handle.get_tensor(key)
     except FileNotFoundError as error:
         raise ArtefactError(f"There is no artefact at {path}.") from error
@@ -113,10 +123,14 @@ def apply_to_pipeline(pipe, artefact: Artefact, adapter_name: str = "magicapture
     """Load the artefact's LoRA (as adapter ``adapter_name``) and its tokens into a SD 1.x pipeline."""
     state, metadata = artefact.lora_state_dict(), artefact.lora_metadata() or None
     if artefact.unet_lora:
-        pipe.load_lora_into_unet(state, None, pipe.unet, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe)
+        pipe.load_lora_into_unet(
+            state, None, pipe.unet, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe
+        )
     if artefact.text_lora:
         pipe.load_lora_into_text_encoder(
             state, None, pipe.text_encoder, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe
         )
     for token, embedding in artefact.embeddings.items():
-        pipe.load_textual_inversion(embedding, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder)
+        pipe.load_textual_inversion(
+            embedding, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder
+        )

@@ -57,7 +57,9 @@ class AttentionStore:
         selected = []
         for probs in self.maps.values():
             picked = probs[rows.to(probs.device)]  # [n, heads, queries, tokens]
-            index = positions.to(probs.device).view(-1, 1, 1, 1).expand(-1, picked.shape[1], picked.shape[2], 1)
+            index = (
+                positions.to(probs.device).view(-1, 1, 1, 1).expand(-1, picked.shape[1], picked.shape[2], 1)
+            )
             selected.append(picked.gather(-1, index).squeeze(-1))
         maps = torch.cat(selected, dim=1)
         side = math.isqrt(maps.shape[-1])
@@ -77,7 +79,9 @@ class CaptureProcessor:
         self.store = store
         self.name = name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -85,7 +89,9 @@ class CaptureProcessor:
         if input_ndim == 4:
             batch, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
-        batch, sequence_length, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        batch, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
         attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch)
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
@@ -115,11 +121,15 @@ def ar_layer_names(unet) -> list[str]:
     """Processor names of the AR layers: attn2 of every transformer in the level-2 down and up blocks."""
     levels = len(unet.down_blocks)
     if levels <= AR_LEVEL:
-        raise ValueError(f"The UNet has {levels} resolution levels; Attention Refocusing needs at least {AR_LEVEL + 1}.")
+        raise ValueError(
+            f"The UNet has {levels} resolution levels; Attention Refocusing needs at least {AR_LEVEL + 1}."
+        )
     prefixes = (f"down_blocks.{AR_LEVEL}.attentions.", f"up_blocks.{levels - 1 - AR_LEVEL}.attentions.")
     names = [n for n in unet.attn_processors if n.startswith(prefixes) and n.endswith("attn2.processor")]
     if not names:
-        raise ValueError("The UNet has no cross-attention at the Attention Refocusing level; is it an SD 1.x UNet?")
+        raise ValueError(
+            "The UNet has no cross-attention at the Attention Refocusing level; is it an SD 1.x UNet?"
+        )
     return names
 
 
@@ -129,7 +139,8 @@ def install_capture(unet, store: AttentionStore) -> list[str]:
 
     names = ar_layer_names(unet)
     processors = {
-        name: CaptureProcessor(store, name) if name in names else AttnProcessor2_0() for name in unet.attn_processors
+        name: CaptureProcessor(store, name) if name in names else AttnProcessor2_0()
+        for name in unet.attn_processors
     }
     unet.set_attn_processor(processors)
     return names
@@ -157,6 +168,8 @@ def outside_mass(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     ``maps [n, k, h, w]`` are probabilities at attention resolution; the mean map is upsampled to
     the target size and normalised to sum 1 before the share is taken.
     """
-    mean = F.interpolate(maps.float().mean(dim=1, keepdim=True), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    mean = F.interpolate(
+        maps.float().mean(dim=1, keepdim=True), size=target.shape[-2:], mode="bilinear", align_corners=False
+    )
     mean = mean[:, 0].clamp_min(0)
     return (mean * (1 - target.to(mean))).sum(dim=(-2, -1)) / mean.sum(dim=(-2, -1)).clamp_min(1e-12)

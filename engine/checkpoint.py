@@ -30,7 +30,11 @@ def checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints under ``folder``, oldest first."""
     if not Path(folder).is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in Path(folder).iterdir() if (m := _STEP.match(p.name)) and (p / STATE).is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(folder).iterdir()
+        if (m := _STEP.match(p.name)) and (p / STATE).is_file()
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -112,7 +116,11 @@ def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tens
         if isinstance(value, dict):
             return {"dict": [[key, walk(item, f"{path}/{key}")] for key, item in value.items()]}
         if isinstance(value, (list, tuple)):
-            return {"list" if isinstance(value, list) else "tuple": [walk(item, f"{path}/{i}") for i, item in enumerate(value)]}
+            return {
+                "list" if isinstance(value, list) else "tuple": [
+                    walk(item, f"{path}/{i}") for i, item in enumerate(value)
+                ]
+            }
         return value
 
     return walk(state, prefix), tensors

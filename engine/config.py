@@ -33,7 +33,9 @@ class ConfigError(ValueError):
     """A training setting is unknown or out of range; the message names it and the allowed values."""
 
 
-def _field(default: Any, help: str, *, range: tuple[float, float] | None = None, choices: tuple | None = None) -> Any:
+def _field(
+    default: Any, help: str, *, range: tuple[float, float] | None = None, choices: tuple | None = None
+) -> Any:
     metadata: dict[str, Any] = {"help": help}
     if range is not None:
         metadata["range"] = range
@@ -48,80 +50,145 @@ def _field(default: Any, help: str, *, range: tuple[float, float] | None = None,
 class TrainingConfig:
     """All settings of one MagiCapture training run (two phases)."""
 
-    preset: str = _field("released", "Name of the preset these values started from (recorded in the artefact).")
+    preset: str = _field(
+        "released", "Name of the preset these values started from (recorded in the artefact)."
+    )
     base_model: str = _field(DEFAULT_BASE, "SD 1.x base: hub id, diffusers folder or one .safetensors file.")
-    seed: int = _field(0, "Seed of every random choice; same seed and photos give the same run.", range=(0, 2**32 - 1))
-    resolution: int = _field(512, "Training image size in pixels (square, a multiple of 8).", range=(64, 1024))
+    seed: int = _field(
+        0, "Seed of every random choice; same seed and photos give the same run.", range=(0, 2**32 - 1)
+    )
+    resolution: int = _field(
+        512, "Training image size in pixels (square, a multiple of 8).", range=(64, 1024)
+    )
 
     # Tokens
     identity_token: str = _field("<sks>", "Placeholder token of the person (source images).")
     style_token: str = _field("<style1>", "Placeholder token of the style (reference images).")
-    identity_init_word: str = _field("person", "Single-token word whose embedding initialises the identity token.")
-    style_init_std: float = _field(0.017, "Std of the normal initialisation of the style token.", range=(0.0, 1.0))
+    identity_init_word: str = _field(
+        "person", "Single-token word whose embedding initialises the identity token."
+    )
+    style_init_std: float = _field(
+        0.017, "Std of the normal initialisation of the style token.", range=(0.0, 1.0)
+    )
 
     # Schedule
-    phase1_steps: int = _field(1200, "Optimiser steps of phase 1 (token embeddings only).", range=(0, 100_000))
-    phase2_steps: int = _field(1500, "Optimiser steps of phase 2 (LoRA plus the two embeddings).", range=(0, 100_000))
+    phase1_steps: int = _field(
+        1200, "Optimiser steps of phase 1 (token embeddings only).", range=(0, 100_000)
+    )
+    phase2_steps: int = _field(
+        1500, "Optimiser steps of phase 2 (LoRA plus the two embeddings).", range=(0, 100_000)
+    )
     phase1_lr: float = _field(2e-3, "Learning rate of the two embeddings in phase 1.", range=(0.0, 1.0))
     phase2_unet_lr: float = _field(4e-4, "Learning rate of the UNet LoRA in phase 2.", range=(0.0, 1.0))
-    phase2_text_lr: float = _field(4e-5, "Learning rate of the text-encoder LoRA in phase 2.", range=(0.0, 1.0))
-    phase2_embedding_lr: float = _field(1e-4, "Learning rate of the two embeddings in phase 2.", range=(0.0, 1.0))
+    phase2_text_lr: float = _field(
+        4e-5, "Learning rate of the text-encoder LoRA in phase 2.", range=(0.0, 1.0)
+    )
+    phase2_embedding_lr: float = _field(
+        1e-4, "Learning rate of the two embeddings in phase 2.", range=(0.0, 1.0)
+    )
     phase1_weight_decay: float = _field(0.0, "AdamW weight decay in phase 1.", range=(0.0, 1.0))
     phase2_weight_decay: float = _field(1e-3, "AdamW weight decay in phase 2.", range=(0.0, 1.0))
-    lr_schedule: str = _field("linear", "Learning-rate schedule of each phase.", choices=("linear", "constant"))
+    lr_schedule: str = _field(
+        "linear", "Learning-rate schedule of each phase.", choices=("linear", "constant")
+    )
     train_batch_size: int = _field(1, "Samples per process per micro-step.", range=(1, 64))
-    gradient_accumulation_steps: int = _field(1, "Micro-steps per optimiser step (real accumulation).", range=(1, 64))
-    scale_lr: bool = _field(False, "Multiply learning rates by the effective batch (batch x accumulation x processes).")
+    gradient_accumulation_steps: int = _field(
+        1, "Micro-steps per optimiser step (real accumulation).", range=(1, 64)
+    )
+    scale_lr: bool = _field(
+        False, "Multiply learning rates by the effective batch (batch x accumulation x processes)."
+    )
     max_grad_norm: float = _field(1.0, "Gradient clipping norm (0 turns clipping off).", range=(0.0, 1e6))
     phase1_max_timestep: int = _field(1000, "Phase-1 timesteps are drawn from U[0, this).", range=(1, 1000))
     phase2_max_timestep: int = _field(800, "Phase-2 timesteps are drawn from U[0, this).", range=(1, 1000))
-    embedding_norm_pull: bool = _field(True, "Phase 1: after each step pull each new embedding's norm toward the target.")
+    embedding_norm_pull: bool = _field(
+        True, "Phase 1: after each step pull each new embedding's norm toward the target."
+    )
     embedding_norm_target: float = _field(0.4, "Norm the phase-1 pull aims at.", range=(0.0, 100.0))
 
     # LoRA
     lora_rank: int = _field(4, "LoRA rank.", range=(1, 256))
     lora_alpha: float = _field(4.0, "LoRA alpha (scale = alpha / rank).", range=(0.0, 1024.0))
-    lora_init: str = _field("gaussian", "Initialisation of LoRA A (B starts at zero).", choices=("gaussian", "kaiming"))
+    lora_init: str = _field(
+        "gaussian", "Initialisation of LoRA A (B starts at zero).", choices=("gaussian", "kaiming")
+    )
     lora_unet_targets: list[str] = _field(
         ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj"], "UNet module names (suffixes) that get LoRA."
     )
-    lora_cross_attention_only: bool = _field(False, "Restrict UNet LoRA to cross-attention (attn2) projections (paper).")
-    lora_text_targets: list[str] = _field(["q_proj", "k_proj", "v_proj", "out_proj"], "Text-encoder modules with LoRA.")
+    lora_cross_attention_only: bool = _field(
+        False, "Restrict UNet LoRA to cross-attention (attn2) projections (paper)."
+    )
+    lora_text_targets: list[str] = _field(
+        ["q_proj", "k_proj", "v_proj", "out_proj"], "Text-encoder modules with LoRA."
+    )
 
     # Losses
-    style_weight: float = _field(2.0, "Weight of reference and composed reconstruction early in each phase.", range=(0.0, 100.0))
-    style_weight_fraction: float = _field(0.5, "Fraction of each phase that uses the style weight.", range=(0.0, 1.0))
-    mask_floor: float = _field(0.0, "Reconstruction weight outside the mask (the released code used about 0.01).", range=(0.0, 1.0))
+    style_weight: float = _field(
+        2.0, "Weight of reference and composed reconstruction early in each phase.", range=(0.0, 100.0)
+    )
+    style_weight_fraction: float = _field(
+        0.5, "Fraction of each phase that uses the style weight.", range=(0.0, 1.0)
+    )
+    mask_floor: float = _field(
+        0.0, "Reconstruction weight outside the mask (the released code used about 0.01).", range=(0.0, 1.0)
+    )
     ar_weight: float = _field(2.5, "Weight of the Attention Refocusing loss (phase 2).", range=(0.0, 100.0))
-    identity_weight: float = _field(0.25, "Weight of the identity loss (phase 2); 0 turns it off.", range=(0.0, 100.0))
-    identity_on_source: bool = _field(True, "Also apply the identity loss to source samples (released), not only composed.")
+    identity_weight: float = _field(
+        0.25, "Weight of the identity loss (phase 2); 0 turns it off.", range=(0.0, 100.0)
+    )
+    identity_on_source: bool = _field(
+        True, "Also apply the identity loss to source samples (released), not only composed."
+    )
     identity_max_timestep: int = _field(800, "Identity loss only from timesteps below this.", range=(1, 1000))
     identity_fallback_landmarks: bool = _field(
-        True, "When the detector finds no face in the estimate, use the training image's landmarks (else skip)."
+        True,
+        "When the detector finds no face in the estimate, use the training image's landmarks (else skip).",
     )
-    identity_window_margin: float = _field(0.3, "Margin around the face box of the decoded window, in box sizes.", range=(0.0, 4.0))
-    task_mix: list[float] = _field([1.0, 1.0, 1.0], "Phase-2 sampling weights of source : reference : composed.")
+    identity_window_margin: float = _field(
+        0.3, "Margin around the face box of the decoded window, in box sizes.", range=(0.0, 4.0)
+    )
+    task_mix: list[float] = _field(
+        [1.0, 1.0, 1.0], "Phase-2 sampling weights of source : reference : composed."
+    )
 
     # Data
-    flip_probability: float = _field(0.5, "Probability of a horizontal flip (mask and landmarks flip too).", range=(0.0, 1.0))
-    color_jitter: float = _field(0.1, "Brightness, contrast and saturation jitter amplitude.", range=(0.0, 1.0))
-    latent_cache_variants: int = _field(4, "Augmented VAE latents cached per image (0: augment and encode every step).", range=(0, 64))
+    flip_probability: float = _field(
+        0.5, "Probability of a horizontal flip (mask and landmarks flip too).", range=(0.0, 1.0)
+    )
+    color_jitter: float = _field(
+        0.1, "Brightness, contrast and saturation jitter amplitude.", range=(0.0, 1.0)
+    )
+    latent_cache_variants: int = _field(
+        4, "Augmented VAE latents cached per image (0: augment and encode every step).", range=(0, 64)
+    )
 
     # Memory and speed (None: from the VRAM profile)
     vram_profile: str = _field("auto", "Memory profile: auto-detected or named.", choices=PROFILE_NAMES)
     device: str = _field("auto", "Device to train on: auto, cpu, cuda, cuda:N or mps.")
-    mixed_precision: str | None = _field(None, "fp16, bf16 or no (CPU always no).", choices=(None, "no", "fp16", "bf16"))
+    mixed_precision: str | None = _field(
+        None, "fp16, bf16 or no (CPU always no).", choices=(None, "no", "fp16", "bf16")
+    )
     use_8bit_adam: bool | None = _field(None, "bitsandbytes 8-bit AdamW instead of torch AdamW.")
-    gradient_checkpointing: bool | None = _field(None, "Non-reentrant gradient checkpointing (keeps the AR maps live).")
+    gradient_checkpointing: bool | None = _field(
+        None, "Non-reentrant gradient checkpointing (keeps the AR maps live)."
+    )
     vae_slicing: bool | None = _field(None, "Decode one image at a time in the VAE.")
     train_text_encoder: bool | None = _field(None, "LoRA on the text encoder in phase 2.")
-    identity_face_window: bool | None = _field(None, "Decode only the latent window around the face for the identity loss.")
-    identity_reuse_pass: bool | None = _field(None, "Identity estimate from the reconstruction pass when its timestep allows.")
+    identity_face_window: bool | None = _field(
+        None, "Decode only the latent window around the face for the identity loss."
+    )
+    identity_reuse_pass: bool | None = _field(
+        None, "Identity estimate from the reconstruction pass when its timestep allows."
+    )
 
     # Output
-    checkpoint_every: int = _field(250, "Save a checkpoint every N optimiser steps (and at phase ends).", range=(1, 100_000))
+    checkpoint_every: int = _field(
+        250, "Save a checkpoint every N optimiser steps (and at phase ends).", range=(1, 100_000)
+    )
     keep_checkpoints: int = _field(2, "Checkpoints kept on disk (oldest deleted first).", range=(1, 100))
-    preview_every: int = _field(250, "Preview samples and attention maps every N steps (0: never).", range=(0, 100_000))
+    preview_every: int = _field(
+        250, "Preview samples and attention maps every N steps (0: never).", range=(0, 100_000)
+    )
     preview_seeds: list[int] = _field([0, 1], "Seeds of the preview samples.")
     preview_steps: int = _field(25, "Sampling steps of a preview.", range=(1, 200))
     preview_guidance: float = _field(7.0, "Classifier-free guidance of the previews.", range=(0.0, 50.0))
@@ -138,9 +205,13 @@ class TrainingConfig:
             if not value or any(c.isspace() for c in value):
                 raise ConfigError(f"{name} must be one word without spaces (got {value!r}).")
         if self.identity_token == self.style_token:
-            raise ConfigError(f"identity_token and style_token must differ (both are {self.identity_token!r}).")
+            raise ConfigError(
+                f"identity_token and style_token must differ (both are {self.identity_token!r})."
+            )
         if len(self.task_mix) != 3 or min(self.task_mix) < 0 or sum(self.task_mix) <= 0:
-            raise ConfigError(f"task_mix needs three non-negative weights, not all zero (got {self.task_mix!r}).")
+            raise ConfigError(
+                f"task_mix needs three non-negative weights, not all zero (got {self.task_mix!r})."
+            )
         if not self.preview_seeds or len(self.preview_seeds) > 16:
             raise ConfigError(f"preview_seeds needs 1 to 16 seeds (got {len(self.preview_seeds)}).")
         if not self.lora_unet_targets:
@@ -178,7 +249,9 @@ def _check(item: dataclasses.Field, value: Any) -> None:
     base = kind.replace(" | None", "")
     if base.startswith("list["):
         inner = _TYPES[base[5:-1]]
-        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, inner) for v in value):
+        if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, inner) for v in value
+        ):
             raise ConfigError(f"{item.name} must be a list of {_PLURALS[base[5:-1]]} (got {value!r}).")
         return
     expected = _TYPES[base]

@@ -101,7 +101,11 @@ def load_images(project: Project, resolution: int) -> list[TrainImage]:
                 rgb = crop.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
             with Image.open(project.path(entry["mask"])) as mask:
                 face = mask.convert("L").resize((resolution, resolution), Image.Resampling.NEAREST)
-            embedding = np.load(project.path(entry["embedding"]), allow_pickle=False) if entry.get("embedding") else None
+            embedding = (
+                np.load(project.path(entry["embedding"]), allow_pickle=False)
+                if entry.get("embedding")
+                else None
+            )
         except (OSError, KeyError, ValueError) as error:
             raise DataError(
                 f"Photo {entry.get('id')!r} of project {project.name!r} cannot be read ({error}); remove it and add it again."
@@ -116,12 +120,16 @@ def load_images(project: Project, resolution: int) -> list[TrainImage]:
                 face=torch.from_numpy((np.asarray(face) >= 128).astype(np.float32))[None],
                 landmarks=torch.tensor(entry["landmarks"], dtype=torch.float32).view(5, 2) * scale,
                 bbox=torch.tensor(entry["bbox"], dtype=torch.float32).view(4) * scale,
-                embedding=None if embedding is None else torch.from_numpy(np.asarray(embedding, np.float32).ravel()),
+                embedding=None
+                if embedding is None
+                else torch.from_numpy(np.asarray(embedding, np.float32).ravel()),
             )
         )
     for role, advice in (("source", "photos of the person"), ("reference", "photos showing the style")):
         if not any(image.role == role for image in images):
-            raise DataError(f"Project {project.name!r} has no accepted {role} photos; add 4-6 {advice} first.")
+            raise DataError(
+                f"Project {project.name!r} has no accepted {role} photos; add 4-6 {advice} first."
+            )
     return images
 
 
@@ -132,9 +140,13 @@ def source_identity(images: list[TrainImage]) -> torch.Tensor:
     nothing about the face being generated, while the mean averages out each photo's pose, light
     and expression and gives every sample the same, steadier target.
     """
-    embeddings = [image.embedding for image in images if image.role == "source" and image.embedding is not None]
+    embeddings = [
+        image.embedding for image in images if image.role == "source" and image.embedding is not None
+    ]
     if not embeddings:
-        raise DataError("No source photo has a face embedding; re-add the source photos so they are analysed.")
+        raise DataError(
+            "No source photo has a face embedding; re-add the source photos so they are analysed."
+        )
     return F.normalize(torch.stack(embeddings).mean(dim=0), dim=0)
 
 
@@ -205,17 +217,26 @@ class TrainingData:
     def __init__(self, images: list[TrainImage], config: TrainingConfig, tokenizer):
         self.images = images
         self.config = config
-        self.by_role = {role: [i for i, image in enumerate(images) if image.role == role] for role in ("source", "reference")}
+        self.by_role = {
+            role: [i for i, image in enumerate(images) if image.role == role]
+            for role in ("source", "reference")
+        }
         identity, style = config.identity_token, config.style_token
         self.prompts = {
             "source": [t.format(identity) for t in SOURCE_TEMPLATES],
             "reference": [t.format(style) for t in REFERENCE_TEMPLATES],
             "composed": [composed_prompt(identity, style, t) for t in SOURCE_TEMPLATES],
         }
-        self.token_ids = dict(zip((identity, style), tokenizer.convert_tokens_to_ids([identity, style]), strict=True))
+        self.token_ids = dict(
+            zip((identity, style), tokenizer.convert_tokens_to_ids([identity, style]), strict=True)
+        )
         self.input_ids = {
             kind: tokenizer(
-                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
             ).input_ids
             for kind, prompts in self.prompts.items()
         }
@@ -231,7 +252,12 @@ class TrainingData:
             for view in range(count):
                 rng = random.Random(f"{config.seed}/{index}/{view}")
                 factors = [1 + rng.uniform(-config.color_jitter, config.color_jitter) for _ in range(3)]
-                pixels, face, landmarks, bbox = jitter(image.pixels, *factors), image.face, image.landmarks, image.bbox
+                pixels, face, landmarks, bbox = (
+                    jitter(image.pixels, *factors),
+                    image.face,
+                    image.landmarks,
+                    image.bbox,
+                )
                 if flipped[view]:
                     pixels, face = pixels.flip(-1), face.flip(-1)
                     landmarks, bbox = flip_points(landmarks, bbox, pixels.shape[-1])
@@ -241,7 +267,7 @@ class TrainingData:
             part = jobs[start : start + chunk]
             pixels = torch.stack([job[2] for job in part]).to(device, dtype)
             dist = vae.encode(pixels).latent_dist
-            for job, mean, std in zip(part, dist.mean.float(), dist.std.float()):
+            for job, mean, std in zip(part, dist.mean.float(), dist.std.float(), strict=True):
                 face = F.interpolate(job[3][None], size=mean.shape[-2:], mode="nearest")[0].to(device)
                 views.append(View(job[0], job[1], mean, std, face, job[4], job[5]))
         self.views = [views[i * count : (i + 1) * count] for i in range(len(self.images))]
@@ -259,7 +285,11 @@ class TrainingData:
         return self.prompts[sample.kind][sample.template]
 
     def batch(
-        self, samples: list[Sample], scaling_factor: float, identity_kinds: tuple[str, ...], generator: torch.Generator
+        self,
+        samples: list[Sample],
+        scaling_factor: float,
+        identity_kinds: tuple[str, ...],
+        generator: torch.Generator,
     ) -> Batch:
         """Tensors for ``samples``; latents are drawn from the cached distributions with ``generator``."""
         identity_id, style_id = self.token_ids.values()
@@ -269,9 +299,13 @@ class TrainingData:
         latents = (mean + torch.stack([v.std for v in views]) * noise) * scaling_factor
         input_ids = torch.stack([self.input_ids[s.kind][s.template] for s in samples])
         faces = torch.stack([v.face for v in views])
-        targets = torch.where(torch.tensor([s.kind == "source" for s in samples]).view(-1, 1, 1, 1).to(faces.device), faces, 1 - faces)
+        targets = torch.where(
+            torch.tensor([s.kind == "source" for s in samples]).view(-1, 1, 1, 1).to(faces.device),
+            faces,
+            1 - faces,
+        )
         rows, positions, ar_targets, tokens = [], [], [], []
-        for row, (sample, face) in enumerate(zip(samples, faces)):
+        for row, (sample, face) in enumerate(zip(samples, faces, strict=True)):
             pairs = {
                 "source": [(identity_id, face)],
                 "reference": [(style_id, 1 - face)],
@@ -281,7 +315,9 @@ class TrainingData:
                 rows.append(row)
                 positions.append(int((input_ids[row] == token_id).nonzero()[0, 0]))
                 ar_targets.append(target[0])
-                tokens.append(self.config.identity_token if token_id == identity_id else self.config.style_token)
+                tokens.append(
+                    self.config.identity_token if token_id == identity_id else self.config.style_token
+                )
         identity_rows = [row for row, s in enumerate(samples) if s.kind in identity_kinds]
         return Batch(
             kinds=[s.kind for s in samples],
@@ -293,6 +329,8 @@ class TrainingData:
             ar_targets=torch.stack(ar_targets),
             ar_tokens=tokens,
             identity_rows=torch.tensor(identity_rows, dtype=torch.long),
-            landmarks=torch.stack([views[r].landmarks for r in identity_rows]) if identity_rows else torch.zeros(0, 5, 2),
+            landmarks=torch.stack([views[r].landmarks for r in identity_rows])
+            if identity_rows
+            else torch.zeros(0, 5, 2),
             boxes=torch.stack([views[r].bbox for r in identity_rows]) if identity_rows else torch.zeros(0, 4),
         )

@@ -93,7 +93,8 @@ class Failed(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (Status, PhaseStarted, StepDone, PreviewSaved, CheckpointSaved, Finished, Cancelled, Failed)
+    cls.__name__: cls
+    for cls in (Status, PhaseStarted, StepDone, PreviewSaved, CheckpointSaved, Finished, Cancelled, Failed)
 }
 
 

@@ -104,7 +104,12 @@ def export_lora(project: Project, run: str | None = None, format: str = "a1111")
         )
     project_name = safe_name(project.name)
     base = str(artefact.metadata.get("base_model", ""))
-    metadata = {"format": "pt", "magicapture": json.dumps({"run": run_name, "base_model": base, "tokens": artefact.metadata.get("tokens")})}
+    metadata = {
+        "format": "pt",
+        "magicapture": json.dumps(
+            {"run": run_name, "base_model": base, "tokens": artefact.metadata.get("tokens")}
+        ),
+    }
     if format == "diffusers":
         return _save_safetensors(folder / f"{project_name}-lora-diffusers.safetensors", state, metadata)
     ranks = sorted({int(v.shape[0]) for k, v in state.items() if ".lora_A." in k})
@@ -150,7 +155,9 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
     records = {entry["id"]: entry for entry in project.manifest().get("outputs", [])}
     missing = [i for i in output_ids if i not in records or not project.path(records[i]["file"]).is_file()]
     if missing:
-        raise ExportError(f"Project {project.name!r} has no output image(s) {', '.join(missing)}; refresh the gallery.")
+        raise ExportError(
+            f"Project {project.name!r} has no output image(s) {', '.join(missing)}; refresh the gallery."
+        )
     if not output_ids:
         raise ExportError("Choose at least one image to zip.")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -169,7 +176,9 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
                     dpi = picture.info.get("dpi")
                     pixels = picture.convert("RGB")
                     parameters = picture.info.get("parameters")
-                data = encode_image(np.asarray(pixels), ".jpg", parameters=parameters, dpi=round(dpi[0]) if dpi else None)
+                data = encode_image(
+                    np.asarray(pixels), ".jpg", parameters=parameters, dpi=round(dpi[0]) if dpi else None
+                )
                 archive.writestr(name, data, compress_type=zipfile.ZIP_STORED)
             listing.append({"file": name, **record})
         archive.writestr("params.json", json.dumps(listing, indent=2), compress_type=zipfile.ZIP_DEFLATED)

@@ -77,8 +77,12 @@ class GenerationSettings:
     guidance_scale: float = _field(7.0, "Classifier-free guidance (CFG) scale.")
     unet_lora_scale: float = _field(0.6, "Strength of the LoRA in the UNet (0 turns it off).")
     text_lora_scale: float = _field(0.9, "Strength of the LoRA in the text encoder (0 turns it off).")
-    width: int | None = _field(None, "Image width in pixels (a multiple of 8); None: the base model's native size.")
-    height: int | None = _field(None, "Image height in pixels (a multiple of 8); None: the base model's native size.")
+    width: int | None = _field(
+        None, "Image width in pixels (a multiple of 8); None: the base model's native size."
+    )
+    height: int | None = _field(
+        None, "Image height in pixels (a multiple of 8); None: the base model's native size."
+    )
 
     def __post_init__(self) -> None:
         from engine.models import SAMPLERS
@@ -207,11 +211,26 @@ def _install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed
     lora = diffusers_state_dict(artefact)
     try:
         if lora:
-            make_pipeline(view).load_lora_weights(lora, adapter_name=ADAPTER)
+            with _quiet("transformers.integrations.peft"):
+                make_pipeline(view).load_lora_weights(lora, adapter_name=ADAPTER)
     except BaseException:
         _uninstall(base, installed)
         raise
     return view, installed
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence a logger below errors (transformers reports the frozen base weights as "missing" from a LoRA)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _uninstall(base: BaseModel, installed: _Installed) -> None:
@@ -284,7 +303,9 @@ def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[BaseMo
         return
     source = artefact.metadata.get("base_model")
     if not source:
-        raise GenerationError(f"{artefact.path} does not record its base model; pass the base model explicitly.")
+        raise GenerationError(
+            f"{artefact.path} does not record its base model; pass the base model explicitly."
+        )
     key = _artefact_key(Path(artefact.path))
     with _CACHE_LOCK:
         if _CACHE.get("artefact") != key or _CACHE.get("key", (None,))[0] != str(source):
@@ -370,6 +391,21 @@ def model_name(source: str) -> str:
 # Identity ----------------------------------------------------------------------------------------
 
 
+_FACE_KITS: dict[bool, FaceKit] = {}
+
+
+def shared_face_kit(commercial: bool = False) -> FaceKit:
+    """The face models for scoring, loaded once; a kit with fallbacks is not kept, so installed models are picked up."""
+    kit = _FACE_KITS.get(commercial)
+    if kit is None:
+        from engine.faces import load_face_kit
+
+        kit = load_face_kit(commercial=commercial)
+        if not kit.is_fallback:
+            _FACE_KITS[commercial] = kit
+    return kit
+
+
 def source_embedding(project: Project, kit: FaceKit) -> np.ndarray | None:
     """Unit mean of the source photos' identity embeddings made by ``kit``'s recogniser, or None."""
     if kit.scorer is None:
@@ -415,7 +451,9 @@ def sorted_outputs(project: Project) -> list[OutputRecord]:
 # Saving ------------------------------------------------------------------------------------------
 
 
-def encode_image(image: np.ndarray, suffix: str, *, parameters: str | None = None, dpi: int | None = None) -> bytes:
+def encode_image(
+    image: np.ndarray, suffix: str, *, parameters: str | None = None, dpi: int | None = None
+) -> bytes:
     """An RGB ``uint8`` image as PNG (``parameters`` text chunk, pHYs) or JPEG (JFIF dpi, comment) bytes."""
     import io
 
@@ -438,16 +476,22 @@ def encode_image(image: np.ndarray, suffix: str, *, parameters: str | None = Non
     return buffer.getvalue()
 
 
-def save_image(path: Path, image: np.ndarray, *, parameters: str | None = None, dpi: int | None = None) -> Path:
+def save_image(
+    path: Path, image: np.ndarray, *, parameters: str | None = None, dpi: int | None = None
+) -> Path:
     """Write `encode_image`'s bytes atomically; the format follows the suffix of ``path``."""
-    return atomic_write_bytes(Path(path), encode_image(image, Path(path).suffix, parameters=parameters, dpi=dpi))
+    return atomic_write_bytes(
+        Path(path), encode_image(image, Path(path).suffix, parameters=parameters, dpi=dpi)
+    )
 
 
 def new_output_id(seed: int) -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{seed}-{secrets.token_hex(3)}"
 
 
-def add_output(project: Project, image: np.ndarray, record: OutputRecord, parameters: str, dpi: int | None = None) -> OutputRecord:
+def add_output(
+    project: Project, image: np.ndarray, record: OutputRecord, parameters: str, dpi: int | None = None
+) -> OutputRecord:
     """Save ``image`` at ``record.file`` and append ``record`` to the manifest."""
     save_image(project.path(record.file), image, parameters=parameters, dpi=dpi)
     project.update(lambda manifest: manifest.setdefault("outputs", []).append(record.to_json()))
@@ -505,14 +549,16 @@ def generate(
     *,
     base: BaseModel | None = None,
     face_kit: FaceKit | None = None,
+    commercial: bool = False,
     on_event: Callable[[Event], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> list[OutputRecord]:
     """Sample ``settings.count`` images from a run's artefact (or the latest finished run) and record them.
 
     ``base`` defaults to the base model recorded in the artefact (loaded once and kept); ``face_kit``
-    (for identity scores) to `engine.faces.load_face_kit`. Progress comes as `StepDone` events
-    (phase 0); when ``cancel`` is set the batch stops and the images finished so far are returned.
+    (for identity scores) to `shared_face_kit` (``commercial`` picks the commercially usable models).
+    Progress comes as `StepDone` events (phase 0); when ``cancel`` is set the batch stops and the
+    images finished so far are returned.
     """
     from engine.artefact import load_artefact
     from engine.models import make_pipeline
@@ -523,10 +569,7 @@ def generate(
     path, run_id = resolve_artefact(project, run)
     artefact = load_artefact(path)
     tokens = placeholder_tokens(artefact)
-    if face_kit is None:
-        from engine.faces import load_face_kit
-
-        face_kit = load_face_kit()
+    face_kit = face_kit or shared_face_kit(commercial)
     reference = source_embedding(project, face_kit)
     source = base.source if base is not None else str(artefact.metadata.get("base_model"))
     emit(Status(message=f"Loading {model_name(source)} with run {run_id or path.name}…"))
@@ -535,7 +578,10 @@ def generate(
         pipe = make_pipeline(model, settings.sampler)
         pipe.set_progress_bar_config(disable=True)
         if pipe.get_list_adapters():
-            pipe.set_adapters(ADAPTER, adapter_weights={"unet": settings.unet_lora_scale, "text_encoder": settings.text_lora_scale})
+            pipe.set_adapters(
+                ADAPTER,
+                adapter_weights={"unet": settings.unet_lora_scale, "text_encoder": settings.text_lora_scale},
+            )
         prompt, prompt_warning = fit_prompt(model.tokenizer, compose_prompt(tokens, settings.prompt_extra))
         negative, negative_warning = fit_prompt(model.tokenizer, settings.negative_prompt, "negative prompt")
         warnings = [w for w in (prompt_warning, negative_warning) if w]
@@ -613,7 +659,14 @@ def make_references(
         settings = GenerationSettings(seed=seed, count=count, steps=steps)
         for index in range(count):
             emit(Status(message=f"Painting style reference {index + 1} of {count}…"))
-            image = _sample(pipe, f"a portrait of a person, {prompt.strip()}", settings, seed + index, lambda step: None, cancel)
+            image = _sample(
+                pipe,
+                f"a portrait of a person, {prompt.strip()}",
+                settings,
+                seed + index,
+                lambda step: None,
+                cancel,
+            )
             if image is None:
                 break
             data = encode_image(image, ".png")

@@ -28,7 +28,9 @@ def masked_reconstruction(prediction: torch.Tensor, target: torch.Tensor, mask: 
     return error / area.clamp_min(torch.finfo(prediction.dtype).eps)
 
 
-def predicted_x0(noisy: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def predicted_x0(
+    noisy: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """One-step estimate ``z0 = (z_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` of an epsilon-prediction model."""
     alpha = alphas_cumprod.to(noisy.device, torch.float32)[timesteps].view(-1, 1, 1, 1)
     return (noisy.float() - (1 - alpha).sqrt() * eps.float()) / alpha.sqrt()
@@ -75,7 +77,9 @@ def detect_landmarks(
     return torch.stack(rows).to(images.device), torch.tensor(found, device=images.device)
 
 
-def face_windows(boxes: torch.Tensor, latent_size: tuple[int, int], scale: int, margin: float) -> tuple[int, torch.Tensor]:
+def face_windows(
+    boxes: torch.Tensor, latent_size: tuple[int, int], scale: int, margin: float
+) -> tuple[int, torch.Tensor]:
     """Square latent windows around face boxes, one size for the whole batch.
 
     ``boxes [B, 4]`` are ``x1, y1, x2, y2`` in image pixels, ``scale`` pixels per latent. Each
@@ -94,4 +98,6 @@ def face_windows(boxes: torch.Tensor, latent_size: tuple[int, int], scale: int, 
 
 def crop_windows(latents: torch.Tensor, side: int, corners: torch.Tensor) -> torch.Tensor:
     """``latents [B, C, H, W]`` cut to the windows of `face_windows` -> ``[B, C, side, side]``."""
-    return torch.stack([z[:, y : y + side, x : x + side] for z, (x, y) in zip(latents, corners.tolist())])
+    return torch.stack(
+        [z[:, y : y + side, x : x + side] for z, (x, y) in zip(latents, corners.tolist(), strict=True)]
+    )

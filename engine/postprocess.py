@@ -39,7 +39,13 @@ UPSCALERS = {2: "realesrgan_x2plus", 4: "realesrgan_x4plus"}
 """Upscale factor -> asset name."""
 FACE_SIZE = 512
 FFHQ_TEMPLATE = np.array(
-    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935], [201.26117, 371.41043], [313.08905, 371.15118]],
+    [
+        [192.98138, 239.94708],
+        [318.90277, 240.1936],
+        [256.63416, 314.01935],
+        [201.26117, 371.41043],
+        [313.08905, 371.15118],
+    ],
     dtype=np.float32,
 )
 """The five landmarks in the 512x512 aligned crops GFPGAN and CodeFormer were trained on (FFHQ alignment)."""
@@ -51,6 +57,8 @@ TILE_OVERLAP = 32
 FEATHER = 12
 """Width of the soft edge of the paste-back mask, in pixels of the 512 crop."""
 FIDELITY = 0.5
+MODELS_KEPT = 2
+"""Loaded models kept for the next image (an upscaler and a restorer)."""
 
 
 class PostprocessError(Exception):
@@ -73,7 +81,7 @@ _MODELS_LOCK = threading.Lock()
 
 
 def load_model(path: Path, device: torch.device | str | None = None) -> ImageModelDescriptor:
-    """A spandrel model from a weights file, on ``device`` in its fastest safe dtype (kept for reuse)."""
+    """A spandrel model from a weights file on ``device``, fp16 on CUDA where it supports it (kept for reuse)."""
     import torch
     from spandrel import ModelLoader, UnsupportedModelError
 
@@ -86,13 +94,12 @@ def load_model(path: Path, device: torch.device | str | None = None) -> ImageMod
             try:
                 model = ModelLoader(registry=_registry()).load_from_file(str(path))
             except (UnsupportedModelError, ValueError, RuntimeError, KeyError, OSError) as error:
-                raise PostprocessError(f"{path} is not a restoration or upscaling model spandrel can load ({error}).") from error
-            dtype = torch.float32
-            if device.type == "cuda" and model.supports_half:
-                dtype = torch.float16
-            elif device.type == "cuda" and model.supports_bfloat16 and torch.cuda.is_bf16_supported():
-                dtype = torch.bfloat16
-            _MODELS.clear()  # keep one model: restorers are large
+                raise PostprocessError(
+                    f"{path} is not a restoration or upscaling model spandrel can load ({error})."
+                ) from error
+            dtype = torch.float16 if device.type == "cuda" and model.supports_half else torch.float32
+            while len(_MODELS) >= MODELS_KEPT:
+                _MODELS.pop(next(iter(_MODELS)))
             _MODELS[key] = model.to(device).to(dtype).eval()
         return _MODELS[key]
 
@@ -100,7 +107,7 @@ def load_model(path: Path, device: torch.device | str | None = None) -> ImageMod
 def _to_tensor(image: np.ndarray, model: Any) -> torch.Tensor:
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255
     return tensor.to(model.device, model.dtype)
 
 
@@ -109,7 +116,9 @@ def _to_image(tensor: torch.Tensor) -> np.ndarray:
     return (pixels * 255).round().astype(np.uint8)
 
 
-def upscale_image(image: np.ndarray, model: Any, *, tile: int = TILE, overlap: int = TILE_OVERLAP) -> np.ndarray:
+def upscale_image(
+    image: np.ndarray, model: Any, *, tile: int = TILE, overlap: int = TILE_OVERLAP
+) -> np.ndarray:
     """Upscale an RGB ``uint8`` image tile by tile; each tile sees ``overlap`` pixels of context per side."""
     import torch
 
@@ -127,7 +136,9 @@ def upscale_image(image: np.ndarray, model: Any, *, tile: int = TILE, overlap: i
                 piece = model(pixels[..., y0:y1, x0:x1])
                 rows = slice((top - y0) * scale, (bottom - y0) * scale)
                 cols = slice((left - x0) * scale, (right - x0) * scale)
-                out[top * scale : bottom * scale, left * scale : right * scale] = _to_image(piece[..., rows, cols])
+                out[top * scale : bottom * scale, left * scale : right * scale] = _to_image(
+                    piece[..., rows, cols]
+                )
     return out
 
 
@@ -141,7 +152,9 @@ def align_face(image: np.ndarray, face: Face, size: int = FACE_SIZE) -> tuple[np
     template = torch.from_numpy(FFHQ_TEMPLATE * (size / FACE_SIZE))
     landmarks = torch.as_tensor(np.asarray(face.landmarks, dtype=np.float32))[None]
     matrix = similarity_matrices(landmarks, template)[0].double().numpy()
-    crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    crop = cv2.warpAffine(
+        image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+    )
     return crop, matrix
 
 
@@ -157,7 +170,9 @@ def restore_crop(model: Any, crop: np.ndarray, *, fidelity: float = FIDELITY) ->
         elif kind == "GFPGAN":
             restored = model.model(pixels, return_rgb=False, randomize_noise=False)[0]
         else:
-            raise PostprocessError(f"{model.architecture.name} is not a face restorer (GFPGAN or CodeFormer).")
+            raise PostprocessError(
+                f"{model.architecture.name} is not a face restorer (GFPGAN or CodeFormer)."
+            )
     return _to_image((restored + 1) / 2)
 
 
@@ -188,7 +203,9 @@ def paste_face(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np
     height, width = image.shape[:2]
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     back = cv2.warpAffine(crop, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    weight = cv2.warpAffine(mask, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    weight = cv2.warpAffine(
+        mask, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
     weight = np.clip(weight, 0.0, 1.0)[..., None]
     blended = image.astype(np.float32) * (1 - weight) + back.astype(np.float32) * weight
     return np.where(weight > 0, np.clip(np.round(blended), 0, 255), image).astype(np.uint8)
@@ -249,46 +266,52 @@ def postprocess_output(
         add_output,
         identity_score,
         new_output_id,
+        shared_face_kit,
         source_embedding,
     )
     from engine.presets import apply_preset, get_preset
 
     emit = on_event or (lambda event: None)
     if restore is not None and restore not in RESTORERS:
-        raise PostprocessError(f"Unknown face restorer {restore!r}; choose {' or '.join(RESTORERS)}, or none.")
+        raise PostprocessError(
+            f"Unknown face restorer {restore!r}; choose {' or '.join(RESTORERS)}, or none."
+        )
     if upscale not in (1, *UPSCALERS):
         raise PostprocessError(f"Upscaling is x1, x2 or x4, not x{upscale}.")
     if preset is not None:
         get_preset(preset)
     if restore is None and upscale == 1 and preset is None:
-        raise PostprocessError("Nothing to do: choose a face restorer, an upscale factor or an output preset.")
+        raise PostprocessError(
+            "Nothing to do: choose a face restorer, an upscale factor or an output preset."
+        )
     if not 0.0 <= fidelity <= 1.0:
         raise PostprocessError(f"The fidelity weight must lie between 0 and 1 (got {fidelity}).")
     entry = next((e for e in project.manifest().get("outputs", []) if e.get("id") == output_id), None)
     if entry is None or not project.path(entry["file"]).is_file():
-        raise PostprocessError(f"Project {project.name!r} has no output image {output_id!r}; refresh the gallery.")
+        raise PostprocessError(
+            f"Project {project.name!r} has no output image {output_id!r}; refresh the gallery."
+        )
     parent = OutputRecord.from_json(entry)
+    upscaler = assets.asset_path(UPSCALERS[upscale], commercial=commercial) if upscale > 1 else None
+    restorer = assets.asset_path(RESTORERS[restore], commercial=commercial) if restore is not None else None
     image = _load_rgb(project.path(parent.file))
-    if face_kit is None:
-        from engine.faces import load_face_kit
-
-        face_kit = load_face_kit(commercial=commercial)
+    face_kit = face_kit or shared_face_kit(commercial)
     faces = face_kit.detector.detect(image)
     steps: dict[str, Any] = {}
     extras: dict[str, Any] = {}
     warnings: list[str] = []
-    if upscale > 1:
+    if upscaler is not None:
         emit(Status(message=f"Upscaling x{upscale} with Real-ESRGAN…"))
-        model = load_model(assets.asset_path(UPSCALERS[upscale], commercial=commercial))
-        image = upscale_image(image, model)
+        image = upscale_image(image, load_model(upscaler))
         faces = [face.transformed(float(upscale)) for face in faces]
         steps["upscale"] = upscale
-        extras.update({"Postprocess upscale by": upscale, "Postprocess upscaler": f"RealESRGAN x{upscale}plus"})
-    if restore is not None:
+        extras.update(
+            {"Postprocess upscale by": upscale, "Postprocess upscaler": f"RealESRGAN x{upscale}plus"}
+        )
+    if restorer is not None:
         if faces:
             emit(Status(message=f"Restoring {len(faces)} face(s) with {RESTORER_LABELS[restore]}…"))
-            model = load_model(assets.asset_path(RESTORERS[restore], commercial=commercial))
-            image = restore_faces(image, faces, model, face_kit.parser, fidelity=fidelity)
+            image = restore_faces(image, faces, load_model(restorer), face_kit.parser, fidelity=fidelity)
         else:
             warnings.append("No face was found in the image, so no face was restored.")
         steps.update(restore=restore, fidelity=fidelity)
@@ -298,11 +321,15 @@ def postprocess_output(
     dpi = None
     if preset is not None:
         if not faces:
-            raise PostprocessError(f"No face was found in output {output_id!r}, so the {preset} preset cannot place it.")
+            raise PostprocessError(
+                f"No face was found in output {output_id!r}, so the {preset} preset cannot place it."
+            )
         framed: Framed = apply_preset(image, faces[0], preset)
         image, dpi = framed.image, framed.preset.dpi
         warnings.extend(framed.warnings)
-        steps.update(preset=preset, eye_line=round(framed.eye_line, 4), head_height=round(framed.head_height, 4))
+        steps.update(
+            preset=preset, eye_line=round(framed.eye_line, 4), head_height=round(framed.head_height, 4)
+        )
         extras["Output preset"] = preset
     emit(Status(message="Scoring identity…"))
     identity = identity_score(face_kit, image, source_embedding(project, face_kit))
@@ -312,7 +339,12 @@ def postprocess_output(
         id=new_id,
         file=f"{OUTPUTS}/{new_id}.png",
         seed=parent.seed,
-        params={**parent.params, "postprocess": steps, "width": int(image.shape[1]), "height": int(image.shape[0])},
+        params={
+            **parent.params,
+            "postprocess": steps,
+            "width": int(image.shape[1]),
+            "height": int(image.shape[0]),
+        },
         run=parent.run,
         identity=identity,
         created=now(),

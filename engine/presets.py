@@ -92,8 +92,12 @@ PRESETS: dict[str, OutputPreset] = {
     for preset in (
         PASSPORT_EU,
         PASSPORT_US,
-        OutputPreset("headshot-1024", "Square headshot, 1024 px", 1024, 1024, 300, head_height=0.45, eye_line=0.62),
-        OutputPreset("headshot-2048", "Square headshot, 2048 px", 2048, 2048, 300, head_height=0.45, eye_line=0.62),
+        OutputPreset(
+            "headshot-1024", "Square headshot, 1024 px", 1024, 1024, 300, head_height=0.45, eye_line=0.62
+        ),
+        OutputPreset(
+            "headshot-2048", "Square headshot, 2048 px", 2048, 2048, 300, head_height=0.45, eye_line=0.62
+        ),
     )
 }
 
@@ -123,7 +127,9 @@ def get_preset(name: str) -> OutputPreset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise PresetError(f"There is no output preset {name!r}; choose one of {', '.join(PRESETS)}.") from None
+        raise PresetError(
+            f"There is no output preset {name!r}; choose one of {', '.join(PRESETS)}."
+        ) from None
 
 
 def placement(face: Face, preset: OutputPreset) -> np.ndarray:
@@ -143,7 +149,11 @@ def placement(face: Face, preset: OutputPreset) -> np.ndarray:
 
 
 def apply_preset(
-    image: np.ndarray, face: Face, preset: str | OutputPreset, *, background: tuple[int, int, int] | None = None
+    image: np.ndarray,
+    face: Face,
+    preset: str | OutputPreset,
+    *,
+    background: tuple[int, int, int] | None = None,
 ) -> Framed:
     """Frame an RGB ``uint8`` image around ``face`` (its largest face, in its pixel coordinates)."""
     import cv2
@@ -160,7 +170,12 @@ def apply_preset(
         warp[:, :2] = matrix[:, :2] / factors[None, :]
     fill = tuple(int(v) for v in (background or preset.background))
     framed = cv2.warpAffine(
-        source, warp, (preset.width, preset.height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+        source,
+        warp,
+        (preset.width, preset.height),
+        flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=fill,
     )
     points = np.asarray(face.landmarks, dtype=np.float64)
     eyes = matrix @ np.append((points[0] + points[1]) / 2, 1.0)
@@ -172,12 +187,16 @@ def apply_preset(
             f"The face is enlarged {enlargement:.1f}x to fill the {preset.description}; upscale the image "
             "first (x2 or x4) for a sharper print."
         )
-    corners = np.array([[0, 0], [preset.width, 0], [0, preset.height], [preset.width, preset.height]], dtype=np.float64)
+    corners = np.array(
+        [[0, 0], [preset.width, 0], [0, preset.height], [preset.width, preset.height]], dtype=np.float64
+    )
     inverse = cv2.invertAffineTransform(matrix)
     reached = corners @ inverse[:, :2].T + inverse[:, 2]
     height, width = image.shape[:2]
     if reached.min() < -0.5 or (reached[:, 0] > width - 0.5).any() or (reached[:, 1] > height - 0.5).any():
-        warnings.append("The picture does not fill the whole frame; the gap is filled with a plain background.")
+        warnings.append(
+            "The picture does not fill the whole frame; the gap is filled with a plain background."
+        )
     return Framed(
         image=framed,
         preset=preset,

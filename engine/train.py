@@ -17,6 +17,7 @@ import contextlib
 import gc
 import random
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,7 +54,13 @@ if TYPE_CHECKING:
 RUNS = "trainings"
 ARTEFACT = "final.safetensors"
 PHASES = {1: "token embeddings", 2: "LoRA and embeddings"}
-RECOMMENDED = {"unet_scale": 0.6, "text_encoder_scale": 0.9, "sampler": "euler_a", "steps": 50, "guidance": 7.0}
+RECOMMENDED = {
+    "unet_scale": 0.6,
+    "text_encoder_scale": 0.9,
+    "sampler": "euler_a",
+    "steps": 50,
+    "guidance": 7.0,
+}
 """The released inference settings (METHOD.md section 7), stored in the artefact."""
 
 
@@ -98,7 +105,14 @@ def resolve_options(config: TrainingConfig) -> Options:
     else:
         profile = CPU_PROFILE if config.vram_profile == "cpu" else PROFILES[config.vram_profile]
     values = {}
-    for name in ("use_8bit_adam", "gradient_checkpointing", "vae_slicing", "train_text_encoder", "identity_face_window", "identity_reuse_pass"):
+    for name in (
+        "use_8bit_adam",
+        "gradient_checkpointing",
+        "vae_slicing",
+        "train_text_encoder",
+        "identity_face_window",
+        "identity_reuse_pass",
+    ):
         value = getattr(config, name)
         values[name] = getattr(profile, name) if value is None else value
     mixed = config.mixed_precision or profile.mixed_precision
@@ -137,7 +151,11 @@ def resume_available(project: Project) -> str | None:
 
     for entry in reversed(_runs(project)):
         run = entry.get("id")
-        if not run or entry.get("status") == "finished" or not ckpt.checkpoints(project.path(RUNS, run, "checkpoints")):
+        if (
+            not run
+            or entry.get("status") == "finished"
+            or not ckpt.checkpoints(project.path(RUNS, run, "checkpoints"))
+        ):
             continue
         try:
             with _run_lock(project, run):
@@ -204,11 +222,17 @@ def train(
         run = resume if isinstance(resume, str) else resume_available(project)
         found = ckpt.checkpoints(project.path(RUNS, run, "checkpoints")) if run else []
         if not found:
-            raise TrainingError(f"Project {project.name!r} has no stopped training to resume; start a new one.")
+            raise TrainingError(
+                f"Project {project.name!r} has no stopped training to resume; start a new one."
+            )
         start = found[-1]
         saved = TrainingConfig.from_dict(ckpt.read_json(start / ckpt.STATE)["config"])
         config = saved.replace(**{name: getattr(given, name) for name in MEMORY_FIELDS}) if given else saved
     options = resolve_options(config)
+    if not resume:  # pin what the profile decided about what is trained, so a resume matches it
+        config = config.replace(
+            use_8bit_adam=options.use_8bit_adam, train_text_encoder=options.train_text_encoder
+        )
     accelerator = _accelerator(config, options)
     set_seed(config.seed)
     if not resume:
@@ -233,9 +257,14 @@ def train(
         message = _failure_message(error, options, run)
         if accelerator.is_main_process and not isinstance(error, KeyboardInterrupt):
             saved = ckpt.checkpoints(folder / "checkpoints")
-            emit(Failed(message=message, error=type(error).__name__, checkpoint=str(saved[-1]) if saved else None))
+            emit(
+                Failed(
+                    message=message, error=type(error).__name__, checkpoint=str(saved[-1]) if saved else None
+                )
+            )
             _set_run(project, run, status="failed", error=message)
         if isinstance(error, torch.OutOfMemoryError):
+            traceback.clear_frames(error.__traceback__)  # let the models' memory go with the frames
             raise TrainingError(message) from error
         if _is_lock_timeout(error):
             raise TrainingError(message) from error
@@ -336,7 +365,9 @@ class Trainer:
         if options.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
             base.vae.enable_gradient_checkpointing()
-            base.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.text_encoder.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if options.vae_slicing:
             base.vae.enable_slicing()
         base.text_encoder.train()
@@ -344,28 +375,37 @@ class Trainer:
 
         images = load_images(self.project, config.resolution)
         self.data = TrainingData(images, config, base.tokenizer)
-        self.emit(Status(message=f"Encoding {len(images) * config.latent_cache_variants} augmented views of {len(images)} photos."))
+        self.emit(
+            Status(
+                message=f"Encoding {len(images) * config.latent_cache_variants} augmented views of {len(images)} photos."
+            )
+        )
         self.data.build_cache(base.vae, self.device, dtype)
         self.identity = None
         if config.phase2_steps and config.identity_weight > 0:
             from engine.faces import load_face_kit
 
             kit = face_kit or load_face_kit()
-            self.identity = (source_identity(images).to(self.device), kit.detector, kit.identity_model().to(self.device))
+            self.identity = (
+                source_identity(images).to(self.device),
+                kit.detector,
+                kit.identity_model().to(self.device),
+            )
 
     def lora_configs(self) -> dict[str, dict[str, Any]]:
         """LoraConfig arguments of the UNet and (if trained) the text encoder."""
         import re
 
         config = self.config
-        common = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "init_lora_weights": config.lora_init == "gaussian"}
-        if config.lora_init == "gaussian":
-            common["init_lora_weights"] = "gaussian"
+        init = "gaussian" if config.lora_init == "gaussian" else True  # peft's True: kaiming-uniform A
+        common = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "init_lora_weights": init}
         targets: Any = list(config.lora_unet_targets)
         if config.lora_cross_attention_only:
             projections = [re.escape(t) for t in targets if t.startswith("to_")]
             if not projections:
-                raise ConfigError("lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets.")
+                raise ConfigError(
+                    "lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets."
+                )
             targets = rf".*attn2\.({'|'.join(projections)})"
         configs = {"unet": {**common, "target_modules": targets}}
         if self.options.train_text_encoder:
@@ -394,13 +434,26 @@ class Trainer:
             self.add_lora()
         model = Denoiser(self.base.text_encoder, self.base.unet)
         if restore is not None:
-            self.load_trainable(model, restore / "trainable.safetensors", strict=ckpt.read_json(restore / ckpt.STATE)["phase"] == phase)
+            self.load_trainable(
+                model,
+                restore / "trainable.safetensors",
+                strict=ckpt.read_json(restore / ckpt.STATE)["phase"] == phase,
+            )
         rows = [self.placeholders.rows]
-        scale = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes if config.scale_lr else 1
+        scale = (
+            config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+            if config.scale_lr
+            else 1
+        )
         if phase == 1:
-            groups = [{"params": rows, "lr": config.phase1_lr * scale, "weight_decay": config.phase1_weight_decay}]
+            groups = [
+                {"params": rows, "lr": config.phase1_lr * scale, "weight_decay": config.phase1_weight_decay}
+            ]
         else:
-            lora = {name: [p for n, p in getattr(self.base, name).named_parameters() if "lora_" in n] for name in ("unet", "text_encoder")}
+            lora = {
+                name: [p for n, p in getattr(self.base, name).named_parameters() if "lora_" in n]
+                for name in ("unet", "text_encoder")
+            }
             groups = [
                 {"params": lora["unet"], "lr": config.phase2_unet_lr * scale},
                 {"params": lora["text_encoder"], "lr": config.phase2_text_lr * scale},
@@ -413,7 +466,9 @@ class Trainer:
         self.trainable = [p for g in groups for p in g["params"]]
         optimizer = self.make_optimizer(groups)
         steps = config.phase1_steps if phase == 1 else config.phase2_steps
-        self.scheduler = get_scheduler(config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=steps)
+        self.scheduler = get_scheduler(
+            config.lr_schedule, optimizer, num_warmup_steps=0, num_training_steps=steps
+        )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         if restore is not None and ckpt.read_json(restore / ckpt.STATE)["phase"] == phase:
             self.load_optimisation(restore)
@@ -452,8 +507,9 @@ class Trainer:
         if first < steps:
             self.emit(PhaseStarted(phase=phase, steps=steps, description=PHASES[phase]))
         offset = config.phase1_steps if phase == 2 else 0
-        began, done = time.perf_counter(), 0
-        for step in range(first, steps):
+        began = time.perf_counter()
+        for done, step in enumerate(range(first, steps), start=1):
+            self.stop_if_cancelled(phase, step, offset + step)
             lr = self.scheduler.get_last_lr()[0]
             totals: dict[str, float] = {}
             for _ in range(config.gradient_accumulation_steps):
@@ -474,13 +530,19 @@ class Trainer:
                 from engine.tokens import pull_norms
 
                 pull_norms(self.placeholders.rows, config.embedding_norm_target, min(1.0, 100 * lr))
-            done += 1
             global_step = offset + step + 1
             speed = done / max(time.perf_counter() - began, 1e-9)
             self.emit(
                 StepDone(
-                    phase=phase, step=step + 1, phase_steps=steps, global_step=global_step, total_steps=self.total_steps,
-                    losses=totals, lr=lr, it_per_s=speed, eta_s=(self.total_steps - global_step) / speed,
+                    phase=phase,
+                    step=step + 1,
+                    phase_steps=steps,
+                    global_step=global_step,
+                    total_steps=self.total_steps,
+                    losses=totals,
+                    lr=lr,
+                    it_per_s=speed,
+                    eta_s=(self.total_steps - global_step) / speed,
                 )
             )
             last = step + 1 == steps
@@ -488,17 +550,21 @@ class Trainer:
                 self.preview(phase, global_step)
             if global_step % config.checkpoint_every == 0 or last:
                 self.save_checkpoint(phase, step + 1, global_step)
-            if self.cancelled():
-                saved = ckpt.checkpoints(self.folder / "checkpoints")
-                path = saved[-1] if saved and saved[-1].name == f"step-{global_step}" else self.save_checkpoint(phase, step + 1, global_step)
-                self.emit(Cancelled(global_step=global_step, checkpoint=str(path)))
-                raise TrainingCancelled(self.run_id, path)
 
-    def cancelled(self) -> bool:
+    def stop_if_cancelled(self, phase: int, step: int, global_step: int) -> None:
+        """Before a step: on cancel, make sure the state so far is checkpointed and raise `TrainingCancelled`."""
         flag = torch.tensor(float(bool(self.cancel and self.cancel.is_set())), device=self.device)
         if self.accelerator.num_processes > 1:
             flag = self.accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        if flag.item() == 0:
+            return
+        saved = ckpt.checkpoints(self.folder / "checkpoints")
+        if saved and saved[-1].name == f"step-{global_step}":
+            path = saved[-1]
+        else:
+            path = self.save_checkpoint(phase, step, global_step) if global_step else None
+        self.emit(Cancelled(global_step=global_step, checkpoint=str(path) if path else None))
+        raise TrainingCancelled(self.run_id, path)
 
     # One step ----------------------------------------------------------------------------------
 
@@ -525,7 +591,9 @@ class Trainer:
         if len(identity_rows):
             reusable = timesteps[identity_rows] < config.identity_max_timestep
             fresh = identity_rows[~reusable] if self.options.identity_reuse_pass else identity_rows
-            extra_t = torch.randint(0, config.identity_max_timestep, (len(fresh),), generator=gen, device=self.device)
+            extra_t = torch.randint(
+                0, config.identity_max_timestep, (len(fresh),), generator=gen, device=self.device
+            )
             extra_noise = torch.randn((len(fresh), *latents.shape[1:]), generator=gen, device=self.device)
             noisy = torch.cat([noisy, scheduler.add_noise(latents[fresh], extra_noise, extra_t)])
             timesteps = torch.cat([timesteps, extra_t])
@@ -603,16 +671,25 @@ class Trainer:
                 ckpt.staging(folder, global_step)
             accelerator.wait_for_everyone()
             rank = accelerator.process_index
-            ckpt.save_tensors(staged / f"rng-{rank}.safetensors", {"torch": self.generator.get_state()}, folder)
-            ckpt.save_json(staged / f"rng-{rank}.json", {"python": _python_state(self.rng.getstate())}, folder)
+            ckpt.save_tensors(
+                staged / f"rng-{rank}.safetensors", {"torch": self.generator.get_state()}, folder
+            )
+            ckpt.save_json(
+                staged / f"rng-{rank}.json", {"python": _python_state(self.rng.getstate())}, folder
+            )
             if accelerator.is_main_process:
                 ckpt.save_tensors(staged / "trainable.safetensors", self.trainable_state(), folder)
                 tree, tensors = ckpt.split_state(self.optimizer.state_dict())
                 ckpt.save_tensors(staged / "optimizer.safetensors", tensors, folder)
                 ckpt.save_json(staged / "optimizer.json", tree, folder)
                 state = {
-                    "phase": phase, "step": step, "global_step": global_step, "run": self.run_id,
-                    "config": self.config.to_dict(), "scheduler": self.scheduler.state_dict(), "saved": now(),
+                    "phase": phase,
+                    "step": step,
+                    "global_step": global_step,
+                    "run": self.run_id,
+                    "config": self.config.to_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "saved": now(),
                     "processes": accelerator.num_processes,
                 }
                 ckpt.save_json(staged / ckpt.STATE, state, folder)
@@ -637,7 +714,9 @@ class Trainer:
         missing = sorted(wanted - saved.keys()) if strict else []
         unknown = sorted(saved.keys() - params.keys())
         if missing or unknown:
-            raise TrainingError(f"Checkpoint {path.parent} does not match this model ({len(missing)} missing, {len(unknown)} unknown tensors).")
+            raise TrainingError(
+                f"Checkpoint {path.parent} does not match this model ({len(missing)} missing, {len(unknown)} unknown tensors)."
+            )
         with torch.no_grad():
             for name, value in saved.items():
                 params[name].copy_(value)
@@ -649,7 +728,9 @@ class Trainer:
                 f"Checkpoint {path} was saved with {state.get('processes', 1)} processes; resume it with the same number."
             )
         tree = ckpt.read_json(path / "optimizer.json")
-        self.optimizer.load_state_dict(ckpt.join_state(tree, ckpt.load_tensors(path / "optimizer.safetensors")))
+        self.optimizer.load_state_dict(
+            ckpt.join_state(tree, ckpt.load_tensors(path / "optimizer.safetensors"))
+        )
         self.scheduler.load_state_dict(state["scheduler"])
 
     def load_rng(self, path: Path) -> None:
@@ -676,22 +757,38 @@ class Trainer:
             self.store.start(accumulate=True)
             try:
                 images = pipe(
-                    [prompt] * len(seeds), height=config.resolution, width=config.resolution,
-                    num_inference_steps=config.preview_steps, guidance_scale=config.preview_guidance,
-                    generator=[torch.Generator(self.device).manual_seed(s) for s in seeds], output_type="np",
+                    [prompt] * len(seeds),
+                    height=config.resolution,
+                    width=config.resolution,
+                    num_inference_steps=config.preview_steps,
+                    guidance_scale=config.preview_guidance,
+                    generator=[torch.Generator(self.device).manual_seed(s) for s in seeds],
+                    output_type="np",
                 ).images
             finally:
                 self.store.stop()
-        ids = self.base.tokenizer(prompt, padding="max_length", max_length=self.base.tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+        ids = self.base.tokenizer(
+            prompt, padding="max_length", max_length=self.base.tokenizer.model_max_length, return_tensors="pt"
+        ).input_ids[0]
         rows = torch.arange(len(seeds)) + (len(seeds) if config.preview_guidance > 1 else 0)
         folder = self.folder / "previews" / f"step-{global_step:06d}"
         paths, overlays = [], {}
         for label, token in (("identity", config.identity_token), ("style", config.style_token)):
             position = int((ids == self.data.token_ids[token]).nonzero()[0, 0])
             maps = self.store.token_maps(torch.full((len(seeds),), position), rows).mean(dim=1)
-            overlays[token] = [_save_png(folder / f"seed-{s}-{label}.png", _overlay(img, m)) for s, img, m in zip(seeds, images, maps)]
-        paths = [_save_png(folder / f"seed-{s}.png", (img * 255).round().astype("uint8")) for s, img in zip(seeds, images)]
-        self.emit(PreviewSaved(phase=phase, global_step=global_step, prompt=prompt, images=paths, attention_maps=overlays))
+            overlays[token] = [
+                _save_png(folder / f"seed-{s}-{label}.png", _overlay(img, m))
+                for s, img, m in zip(seeds, images, maps, strict=True)
+            ]
+        paths = [
+            _save_png(folder / f"seed-{s}.png", (img * 255).round().astype("uint8"))
+            for s, img in zip(seeds, images, strict=True)
+        ]
+        self.emit(
+            PreviewSaved(
+                phase=phase, global_step=global_step, prompt=prompt, images=paths, attention_maps=overlays
+            )
+        )
 
     def finish(self) -> Path:
         from engine.artefact import save_artefact
@@ -706,14 +803,31 @@ class Trainer:
                     loras[name] = _lora_state(getattr(self.base, name))
             rows = self.placeholders.rows.detach()
             metadata = {
-                "format": 1, "base_model": self.base.source, "preset": config.preset, "run": self.run_id,
+                "format": 1,
+                "base_model": self.base.source,
+                "preset": config.preset,
+                "run": self.run_id,
                 "tokens": {"identity": config.identity_token, "style": config.style_token},
                 "prompt": composed_prompt(config.identity_token, config.style_token),
-                "resolution": config.resolution, "lora": self.lora_configs() if config.phase2_steps else {},
-                "recommended": RECOMMENDED, "config": config.to_dict(), "created": now(),
+                "resolution": config.resolution,
+                "lora": self.lora_configs() if config.phase2_steps else {},
+                "recommended": RECOMMENDED,
+                "config": config.to_dict(),
+                "created": now(),
             }
-            save_artefact(path, loras["unet"], loras["text_encoder"], {config.identity_token: rows[0], config.style_token: rows[1]}, metadata)
-            _set_run(self.project, self.run_id, status="finished", artefact=str(path.relative_to(self.project.root)))
+            save_artefact(
+                path,
+                loras["unet"],
+                loras["text_encoder"],
+                {config.identity_token: rows[0], config.style_token: rows[1]},
+                metadata,
+            )
+            _set_run(
+                self.project,
+                self.run_id,
+                status="finished",
+                artefact=str(path.relative_to(self.project.root)),
+            )
         accelerator.wait_for_everyone()
         self.emit(Finished(artefact=str(path), seconds=time.perf_counter() - self.started))
         return path
@@ -727,7 +841,9 @@ def _lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
 def _python_state(state):
     """``random.getstate()`` <-> JSON lists."""
     version, internal, gauss = state
-    return [version, list(internal), gauss] if isinstance(internal, tuple) else (version, tuple(internal), gauss)
+    return (
+        [version, list(internal), gauss] if isinstance(internal, tuple) else (version, tuple(internal), gauss)
+    )
 
 
 def _overlay(image, heat: torch.Tensor):
@@ -736,7 +852,9 @@ def _overlay(image, heat: torch.Tensor):
     import torch.nn.functional as F
 
     size = image.shape[:2]
-    heat = F.interpolate(heat[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    heat = F.interpolate(heat[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[
+        0, 0
+    ]
     heat = ((heat - heat.min()) / (heat.max() - heat.min()).clamp_min(1e-8)).numpy()
     colour = np.stack([np.clip(1.5 - np.abs(4 * heat - c), 0, 1) for c in (3, 2, 1)], axis=-1)
     return (255 * (0.5 * image + 0.5 * colour)).round().astype("uint8")
@@ -748,4 +866,3 @@ def _save_png(path: Path, pixels) -> str:
     with atomic_path(path) as tmp:
         Image.fromarray(pixels).save(tmp, format="PNG")
     return str(path)
-

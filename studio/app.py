@@ -145,23 +145,23 @@ def probe_device(demo: bool = False) -> DeviceInfo:
 
 def header_html(studio: Studio) -> str:
     """The status line above the tabs: device, face models and the job queue."""
-    chips = [f"<span class='mc-chip'>🖥 {studio.device.summary}</span>"]
+    chips = [f"<span class='mc-chip'>{studio.device.summary}</span>"]
     kit = studio.face_kit_loaded()
     if kit is None:
-        chips.append("<span class='mc-chip'>🙂 face models load on first use</span>")
+        chips.append("<span class='mc-chip'>face models load on first use</span>")
     elif kit.is_fallback:
         chips.append(
             "<span class='mc-chip mc-fallback'>⚠ fallback face detector (approximate): "
             f"{', '.join(kit.fallbacks)}; download the face models in Settings</span>"
         )
     else:
-        chips.append("<span class='mc-chip'>🙂 face models ready</span>")
+        chips.append("<span class='mc-chip'>face models ready</span>")
     running = studio.runner.running()
     queued = studio.runner.queued()
     if running is not None:
-        chips.append(f"<span class='mc-chip'>⏳ running: {running.title}</span>")
+        chips.append(f"<span class='mc-chip'>● running: {running.title}</span>")
     if queued:
-        chips.append(f"<span class='mc-chip'>🕒 {len(queued)} job(s) waiting</span>")
+        chips.append(f"<span class='mc-chip'>{len(queued)} job(s) waiting</span>")
     if running is None and not queued:
         chips.append("<span class='mc-chip'>✔ no job running</span>")
     return f"<div class='mc-status'>{''.join(chips)}</div>"
@@ -180,10 +180,10 @@ def initial_project(studio: Studio) -> str | None:
 
 def build(studio: Studio) -> gr.Blocks:
     """The whole studio as one Blocks app."""
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as blocks:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         with gr.Row(equal_height=True):
             gr.Markdown(
-                f"# 📸 {TITLE}\nStudio portraits of one person in a reference style, on your own computer."
+                f"# {TITLE}\nStudio portraits of one person in a reference style, on your own computer."
             )
             current = gr.Dropdown(
                 studio.store.list(),
@@ -207,9 +207,9 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Tab(STEPS[0][1], id="project"):
                 project.build(studio, current, tabs)
             with gr.Tab(STEPS[1][1], id="photos") as photos_tab:
-                photos.build(studio, current, tabs, photos_tab)
-            with gr.Tab(STEPS[2][1], id="train") as train_tab:
-                train.build(studio, current, tabs, timer, train_tab)
+                photos.build(studio, current, tabs, photos_tab, timer)
+            with gr.Tab(STEPS[2][1], id="train"):
+                train.build(studio, current, tabs, timer)
             with gr.Tab(STEPS[3][1], id="generate") as generate_tab:
                 generate.build(studio, current, tabs, timer, generate_tab)
             with gr.Tab(STEPS[4][1], id="gallery") as gallery_tab:

@@ -25,7 +25,12 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
     """Lay out the Gallery tab and wire its events."""
     empty = gr.HTML(EMPTY, elem_id="gallery-empty")
     shown = gr.Gallery(
-        label="Portraits, best first", columns=5, height=420, allow_preview=False, elem_id="gallery-outputs"
+        fit_columns=False,
+        label="Portraits, best first",
+        columns=5,
+        height=420,
+        allow_preview=False,
+        elem_id="gallery-outputs",
     )
     ids = gr.State([])
     with gr.Row():

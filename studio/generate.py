@@ -144,7 +144,7 @@ def progress_html(job: Job | None) -> str:
             "and, best first, in the Gallery.</div>"
         )
     if job.status == QUEUED:
-        return "<div class='mc-empty'>🕒 Waiting for the running job to finish…</div>"
+        return "<div class='mc-empty'>Waiting for the running job to finish…</div>"
     events = job.event_list()
     steps = [event for event in events if isinstance(event, StepDone)]
     message = next((e.message for e in reversed(events) if isinstance(e, (Status, Failed))), "Starting…")
@@ -156,7 +156,7 @@ def progress_html(job: Job | None) -> str:
         message = job.error or message
     elif job.status == CANCELLED:
         message = "Cancelled; the portraits finished so far are in the Gallery."
-    icon = {DONE: "✅", FAILED: "❌", CANCELLED: "⏹"}.get(job.status, "⏳")
+    icon = {DONE: "✓", FAILED: "✗", CANCELLED: "■"}.get(job.status, "●")
     return (
         f"<div id='generate-progress' data-state='{job.status}'><b>{icon}</b> {html.escape(message)}"
         f"<div class='mc-progress'><div style='width:{100 * fraction:.1f}%'></div></div></div>"
@@ -192,7 +192,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
             )
             with gr.Row():
                 seed = gr.Number(0, label="First seed", precision=0, info="Portrait i uses seed + i.")
-                dice = gr.Button("🎲 Random seed", size="sm")
+                dice = gr.Button("Random seed", size="sm")
                 count = gr.Slider(1, 16, value=2 if studio.demo else 4, step=1, label="How many")
         with gr.Column(scale=2):
             restore = gr.Radio(
@@ -211,10 +211,12 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
         steps = gr.Slider(1, 150, value=DEMO_STEPS if studio.demo else 50, step=1, label="Steps")
         guidance = gr.Slider(1, 20, value=7.0, step=0.5, label="Guidance")
     with gr.Row():
-        go = gr.Button("✨ Generate", variant="primary", elem_id="generate-button")
-        stop = gr.Button("⏹ Cancel", variant="stop")
+        go = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        stop = gr.Button("■ Cancel", variant="stop")
     progress = gr.HTML(progress_html(None), elem_id="generate-progress-box")
-    results = gr.Gallery(label="This batch", columns=4, height=300, elem_id="generate-results")
+    results = gr.Gallery(
+        fit_columns=False, label="This batch", columns=4, height=300, elem_id="generate-results"
+    )
     next_step = gr.Button("Next: gallery →", variant="primary")
     seen = gr.State(None)
 
@@ -278,6 +280,6 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     stop.click(on_cancel, current, None)
     dice.click(lambda: random.randrange(2**31), None, seed)
     timer.tick(refresh, [current, seen], [progress, results, seen], show_progress="hidden")
-    current.change(runs, current, [empty, run])
-    tab.select(runs, current, [empty, run])
+    current.change(runs, current, [empty, run], show_progress="hidden")
+    tab.select(runs, current, [empty, run], show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="gallery"), None, tabs)

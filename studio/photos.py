@@ -82,14 +82,14 @@ def empty_hint(role: str, count: int) -> str:
     return "No style references yet. Add 4-6 photos in the look you want (a studio headshot, a painting…)."
 
 
-def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab) -> None:
+def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, timer: gr.Timer) -> None:
     """Lay out the Photos tab and wire its events."""
     refusals = RefusalLog()
     panels: dict[str, dict[str, Any]] = {}
     with gr.Row():
         for role, title, tip in (
-            ("source", "🤳 Selfies", "One face per photo; sharp, well lit, different angles."),
-            ("reference", "🎨 Style references", "Portraits in the style you want; the face is ignored."),
+            ("source", "Selfies", "One face per photo; sharp, well lit, different angles."),
+            ("reference", "Style references", "Portraits in the style you want; the face is ignored."),
         ):
             with gr.Column():
                 gr.Markdown(f"### {title}\n{tip}")
@@ -101,6 +101,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab) -> N
                 )
                 hint = gr.Markdown(elem_id=f"hint-{role}")
                 shown = gr.Gallery(
+                    fit_columns=False,
                     label="Crops with their face masks"
                     if role == "source"
                     else "Crops with their style masks",
@@ -202,7 +203,20 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab) -> N
         job = submit_references(studio, studio.project(name), text, int(how_many))
         gr.Info(f"{job.title} is queued; the references appear here when it is done.")
 
+    def on_tick(name: str | None, last: Any):
+        """Show the references made from a text prompt as soon as their job ends."""
+        job = studio.runner.latest(name, "references") if name else None
+        signature = [job.id, job.status] if job else None
+        if signature == last:
+            return [gr.skip()] * len(outputs) + [last]
+        return [
+            *(views(name) if job is not None and not job.active else [gr.skip()] * len(outputs)),
+            signature,
+        ]
+
+    made = gr.State(None)
     make.click(on_make, [current, prompt, count], None)
+    timer.tick(on_tick, [current, made], [*outputs, made], show_progress="hidden")
     current.change(views, current, outputs, show_progress="hidden")
     tab.select(views, current, outputs, show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="train"), None, tabs)

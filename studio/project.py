@@ -32,10 +32,10 @@ def summary(studio: Studio, name: str | None) -> str:
     trainings = manifest.get("trainings", [])
     outputs = manifest.get("outputs", [])
     rows = [
-        ("🤳 Selfies", sources, "4-6 recommended"),
-        ("🎨 Style references", references, "4-6 recommended"),
-        ("🧠 Trainings", len(trainings), ""),
-        ("🖼 Portraits", len(outputs), ""),
+        ("Selfies", sources, "4-6 recommended"),
+        ("Style references", references, "4-6 recommended"),
+        ("Trainings", len(trainings), ""),
+        ("Portraits", len(outputs), ""),
     ]
     cells = "".join(
         f"<tr><td>{label}</td><td><b>{count}</b></td><td>{hint}</td></tr>" for label, count, hint in rows

@@ -49,13 +49,13 @@ def describe_base(source: str) -> str:
     if path.is_dir():
         if (path / "model_index.json").is_file() or (path / "unet").is_dir():
             return f"Diffusers folder: {path}"
-        return f"⚠️ {path} is a folder but not a diffusers model folder (no model_index.json)."
+        return f"⚠ {path} is a folder but not a diffusers model folder (no model_index.json)."
     if path.is_file():
         if path.suffix == ".safetensors":
             return f"Single checkpoint file: {path.name}"
-        return f"⚠️ {path.name} is a pickle checkpoint; it loads only with 'Allow pickle checkpoints' on."
+        return f"⚠ {path.name} is a pickle checkpoint; it loads only with 'Allow pickle checkpoints' on."
     if path.is_absolute() or source.startswith((".", "~")):
-        return f"⚠️ There is no file or folder at {path}."
+        return f"⚠ There is no file or folder at {path}."
     return f"Hugging Face model id: {source} (downloaded on first use)."
 
 
@@ -65,8 +65,8 @@ def assets_table() -> list[list[str]]:
     rows = []
     for status in list_assets():
         size = f"{status.size / 2**20:.0f} MB" if status.size else "?"
-        state = "✅ installed" if status.present else "⬇️ not downloaded"
-        licence = ("" if status.commercial_ok else "🔒 non-commercial · ") + status.licence
+        state = "✓ installed" if status.present else "not downloaded"
+        licence = ("" if status.commercial_ok else "non-commercial · ") + status.licence
         rows.append([status.name, status.description, state, size, licence])
     return rows
 
@@ -139,7 +139,7 @@ def build(studio: Studio) -> None:
             path = asset_path(name, progress=report, commercial=studio.settings.commercial)
         except AssetError as error:
             raise gr.Error(str(error)) from error
-        return f"✅ {name} is installed at `{path}`.", assets_table()
+        return f"✓ {name} is installed at `{path}`.", assets_table()
 
     def on_import(name: str | None, file: str | None):
         from engine.assets import AssetError, import_asset
@@ -150,7 +150,7 @@ def build(studio: Studio) -> None:
             path = import_asset(name, file)
         except AssetError as error:
             raise gr.Error(str(error)) from error
-        return f"✅ {name} imported to `{path}`.", assets_table()
+        return f"✓ {name} imported to `{path}`.", assets_table()
 
     base.change(describe_base, base, base_info, show_progress="hidden")
     save.click(on_save, [base, pickle, commercial], base_info)

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from studio.app import Studio
 
 PRESET_HELP = {
-    "released": "**released**: the authors' released settings (2,700 steps). Best results; 20-40 min on a good GPU.",
-    "paper": "**paper**: the values stated in the paper (gradient accumulation 4, slower).",
-    "fast": "**fast**: 700 steps for a first look at whether the photos work.",
+    "released": "the settings of the authors' released code; the best results.",
+    "paper": "the values stated in the paper (gradient accumulation 4, so slower).",
+    "fast": "fewer steps, for a first look at whether the photos work.",
 }
 ADVANCED = (
     "phase1_steps",
@@ -66,7 +66,6 @@ class TrainingView:
 
     state: str = "idle"
     """idle, starting, running, done, failed, cancelled or interrupted."""
-    run: str | None = None
     message: str = ""
     phase: int = 0
     step: int = 0
@@ -78,7 +77,6 @@ class TrainingView:
     previews: list[tuple[str, str]] = field(default_factory=list)
     attention: list[tuple[str, str]] = field(default_factory=list)
     checkpoint: str | None = None
-    artefact: str | None = None
 
 
 def fold(events: list[Any]) -> TrainingView:
@@ -106,7 +104,7 @@ def fold(events: list[Any]) -> TrainingView:
         elif isinstance(event, CheckpointSaved):
             view.checkpoint = f"Checkpoint saved at step {event.global_step}."
         elif isinstance(event, Finished):
-            view.state, view.artefact = "done", event.artefact
+            view.state = "done"
             view.step = view.total = max(view.total, view.step)
             view.message = f"Finished in {duration(event.seconds)}."
         elif isinstance(event, Cancelled):
@@ -133,7 +131,7 @@ def duration(seconds: float | None) -> str:
 def progress_html(view: TrainingView, job: Job | None) -> str:
     """The progress bar with phase, step, speed and ETA."""
     if job is not None and job.status == QUEUED:
-        return "<div class='mc-empty'>🕒 Waiting in the queue for the job before it to finish…</div>"
+        return "<div class='mc-empty'>Waiting in the queue for the job before it to finish…</div>"
     if view.state == "idle":
         return (
             "<div class='mc-empty'>No training yet. Add photos, pick a preset and press "
@@ -148,9 +146,11 @@ def progress_html(view: TrainingView, job: Job | None) -> str:
     ]
     if view.state == "running" and view.it_per_s:
         parts.append(f"{view.it_per_s:.2f} it/s")
+    if view.state == "running" and view.lr is not None:
+        parts.append(f"lr {view.lr:.1e}")
     if view.state == "running" and view.eta_s is not None:
         parts.append(f"ETA {duration(view.eta_s)}")
-    icon = {"done": "✅", "failed": "❌", "cancelled": "⏹", "interrupted": "⏸"}.get(view.state, "⏳")
+    icon = {"done": "✓", "failed": "✗", "cancelled": "■", "interrupted": "❚❚"}.get(view.state, "●")
     details = " · ".join(p for p in parts if p)
     message = html.escape(view.message)
     checkpoint = f"<br><small>{html.escape(view.checkpoint)}</small>" if view.checkpoint else ""
@@ -160,11 +160,15 @@ def progress_html(view: TrainingView, job: Job | None) -> str:
     )
 
 
-def loss_frame(view: TrainingView) -> pd.DataFrame:
-    """Loss points as a long table (step, value, term), thinned to `MAX_PLOT_POINTS` per term."""
+def loss_frame(view: TrainingView) -> pd.DataFrame | None:
+    """Loss points as a long table (step, term, value), thinned to `MAX_PLOT_POINTS` per term.
+
+    None when there are no points yet: the browser's plot keeps the column types of the first table
+    it gets, so an empty (untyped) table must never reach it.
+    """
+    if not view.losses:
+        return None
     frame = pd.DataFrame(view.losses, columns=["step", "term", "value"])
-    if frame.empty:
-        return frame
     stride = max(1, int(frame["step"].nunique() / MAX_PLOT_POINTS + 0.999))
     return frame[frame["step"] % stride == 0] if stride > 1 else frame
 
@@ -196,7 +200,6 @@ def disk_view(project: Project) -> TrainingView:
         return TrainingView()
     entry = runs[-1]
     view = replay(project.path("trainings", entry["id"], "events.jsonl"))
-    view.run = entry["id"]
     if entry.get("status") != "finished" and resume_available(project) == entry["id"]:
         view.state = "interrupted"
         view.message = (
@@ -239,6 +242,11 @@ def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | N
 # -- starting jobs -------------------------------------------------------------------------
 
 
+def preset_help(name: str) -> str:
+    values = preset(name)
+    return f"**{name}**: {PRESET_HELP.get(name, '')} {values.phase1_steps + values.phase2_steps:,} steps."
+
+
 def start_values(studio: Studio, preset_name: str) -> TrainingConfig:
     """The values the Advanced fields start from: the preset, shortened in demo mode."""
     if studio.demo is None:
@@ -273,6 +281,12 @@ def submit_training(studio: Studio, project: Project, config: TrainingConfig, *,
     )
 
 
+def can_resume(studio: Studio, name: str | None) -> bool:
+    from engine.train import resume_available
+
+    return bool(name) and resume_available(studio.store.open(name)) is not None
+
+
 def readiness(studio: Studio, name: str | None) -> str:
     if not name:
         return "Open or create a project first (step 1)."
@@ -282,7 +296,7 @@ def readiness(studio: Studio, name: str | None) -> str:
     sources, references = len(photos(project, "source")), len(photos(project, "reference"))
     notes = [f"**{sources}** selfie(s) and **{references}** style reference(s)."]
     if not sources or not references:
-        notes.append("⚠️ Training needs at least one of each; add them in step 2.")
+        notes.append("⚠ Training needs at least one of each; add them in step 2.")
     elif sources < 4 or references < 4:
         notes.append("Works with fewer, but 4-6 of each give better likeness and style.")
     return " ".join(notes)
@@ -291,8 +305,8 @@ def readiness(studio: Studio, name: str | None) -> str:
 def queue_html(studio: Studio) -> str:
     items = []
     for job in studio.runner.jobs()[:8]:
-        state = {RUNNING: "⏳ running", QUEUED: "🕒 waiting", DONE: "✅ done", FAILED: "❌ failed"}.get(
-            job.status, "⏹ cancelled"
+        state = {RUNNING: "● running", QUEUED: "waiting", DONE: "✓ done", FAILED: "✗ failed"}.get(
+            job.status, "■ cancelled"
         )
         items.append(f"<li>{state}: {html.escape(job.title)}</li>")
     if not items:
@@ -303,7 +317,7 @@ def queue_html(studio: Studio) -> str:
 # -- layout --------------------------------------------------------------------------------
 
 
-def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, tab: gr.Tab) -> None:
+def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) -> None:
     """Lay out the Train tab and wire its events."""
     default_preset = "fast" if studio.demo is not None else "released"
     initial = start_values(studio, default_preset)
@@ -311,10 +325,13 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     with gr.Row():
         with gr.Column(scale=2):
             preset_choice = gr.Radio(list(PRESETS), value=default_preset, label="Preset")
-            preset_help = gr.Markdown(PRESET_HELP.get(default_preset, ""))
+            help_text = gr.Markdown(preset_help(default_preset))
         with gr.Column(scale=1):
             profile = gr.Dropdown(
-                list(PROFILE_NAMES), value="auto", label="GPU memory profile", info=studio.device.summary
+                list(PROFILE_NAMES),
+                value="auto",
+                label="GPU memory profile",
+                info="auto: picked from your GPU's memory (shown in the status line above).",
             )
     with gr.Accordion("Advanced settings", open=False):
         if studio.demo is not None:
@@ -328,11 +345,12 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
                         getattr(initial, name),
                         label=name.replace("_", " "),
                         info=fields[name].metadata["help"],
+                        elem_id=f"advanced-{name}",
                     )
                 )
     with gr.Row():
         start = gr.Button("▶ Start training", variant="primary", elem_id="start-training")
-        cancel = gr.Button("⏹ Cancel", variant="stop", elem_id="cancel-training")
+        cancel = gr.Button("■ Cancel", variant="stop", elem_id="cancel-training")
         resume = gr.Button("⟲ Resume", elem_id="resume-training", visible=False)
     progress = gr.HTML(progress_html(TrainingView(), None), elem_id="train-progress-box")
     with gr.Row():
@@ -347,9 +365,14 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
         )
     with gr.Row():
         previews = gr.Gallery(
-            label="Latest previews (composed prompt)", columns=4, height=260, elem_id="train-previews"
+            fit_columns=False,
+            label="Latest previews (composed prompt)",
+            columns=4,
+            height=260,
+            elem_id="train-previews",
         )
         attention = gr.Gallery(
+            fit_columns=False,
             label="Where the tokens look (<sks> = the person, <style1> = the style)",
             columns=4,
             height=260,
@@ -360,7 +383,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     next_step = gr.Button("Next: generate →", variant="primary")
     seen = gr.State(None)
 
-    outputs = [progress, plot, previews, attention, resume, queue, seen]
+    outputs = [ready, progress, plot, previews, attention, resume, queue, seen]
 
     def refresh(name: str | None, last: Any, force: bool = False) -> list[Any]:
         view, job = latest_view(studio, name)
@@ -376,12 +399,13 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
         if not force and signature == last:
             return [gr.skip()] * (len(outputs) - 2) + [queue_html(studio), gr.skip()]
         idle = job is None or not job.active
+        resumable = idle and view.state in ("interrupted", "cancelled", "failed") and can_resume(studio, name)
         return [
             progress_html(view, job),
             loss_frame(view),
             view.previews,
             view.attention,
-            gr.Button(visible=idle and view.state in ("interrupted", "cancelled")),
+            gr.Button(visible=resumable),
             queue_html(studio),
             signature,
         ]
@@ -416,18 +440,17 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
 
     def on_preset(name: str):
         values = start_values(studio, name)
-        return [PRESET_HELP.get(name, "")] + [getattr(values, key) for key in ADVANCED]
+        return [preset_help(name)] + [getattr(values, key) for key in ADVANCED]
 
     settings = [current, preset_choice, profile, *advanced]
     start.click(on_run, settings, outputs)
     resume.click(functools.partial(on_run, resume=True), settings, outputs)
     cancel.click(on_cancel, current, None)
-    preset_choice.change(on_preset, preset_choice, [preset_help, *advanced])
+    preset_choice.change(on_preset, preset_choice, [help_text, *advanced])
     timer.tick(refresh, [current, seen], outputs, show_progress="hidden")
     current.change(
-        lambda name: [readiness(studio, name), *refresh(name, None, force=True)], current, [ready, *outputs]
+        functools.partial(refresh, last=None, force=True), current, outputs, show_progress="hidden"
     )
-    tab.select(lambda name: readiness(studio, name), current, ready)
     next_step.click(lambda: gr.Tabs(selected="generate"), None, tabs)
 
 

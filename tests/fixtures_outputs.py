@@ -34,11 +34,23 @@ def make_artefact(path: Path, base, *, rank: int = 4, alpha: float = 4.0, seed: 
 
     torch.manual_seed(seed)
     configs = {
-        "unet": {"r": rank, "lora_alpha": alpha, "init_lora_weights": "gaussian", "target_modules": UNET_TARGETS},
-        "text_encoder": {"r": rank, "lora_alpha": alpha, "init_lora_weights": "gaussian", "target_modules": TEXT_TARGETS},
+        "unet": {
+            "r": rank,
+            "lora_alpha": alpha,
+            "init_lora_weights": "gaussian",
+            "target_modules": UNET_TARGETS,
+        },
+        "text_encoder": {
+            "r": rank,
+            "lora_alpha": alpha,
+            "init_lora_weights": "gaussian",
+            "target_modules": TEXT_TARGETS,
+        },
     }
     unet = inject_adapter_in_model(LoraConfig(**configs["unet"]), copy.deepcopy(base.unet))
-    text_encoder = inject_adapter_in_model(LoraConfig(**configs["text_encoder"]), copy.deepcopy(base.text_encoder))
+    text_encoder = inject_adapter_in_model(
+        LoraConfig(**configs["text_encoder"]), copy.deepcopy(base.text_encoder)
+    )
     with torch.no_grad():
         for module in (unet, text_encoder):
             for name, parameter in module.named_parameters():
@@ -72,15 +84,14 @@ def lora(base, tmp_path_factory) -> TinyLora:
     return make_artefact(tmp_path_factory.mktemp("artefact") / "final.safetensors", base)
 
 
-@pytest.fixture
-def project(lora: TinyLora):
-    """A project whose finished run ``run-1`` holds the tiny artefact."""
+def project_with_run(root: Path, artefact: Path):
+    """A project whose finished run ``run-1`` holds a copy of ``artefact``."""
     from engine.store import ProjectStore
 
-    project = ProjectStore().create("alice")
+    project = ProjectStore(root).create("alice")
     target = project.path("trainings", RUN, "final.safetensors")
     target.parent.mkdir(parents=True)
-    target.write_bytes(lora.path.read_bytes())
+    target.write_bytes(artefact.read_bytes())
 
     def add_run(manifest: dict) -> None:
         manifest["trainings"].append(
@@ -89,6 +100,11 @@ def project(lora: TinyLora):
 
     project.update(add_run)
     return project
+
+
+@pytest.fixture
+def project(lora: TinyLora, tmp_path: Path):
+    return project_with_run(tmp_path / "store", lora.path)
 
 
 def add_photo_output(project, image: np.ndarray, output_id: str = "photo", identity: float | None = None):

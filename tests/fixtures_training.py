@@ -20,21 +20,31 @@ EMBEDDING_DIM = 16
 CROP = 128
 
 
-def _portrait(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+def _portrait(
+    rng: np.random.Generator, size: int, face_scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """An RGB portrait, its face mask, five landmarks and the face box."""
     background = rng.integers(0, 255, size=3)
     image = Image.new("RGB", (size, size), tuple(int(v) for v in background))
     draw = ImageDraw.Draw(image)
     for _ in range(6):  # some texture for the style
         x, y = rng.integers(0, size, size=2)
-        draw.rectangle([int(x), int(y), int(x) + size // 6, int(y) + size // 6], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.rectangle(
+            [int(x), int(y), int(x) + size // 6, int(y) + size // 6],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
     cx, cy = size / 2 + rng.uniform(-size / 10, size / 10), size / 2 + rng.uniform(-size / 10, size / 10)
-    rx, ry = size * 0.22, size * 0.3
+    rx, ry = size * 0.22 * face_scale, size * 0.3 * face_scale
     box = [cx - rx, cy - ry, cx + rx, cy + ry]
     draw.ellipse(box, fill=(224, 172, 140))
     landmarks = np.array(
-        [[cx - 0.4 * rx, cy - 0.25 * ry], [cx + 0.4 * rx, cy - 0.25 * ry], [cx, cy + 0.1 * ry],
-         [cx - 0.3 * rx, cy + 0.45 * ry], [cx + 0.3 * rx, cy + 0.45 * ry]],
+        [
+            [cx - 0.4 * rx, cy - 0.25 * ry],
+            [cx + 0.4 * rx, cy - 0.25 * ry],
+            [cx, cy + 0.1 * ry],
+            [cx - 0.3 * rx, cy + 0.45 * ry],
+            [cx + 0.3 * rx, cy + 0.45 * ry],
+        ],
         dtype=np.float32,
     )
     for x, y in landmarks[:2]:
@@ -45,7 +55,15 @@ def _portrait(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     return np.asarray(image), np.asarray(mask), landmarks, box
 
 
-def make_project(root: Path, *, sources: int = 2, references: int = 2, seed: int = 0, name: str = "demo") -> Project:
+def make_project(
+    root: Path,
+    *,
+    sources: int = 2,
+    references: int = 2,
+    seed: int = 0,
+    name: str = "demo",
+    face_scale: float = 1.0,
+) -> Project:
     """A project with accepted synthetic source and reference photos (``CROP`` px crops)."""
     project = ProjectStore(root).create(name)
     rng = np.random.default_rng(seed)
@@ -53,7 +71,7 @@ def make_project(root: Path, *, sources: int = 2, references: int = 2, seed: int
     for role, count in (("source", sources), ("reference", references)):
         for index in range(count):
             photo_id = f"{role[:3]}{index}"
-            image, mask, landmarks, box = _portrait(rng, CROP)
+            image, mask, landmarks, box = _portrait(rng, CROP, face_scale)
             folder = Path("photos") / role / photo_id
             for name_, pixels in (("crop.png", image), ("mask.png", mask)):
                 with atomic_path(project.path(str(folder / name_))) as tmp:
@@ -63,9 +81,14 @@ def make_project(root: Path, *, sources: int = 2, references: int = 2, seed: int
                 np.save(handle, embedding / np.linalg.norm(embedding))
             entries.append(
                 {
-                    "id": photo_id, "role": role, "status": "accepted",
-                    "crop": str(folder / "crop.png"), "mask": str(folder / "mask.png"),
-                    "landmarks": landmarks.tolist(), "bbox": box, "embedding": str(folder / "embedding.npy"),
+                    "id": photo_id,
+                    "role": role,
+                    "status": "accepted",
+                    "crop": str(folder / "crop.png"),
+                    "mask": str(folder / "mask.png"),
+                    "landmarks": landmarks.tolist(),
+                    "bbox": box,
+                    "embedding": str(folder / "embedding.npy"),
                 }
             )
     project.update(lambda manifest: manifest["images"].extend(entries))
@@ -83,7 +106,10 @@ class TinyScorer:
 
         torch.manual_seed(0)
         network = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
+            torch.nn.Conv2d(3, 8, 5, stride=4),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(4),
+            torch.nn.Flatten(),
             torch.nn.Linear(128, EMBEDDING_DIM),
         )
         return IdentityModel(network, input_mean=127.5, input_std=127.5)

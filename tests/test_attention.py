@@ -66,10 +66,13 @@ def test_refocusing_loss_equals_hand_computation():
     maps = torch.tensor([[[[0.1, 0.5], [0.3, 0.9]], [[0.2, 0.2], [0.6, 0.4]]]])  # one pair, two maps at 2x2
     target = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     # Same size: the bilinear resize is the identity, so S is the mean of the min-max rescaled maps.
-    rescaled = [[(v - min(sum(m, []))) / (max(sum(m, [])) - min(sum(m, []))) for v in sum(m, [])] for m in maps[0].tolist()]
-    mean = [(a + b) / 2 for a, b in zip(*rescaled)]
+    rescaled = [
+        [(v - min(sum(m, []))) / (max(sum(m, [])) - min(sum(m, []))) for v in sum(m, [])]
+        for m in maps[0].tolist()
+    ]
+    mean = [(a + b) / 2 for a, b in zip(*rescaled, strict=True)]
     flat_target = sum(target[0].tolist(), [])
-    expected = sum(((s - t) * (1 - t)) ** 2 for s, t in zip(mean, flat_target)) / 4
+    expected = sum(((s - t) * (1 - t)) ** 2 for s, t in zip(mean, flat_target, strict=True)) / 4
     assert refocusing_loss(maps, target).item() == pytest.approx(expected, rel=1e-6)
 
 
@@ -98,7 +101,15 @@ def test_ar_gradient_reaches_lora_with_gradient_checkpointing(unet):
     from peft import LoraConfig, inject_adapter_in_model
 
     torch.manual_seed(0)
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]), unet)
+    inject_adapter_in_model(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        ),
+        unet,
+    )
     with torch.no_grad():  # non-zero B, as after some training
         for name, param in unet.named_parameters():
             if "lora_B" in name:
@@ -120,7 +131,9 @@ def test_ar_gradient_reaches_lora_with_gradient_checkpointing(unet):
 
     checkpointed = ar_grads(True)
     assert any(block.gradient_checkpointing for block in unet.down_blocks)
-    in_ar_layers = [n for n in checkpointed if n.startswith("down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_k")]
+    in_ar_layers = [
+        n for n in checkpointed if n.startswith("down_blocks.2.attentions.0.transformer_blocks.0.attn2.to_k")
+    ]
     assert in_ar_layers and all(checkpointed[n].abs().sum() > 0 for n in in_ar_layers)
     assert sum(g.abs().sum() for g in checkpointed.values()) > 0
     # What the released script did: reentrant checkpointing runs attention without a graph.
@@ -128,7 +141,9 @@ def test_ar_gradient_reaches_lora_with_gradient_checkpointing(unet):
 
     from torch.utils.checkpoint import checkpoint
 
-    unet.enable_gradient_checkpointing(lambda module, *args: partial(checkpoint, use_reentrant=True)(module.__call__, *args))
+    unet.enable_gradient_checkpointing(
+        lambda module, *args: partial(checkpoint, use_reentrant=True)(module.__call__, *args)
+    )
     store.start()
     unet(latents, timesteps, states)
     store.stop()

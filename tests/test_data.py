@@ -41,7 +41,7 @@ def test_load_images_resizes_photos_masks_and_points(project):
     assert Counter(image.role for image in images) == {"source": 2, "reference": 2}
     entry = project.manifest()["images"][0]
     first = images[0]
-    assert first.pixels.shape == (3, 64, 64) and -1 <= first.pixels.min() and first.pixels.max() <= 1
+    assert first.pixels.shape == (3, 64, 64) and first.pixels.min() >= -1 and first.pixels.max() <= 1
     assert set(first.face.unique().tolist()) == {0.0, 1.0}
     torch.testing.assert_close(first.landmarks, torch.tensor(entry["landmarks"]) * 64 / CROP)
     assert first.embedding.shape == (16,)
@@ -105,8 +105,10 @@ def test_cache_and_batches_follow_the_method(project, tokenizer, tiny_sd):
     data = TrainingData(load_images(project, 64), config, tokenizer)
     data.build_cache(vae, torch.device("cpu"), torch.float32)
     assert [[v.flip for v in views] for views in data.views] == [[False, True]] * 4
-    for image, views in zip(data.images, data.views):
-        torch.testing.assert_close(views[0].face, F.interpolate(image.face[None], size=(8, 8), mode="nearest")[0])
+    for image, views in zip(data.images, data.views, strict=True):
+        torch.testing.assert_close(
+            views[0].face, F.interpolate(image.face[None], size=(8, 8), mode="nearest")[0]
+        )
         flipped = F.interpolate(image.face.flip(-1)[None], size=(8, 8), mode="nearest")[0]
         torch.testing.assert_close(views[1].face, flipped)  # the mask flips with the image
         torch.testing.assert_close(views[1].landmarks[0, 0], 63 - image.landmarks[1, 0])
@@ -115,14 +117,23 @@ def test_cache_and_batches_follow_the_method(project, tokenizer, tiny_sd):
     reference = data.by_role["reference"][0]
     from engine.data import Sample
 
-    samples = [Sample("source", source, 0, 0), Sample("reference", reference, 2, 1), Sample("composed", reference, 3, 0)]
+    samples = [
+        Sample("source", source, 0, 0),
+        Sample("reference", reference, 2, 1),
+        Sample("composed", reference, 3, 0),
+    ]
     batch = data.batch(samples, 0.18215, ("source", "composed"), torch.Generator().manual_seed(0))
     faces = [data.views[source][0].face, data.views[reference][1].face, data.views[reference][0].face]
     assert batch.latents.shape == (3, 4, 8, 8)
     torch.testing.assert_close(batch.recon_masks, torch.stack([faces[0], 1 - faces[1], 1 - faces[2]]))
     sks, style = data.token_ids["<sks>"], data.token_ids["<style1>"]
     assert batch.ar_rows.tolist() == [0, 1, 2, 2]
-    assert [int(batch.input_ids[r, p]) for r, p in zip(batch.ar_rows, batch.ar_positions)] == [sks, style, sks, style]
+    assert [int(batch.input_ids[r, p]) for r, p in zip(batch.ar_rows, batch.ar_positions, strict=True)] == [
+        sks,
+        style,
+        sks,
+        style,
+    ]
     expected_targets = torch.stack([faces[0][0], 1 - faces[1][0], faces[2][0], 1 - faces[2][0]])
     torch.testing.assert_close(batch.ar_targets, expected_targets)
     assert batch.identity_rows.tolist() == [0, 2]

@@ -3,14 +3,19 @@ from __future__ import annotations
 import json
 import zipfile
 
+import fixtures_outputs
 import numpy as np
 import pytest
 import torch
-from fixtures_outputs import RUN, add_photo_output, base, lora, make_artefact, project  # noqa: F401
+from fixtures_outputs import RUN, add_photo_output, make_artefact
 from PIL import Image
 from safetensors.torch import load_file
 
 from engine.export import ExportError, export_embeddings, export_lora, export_outputs_zip
+
+base = fixtures_outputs.base
+lora = fixtures_outputs.lora
+project = fixtures_outputs.project
 
 
 def sample(pipe, prompt: str = "a photo of a person") -> np.ndarray:
@@ -29,10 +34,10 @@ def pipe(base):
         pipe.unload_lora_weights()
 
 
-def peft_weights(module) -> dict[str, torch.Tensor]:
+def peft_weights(module, adapter: str) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
-    return {k.removeprefix("text_model."): v for k, v in get_peft_model_state_dict(module).items()}
+    return get_peft_model_state_dict(module, adapter_name=adapter)
 
 
 def test_diffusers_export_loads_and_changes_the_output(project, pipe):
@@ -51,17 +56,21 @@ def test_exported_lora_applies_the_trained_alpha(base, pipe, tmp_path):
     from engine.store import ProjectStore
 
     trained = make_artefact(tmp_path / "final.safetensors", base, rank=4, alpha=8.0, seed=3)
-    project = ProjectStore().create("bob")
+    other = ProjectStore().create("bob")
+    latents, timestep, context = torch.randn(1, 4, 8, 8), torch.tensor([500]), torch.randn(1, 77, 32)
+    ids = base.tokenizer("a photo of a person", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = trained.unet(latents, timestep, context).sample, trained.text_encoder(ids)[0]
+        plain = base.unet(latents, timestep, context).sample, base.text_encoder(ids)[0]
+    assert all(
+        (e - p).abs().max() > 0.05 for e, p in zip(expected, plain, strict=True)
+    )  # the LoRA is far from a no-op
     for fmt in ("diffusers", "a1111"):
-        path = export_lora(project, str(trained.path), format=fmt)
+        path = export_lora(other, str(trained.path), format=fmt)
         pipe.load_lora_weights(str(path), adapter_name=fmt)
-        latents, timestep = torch.randn(1, 4, 8, 8), torch.tensor([500])
-        context = torch.randn(1, 77, 32)
         with torch.no_grad():
-            expected = trained.unet(latents, timestep, context).sample
-            assert torch.allclose(base.unet(latents, timestep, context).sample, expected, atol=1e-5), fmt
-            ids = base.tokenizer("a photo of a person", return_tensors="pt").input_ids
-            assert torch.allclose(base.text_encoder(ids)[0], trained.text_encoder(ids)[0], atol=1e-5), fmt
+            got = base.unet(latents, timestep, context).sample, base.text_encoder(ids)[0]
+        assert all(torch.allclose(g, e, atol=2e-4) for g, e in zip(got, expected, strict=True)), fmt
         pipe.unload_lora_weights()
 
 
@@ -82,21 +91,24 @@ def test_kohya_file_has_the_names_a1111_and_comfyui_read_and_converts_back(proje
     assert header["ss_network_dim"] == "4" and header["ss_base_model_version"] == "sd_v1"
 
     pipe.load_lora_weights(str(kohya), adapter_name="kohya")
-    from_kohya = peft_weights(pipe.unet), peft_weights(pipe.text_encoder), sample(pipe)
+    from_kohya = peft_weights(pipe.unet, "kohya"), peft_weights(pipe.text_encoder, "kohya"), sample(pipe)
     pipe.unload_lora_weights()
     pipe.load_lora_weights(str(diffusers), adapter_name="diffusers")
-    from_diffusers = peft_weights(pipe.unet), peft_weights(pipe.text_encoder), sample(pipe)
-    for converted, original in zip(from_kohya[:2], from_diffusers[:2]):
-        assert {k.replace(".kohya.", ".") for k in converted} == {k.replace(".diffusers.", ".") for k in original}
-        for key, value in original.items():
-            assert torch.equal(converted[key.replace(".diffusers.", ".kohya.")], value), key
+    from_diffusers = (
+        peft_weights(pipe.unet, "diffusers"),
+        peft_weights(pipe.text_encoder, "diffusers"),
+        sample(pipe),
+    )
+    for converted, original in zip(from_kohya[:2], from_diffusers[:2], strict=True):
+        assert converted.keys() == original.keys() and len(original) > 0
+        assert all(torch.equal(converted[key], value) for key, value in original.items())
     assert np.array_equal(from_kohya[2], from_diffusers[2])
 
 
 def test_embeddings_export_in_the_a1111_format(project, pipe, lora):
     paths = export_embeddings(project, RUN)
     assert [p.name for p in paths] == ["alice-sks.safetensors", "alice-style1.safetensors"]
-    for path, token in zip(paths, ("<sks>", "<style1>")):
+    for path in paths:
         state = load_file(str(path))
         assert list(state) == ["emb_params"] and state["emb_params"].shape == (1, 32)
     from engine.artefact import load_artefact

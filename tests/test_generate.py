@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import threading
 
+import fixtures_faces
+import fixtures_outputs
 import numpy as np
 import pytest
-from fixtures_faces import astronaut, face_assets, wheel_photo  # noqa: F401
-from fixtures_outputs import RUN, TOKENS, add_photo_output, base, lora, project  # noqa: F401
+from fixtures_faces import astronaut, wheel_photo
+from fixtures_outputs import RUN, TOKENS, add_photo_output, project_with_run
 from PIL import Image
 
 from engine import generate as gen
@@ -21,6 +23,10 @@ from engine.generate import (
     sorted_outputs,
 )
 
+base = fixtures_outputs.base
+lora = fixtures_outputs.lora
+face_assets = fixtures_faces.face_assets
+
 
 @pytest.fixture(scope="module")
 def no_faces() -> FaceKit:
@@ -29,12 +35,18 @@ def no_faces() -> FaceKit:
     return FaceKit(HaarDetector(), EllipseParser(), None, fallbacks=("detector", "parser", "recogniser"))
 
 
+@pytest.fixture(scope="module")
+def project(lora, tmp_path_factory):
+    """One project for the module, so the loaded artefact is reused from test to test."""
+    return project_with_run(tmp_path_factory.mktemp("store"), lora.path)
+
+
 def pixels(project, record) -> np.ndarray:
     return np.asarray(Image.open(project.path(record.file)).convert("RGB"))
 
 
 def fast(**values) -> GenerationSettings:
-    return GenerationSettings(steps=3, **values)
+    return GenerationSettings(steps=2, **values)
 
 
 def test_same_seed_gives_the_same_image_and_another_seed_another(project, no_faces):
@@ -52,13 +64,15 @@ def test_each_image_carries_its_parameters_in_the_png_and_the_manifest(project, 
     assert read_parameters(project.path(record.file)) == (
         "a photo of a <sks> person in the style of <style1>, wearing a suit\n"
         f"Negative prompt: {gen.DEFAULT_NEGATIVE_PROMPT}\n"
-        "Steps: 3, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 3, Size: 64x64, Model: sd, "
+        "Steps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 3, Size: 64x64, Model: sd, "
         "Lora UNet scale: 0.6, Lora text encoder scale: 0.9, MagiCapture run: run-1"
     )
     entry = project.manifest()["outputs"][-1]
     assert entry["id"] == record.id and entry["file"] == f"outputs/{record.id}.png"
     assert entry["run"] == RUN and entry["identity"] is None and entry["created"]
-    assert entry["params"]["seed"] == 3 and entry["params"]["artefact"] == f"trainings/{RUN}/final.safetensors"
+    assert (
+        entry["params"]["seed"] == 3 and entry["params"]["artefact"] == f"trainings/{RUN}/final.safetensors"
+    )
 
 
 def test_unet_and_text_encoder_lora_scales_act_separately(project, no_faces):
@@ -93,7 +107,9 @@ def test_a_base_passed_in_is_left_as_it_was(project, base, no_faces):
         import torch
 
         generator = torch.Generator().manual_seed(0)
-        return pipe("a photo of a person", num_inference_steps=2, generator=generator, output_type="np").images[0]
+        return pipe(
+            "a photo of a person", num_inference_steps=2, generator=generator, output_type="np"
+        ).images[0]
 
     before, vocabulary = plain(), len(base.tokenizer)
     record = generate(project, RUN, fast(), base=base, face_kit=no_faces)[0]
@@ -106,7 +122,10 @@ def test_a_base_passed_in_is_left_as_it_was(project, base, no_faces):
 
 def test_prompt_uses_the_training_wording_and_never_doubles_tokens():
     assert compose_prompt(TOKENS) == "a photo of a <sks> person in the style of <style1>"
-    assert compose_prompt(TOKENS, "  wearing   a suit ") == "a photo of a <sks> person in the style of <style1>, wearing a suit"
+    assert (
+        compose_prompt(TOKENS, "  wearing   a suit ")
+        == "a photo of a <sks> person in the style of <style1>, wearing a suit"
+    )
     assert compose_prompt(TOKENS, "<sks> person on a beach") == "<sks> person on a beach"
 
 
@@ -128,16 +147,17 @@ def test_progress_events_and_cancel(project, no_faces):
 
     def on_event(event):
         events.append(event)
-        if isinstance(event, StepDone) and event.global_step == 4:
+        if isinstance(event, StepDone) and event.global_step == 3:
             cancel.set()
 
+    before = len(project.manifest()["outputs"])
     records = generate(project, RUN, fast(count=3), face_kit=no_faces, on_event=on_event, cancel=cancel)
-    assert len(records) == 1
+    assert len(records) == 1  # the second image was stopped half-way and dropped
     steps = [e for e in events if isinstance(e, StepDone)]
-    assert [e.global_step for e in steps] == [1, 2, 3, 4]
-    assert steps[0].total_steps == 9
+    assert [e.global_step for e in steps] == [1, 2, 3]
+    assert steps[0].total_steps == 6
     assert isinstance(events[-1], Finished)
-    assert len(project.manifest()["outputs"]) == 1
+    assert len(project.manifest()["outputs"]) == before + 1
 
 
 def test_settings_and_runs_are_checked(project, no_faces):
@@ -149,9 +169,11 @@ def test_settings_and_runs_are_checked(project, no_faces):
         generate(project, "nope", fast(), face_kit=no_faces)
 
 
-def test_identity_score_against_the_source_photos(project, face_assets, monkeypatch):  # noqa: F811
+def test_identity_score_against_the_source_photos(face_assets, monkeypatch, tmp_path):
     from engine.faces import load_face_kit
+    from engine.store import ProjectStore
 
+    project = ProjectStore(tmp_path).create("carol")
     monkeypatch.setenv("MAGICAPTURE_ASSETS", str(face_assets))
     kit = load_face_kit()
     photo = astronaut()
@@ -162,7 +184,12 @@ def test_identity_score_against_the_source_photos(project, face_assets, monkeypa
 
     def add_source(manifest):
         manifest["images"].append(
-            {"id": "a", "role": "source", "embedding": "photos/source/a/embedding.npy", "embedding_model": kit.scorer.name}
+            {
+                "id": "a",
+                "role": "source",
+                "embedding": "photos/source/a/embedding.npy",
+                "embedding_model": kit.scorer.name,
+            }
         )
 
     project.update(add_source)
@@ -173,8 +200,26 @@ def test_identity_score_against_the_source_photos(project, face_assets, monkeypa
     assert gen.identity_score(kit, np.full((64, 64, 3), 128, np.uint8), reference) is None
 
 
-def test_outputs_sort_best_identity_first(project):
+def test_outputs_sort_best_identity_first(tmp_path):
+    from engine.store import ProjectStore
+
+    project = ProjectStore(tmp_path).create("dave")
     image = np.zeros((8, 8, 3), np.uint8)
     for name, score in (("low", 0.3), ("none", None), ("high", 0.8)):
         add_photo_output(project, image, name, identity=score)
     assert [r.id for r in sorted_outputs(project)] == ["high", "low", "none"]
+
+
+def test_style_references_are_painted_by_the_plain_base_and_go_through_intake(base, no_faces, tmp_path):
+    from engine.intake import Refused
+    from engine.store import ProjectStore
+
+    project = ProjectStore(tmp_path).create("erin")
+    results = gen.make_references(
+        project, "studio headshot, grey backdrop", 2, base_model=base.source, kit=no_faces, steps=2
+    )
+    # The tiny model paints 64 px noise: intake refuses it as it would such an upload.
+    assert [type(r) for r in results] == [Refused, Refused] and results[0].reason == "too_small"
+    assert gen._CACHE["installed"] is None  # no LoRA or placeholder rows in the base it used
+    with pytest.raises(GenerationError, match="Describe the style"):
+        gen.make_references(project, "  ", 1, base_model=base.source, kit=no_faces)

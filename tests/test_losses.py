@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from engine.faces.align import ARCFACE_TEMPLATE
-from engine.losses import crop_windows, detect_landmarks, face_windows, identity_loss, masked_reconstruction, predicted_x0
+from engine.losses import (
+    crop_windows,
+    detect_landmarks,
+    face_windows,
+    identity_loss,
+    masked_reconstruction,
+    predicted_x0,
+)
 
 
 def test_masked_reconstruction_normalises_each_sample_by_its_own_area():
@@ -22,7 +29,9 @@ def test_masked_reconstruction_normalises_each_sample_by_its_own_area():
             for j in range(3):
                 area += mask[b, 0, i, j].item()
                 for c in range(2):
-                    total += (mask[b, 0, i, j].item() * (prediction[b, c, i, j] - target[b, c, i, j]).item()) ** 2
+                    total += (
+                        mask[b, 0, i, j].item() * (prediction[b, c, i, j] - target[b, c, i, j]).item()
+                    ) ** 2
         assert got[b].item() == pytest.approx(total / (2 * area), rel=1e-5)
 
 
@@ -39,7 +48,9 @@ def test_predicted_x0_inverts_the_forward_noising():
     latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
     timesteps = torch.tensor([0, 400, 799])
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    torch.testing.assert_close(predicted_x0(noisy, noise, scheduler.alphas_cumprod, timesteps), latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        predicted_x0(noisy, noise, scheduler.alphas_cumprod, timesteps), latents, rtol=1e-4, atol=1e-4
+    )
 
 
 class _Recogniser(torch.nn.Module):
@@ -47,7 +58,9 @@ class _Recogniser(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(8, 3 * 112 * 112, generator=torch.Generator().manual_seed(1)), requires_grad=False)
+        self.weight = torch.nn.Parameter(
+            torch.randn(8, 3 * 112 * 112, generator=torch.Generator().manual_seed(1)), requires_grad=False
+        )
 
     def forward(self, aligned):
         return torch.nn.functional.normalize(aligned.flatten(1) @ self.weight.T, dim=1)
@@ -84,7 +97,7 @@ def test_face_windows_cover_the_box_inside_the_latent():
     boxes = torch.tensor([[16.0, 16.0, 48.0, 48.0], [0.0, 40.0, 20.0, 64.0]])
     side, corners = face_windows(boxes, (8, 8), 8, margin=0.25)
     assert side == 6  # 32 px box + 2 x 8 px margin = 48 px = 6 latents
-    for (x, y), box in zip(corners.tolist(), boxes.tolist()):
+    for (x, y), box in zip(corners.tolist(), boxes.tolist(), strict=True):
         assert 0 <= x <= 8 - side and 0 <= y <= 8 - side
         assert x * 8 <= box[0] + 8 and (x + side) * 8 >= min(box[2], 64) - 8
     latents = torch.arange(2 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)

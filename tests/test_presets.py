@@ -19,10 +19,18 @@ def portrait(eyes: list[tuple[float, float]], size: tuple[int, int] = (600, 800)
     left, right = np.array(eyes[0], float), np.array(eyes[1], float)
     across = right - left
     down = np.array([-across[1], across[0]])
-    points = [left, right, (left + right) / 2 + 0.6 * down, left + 1.1 * down + 0.1 * across, right + 1.1 * down - 0.1 * across]
+    points = [
+        left,
+        right,
+        (left + right) / 2 + 0.6 * down,
+        left + 1.1 * down + 0.1 * across,
+        right + 1.1 * down - 0.1 * across,
+    ]
     for x, y in eyes:
         cv2.circle(image, (round(x), round(y)), 6, RED, -1)
-    face = Face((left[0] - 60, left[1] - 80, right[0] + 60, right[1] + 160), np.array(points, np.float32), 0.99)
+    face = Face(
+        (left[0] - 60, left[1] - 80, right[0] + 60, right[1] + 160), np.array(points, np.float32), 0.99
+    )
     return image, face
 
 

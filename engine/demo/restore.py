@@ -6,7 +6,8 @@ so `engine.postprocess` loads it through spandrel exactly as it loads the publis
 - ``RealESRGAN_x4plus.pth`` / ``RealESRGAN_x2plus.pth``: Real-ESRGAN's RRDBNet (``conv_first``,
   ``body.N.rdbK.convJ``, ``conv_body``, ``conv_up1/2``, ``conv_hr``, ``conv_last``). spandrel reads
   the width and depth from the weights, so these are tiny (8 features, 1 block; the growth width 32
-  is fixed). The x2 model sees a 2x pixel-unshuffled input (12 channels), like the real one.
+  is fixed). The x2 model sees a 2x pixel-unshuffled input (12 channels), like the real one. They
+  upscale like nearest-neighbour plus a little texture from a random trunk.
 - ``GFPGANv1.4.pth``: GFPGANv1Clean at its real size. spandrel builds it with fixed arguments (512
   px, channel multiplier 2), so it needs every tensor: 87 M parameters, stored as fp16 (~175 MB).
 - ``codeformer.pth``: CodeFormer. spandrel reads the transformer width, depth and codebook size
@@ -38,27 +39,40 @@ class RestoreAssets:
     realesrgan_x4: Path
 
 
-def realesrgan_state_dict(scale: int, *, features: int = 8, blocks: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Real-ESRGAN RRDBNet tensors (x2 or x4 output) with small random weights."""
+def realesrgan_state_dict(
+    scale: int, *, features: int = 8, blocks: int = 1, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Real-ESRGAN RRDBNet tensors (x2 or x4) that upscale like nearest-neighbour plus texture.
+
+    The first, upsampling and last convolutions carry the colour channels through unchanged
+    (centre taps of 1); the RRDB trunk is random, so every output pixel also depends on its
+    neighbourhood, as in the real network.
+    """
     import torch
 
     if scale not in (2, 4):
         raise ValueError(f"Real-ESRGAN stand-ins exist for scales 2 and 4, not {scale}.")
     generator = torch.Generator().manual_seed(seed)
+    unshuffle = 16 // scale**2  # x2 sees 2x2 pixel-unshuffled input: colour c at channel 4c
 
-    def conv(cout: int, cin: int) -> dict[str, torch.Tensor]:
-        weight = torch.randn(cout, cin, 3, 3, generator=generator) * (0.1 / (cin * 9) ** 0.5)
+    def conv(cout: int, cin: int, *, carry: int = 0, stride: int = 1) -> dict[str, torch.Tensor]:
+        weight = torch.randn(cout, cin, 3, 3, generator=generator) * (0.5 / (cin * 9) ** 0.5)
+        if carry:
+            weight.zero_()
+            for channel in range(carry):
+                weight[channel, channel * stride, 1, 1] = 1.0
         return {"weight": weight, "bias": torch.zeros(cout)}
 
-    layers = {"conv_first": conv(features, 3 * (16 // scale**2))}
+    layers = {"conv_first": conv(features, 3 * unshuffle, carry=3, stride=unshuffle)}
     for block in range(blocks):
         for rdb in (1, 2, 3):
             for index in range(1, 6):
                 cout = features if index == 5 else GROWTH
                 layers[f"body.{block}.rdb{rdb}.conv{index}"] = conv(cout, features + (index - 1) * GROWTH)
-    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
-        layers[name] = conv(features, features)
-    layers["conv_last"] = conv(3, features)
+    layers["conv_body"] = conv(features, features)
+    for name in ("conv_up1", "conv_up2", "conv_hr"):
+        layers[name] = conv(features, features, carry=3)
+    layers["conv_last"] = conv(3, features, carry=3)
     return {f"{name}.{kind}": tensor for name, parts in layers.items() for kind, tensor in parts.items()}
 
 

@@ -27,6 +27,8 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshot
 START_TIMEOUT = 300
 """Seconds to wait for the studio to answer (the first start builds the demo kit)."""
 TRAIN_TIMEOUT = 420
+PHASE2_STEPS = 24
+"""Long enough that the checks made during the training cannot miss it."""
 
 
 def free_port() -> int:
@@ -214,8 +216,13 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
         open_tab(page, "3 · Train")
         page.locator("#train-readiness").get_by_text("selfie(s)").wait_for()
         assert "3 selfie(s) and 2 style reference(s)" in page.locator("#train-readiness").inner_text()
+        page.get_by_text("Advanced settings").click()
+        page.locator("#advanced-phase2_steps input").fill(str(PHASE2_STEPS))
+        page.locator("#advanced-phase2_steps input").blur()
         page.locator("#start-training").click()
-        page.locator("#train-progress[data-state='running']").wait_for(timeout=TRAIN_TIMEOUT * 1000)
+        page.locator("#train-progress[data-state='running']").get_by_text(f"/ {6 + PHASE2_STEPS}").wait_for(
+            timeout=TRAIN_TIMEOUT * 1000
+        )
         shots.take("training-started")
         wait_for_images(page, "train-previews", 1)
         wait_for_images(page, "train-attention", 2)
@@ -268,9 +275,9 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
         page.locator("#gallery-metadata").get_by_text("seed").first.wait_for()
         shots.take("gallery")
         page.locator("#export-lora").click()
-        page.locator("#export-files").get_by_text("lora.safetensors").wait_for(timeout=120_000)
+        page.locator("#export-files").get_by_text("Anna-Smith-lora").wait_for(timeout=120_000)
         page.locator("#export-zip").click()
-        page.locator("#export-files").get_by_text(".zip").wait_for(timeout=120_000)
+        page.locator("#export-files").get_by_text("Anna-Smith-portraits").wait_for(timeout=120_000)
         shots.take("exported")
         exports = list((data_dir / "projects" / "Anna-Smith").rglob("*.zip"))
         assert exports, "the zip of the portraits was not written into the project"

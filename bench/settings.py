@@ -1,0 +1,71 @@
+"""How much each benchmark measures, per model size and device (recorded in the results)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCHMARKS = ("phase2_memory", "phase2_speed", "generate", "intake", "studio", "ar_ablation")
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+ALL_PROFILES = ("cpu", "6gb", "8gb", "12gb", "24gb")
+OPTION_KINDS = ("full_no_reuse_pass", "full_no_face_window", "full_no_speed_options")
+"""Full steps with speed options off, timed beside the plain and full steps."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model: str
+    resolution: int
+    warmup_steps: int
+    """Untimed plain and full steps before the timed ones."""
+    timed_steps: int
+    """Timed plain and full steps (interleaved)."""
+    option_kinds: tuple[str, ...]
+    option_steps: int
+    """Timed steps of each option kind, interleaved with the first plain and full ones."""
+    memory_profiles: tuple[str, ...]
+    memory_steps: int
+    memory_parallel: int
+    """Memory workers running at once (their timings are not used)."""
+    generate_steps: int
+    generate_runs: int
+    """Timed generations of each side, after one warm-up each."""
+    intake_runs: int
+    studio_requests: int
+    training_steps: int
+    """Steps per phase of the demo training that runs under the studio latency benchmark."""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
+    """Sizes that keep ``python -m bench`` near 15 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``)."""
+    from bench.workbench import RESOLUTIONS
+
+    common = {"model": model, "resolution": RESOLUTIONS[model], "training_steps": 400}
+    if gpu:
+        return Sizes(
+            **common, warmup_steps=3, timed_steps=10, option_kinds=OPTION_KINDS, option_steps=10,
+            memory_profiles=ALL_PROFILES, memory_steps=2, memory_parallel=1, generate_steps=25, generate_runs=3,
+            intake_runs=5, studio_requests=60,
+        )  # fmt: skip
+    if model == "sd15":
+        return Sizes(
+            **common, warmup_steps=1, timed_steps=2, option_kinds=OPTION_KINDS[:2], option_steps=1,
+            memory_profiles=("cpu", "8gb"), memory_steps=1, memory_parallel=1, generate_steps=3, generate_runs=2,
+            intake_runs=3, studio_requests=40,
+        )  # fmt: skip
+    if quick:
+        return Sizes(
+            **common, warmup_steps=1, timed_steps=3, option_kinds=OPTION_KINDS, option_steps=3,
+            memory_profiles=("cpu",), memory_steps=2, memory_parallel=2, generate_steps=4, generate_runs=2,
+            intake_runs=2, studio_requests=20,
+        )  # fmt: skip
+    return Sizes(
+        **common, warmup_steps=2, timed_steps=10, option_kinds=OPTION_KINDS, option_steps=10,
+        memory_profiles=ALL_PROFILES, memory_steps=2, memory_parallel=2, generate_steps=25, generate_runs=5,
+        intake_runs=5, studio_requests=60,
+    )  # fmt: skip

@@ -1,0 +1,65 @@
+"""Benchmark 1: phase-2 step time of the full objective divided by a plain DreamBooth-LoRA step.
+
+All step kinds run on one trainer in this process, on the same composed sample with the same
+seeds. Warm-up plain and full steps come first; then the timed steps, interleaved across kinds
+so that a slow spell of the machine touches every kind alike: each round times a plain step, a
+full step and (in the first ``option_steps`` rounds) one full step with each speed option off.
+Each kind's figure is its median.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.settings import Sizes
+    from engine.train import Trainer
+
+GOAL = 1.3
+WARMUP_SEED = 1_000
+DESCRIPTIONS = {
+    "full": "identity_reuse_pass and identity_face_window on (the profile's values)",
+    "full_no_reuse_pass": "identity_reuse_pass off: the identity branch gets its own UNet rows",
+    "full_no_face_window": "identity_face_window off: the VAE decodes the whole latent",
+    "full_no_speed_options": "both off",
+}
+
+
+def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
+    """Benchmark entry: median step seconds per kind and each full kind's ratio to the plain step."""
+    from bench.steps import KINDS, step_function, timed
+
+    options = trainer.options
+    steps = {name: step_function(trainer, KINDS[name]) for name in ("plain", "full", *sizes.option_kinds)}
+    device = trainer.device
+    for index in range(sizes.warmup_steps):
+        steps["plain"](WARMUP_SEED + index)
+        steps["full"](WARMUP_SEED + index)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for seed in range(max(sizes.timed_steps, sizes.option_steps)):
+        for name, step in steps.items():
+            if seed < (sizes.timed_steps if name in ("plain", "full") else sizes.option_steps):
+                seconds[name].append(timed(step, seed, device))
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    ratios = {name: round(value / median["plain"], 3) for name, value in median.items() if name != "plain"}
+    return {
+        "what": "one phase-2 optimiser step of the full objective (reconstruction + composed + identity + AR)",
+        "baseline": "one plain DreamBooth-LoRA step: noise, UNet (SDPA everywhere), MSE; same LoRA, resolution, optimiser",
+        "ratio": ratios["full"],
+        "goal": f"<= {GOAL}",
+        "meets_goal": ratios["full"] <= GOAL,
+        "ratios": ratios,
+        "median_seconds": {name: round(value, 4) for name, value in median.items()},
+        "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
+        "kinds": {name: DESCRIPTIONS[name] for name in ratios},
+        "profile": options.profile,
+        "options": {
+            "mixed_precision": options.mixed_precision,
+            "use_8bit_adam": options.use_8bit_adam,
+            "gradient_checkpointing": options.gradient_checkpointing,
+            "train_text_encoder": options.train_text_encoder,
+        },
+        "sample": "one composed sample per step (batch 1): every loss term is active",
+        "command": command,
+    }

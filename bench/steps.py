@@ -1,0 +1,157 @@
+"""One phase-2 step of the real trainer, and the plain DreamBooth-LoRA step it is compared with.
+
+Both steps run on one prepared `engine.train.Trainer` (phase 2 set up: LoRA on the UNet and,
+per profile, the text encoder, plus the two embeddings; same optimiser), on the same sample (a
+composed one: every term of the objective is active), at the same resolution:
+
+- ``full``: `Trainer.losses` (masked reconstruction, Attention Refocusing from the captured maps,
+  identity loss on the decoded one-step estimate), backward, clipping, optimiser step.
+- ``plain``: noise, text encoder and UNet with SDPA in every layer, MSE against the noise,
+  backward, clipping, optimiser step; no capture, no decode, no recogniser.
+
+The two speed options of the training issue (``identity_reuse_pass`` and
+``identity_face_window``) are read by `Trainer.losses` on every step, so they are switched on the
+same trainer between steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from bench.workbench import Workbench
+    from engine.train import Trainer
+
+PHASE2_STEPS = 100
+"""Length of the phase the steps pretend to be in (only sets the learning-rate schedule)."""
+SPEED_OPTIONS = ("identity_reuse_pass", "identity_face_window")
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A step to measure: ``plain`` or ``full`` with the two speed options set."""
+
+    name: str
+    full: bool
+    identity_reuse_pass: bool = True
+    identity_face_window: bool = True
+
+
+PLAIN = StepKind("plain", full=False)
+FULL = StepKind("full", full=True)
+KINDS = {
+    "plain": PLAIN,
+    "full": FULL,
+    "full_no_reuse_pass": StepKind("full_no_reuse_pass", True, identity_reuse_pass=False),
+    "full_no_face_window": StepKind("full_no_face_window", True, identity_face_window=False),
+    "full_no_speed_options": StepKind("full_no_speed_options", True, False, False),
+}
+
+
+def make_trainer(bench: Workbench, profile: str = "auto") -> Trainer:
+    """A trainer on the benchmark project with phase 2 set up (the released preset, ``profile``'s memory options)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    from engine.config import preset
+    from engine.faces import load_face_kit
+    from engine.train import Trainer, resolve_options
+
+    config = preset(
+        "released", base_model=str(bench.base), resolution=bench.resolution, phase1_steps=0,
+        phase2_steps=PHASE2_STEPS, latent_cache_variants=1, preview_every=0, vram_profile=profile,
+    )  # fmt: skip
+    options = resolve_options(config)
+    if PartialState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=options.device.type == "cpu")
+    trainer = Trainer(bench.project(), "bench", config, options, accelerator, lambda event: None, None)
+    trainer.setup(None, load_face_kit())
+    trainer.setup_phase(2, None)
+    return trainer
+
+
+def composed_sample(trainer: Trainer):
+    """The composed sample (a reference photo under the first composed template, first cached view)."""
+    from engine.data import Sample
+
+    return Sample("composed", trainer.data.by_role["reference"][0], 0, 0)
+
+
+def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
+    """A function running one optimiser step of ``kind``; its argument seeds the noise and timesteps."""
+    options = dataclasses.replace(
+        trainer.options,
+        identity_reuse_pass=kind.identity_reuse_pass,
+        identity_face_window=kind.identity_face_window,
+    )
+    samples = [composed_sample(trainer)]
+
+    def run(seed: int) -> None:
+        trainer.generator.manual_seed(seed)
+        if kind.full:
+            trainer.options = options
+            loss = trainer.losses(2, 0, PHASE2_STEPS, samples)["total"]
+        else:
+            loss = plain_loss(trainer, samples)
+        optimise(trainer, loss)
+
+    return run
+
+
+def plain_loss(trainer: Trainer, samples: list) -> torch.Tensor:
+    """DreamBooth-LoRA's loss: MSE between the UNet's noise prediction and the noise, SDPA everywhere."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from engine.attention import install_capture
+
+    base, gen, device = trainer.base, trainer.generator, trainer.device
+    batch = trainer.data.batch(samples, base.vae.config.scaling_factor, (), gen)
+    noise = torch.randn(batch.latents.shape, generator=gen, device=device)
+    timesteps = torch.randint(
+        0, base.noise_scheduler.config.num_train_timesteps, (len(samples),), generator=gen, device=device
+    )
+    noisy = base.noise_scheduler.add_noise(batch.latents, noise, timesteps)
+    base.unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        eps = trainer.model(batch.input_ids, noisy, timesteps)
+    finally:
+        install_capture(base.unet, trainer.store)
+    return torch.nn.functional.mse_loss(eps.float(), noise.float())
+
+
+def optimise(trainer: Trainer, loss: torch.Tensor) -> None:
+    """Backward, clipping and the optimiser step, as `Trainer.run_phase` does them."""
+    accelerator = trainer.accelerator
+    accelerator.backward(loss)
+    if trainer.config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(trainer.trainable, trainer.config.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[int], None], seed: int, device: torch.device) -> float:
+    """Seconds one call of ``run`` takes, the device's queue drained before and after."""
+    synchronise(device)
+    began = time.perf_counter()
+    run(seed)
+    synchronise(device)
+    return time.perf_counter() - began
+
+
+def save_run(trainer: Trainer):
+    """Write the trainer's artefact as a finished run of the project (what `engine.generate` loads)."""
+    trainer.started = time.perf_counter()
+    return trainer.finish()

@@ -1,0 +1,139 @@
+"""The README table, rendered from ``bench/results.json``: one row per figure, with its command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEADER = ("Figure", "Compared with", "Ratio", "Goal", "Absolute (context)", "Command")
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _seconds(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _goal(entry: dict[str, Any]) -> str:
+    goal = entry.get("goal")
+    if not goal:
+        return ""
+    met = entry.get("meets_goal")
+    return f"{goal} ({'met' if met else 'not met'})" if met is not None else goal
+
+
+def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    median = entry["median_seconds"]
+    labels = {
+        "full": "speed options on",
+        "full_no_reuse_pass": "identity_reuse_pass off",
+        "full_no_face_window": "identity_face_window off",
+        "full_no_speed_options": "both speed options off",
+    }
+    rows = []
+    for kind, ratio in entry["ratios"].items():
+        goal = _goal(entry) if kind == "full" else ""
+        context = f"{_seconds(median[kind])} vs {_seconds(median['plain'])} per step"
+        rows.append((f"Phase-2 step time, full objective ({labels.get(kind, kind)}; profile {entry['profile']})",
+                     "plain DreamBooth-LoRA step", _ratio(ratio), goal, context))  # fmt: skip
+    return rows
+
+
+def memory_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, profile in entry["profiles"].items():
+        goal = _goal(entry) if name == entry["ratio_profile"] else ""
+        context = f"{profile['full_peak_gb']:.2f} GB vs {profile['plain_peak_gb']:.2f} GB"
+        if profile.get("fits_8gb") is not None:
+            context += f"; fits 8 GB: {'yes' if profile['fits_8gb'] else 'no'}"
+        rows.append((f"Peak memory of the full step (profile {name})", "plain step, same profile",
+                     _ratio(profile["ratio"]), goal, context))  # fmt: skip
+    return rows
+
+
+def generate_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    median = entry["median_seconds"]
+    size = "x".join(str(v) for v in entry["size"])
+    context = f"{_seconds(median['ours'])} vs {_seconds(median['bare'])} ({entry['steps']} steps, {size})"
+    return [
+        (
+            "Generation: our generate call",
+            "bare StableDiffusionPipeline call",
+            _ratio(entry["ratio"]),
+            _goal(entry),
+            context,
+        )
+    ]
+
+
+def intake_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = []
+    for name, photo in entry["photos"].items():
+        stages = ", ".join(f"{key} {_seconds(value)}" for key, value in photo["stage_seconds"].items())
+        context = f"{_seconds(photo['add_photo_seconds'])} per image, {photo['outcome']}; {stages}"
+        rows.append(
+            (f"Photo intake: {name}", "its face-model calls alone", _ratio(photo["ratio"]), "", context)
+        )
+    return rows
+
+
+def studio_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    idle, busy, launch = entry["idle"], entry["under_training"], entry["launch"]
+    return [
+        ("Studio GET / latency, p50, during a demo training", "same request, idle", _ratio(entry["ratio"]), "",
+         f"{busy['p50_ms']:.0f} ms vs {idle['p50_ms']:.0f} ms"),
+        ("Studio GET / latency, p95, during a demo training", "same request, idle", _ratio(entry["ratio_p95"]), "",
+         f"{busy['p95_ms']:.0f} ms vs {idle['p95_ms']:.0f} ms"),
+        ("Studio launch to ready (--demo)", "bare Gradio app launch", _ratio(launch["ratio"]), "",
+         f"{launch['studio_seconds']:.1f} s vs {launch['bare_gradio_seconds']:.1f} s"),
+    ]  # fmt: skip
+
+
+def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    if entry.get("missing"):
+        return [("Toy AR ablation", "", "n/a", "", "bench/ar_ablation.py not present in this run")]
+    numbers = {
+        k: v
+        for k, v in entry.get("result", {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    context = ", ".join(f"{k} {v:.3g}" for k, v in list(numbers.items())[:4])
+    return [("Toy AR ablation: attention mass outside the mask", entry.get("baseline", "without AR"),
+             _ratio(entry.get("ratio")), entry.get("goal", ""), context)]  # fmt: skip
+
+
+ROWS = {
+    "phase2_speed": speed_rows,
+    "phase2_memory": memory_rows,
+    "generate": generate_rows,
+    "intake": intake_rows,
+    "studio": studio_rows,
+    "ar_ablation": ablation_rows,
+}
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    device = machine["gpu"] or machine["device"]
+    sizes = results["sizes"]
+    model = "SD 1.5-shaped, random weights" if sizes["model"] == "sd15" else "tiny demo model"
+    return (
+        f"Measured {results['created'][:10]} by `{results['command']}` on {machine['cpu']} "
+        f"({machine['cores_logical']} cores, {machine['ram_gb']:.0f} GB RAM), {device}, torch {machine['torch']}; "
+        f"{model} at {sizes['resolution']} px."
+    )
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Markdown: a line naming the machine and run, then the table of every figure in ``results``."""
+    lines = [machine_line(results), "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for name, entry in results["benchmarks"].items():
+        if "error" in entry:
+            lines.append(
+                f"| {name} | | failed | | {entry['error'].splitlines()[0]} | `{entry.get('command', '')}` |"
+            )
+            continue
+        for row in ROWS[name](entry):
+            lines.append("| " + " | ".join(row) + f" | `{entry['command']}` |")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""What every benchmark works on: a base model, the demo face kit and a project with photos.
+
+Two model sizes: ``tiny`` (the demo kit's tiny SD 1.x, 64 px) and ``sd15`` (SD 1.5's configs from
+``assets/sd15`` with random weights, 512 px). The random SD 1.5 is written once as a diffusers
+folder in the cache, so every process (the memory benchmark runs one per configuration) loads it
+with the app's own loader in about a second instead of initialising 1.1 B parameters again.
+
+The face models are always the demo kit's stand-ins (Haar detection, random-weight BiSeNet and
+ArcFace in the real formats): no real weights can be downloaded here. The project holds
+scikit-image's astronaut as the source photo and as the reference photo, added through the
+app's intake.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.store import atomic_write_text
+
+MODELS = ("tiny", "sd15")
+RESOLUTIONS = {"tiny": 64, "sd15": 512}
+SD15_VERSION = "1"
+PROJECT = "bench"
+
+
+@dataclass(frozen=True)
+class Workbench:
+    """The inputs of one benchmark run; plain paths so a worker process can rebuild it."""
+
+    model: str
+    base: Path
+    """Diffusers folder of the base model."""
+    assets: Path
+    """The demo kit's asset folder (face model stand-ins)."""
+    home: Path
+    """Data root (``MAGICAPTURE_HOME``) holding the benchmark project."""
+
+    @property
+    def resolution(self) -> int:
+        return RESOLUTIONS[self.model]
+
+    def activate(self) -> None:
+        """Point this process (and its children) at the kit's assets and the benchmark data root."""
+        os.environ["MAGICAPTURE_ASSETS"] = str(self.assets)
+        os.environ["MAGICAPTURE_OFFLINE"] = "1"
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["MAGICAPTURE_HOME"] = str(self.home)
+
+    def project(self):
+        from engine.store import ProjectStore
+
+        return ProjectStore(self.home).open(PROJECT)
+
+    def to_args(self) -> list[str]:
+        return [
+            "--model",
+            self.model,
+            "--base",
+            str(self.base),
+            "--assets",
+            str(self.assets),
+            "--home",
+            str(self.home),
+        ]
+
+
+def prepare(model: str, scratch: Path) -> Workbench:
+    """Build (or reuse) the models in the user cache and a fresh project with photos under ``scratch``.
+
+    The demo kit is the studio's own (`engine.demo.default_kit_folder`), so a studio launched by
+    the benchmark finds it built; set ``XDG_CACHE_HOME`` to move the cache (Linux).
+    """
+    from platformdirs import user_cache_path
+
+    from engine.demo import build_demo_kit, default_kit_folder
+
+    if model not in MODELS:
+        raise ValueError(f"Unknown model size {model!r}; choose one of {', '.join(MODELS)}.")
+    kit = build_demo_kit(default_kit_folder())
+    if model == "tiny":
+        base = kit.sd.folder
+    else:
+        base = random_sd15(
+            user_cache_path("magicapture-studio", appauthor=False) / f"bench-sd15-random-v{SD15_VERSION}"
+        )
+    bench = Workbench(model=model, base=Path(base), assets=kit.assets, home=Path(scratch) / "home")
+    bench.activate()
+    add_photos(bench.home)
+    return bench
+
+
+def random_sd15(folder: Path) -> Path:
+    """SD 1.5's UNet, VAE and text encoder from their configs with random weights, as a diffusers folder."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.models import SD15_CONFIG
+
+    done = folder / "COMPLETE"
+    if done.is_file() and done.read_text() == SD15_VERSION:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(0)
+    UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SD15_CONFIG / "unet")).save_pretrained(
+        folder / "unet"
+    )
+    AutoencoderKL.from_config(AutoencoderKL.load_config(SD15_CONFIG / "vae")).save_pretrained(folder / "vae")
+    text_config = CLIPTextConfig.from_pretrained(SD15_CONFIG / "text_encoder")
+    CLIPTextModel(text_config).save_pretrained(folder / "text_encoder")
+    for part in ("tokenizer", "scheduler"):
+        shutil.copytree(SD15_CONFIG / part, folder / part)
+    shutil.copy(SD15_CONFIG / "model_index.json", folder / "model_index.json")
+    atomic_write_text(done, SD15_VERSION)
+    return folder
+
+
+def test_photos() -> dict[str, bytes]:
+    """The test photos as encoded files: insightface's Tom Hanks (112 px PNG) and scikit-image's astronaut (PNG)."""
+    import io
+
+    import insightface
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, format="PNG")
+    tom = Path(insightface.__file__).parent / "data" / "images" / "Tom_Hanks_54745.png"
+    return {"Tom_Hanks_54745.png": tom.read_bytes(), "astronaut.png": buffer.getvalue()}
+
+
+def add_photos(home: Path) -> None:
+    """Create the benchmark project under the data root ``home``: the astronaut as source and as reference photo."""
+    from engine.faces import load_face_kit
+    from engine.intake import Accepted, add_photo
+    from engine.store import ProjectStore
+
+    store = ProjectStore(home)
+    if PROJECT in store.list():
+        store.delete(PROJECT)
+    project = store.create(PROJECT)
+    kit = load_face_kit()
+    photo = test_photos()["astronaut.png"]
+    for role in ("source", "reference"):
+        result = add_photo(project, photo, "astronaut.png", role, kit)
+        if not isinstance(result, Accepted):
+            raise RuntimeError(f"The benchmark photo was refused as {role} photo: {result.message}")

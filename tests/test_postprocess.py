@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from fixtures_faces import astronaut, face_at
+from fixtures_outputs import add_photo_output
+from PIL import Image
+
+from engine.faces import Face, FaceKit, face_mask
+from engine.faces.fallback import EllipseParser, HaarDetector
+from engine.generate import read_parameters
+from engine.postprocess import (
+    CROP_BOX,
+    FFHQ_TEMPLATE,
+    PostprocessError,
+    align_face,
+    feather_mask,
+    load_model,
+    paste_face,
+    postprocess_output,
+    restore_crop,
+    upscale_image,
+)
+
+
+@pytest.fixture
+def project():
+    from engine.store import ProjectStore
+
+    return ProjectStore().create("alice")
+
+
+@pytest.fixture(scope="module")
+def restore_assets(tmp_path_factory):
+    from engine.demo.restore import build_restore_assets
+
+    return build_restore_assets(tmp_path_factory.mktemp("restore-assets"))
+
+
+@pytest.fixture
+def assets(restore_assets, monkeypatch):
+    monkeypatch.setenv("MAGICAPTURE_ASSETS", str(restore_assets.gfpgan.parent))
+    return restore_assets
+
+
+@pytest.fixture(scope="module")
+def kit() -> FaceKit:
+    """Haar detection and elliptical masks: deterministic masks for the paste-back checks."""
+    return FaceKit(HaarDetector(), EllipseParser(), None, fallbacks=("detector", "parser", "recogniser"))
+
+
+def warped_mask(image_shape, face: Face) -> np.ndarray:
+    """The feathered paste-back weight of ``face`` in image space, as `restore_faces` builds it."""
+    crop, matrix = align_face(np.zeros(image_shape, np.uint8), face)
+    crop_face = Face(CROP_BOX, FFHQ_TEMPLATE.copy(), 1.0)
+    mask = feather_mask(face_mask(EllipseParser().parse(crop, crop_face)))
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(mask, matrix, (image_shape[1], image_shape[0]), flags=flags, borderValue=0)
+
+
+def test_upscaling_has_the_right_size_and_tiles_without_seams(restore_assets):
+    image = cv2.GaussianBlur(
+        np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8), (0, 0), 3
+    )
+    for path, scale, overlap in (
+        (restore_assets.realesrgan_x4, 4, 24),
+        (restore_assets.realesrgan_x2, 2, 40),
+    ):
+        model = load_model(path)
+        assert (model.architecture.id, model.scale) == ("ESRGAN", scale)
+        whole = upscale_image(image, model, tile=1024)
+        assert whole.shape == (48 * scale, 64 * scale, 3)
+        # Each tile sees more context than the network's reach, so tiling changes nothing.
+        assert np.array_equal(upscale_image(image, model, tile=16, overlap=overlap), whole)
+    assert not np.array_equal(upscale_image(image, model, tile=16, overlap=0), whole)
+
+
+def test_paste_back_changes_only_pixels_inside_the_feathered_mask():
+    noise = np.random.default_rng(1).integers(0, 255, (300, 260, 3), dtype=np.uint8)
+    image = cv2.GaussianBlur(noise, (0, 0), 3)  # smooth, so resampling to the crop and back is near-exact
+    turn = np.deg2rad(10)
+    similarity = 0.3 * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    landmarks = (FFHQ_TEMPLATE @ similarity.T + [60, 40]).astype(np.float32)
+    face = Face((60, 40, 220, 200), landmarks, 0.9)
+    crop, matrix = align_face(image, face)
+    assert crop.shape == (512, 512, 3)
+    aligned = matrix @ np.c_[landmarks, np.ones(5)].T
+    assert np.allclose(aligned.T, FFHQ_TEMPLATE, atol=1e-2)  # the landmarks land on the FFHQ template
+
+    binary = face_mask(EllipseParser().parse(crop, Face(CROP_BOX, FFHQ_TEMPLATE.copy(), 1.0)))
+    soft = feather_mask(binary)
+    assert soft[~binary].max() == 0 and soft.max() == 1
+    assert ((soft > 0) & (soft < 1)).sum() > 1000  # a real feathered edge
+
+    pasted = paste_face(image, 255 - crop, matrix, soft)
+    weight = warped_mask(image.shape, face)
+    assert np.array_equal(pasted[weight == 0], image[weight == 0])
+    changed = np.any(pasted != image, axis=-1)
+    assert changed.sum() > 2000 and weight[changed].min() > 0
+    inside = weight > 0.99
+    assert np.abs(pasted[inside].astype(int) - (255 - image[inside])).mean() < 2
+
+
+@pytest.mark.slow
+def test_codeformer_restores_an_aligned_crop_through_spandrel(restore_assets):
+    model = load_model(restore_assets.codeformer)
+    assert model.architecture.id == "CodeFormer"
+    crop, _ = align_face(astronaut(), face_at(178, 69, 270, 161))
+    restored = restore_crop(model, crop, fidelity=0.7)
+    assert restored.shape == (512, 512, 3) and restored.dtype == np.uint8
+    assert not np.array_equal(restored, crop)
+
+
+@pytest.mark.slow
+def test_upscale_then_gfpgan_keeps_the_original_and_changes_only_the_face(project, assets, kit):
+    photo = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    add_photo_output(project, photo, "photo", identity=0.42)
+    record = postprocess_output(project, "photo", restore="gfpgan", upscale=2, face_kit=kit)
+
+    assert (record.parent, record.raw, record.seed, record.run) == ("photo", "outputs/photo.png", 7, "run-1")
+    assert record.params["postprocess"] == {
+        "upscale": 2,
+        "restore": "gfpgan",
+        "fidelity": 0.5,
+        "identity_before": 0.42,
+    }
+    assert np.array_equal(np.asarray(Image.open(project.path("outputs/photo.png"))), photo)
+    assert [e["id"] for e in project.manifest()["outputs"]] == ["photo", record.id]
+    text = read_parameters(project.path(record.file))
+    assert text.startswith("a photo of a <sks> person") and text.endswith(
+        "Postprocess upscale by: 2, Postprocess upscaler: RealESRGAN x2plus, Face restoration: GFPGAN"
+    )
+
+    result = np.asarray(Image.open(project.path(record.file)))
+    upscaled = upscale_image(photo, load_model(assets.realesrgan_x2))
+    assert result.shape == (512, 512, 3)
+    face = kit.detector.detect(photo)[0].transformed(2.0)
+    weight = warped_mask(upscaled.shape, face)
+    assert np.array_equal(result[weight == 0], upscaled[weight == 0])
+    assert np.any(result[weight > 0.5] != upscaled[weight > 0.5])
+
+
+def test_passport_preset_from_an_output(project, assets, kit):
+    add_photo_output(project, astronaut(), "photo")
+    record = postprocess_output(project, "photo", preset="passport-eu", face_kit=kit)
+    with Image.open(project.path(record.file)) as picture:
+        assert picture.size == (827, 1063)
+        assert picture.info["dpi"] == pytest.approx((600, 600), abs=0.01)
+        assert picture.info["parameters"].endswith("Output preset: passport-eu")
+    assert 0.50 <= record.params["postprocess"]["eye_line"] <= 0.70
+    assert any("upscale the image first" in w for w in record.warnings)
+
+
+def test_requests_are_checked_before_any_work(project, assets, kit):
+    from engine.assets import NonCommercialAsset
+
+    add_photo_output(project, np.full((64, 64, 3), 128, np.uint8), "blank")
+    with pytest.raises(PostprocessError, match="gfpgan or codeformer"):
+        postprocess_output(project, "blank", restore="vqfr", face_kit=kit)
+    with pytest.raises(PostprocessError, match="Nothing to do"):
+        postprocess_output(project, "blank", face_kit=kit)
+    with pytest.raises(PostprocessError, match="x1, x2 or x4"):
+        postprocess_output(project, "blank", upscale=3, face_kit=kit)
+    with pytest.raises(PostprocessError, match="no output image 'gone'"):
+        postprocess_output(project, "gone", restore="gfpgan", face_kit=kit)
+    with pytest.raises(NonCommercialAsset):
+        postprocess_output(project, "blank", restore="codeformer", commercial=True, face_kit=kit)
+    with pytest.raises(PostprocessError, match="No face was found"):
+        postprocess_output(project, "blank", preset="headshot-1024", face_kit=kit)
+    record = postprocess_output(project, "blank", restore="gfpgan", face_kit=kit)
+    assert record.warnings == ["No face was found in the image, so no face was restored."]
