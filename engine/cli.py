@@ -153,9 +153,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     project = _project(args.project)
     print(export_lora(project, args.run, format=args.format))
-    if args.format == "a1111":
-        for path in export_embeddings(project, args.run):
-            print(path)
+    for path in export_embeddings(project, args.run):
+        print(path)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:

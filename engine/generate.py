@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.events import Event, Finished, Status, StepDone
+from engine.events import Event, Finished, PhaseStarted, Status, StepDone
 from engine.store import Project, atomic_write_bytes, now
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ def resolve_artefact(project: Project, run: str | Path | None) -> tuple[Path, st
     if run is None:
         if not finished:
             raise GenerationError(f"Project {project.name!r} has no finished training yet; train it first.")
-        return project.path(finished[-1]["artefact"]), str(finished[-1]["id"])
+        latest = max(reversed(finished), key=lambda t: str(t.get("updated") or t.get("started") or ""))
+        return project.path(latest["artefact"]), str(latest["id"])
     entry = next((t for t in finished if str(t.get("id")) == str(run)), None)
     if entry is not None:
         return project.path(entry["artefact"]), str(entry["id"])
@@ -240,8 +241,11 @@ def _uninstall(base: BaseModel, installed: _Installed) -> None:
     from engine.models import make_pipeline
 
     pipe = make_pipeline(base)
-    if pipe.get_list_adapters():
-        pipe.unload_lora_weights()
+    adapters = {name for names in pipe.get_list_adapters().values() for name in names}
+    if adapters == {ADAPTER}:
+        pipe.unload_lora_weights()  # removes the LoRA layers themselves
+    elif ADAPTER in adapters:
+        pipe.delete_adapters(ADAPTER)  # the base holds adapters of its own: keep those
     text_encoder = base.text_encoder
     if text_encoder.get_input_embeddings().num_embeddings != installed.table_size:
         text_encoder.resize_token_embeddings(installed.table_size, mean_resizing=False)
@@ -391,19 +395,19 @@ def model_name(source: str) -> str:
 # Identity ----------------------------------------------------------------------------------------
 
 
-_FACE_KITS: dict[bool, FaceKit] = {}
+_FACE_KITS: dict[tuple[bool, str], FaceKit] = {}
 
 
 def shared_face_kit(commercial: bool = False) -> FaceKit:
-    """The face models for scoring, loaded once; a kit with fallbacks is not kept, so installed models are picked up."""
-    kit = _FACE_KITS.get(commercial)
-    if kit is None:
+    """The face models for scoring and paste-back, loaded once per asset folder (pass a kit to use another)."""
+    from engine.assets import assets_dir
+
+    key = (commercial, str(assets_dir()))
+    if key not in _FACE_KITS:
         from engine.faces import load_face_kit
 
-        kit = load_face_kit(commercial=commercial)
-        if not kit.is_fallback:
-            _FACE_KITS[commercial] = kit
-    return kit
+        _FACE_KITS[key] = load_face_kit(commercial=commercial)
+    return _FACE_KITS[key]
 
 
 def source_embedding(project: Project, kit: FaceKit) -> np.ndarray | None:
@@ -557,8 +561,8 @@ def generate(
 
     ``base`` defaults to the base model recorded in the artefact (loaded once and kept); ``face_kit``
     (for identity scores) to `shared_face_kit` (``commercial`` picks the commercially usable models).
-    Progress comes as `StepDone` events (phase 0); when ``cancel`` is set the batch stops and the
-    images finished so far are returned.
+    Progress comes as `PhaseStarted` and `StepDone` events (phase 0: the whole batch, one step per
+    denoising step); when ``cancel`` is set the batch stops and the images finished so far are returned.
     """
     from engine.artefact import load_artefact
     from engine.models import make_pipeline
@@ -589,15 +593,17 @@ def generate(
             emit(Status(message=warning))
         sampled = dataclasses.replace(settings, negative_prompt=negative)
         total = settings.count * settings.steps
+        emit(PhaseStarted(phase=0, steps=total, description=f"Generating {settings.count} image(s)"))
+        sampling = time.monotonic()
         for index in range(settings.count):
             seed = settings.seed + index
 
             def progress(step: int, index: int = index) -> None:
                 done = index * settings.steps + step
-                elapsed = time.monotonic() - started
+                elapsed = max(time.monotonic() - sampling, 1e-9)
                 emit(StepDone(
-                    phase=0, step=step, phase_steps=settings.steps, global_step=done, total_steps=total,
-                    losses={}, lr=0.0, it_per_s=done / max(elapsed, 1e-9), eta_s=elapsed / done * (total - done),
+                    phase=0, step=done, phase_steps=total, global_step=done, total_steps=total,
+                    losses={}, lr=0.0, it_per_s=done / elapsed, eta_s=elapsed / done * (total - done),
                 ))  # fmt: skip
 
             image = _sample(pipe, prompt, sampled, seed, progress, cancel)

@@ -297,6 +297,10 @@ def postprocess_output(
     image = _load_rgb(project.path(parent.file))
     face_kit = face_kit or shared_face_kit(commercial)
     faces = face_kit.detector.detect(image)
+    if preset is not None and not faces:
+        raise PostprocessError(
+            f"No face was found in output {output_id!r}, so the {preset} preset cannot place it."
+        )
     steps: dict[str, Any] = {}
     extras: dict[str, Any] = {}
     warnings: list[str] = []
@@ -314,16 +318,12 @@ def postprocess_output(
             image = restore_faces(image, faces, load_model(restorer), face_kit.parser, fidelity=fidelity)
         else:
             warnings.append("No face was found in the image, so no face was restored.")
-        steps.update(restore=restore, fidelity=fidelity)
+        steps["restore"] = restore
         extras["Face restoration"] = RESTORER_LABELS[restore]
         if restore == "codeformer":
-            extras["CodeFormer weight"] = fidelity
+            steps["fidelity"] = extras["CodeFormer weight"] = fidelity
     dpi = None
     if preset is not None:
-        if not faces:
-            raise PostprocessError(
-                f"No face was found in output {output_id!r}, so the {preset} preset cannot place it."
-            )
         framed: Framed = apply_preset(image, faces[0], preset)
         image, dpi = framed.image, framed.preset.dpi
         warnings.extend(framed.warnings)

@@ -35,7 +35,7 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
     ids = gr.State([])
     with gr.Row():
         with gr.Column(scale=3):
-            compare = gr.ImageSlider(label="Before / after restoration", elem_id="gallery-compare")
+            compare = gr.ImageSlider(label="Before / after post-processing", elem_id="gallery-compare")
         with gr.Column(scale=2):
             metadata = gr.JSON(label="Details", elem_id="gallery-metadata")
             download = gr.DownloadButton("⬇ Download this portrait", elem_id="gallery-download")
@@ -68,8 +68,13 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
             raise gr.Error("That portrait is gone; the gallery was out of date.")
         record = OutputRecord.from_json(entry)
         after = str(project.path(record.file))
-        before = str(project.path(record.raw)) if record.raw else after
-        return (before, after), entry, after
+        if record.raw:
+            compare = gr.ImageSlider(
+                (str(project.path(record.raw)), after), label="Before / after post-processing"
+            )
+        else:
+            compare = gr.ImageSlider((after, after), label="Not post-processed: the same image on both sides")
+        return compare, entry, after
 
     def on_export(name: str | None, fmt: str):
         from engine.export import export_embeddings, export_lora

@@ -200,7 +200,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
                 value="none",
                 label="Face restoration",
             )
-            upscale = gr.Radio([1, 2, 4], value=1, label="Upscale ×")
+            upscale = gr.Radio([1, 2, 4], value=1, label="Upscale ×", elem_id="generate-upscale")
             output_preset = gr.Dropdown(
                 [("none", "none"), *((p.description, p.name) for p in PRESETS.values())],
                 value="none",

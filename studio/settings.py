@@ -100,6 +100,7 @@ def build(studio: Studio) -> None:
         headers=["name", "what", "state", "size", "licence"],
         interactive=False,
         wrap=True,
+        elem_id="models-table",
     )
     with gr.Row():
         asset = gr.Dropdown([row[0] for row in assets_table()], label="Model", scale=2)

@@ -386,21 +386,25 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
     outputs = [ready, progress, plot, previews, attention, resume, queue, seen]
 
     def refresh(name: str | None, last: Any, force: bool = False) -> list[Any]:
+        if name not in studio.store.list():
+            name = None
         view, job = latest_view(studio, name)
-        previews_shown = tuple(path for path, _ in view.previews)
+        status = readiness(studio, name)
         signature = [
             name,
+            status,
             job.id if job else None,
             job.status if job else None,
             view.state,
             view.step,
-            previews_shown,
         ]
+        signature.append([path for path, _ in view.previews])
         if not force and signature == last:
             return [gr.skip()] * (len(outputs) - 2) + [queue_html(studio), gr.skip()]
         idle = job is None or not job.active
         resumable = idle and view.state in ("interrupted", "cancelled", "failed") and can_resume(studio, name)
         return [
+            status,
             progress_html(view, job),
             loss_frame(view),
             view.previews,

@@ -11,7 +11,7 @@ from fixtures_outputs import RUN, TOKENS, add_photo_output, project_with_run
 from PIL import Image
 
 from engine import generate as gen
-from engine.events import Finished, StepDone
+from engine.events import Finished, PhaseStarted, StepDone
 from engine.faces import FaceKit
 from engine.generate import (
     GenerationError,
@@ -153,9 +153,10 @@ def test_progress_events_and_cancel(project, no_faces):
     before = len(project.manifest()["outputs"])
     records = generate(project, RUN, fast(count=3), face_kit=no_faces, on_event=on_event, cancel=cancel)
     assert len(records) == 1  # the second image was stopped half-way and dropped
+    started = [e for e in events if isinstance(e, PhaseStarted)]
+    assert len(started) == 1 and started[0].steps == 6
     steps = [e for e in events if isinstance(e, StepDone)]
-    assert [e.global_step for e in steps] == [1, 2, 3]
-    assert steps[0].total_steps == 6
+    assert [(e.step, e.global_step, e.total_steps) for e in steps] == [(1, 1, 6), (2, 2, 6), (3, 3, 6)]
     assert isinstance(events[-1], Finished)
     assert len(project.manifest()["outputs"]) == before + 1
 
@@ -223,3 +224,29 @@ def test_style_references_are_painted_by_the_plain_base_and_go_through_intake(ba
     assert gen._CACHE["installed"] is None  # no LoRA or placeholder rows in the base it used
     with pytest.raises(GenerationError, match="Describe the style"):
         gen.make_references(project, "  ", 1, base_model=base.source, kit=no_faces)
+
+
+def test_the_latest_finished_run_is_the_default(lora, tmp_path):
+    project = project_with_run(tmp_path, lora.path)
+    newer = project.path("trainings", "run-2", "final.safetensors")
+    newer.parent.mkdir(parents=True)
+    newer.write_bytes(lora.path.read_bytes())
+
+    def add_runs(manifest):
+        manifest["trainings"][0]["updated"] = "2024-05-01T10:00:00+00:00"
+        manifest["trainings"].insert(
+            0,
+            {
+                "id": "run-2",
+                "artefact": "trainings/run-2/final.safetensors",
+                "updated": "2024-06-01T10:00:00+00:00",
+            },
+        )
+        manifest["trainings"].append(
+            {"id": "run-3", "status": "running", "updated": "2024-07-01T10:00:00+00:00"}
+        )
+
+    project.update(add_runs)
+    assert gen.resolve_artefact(project, None) == (newer, "run-2")
+    assert gen.resolve_artefact(project, RUN)[1] == RUN
+    assert gen.resolve_artefact(project, str(newer)) == (newer, "run-2")

@@ -122,7 +122,6 @@ def test_upscale_then_gfpgan_keeps_the_original_and_changes_only_the_face(projec
     assert record.params["postprocess"] == {
         "upscale": 2,
         "restore": "gfpgan",
-        "fidelity": 0.5,
         "identity_before": 0.42,
     }
     assert np.array_equal(np.asarray(Image.open(project.path("outputs/photo.png"))), photo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import socket
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import requests
 
@@ -361,3 +363,37 @@ def test_with_auth_every_route_needs_the_login(served_with_auth):
     answer = session.get(f"{url}/gradio_api/file={manifest}", timeout=10)
     assert answer.status_code == 200 and '"anna"' in answer.text
     assert session.get(f"{url}/gradio_api/file=/etc/passwd", timeout=10).status_code == 403
+
+
+# -- the layout ----------------------------------------------------------------------------
+
+
+def needs_event_data(fn) -> bool:
+    return any(
+        p.annotation in ("gr.SelectData", gr.SelectData) for p in inspect.signature(fn).parameters.values()
+    )
+
+
+def test_every_refresh_returns_one_value_per_output(tmp_path):
+    """Call each event that only reads the open project (and its last-seen state) like the browser would."""
+    from engine.store import ProjectStore
+    from studio.app import Studio, build
+
+    studio = Studio(ProjectStore(tmp_path))
+    studio.store.create("anna")
+    blocks = build(studio)
+    picker = next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "project-picker")
+    called = 0
+    for block_fn in blocks.fns.values():
+        inputs = block_fn.inputs
+        events = {event for _, event in block_fn.targets}
+        if not events <= {"tick", "change", "select"} or not inputs or inputs[0] is not picker:
+            continue
+        if any(not isinstance(i, gr.State) for i in inputs[1:]) or needs_event_data(block_fn.fn):
+            continue
+        for name in ("anna", None):
+            result = block_fn.fn(name, *[None] * (len(inputs) - 1))
+            if len(block_fn.outputs) > 1:
+                assert len(result) == len(block_fn.outputs), block_fn.name
+        called += 1
+    assert called >= 8

@@ -11,9 +11,10 @@ so `engine.postprocess` loads it through spandrel exactly as it loads the publis
 - ``GFPGANv1.4.pth``: GFPGANv1Clean at its real size. spandrel builds it with fixed arguments (512
   px, channel multiplier 2), so it needs every tensor: 87 M parameters, stored as fp16 (~175 MB).
 - ``codeformer.pth``: CodeFormer. spandrel reads the transformer width, depth and codebook size
-  from the weights (kept tiny) but the VQGAN encoder and generator are fixed (~67 M parameters).
+  from the weights (kept tiny) but the VQGAN encoder and generator are fixed (~67 M parameters,
+  ~150 MB as fp16).
 
-The outputs are noise-like; the kit exercises the loading, tiling and paste-back code.
+The restorers paint noise; the kit exercises the loading, alignment and paste-back code.
 """
 
 from __future__ import annotations

@@ -262,17 +262,20 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
         # 4. Generate
         open_tab(page, "4 · Generate")
         page.locator("#generate-extra").get_by_role("textbox").fill("wearing a navy suit")
+        page.locator("#generate-upscale").get_by_text("2").click()
         page.locator("#generate-button").click()
         page.locator("#generate-progress[data-state='done']").wait_for(timeout=TRAIN_TIMEOUT * 1000)
         wait_for_images(page, "generate-results", 2, timeout=30)
         shots.take("generated")
 
-        # 5. Gallery: best first, details of one, export
+        # 5. Gallery: best first, before/after of an upscaled one, details, export
         open_tab(page, "5 · Gallery")
-        wait_for_images(page, "gallery-outputs", 2, timeout=30)
+        wait_for_images(page, "gallery-outputs", 4, timeout=30)
         assert "identity" in page.locator("#gallery-outputs").inner_text()
         gallery_images(page, "gallery-outputs").first.click()
         page.locator("#gallery-metadata").get_by_text("seed").first.wait_for()
+        page.locator("#gallery-compare").get_by_text("Before / after post-processing").wait_for()
+        assert "postprocess" in page.locator("#gallery-metadata").inner_text()
         shots.take("gallery")
         page.locator("#export-lora").click()
         page.locator("#export-files").get_by_text("Anna-Smith-lora").wait_for(timeout=120_000)
@@ -281,5 +284,11 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
         shots.take("exported")
         exports = list((data_dir / "projects" / "Anna-Smith").rglob("*.zip"))
         assert exports, "the zip of the portraits was not written into the project"
+
+        # Settings
+        open_tab(page, "⚙ Settings")
+        page.get_by_text("Projects live in").wait_for()
+        assert "realesrgan_x2plus" in page.locator("#models-table").inner_text()
+        shots.take("settings")
     finally:
         studio.stop()
