@@ -10,6 +10,7 @@ import gc
 import json
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -51,7 +52,9 @@ def command_line(argv: list[str]) -> str:
 def rerun_command(name: str, args: argparse.Namespace) -> str:
     """The command that reproduces one benchmark's figures."""
     if name == "ar_ablation":
-        return "python -m bench.ar_ablation"
+        from bench.ablation import command_args
+
+        return " ".join(["python", *command_args(args.quick)])
     size = "--quick" if args.quick else f"--model {args.model}"
     return f"python -m bench {size} --only {name}"
 
@@ -86,8 +89,12 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 return
             command = rerun_command(name, args)
             print(f"bench: running {name}…", file=sys.stderr, flush=True)
+            began = time.perf_counter()
             try:
-                results["benchmarks"][name] = work(command)
+                results["benchmarks"][name] = {
+                    **work(command),
+                    "wall_seconds": round(time.perf_counter() - began, 1),
+                }
             except Exception as error:
                 detail = "".join(traceback.format_exception_only(type(error), error)).strip()
                 results["benchmarks"][name] = {"error": detail, "command": command}
@@ -103,7 +110,7 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         record("generate", lambda command: generation.run(bench, sizes, command))
         record("intake", lambda command: intake.run(bench, sizes, command))
         record("studio", lambda command: studio.run(bench, sizes, command))
-        record("ar_ablation", ablation.run)
+        record("ar_ablation", lambda command: ablation.run(args.quick, command))
     for name, key in KEYS.items():
         results[key] = results["benchmarks"].get(name, {}).get("ratio")
     results["machine"]["load_average_at_end"] = load_average()

@@ -81,7 +81,18 @@ def run(args: argparse.Namespace) -> dict:
                 vram_profile="cpu",
             )
             base = load_base(tiny.folder)
-            train(project, config, base=base)
+            losses = []
+            train(
+                project,
+                config,
+                base=base,
+                on_event=lambda e, s=losses: s.append(e.losses) if hasattr(e, "losses") else None,
+            )
+            print(
+                label,
+                [round(l.get("attention", 0), 4) for l in losses[args.phase1_steps :]][::10],
+                file=sys.stderr,
+            )
             results[label] = outside_share(base, project, config)
     return {
         "metric": "share of <sks>/<style1> attention (AR layers) outside the target region; lower is better",
@@ -91,6 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         "phase2_steps": args.phase2_steps,
         "resolution": args.resolution,
         "seed": args.seed,
+        "unet_lr": args.unet_lr,
     }
 
 
@@ -100,6 +112,7 @@ def main() -> None:
     parser.add_argument("--phase2-steps", type=int, default=80)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unet-lr", type=float, default=4e-4, help="Phase-2 UNet LoRA learning rate.")
     print(json.dumps(run(parser.parse_args()), indent=2))
 
 

@@ -79,7 +79,7 @@ def measure(bench: Workbench, profile: str, kind: str, steps: int) -> dict[str, 
     """Peak memory of ``steps`` steps of ``kind`` with ``profile``'s memory options (in this process)."""
     from bench.steps import KINDS, make_trainer, step_function
 
-    trainer = make_trainer(bench, profile)
+    trainer = make_trainer(bench, profile, identity=kind != "plain")
     run = step_function(trainer, KINDS[kind])
     device = trainer.device
     resident = current_bytes(device)

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 PHASE2_STEPS = 100
 """Length of the phase the steps pretend to be in (only sets the learning-rate schedule)."""
-SPEED_OPTIONS = ("identity_reuse_pass", "identity_face_window")
 
 
 @dataclass(frozen=True)
@@ -43,19 +42,20 @@ class StepKind:
     identity_face_window: bool = True
 
 
-PLAIN = StepKind("plain", full=False)
-FULL = StepKind("full", full=True)
 KINDS = {
-    "plain": PLAIN,
-    "full": FULL,
+    "plain": StepKind("plain", full=False),
+    "full": StepKind("full", full=True),
     "full_no_reuse_pass": StepKind("full_no_reuse_pass", True, identity_reuse_pass=False),
     "full_no_face_window": StepKind("full_no_face_window", True, identity_face_window=False),
     "full_no_speed_options": StepKind("full_no_speed_options", True, False, False),
 }
 
 
-def make_trainer(bench: Workbench, profile: str = "auto") -> Trainer:
-    """A trainer on the benchmark project with phase 2 set up (the released preset, ``profile``'s memory options)."""
+def make_trainer(bench: Workbench, profile: str = "auto", identity: bool = True) -> Trainer:
+    """A trainer on the benchmark project with phase 2 set up (the released preset, ``profile``'s memory options).
+
+    Without ``identity`` the face models are not loaded (a plain DreamBooth-LoRA process has none).
+    """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
@@ -66,13 +66,14 @@ def make_trainer(bench: Workbench, profile: str = "auto") -> Trainer:
     config = preset(
         "released", base_model=str(bench.base), resolution=bench.resolution, phase1_steps=0,
         phase2_steps=PHASE2_STEPS, latent_cache_variants=1, preview_every=0, vram_profile=profile,
+        **({} if identity else {"identity_weight": 0.0}),
     )  # fmt: skip
     options = resolve_options(config)
     if PartialState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=options.device.type == "cpu")
     trainer = Trainer(bench.project(), "bench", config, options, accelerator, lambda event: None, None)
-    trainer.setup(None, load_face_kit())
+    trainer.setup(None, load_face_kit() if identity else None)
     trainer.setup_phase(2, None)
     return trainer
 

@@ -91,16 +91,23 @@ def studio_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    figure = "Toy AR ablation: attention share outside the target regions, with AR"
     if entry.get("missing"):
-        return [("Toy AR ablation", "", "n/a", "", "bench/ar_ablation.py not present in this run")]
-    numbers = {
-        k: v
-        for k, v in entry.get("result", {}).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-    context = ", ".join(f"{k} {v:.3g}" for k, v in list(numbers.items())[:4])
-    return [("Toy AR ablation: attention mass outside the mask", entry.get("baseline", "without AR"),
-             _ratio(entry.get("ratio")), entry.get("goal", ""), context)]  # fmt: skip
+        return [
+            (
+                figure,
+                entry["baseline"],
+                "n/a",
+                entry["goal"],
+                "bench/ar_ablation.py was not there in this run",
+            )
+        ]
+    result = entry["result"]
+    context = (
+        f"{result['with_ar']:.3f} vs {result['without_ar']:.3f} "
+        f"({result.get('phase1_steps')} + {result.get('phase2_steps')} steps, {result.get('resolution')} px)"
+    )
+    return [(figure, entry["baseline"], _ratio(entry["ratio"]), _goal(entry), context)]
 
 
 ROWS = {

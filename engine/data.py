@@ -172,7 +172,6 @@ def flip_points(landmarks: torch.Tensor, bbox: torch.Tensor, width: int) -> tupl
 class View:
     """One augmented version of an image, VAE-encoded."""
 
-    image: int
     flip: bool
     mean: torch.Tensor
     std: torch.Tensor
@@ -204,7 +203,6 @@ class Batch:
     """AR pairs: batch row, token position in the prompt, binary target ``[h, w]``."""
     ar_positions: torch.Tensor
     ar_targets: torch.Tensor
-    ar_tokens: list[str]
     identity_rows: torch.Tensor
     """Rows that take the identity loss, with the known landmarks and face boxes of their image."""
     landmarks: torch.Tensor
@@ -261,15 +259,16 @@ class TrainingData:
                 if flipped[view]:
                     pixels, face = pixels.flip(-1), face.flip(-1)
                     landmarks, bbox = flip_points(landmarks, bbox, pixels.shape[-1])
-                jobs.append((index, flipped[view], pixels, face, landmarks, bbox))
+                jobs.append((flipped[view], pixels, face, landmarks, bbox))
         views: list[View] = []
         for start in range(0, len(jobs), chunk):
             part = jobs[start : start + chunk]
-            pixels = torch.stack([job[2] for job in part]).to(device, dtype)
+            pixels = torch.stack([job[1] for job in part]).to(device, dtype)
             dist = vae.encode(pixels).latent_dist
             for job, mean, std in zip(part, dist.mean.float(), dist.std.float(), strict=True):
-                face = F.interpolate(job[3][None], size=mean.shape[-2:], mode="nearest")[0].to(device)
-                views.append(View(job[0], job[1], mean, std, face, job[4], job[5]))
+                flip, _, face, landmarks, bbox = job
+                face = F.interpolate(face[None], size=mean.shape[-2:], mode="nearest")[0].to(device)
+                views.append(View(flip, mean, std, face, landmarks, bbox))
         self.views = [views[i * count : (i + 1) * count] for i in range(len(self.images))]
 
     def draw(self, rng: random.Random, phase: int) -> Sample:
@@ -280,9 +279,6 @@ class TrainingData:
         template = rng.randrange(len(self.prompts[kind]))
         view = rng.randrange(len(self.views[image]))
         return Sample(kind, image, template, view)
-
-    def prompt(self, sample: Sample) -> str:
-        return self.prompts[sample.kind][sample.template]
 
     def batch(
         self,
@@ -304,7 +300,7 @@ class TrainingData:
             faces,
             1 - faces,
         )
-        rows, positions, ar_targets, tokens = [], [], [], []
+        rows, positions, ar_targets = [], [], []
         for row, (sample, face) in enumerate(zip(samples, faces, strict=True)):
             pairs = {
                 "source": [(identity_id, face)],
@@ -315,9 +311,6 @@ class TrainingData:
                 rows.append(row)
                 positions.append(int((input_ids[row] == token_id).nonzero()[0, 0]))
                 ar_targets.append(target[0])
-                tokens.append(
-                    self.config.identity_token if token_id == identity_id else self.config.style_token
-                )
         identity_rows = [row for row, s in enumerate(samples) if s.kind in identity_kinds]
         return Batch(
             kinds=[s.kind for s in samples],
@@ -327,7 +320,6 @@ class TrainingData:
             ar_rows=torch.tensor(rows, dtype=torch.long),
             ar_positions=torch.tensor(positions, dtype=torch.long),
             ar_targets=torch.stack(ar_targets),
-            ar_tokens=tokens,
             identity_rows=torch.tensor(identity_rows, dtype=torch.long),
             landmarks=torch.stack([views[r].landmarks for r in identity_rows])
             if identity_rows

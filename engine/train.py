@@ -145,18 +145,21 @@ def _run_lock(project: Project, run: str):
     return FileLock(str(project.path(RUNS, run, ".lock")), timeout=0)
 
 
+def _unfinished(project: Project) -> list[str]:
+    """Runs that are not finished and have a checkpoint, newest first."""
+    runs = [
+        entry.get("id")
+        for entry in reversed(_runs(project))
+        if entry.get("id") and entry.get("status") != "finished"
+    ]
+    return [run for run in runs if ckpt.checkpoints(project.path(RUNS, run, "checkpoints"))]
+
+
 def resume_available(project: Project) -> str | None:
     """The newest unfinished run that has a checkpoint and is not being trained now, or None."""
     from filelock import Timeout
 
-    for entry in reversed(_runs(project)):
-        run = entry.get("id")
-        if (
-            not run
-            or entry.get("status") == "finished"
-            or not ckpt.checkpoints(project.path(RUNS, run, "checkpoints"))
-        ):
-            continue
+    for run in _unfinished(project):
         try:
             with _run_lock(project, run):
                 return run
@@ -219,7 +222,8 @@ def train(
     config = config or preset("released")
     start = None
     if resume:
-        run = resume if isinstance(resume, str) else resume_available(project)
+        # The newest unfinished run, the same in every process (its lock is taken below).
+        run = resume if isinstance(resume, str) else next(iter(_unfinished(project)), None)
         found = ckpt.checkpoints(project.path(RUNS, run, "checkpoints")) if run else []
         if not found:
             raise TrainingError(

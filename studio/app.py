@@ -7,6 +7,7 @@ a second one) sees the same state. Nothing here imports torch: the engine does, 
 
 from __future__ import annotations
 
+import html
 import logging
 import threading
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from starlette.responses import PlainTextResponse
 
 from engine.store import Project, ProjectStore, StoreError
 from studio import gallery, generate, photos, project, settings, train
-from studio.jobs import RUNNING, JobRunner
+from studio.jobs import JobRunner
 from studio.settings import StudioSettings
 
 if TYPE_CHECKING:
@@ -53,16 +54,6 @@ CSS = """
 """
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What the start-up probe found (filled in by a background thread, as it imports torch)."""
-
-    ready: bool = False
-    summary: str = "Looking for a GPU…"
-    profile: str | None = None
-    has_gpu: bool = False
-
-
 class Studio:
     """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
 
@@ -71,7 +62,10 @@ class Studio:
         self.runner = JobRunner()
         self.demo = demo
         self.settings = StudioSettings.load(store.root)
-        self.device = DeviceInfo()
+        self.refusals = photos.RefusalLog()
+        """The latest refused photos of each project, shown in the Photos tab."""
+        self.device = "Looking for a GPU…"
+        """One line on the device and memory profile (filled in by the warm-up thread: it imports torch)."""
         self._face_kit: FaceKit | None = None
         self._face_lock = threading.Lock()
 
@@ -108,44 +102,45 @@ class Studio:
             raise gr.Error(str(error)) from error
 
     def warm_up(self) -> None:
-        """Probe the device and load the face models in the background, so start-up stays fast."""
+        """Probe the device (and load the demo's face models) in the background, so start-up stays fast."""
         threading.Thread(target=self._warm_up, name="studio-warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:
         self.device = probe_device(demo=self.demo is not None)
-        print(self.device.summary, flush=True)
+        print(self.device, flush=True)
         for name, run in train.interrupted_runs(self):
             print(
                 f"Training {run} of project {name} stopped before the end; resume it in the Train tab.",
                 flush=True,
             )
+        if self.demo is None:
+            return  # the real face models may need a download: that waits for the first photo
         try:
             self.face_kit()
         except Exception:  # shown when a photo is added; the studio runs without it
             logger.exception("The face models could not be loaded")
 
 
-def probe_device(demo: bool = False) -> DeviceInfo:
+def probe_device(demo: bool = False) -> str:
+    """One line on the device training will use and its memory profile."""
     from engine.devices import detect_profile, gpu_memory_gb, pick_device
 
     device = pick_device()
-    profile = detect_profile(device)
-    if device.type == "cpu" and demo:
-        return DeviceInfo(True, "Demo mode on the CPU (no GPU needed).", profile.name, False)
     if device.type == "cpu":
-        summary = (
+        if demo:
+            return "Demo mode on the CPU (no GPU needed)."
+        return (
             "No GPU found: training on the CPU takes hours. To try the whole flow in about a minute, "
             "start the studio with --demo (tiny random models)."
         )
-        return DeviceInfo(True, summary, profile.name, False)
     memory = gpu_memory_gb(device)
     size = f" with {memory:.0f} GB" if memory else ""
-    return DeviceInfo(True, f"GPU: {device.type}{size}; memory profile {profile.name}.", profile.name, True)
+    return f"GPU: {device.type}{size}; memory profile {detect_profile(device).name}."
 
 
 def header_html(studio: Studio) -> str:
     """The status line above the tabs: device, face models and the job queue."""
-    chips = [f"<span class='mc-chip'>{studio.device.summary}</span>"]
+    chips = [f"<span class='mc-chip'>{studio.device}</span>"]
     kit = studio.face_kit_loaded()
     if kit is None:
         chips.append("<span class='mc-chip'>face models load on first use</span>")
@@ -159,7 +154,7 @@ def header_html(studio: Studio) -> str:
     running = studio.runner.running()
     queued = studio.runner.queued()
     if running is not None:
-        chips.append(f"<span class='mc-chip'>● running: {running.title}</span>")
+        chips.append(f"<span class='mc-chip'>● running: {html.escape(running.title)}</span>")
     if queued:
         chips.append(f"<span class='mc-chip'>{len(queued)} job(s) waiting</span>")
     if running is None and not queued:
@@ -171,7 +166,7 @@ def initial_project(studio: Studio) -> str | None:
     """The project a new or reloaded tab opens on: the running job's, else the latest changed."""
     running = studio.runner.running()
     names = studio.store.list()
-    if running is not None and running.status == RUNNING and running.project in names:
+    if running is not None and running.project in names:
         return running.project
     if not names:
         return None
@@ -355,6 +350,7 @@ def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.
         app_kwargs={"middleware": [Middleware(Gatekeeper, root=root)]},
         prevent_thread_lock=True,
         quiet=True,
+        show_error=True,
         run_history=False,
         ssr_mode=False,
         mcp_server=False,

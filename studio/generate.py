@@ -111,9 +111,11 @@ def submit_references(studio: Studio, project: Project, prompt: str, count: int)
 
     def work(job: Job) -> list[Any]:
         from engine.generate import make_references
+        from engine.intake import Refused
+        from studio.photos import Refusal
 
         steps = DEMO_STEPS if studio.demo is not None else 30
-        return make_references(
+        results = make_references(
             project,
             prompt,
             count,
@@ -123,6 +125,13 @@ def submit_references(studio: Studio, project: Project, prompt: str, count: int)
             on_event=job.emit,
             cancel=job.cancel,
         )
+        for index, result in enumerate(results):
+            if isinstance(result, Refused):
+                refusal = Refusal(
+                    f"painted reference {index + 1}", "reference", result.reason, result.message
+                )
+                studio.refusals.add(project.name, refusal)
+        return results
 
     try:
         return studio.runner.submit(

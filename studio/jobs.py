@@ -114,10 +114,6 @@ class JobRunner:
                 return True
             return False
 
-    def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            return next((job for job in self._all_jobs() if job.id == job_id), None)
-
     def running(self) -> Job | None:
         with self._lock:
             return self._running

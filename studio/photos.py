@@ -84,7 +84,7 @@ def empty_hint(role: str, count: int) -> str:
 
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, timer: gr.Timer) -> None:
     """Lay out the Photos tab and wire its events."""
-    refusals = RefusalLog()
+    refusals = studio.refusals
     panels: dict[str, dict[str, Any]] = {}
     with gr.Row():
         for role, title, tip in (
@@ -154,6 +154,8 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
 
         project = studio.project(name)
         files = files or []
+        if studio.face_kit_loaded() is None:
+            progress(0, desc="Loading the face models (the first time, this may download them)…")
         kit = studio.face_kit()
         for index, file in enumerate(files):
             path = Path(file)
@@ -167,6 +169,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
         def on_upload(name, files, role=role, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
             if not files:
                 return [gr.skip()] * (len(outputs) + 1)
+            refusals.clear(studio.project(name).name)
             add_files(name, files, role, progress)
             return [*views(name), None]
 

@@ -397,3 +397,27 @@ def test_every_refresh_returns_one_value_per_output(tmp_path):
                 assert len(result) == len(block_fn.outputs), block_fn.name
         called += 1
     assert called >= 8
+
+
+@pytest.mark.slow
+def test_style_references_painted_from_a_prompt_become_photos_or_refusals(tmp_path, monkeypatch):
+    from engine.demo import build_demo_kit, default_kit_folder, use_demo_kit
+    from engine.intake import photos
+    from engine.store import ProjectStore
+    from studio.app import Studio
+    from studio.generate import submit_references
+
+    kit = build_demo_kit(default_kit_folder())
+    for name in ("MAGICAPTURE_ASSETS", "MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    use_demo_kit(kit)
+    studio = Studio(ProjectStore(tmp_path), demo=kit)
+    project = studio.store.create("anna")
+    with pytest.raises(gr.Error, match="Describe the style"):
+        submit_references(studio, project, "  ", 2)
+    job = submit_references(studio, project, "studio headshot, grey backdrop", 2)
+    assert studio.runner.wait(job, timeout=300)
+    assert job.status == DONE, job.error
+    assert len(job.result) == 2
+    shown = len(photos(project, "reference")) + len(studio.refusals.get("anna"))
+    assert shown == 2, "each painted reference is either added or listed with the reason it was refused"

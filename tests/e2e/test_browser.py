@@ -40,8 +40,8 @@ def free_port() -> int:
 class Studio:
     """One ``magicapture-studio --demo`` process on a data folder."""
 
-    def __init__(self, data_dir: Path, log: Path):
-        self.data_dir, self.log = data_dir, log
+    def __init__(self, data_dir: Path, log: Path, *extra: str):
+        self.data_dir, self.log, self.extra = data_dir, log, list(extra)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -53,7 +53,7 @@ class Studio:
             if script.exists()
             else [sys.executable, "-c", "import app, sys; sys.exit(app.main())"]
         )
-        command += ["--demo", "--no-browser", "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        command += ["--no-browser", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log, "a") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -180,7 +180,7 @@ def events_of(data_dir: Path, project: str) -> list[str]:
 def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_page):
     photos = make_photos(tmp_path / "photos")
     data_dir = tmp_path / "data"
-    studio = Studio(data_dir, tmp_path / "studio.log")
+    studio = Studio(data_dir, tmp_path / "studio.log", "--demo")
     studio.start()
     try:
         page = browser_page.new_page()
@@ -290,5 +290,28 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
         page.get_by_text("Projects live in").wait_for()
         assert "realesrgan_x2plus" in page.locator("#models-table").inner_text()
         shots.take("settings")
+    finally:
+        studio.stop()
+
+
+def test_with_a_login_only_the_login_page_shows_until_the_password_is_right(tmp_path, browser_page):
+    studio = Studio(tmp_path / "data", tmp_path / "studio.log", "--auth", "ann:s3cret-pw")
+    studio.start()
+    try:
+        page = browser_page.new_page()
+        refused = []
+        page.on("response", lambda answer: refused.append(answer.url) if answer.status >= 400 else None)
+        page.goto(studio.url)
+        page.get_by_label("username").fill("ann")
+        page.get_by_label("password").fill("wrong")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Incorrect credentials").wait_for()
+        assert page.get_by_text("No projects yet").count() == 0
+        page.get_by_label("username").fill("ann")
+        page.get_by_label("password").fill("s3cret-pw")
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("No projects yet").wait_for()
+        assert all(url.endswith("/login") for url in refused), refused
+        assert requests.get(f"{studio.url}/config", timeout=10).status_code == 401
     finally:
         studio.stop()

@@ -1,0 +1,134 @@
+"""bench: ``python -m bench --quick`` writes every figure, and the README table is rendered from them.
+
+No timing is asserted: the benchmarks measure, they do not pass or fail on speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.table import render_table
+
+ROOT = Path(__file__).resolve().parent.parent
+RATIOS = ("phase2_step_ratio", "phase2_peak_memory_ratio", "generate_time_ratio")
+BENCHMARKS = ("phase2_memory", "phase2_speed", "generate", "intake", "studio", "ar_ablation")
+
+
+def positive(value) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One real quick run, into a private cache and results file."""
+    folder = tmp_path_factory.mktemp("bench")
+    out = folder / "results.json"
+    env = {**os.environ, "XDG_CACHE_HOME": str(folder / "cache"), "MAGICAPTURE_HOME": str(folder / "home")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text("utf-8"))
+    assert json.loads(done.stdout) == results  # the same JSON is printed
+    return results
+
+
+@pytest.mark.slow
+def test_quick_run_records_every_ratio_and_the_machine(quick_results: dict) -> None:
+    for key in RATIOS:
+        assert positive(quick_results[key]), key
+    assert quick_results["phase2_step_ratio"] == quick_results["benchmarks"]["phase2_speed"]["ratio"]
+    assert quick_results["phase2_peak_memory_ratio"] == quick_results["benchmarks"]["phase2_memory"]["ratio"]
+    assert quick_results["generate_time_ratio"] == quick_results["benchmarks"]["generate"]["ratio"]
+    machine = quick_results["machine"]
+    assert machine["cpu"] and machine["device"] and machine["torch"]
+    assert positive(machine["cores_logical"]) and positive(machine["ram_gb"])
+    assert quick_results["sizes"]["model"] == "tiny" and quick_results["command"].startswith(
+        "python -m bench --quick"
+    )
+
+
+@pytest.mark.slow
+def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_results: dict) -> None:
+    benchmarks = quick_results["benchmarks"]
+    assert tuple(benchmarks) == BENCHMARKS
+    for name, entry in benchmarks.items():
+        assert "error" not in entry, (name, entry.get("error"))
+        assert entry["what"] and entry["baseline"] and entry["command"].startswith("python -m bench"), name
+    speed = benchmarks["phase2_speed"]
+    assert set(speed["ratios"]) == {
+        "full",
+        "full_no_reuse_pass",
+        "full_no_face_window",
+        "full_no_speed_options",
+    }
+    assert all(positive(value) for value in [*speed["ratios"].values(), *speed["median_seconds"].values()])
+    memory = benchmarks["phase2_memory"]["profiles"]["cpu"]
+    assert positive(memory["full_peak_gb"]) and positive(memory["plain_peak_gb"])
+    generate = benchmarks["generate"]["median_seconds"]
+    assert positive(generate["ours"]) and positive(generate["bare"])
+    photos = benchmarks["intake"]["photos"]
+    assert set(photos) == {"Tom_Hanks_54745.png", "astronaut.png"}
+    assert photos["astronaut.png"]["outcome"] == "accepted" and positive(photos["astronaut.png"]["ratio"])
+    studio = benchmarks["studio"]
+    assert all(positive(v) for v in (studio["ratio"], studio["ratio_p95"], studio["launch"]["ratio"]))
+    assert all(positive(v) for v in (*studio["idle"].values(), *studio["under_training"].values()))
+    ablation = benchmarks["ar_ablation"]
+    assert ablation.get("missing", False) != (ROOT / "bench" / "ar_ablation.py").is_file()
+    if not ablation.get("missing"):
+        assert positive(ablation["ratio"])
+
+
+@pytest.mark.slow
+def test_table_shows_each_figure_with_its_command(quick_results: dict) -> None:
+    table = render_table(quick_results)
+    lines = table.splitlines()
+    assert lines[0].startswith("Measured ") and "python -m bench --quick" in lines[0]
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Figure")]
+    # speed kinds, memory profile, generation, photos, studio, ablation
+    assert len(rows) == 4 + 1 + 1 + 2 + 3 + 1
+    assert all(row.rstrip().endswith("` |") for row in rows)
+    assert f"{quick_results['phase2_step_ratio']:.2f}x" in table
+    assert f"{quick_results['generate_time_ratio']:.2f}x" in table
+
+
+def test_table_is_printed_from_a_results_file(tmp_path: Path) -> None:
+    results = {
+        "command": "python -m bench",
+        "created": "2026-01-01T00:00:00+00:00",
+        "machine": {"cpu": "Test CPU", "cores_logical": 2, "ram_gb": 8.0, "device": "cpu", "gpu": None, "torch": "2.0"},
+        "sizes": {"model": "sd15", "resolution": 512},
+        "benchmarks": {
+            "generate": {
+                "ratio": 1.02, "goal": "<= 1.05", "meets_goal": True, "median_seconds": {"ours": 10.2, "bare": 10.0},
+                "steps": 3, "size": [512, 512], "command": "python -m bench --model sd15 --only generate",
+            },
+            "studio": {"error": "RuntimeError: no studio\nmore", "command": "python -m bench --model sd15 --only studio"},
+        },
+    }  # fmt: skip
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--table", "--out", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        "| Generation: our generate call | bare StableDiffusionPipeline call | 1.02x | <= 1.05 (met) |"
+        in done.stdout
+    )
+    assert "10.20 s vs 10.00 s (3 steps, 512x512)" in done.stdout
+    assert "| studio | | failed | | RuntimeError: no studio |" in done.stdout
+    assert "SD 1.5-shaped, random weights at 512 px" in done.stdout
