@@ -13,7 +13,6 @@ one-step x0 estimate decoded around the face.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import random
 import time
@@ -217,6 +216,7 @@ def train(
     belong to the main process).
     """
     from accelerate.utils import broadcast_object_list, set_seed
+    from filelock import Timeout
 
     given = config
     config = config or preset("released")
@@ -245,14 +245,20 @@ def train(
         run = ids[0]
     folder = project.path(RUNS, run)
     folder.mkdir(parents=True, exist_ok=True)
-    emit = _Events(folder / "events.jsonl", on_event, accelerator.is_main_process)
-    lock = _run_lock(project, run) if accelerator.is_main_process else contextlib.nullcontext()
+    lock = _run_lock(project, run) if accelerator.is_main_process else None
     try:
-        with lock:
-            if accelerator.is_main_process:
-                _set_run(project, run, status="running", preset=config.preset, error=None)
-            trainer = Trainer(project, run, config, options, accelerator, emit, cancel)
-            return trainer.run(start, base, face_kit)
+        if lock is not None:
+            lock.acquire()
+    except Timeout as error:
+        raise TrainingError(
+            f"Training {run} is already running in another process; wait for it or cancel it first."
+        ) from error
+    emit = _Events(folder / "events.jsonl", on_event, accelerator.is_main_process)
+    try:
+        if accelerator.is_main_process:
+            _set_run(project, run, status="running", preset=config.preset, error=None)
+        trainer = Trainer(project, run, config, options, accelerator, emit, cancel)
+        return trainer.run(start, base, face_kit)
     except TrainingCancelled:
         if accelerator.is_main_process:
             _set_run(project, run, status="stopped")
@@ -261,28 +267,29 @@ def train(
         message = _failure_message(error, options, run)
         if accelerator.is_main_process and not isinstance(error, KeyboardInterrupt):
             saved = ckpt.checkpoints(folder / "checkpoints")
-            emit(
-                Failed(
-                    message=message, error=type(error).__name__, checkpoint=str(saved[-1]) if saved else None
-                )
-            )
+            checkpoint = str(saved[-1]) if saved else None
+            emit(Failed(message=message, error=type(error).__name__, checkpoint=checkpoint))
             _set_run(project, run, status="failed", error=message)
         if isinstance(error, torch.OutOfMemoryError):
             traceback.clear_frames(error.__traceback__)  # let the models' memory go with the frames
             raise TrainingError(message) from error
-        if _is_lock_timeout(error):
-            raise TrainingError(message) from error
         raise
     finally:
+        if lock is not None:
+            lock.release()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def _is_lock_timeout(error: BaseException) -> bool:
-    from filelock import Timeout
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is already a sentence for the user."""
+    from engine.data import DataError
+    from engine.faces import FaceModelError
+    from engine.models import ModelLoadError
+    from engine.tokens import TokenError
 
-    return isinstance(error, Timeout)
+    return (StorageFull, TrainingError, ConfigError, DataError, TokenError, FaceModelError, ModelLoadError)
 
 
 def _failure_message(error: BaseException, options: Options, run: str) -> str:
@@ -296,9 +303,7 @@ def _failure_message(error: BaseException, options: Options, run: str) -> str:
             else "lower the resolution or close other programs using the GPU, then resume it"
         )
         return f"Training {run} ran out of GPU memory with the '{options.profile}' profile; its last checkpoint is kept: {advice}."
-    if _is_lock_timeout(error):
-        return f"Training {run} is already running in another process; wait for it or cancel it first."
-    if isinstance(error, (StorageFull, TrainingError, ConfigError)):
+    if isinstance(error, _user_errors()):
         return str(error)
     return f"Training {run} failed: {type(error).__name__}: {error}"
 
@@ -315,6 +320,26 @@ def _accelerator(config: TrainingConfig, options: Options):
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         cpu=options.device.type == "cpu",
     )
+
+
+def lora_configs(config: TrainingConfig, train_text_encoder: bool) -> dict[str, dict[str, Any]]:
+    """peft LoraConfig arguments of the UNet and (if trained) the text encoder."""
+    import re
+
+    init = "gaussian" if config.lora_init == "gaussian" else True  # peft's True: kaiming-uniform A
+    common = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "init_lora_weights": init}
+    targets: Any = list(config.lora_unet_targets)
+    if config.lora_cross_attention_only:
+        projections = [re.escape(t) for t in targets if t.startswith("to_")]
+        if not projections:
+            raise ConfigError(
+                "lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets."
+            )
+        targets = rf".*attn2\.({'|'.join(projections)})"
+    configs = {"unet": {**common, "target_modules": targets}}
+    if train_text_encoder:
+        configs["text_encoder"] = {**common, "target_modules": list(config.lora_text_targets)}
+    return configs
 
 
 # The trainer ------------------------------------------------------------------------------------
@@ -396,26 +421,6 @@ class Trainer:
                 kit.identity_model().to(self.device),
             )
 
-    def lora_configs(self) -> dict[str, dict[str, Any]]:
-        """LoraConfig arguments of the UNet and (if trained) the text encoder."""
-        import re
-
-        config = self.config
-        init = "gaussian" if config.lora_init == "gaussian" else True  # peft's True: kaiming-uniform A
-        common = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "init_lora_weights": init}
-        targets: Any = list(config.lora_unet_targets)
-        if config.lora_cross_attention_only:
-            projections = [re.escape(t) for t in targets if t.startswith("to_")]
-            if not projections:
-                raise ConfigError(
-                    "lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets."
-                )
-            targets = rf".*attn2\.({'|'.join(projections)})"
-        configs = {"unet": {**common, "target_modules": targets}}
-        if self.options.train_text_encoder:
-            configs["text_encoder"] = {**common, "target_modules": list(config.lora_text_targets)}
-        return configs
-
     def add_lora(self) -> None:
         """Inject the LoRA adapters (fp32), initialised from the seed whatever the RNG state."""
         from diffusers.training_utils import cast_training_params
@@ -424,7 +429,7 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed + 1)
-            for name, arguments in self.lora_configs().items():
+            for name, arguments in lora_configs(self.config, self.options.train_text_encoder).items():
                 module = getattr(self.base, name)
                 inject_adapter_in_model(LoraConfig(**arguments), module)
                 cast_training_params(module, torch.float32)
@@ -803,7 +808,7 @@ class Trainer:
         if accelerator.is_main_process:
             loras = {name: {} for name in ("unet", "text_encoder")}
             if config.phase2_steps:
-                for name in self.lora_configs():
+                for name in lora_configs(config, self.options.train_text_encoder):
                     loras[name] = _lora_state(getattr(self.base, name))
             rows = self.placeholders.rows.detach()
             metadata = {
@@ -814,7 +819,7 @@ class Trainer:
                 "tokens": {"identity": config.identity_token, "style": config.style_token},
                 "prompt": composed_prompt(config.identity_token, config.style_token),
                 "resolution": config.resolution,
-                "lora": self.lora_configs() if config.phase2_steps else {},
+                "lora": lora_configs(config, self.options.train_text_encoder) if config.phase2_steps else {},
                 "recommended": RECOMMENDED,
                 "config": config.to_dict(),
                 "created": now(),

@@ -2,8 +2,9 @@
 
 The project follows the intake contract (``manifest["images"]`` entries with crop, face mask,
 landmarks, box and ArcFace embedding); the photos are drawn: a coloured background with an
-elliptical face whose mask is exact. The face kit uses the real classes: OpenCV's Haar detector
-and an `IdentityModel` around a tiny random network (16-d embeddings).
+elliptical face whose mask is exact. The face kits use the real classes: OpenCV's Haar detector
+and an `IdentityModel`, around a tiny random network (16-d, fast) or converted by onnx2torch from
+the demo kit's ArcFace stand-in (512-d, the production path).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def make_project(
     seed: int = 0,
     name: str = "demo",
     face_scale: float = 1.0,
+    embedding_dim: int = EMBEDDING_DIM,
 ) -> Project:
     """A project with accepted synthetic source and reference photos (``CROP`` px crops)."""
     project = ProjectStore(root).create(name)
@@ -76,7 +78,7 @@ def make_project(
             for name_, pixels in (("crop.png", image), ("mask.png", mask)):
                 with atomic_path(project.path(str(folder / name_))) as tmp:
                     Image.fromarray(pixels).save(tmp, format="PNG")
-            embedding = rng.normal(size=EMBEDDING_DIM).astype(np.float32)
+            embedding = rng.normal(size=embedding_dim).astype(np.float32)
             with atomic_path(project.path(str(folder / "embedding.npy"))) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, embedding / np.linalg.norm(embedding))
             entries.append(
@@ -120,3 +122,18 @@ def tiny_face_kit():
     from engine.faces.fallback import EllipseParser, HaarDetector
 
     return FaceKit(detector=HaarDetector(), parser=EllipseParser(), scorer=TinyScorer())
+
+
+def demo_face_kit(folder: Path):
+    """Haar detection plus the demo kit's ArcFace stand-in (ONNX, 512-d) as the recogniser."""
+    import onnx
+
+    from engine.demo.faces import arcface_standin
+    from engine.faces import FaceKit
+    from engine.faces.fallback import EllipseParser, HaarDetector
+    from engine.faces.identity import ArcFaceScorer
+
+    path = Path(folder) / "w600k_r50.onnx"
+    with atomic_path(path) as tmp:
+        onnx.save(arcface_standin(), str(tmp))
+    return FaceKit(detector=HaarDetector(), parser=EllipseParser(), scorer=ArcFaceScorer(path))

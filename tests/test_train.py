@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from fixtures_training import make_project, tiny_face_kit
+from fixtures_training import demo_face_kit, make_project, tiny_face_kit
 
 from engine import checkpoint as ckpt
 from engine.artefact import apply_to_pipeline, load_artefact
@@ -14,7 +14,14 @@ from engine.config import preset
 from engine.events import Cancelled, CheckpointSaved, Failed, Finished, PreviewSaved, StepDone, read_events
 from engine.models import load_base
 from engine.store import StorageFull
-from engine.train import TrainingCancelled, TrainingError, resolve_options, resume_available, train
+from engine.train import (
+    TrainingCancelled,
+    TrainingError,
+    lora_configs,
+    resolve_options,
+    resume_available,
+    train,
+)
 
 
 @pytest.fixture
@@ -72,6 +79,24 @@ def test_resolve_options_take_the_profile_unless_overridden():
     assert resolve_options(preset(device="cpu", vram_profile="6gb")).train_text_encoder is False
 
 
+@pytest.mark.parametrize(("name", "wrapped"), [("released", 16 * 9), ("paper", 16 * 4)])
+def test_lora_targets_of_the_presets(tiny_sd, name, wrapped):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    configs = lora_configs(preset(name), train_text_encoder=True)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd.folder / "unet")
+    inject_adapter_in_model(LoraConfig(**configs["unet"]), unet)
+    modules = {n.rsplit(".lora_A", 1)[0] for n, _ in unet.named_parameters() if ".lora_A." in n}
+    assert (
+        len(modules) == wrapped
+    )  # 16 transformer blocks: attn1 + attn2 (4 projections each) + ff, or attn2 only
+    if name == "paper":
+        assert all(".attn2.to_" in m for m in modules)
+    assert configs["text_encoder"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "out_proj"]
+    assert "text_encoder" not in lora_configs(preset(name), train_text_encoder=False)
+
+
 def test_phase_one_changes_only_the_two_placeholder_rows(project, tiny_sd):
     base = load_base(tiny_sd.folder)
     before = {
@@ -118,9 +143,12 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
     assert "attention" not in [e.losses for e in events if isinstance(e, StepDone)][0]
 
 
-def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(project, tiny_sd):
+def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isolated_home, tiny_sd, tmp_path):
+    project = make_project(isolated_home, embedding_dim=512)
     config = tiny_config(tiny_sd, preview_every=2, preview_steps=2, checkpoint_every=2)
-    path, base, events = run(project, tiny_sd, config)
+    events = []
+    kit = demo_face_kit(tmp_path)  # the production recogniser path: ONNX ArcFace converted to torch
+    path = train(project, config, base=load_base(tiny_sd.folder), face_kit=kit, on_event=events.append)
     assert path.name == "final.safetensors" and path.is_file()
     artefact = load_artefact(path)
     assert artefact.metadata["tokens"] == {"identity": "<sks>", "style": "<style1>"}
@@ -159,6 +187,7 @@ def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(proj
     assert [e.to_dict() for e in read_events(path.parent / "events.jsonl")] == [e.to_dict() for e in events]
     steps = [e for e in events if isinstance(e, StepDone)]
     assert [s.global_step for s in steps] == [1, 2, 3, 4] and all(s.it_per_s > 0 for s in steps)
+    assert any("identity" in s.losses for s in steps if s.phase == 2)
     assert [e.global_step for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
     entry = project.manifest()["trainings"][-1]
     assert entry["status"] == "finished" and entry["artefact"].endswith("final.safetensors")
@@ -286,6 +315,14 @@ def test_cancel_stops_within_one_step(project, tiny_sd):
     assert [e.global_step for e in events if isinstance(e, StepDone)] == [1]
     assert isinstance(events[-1], Cancelled) and stopped.value.checkpoint.name == "step-1"
     assert ckpt.read_json(stopped.value.checkpoint / ckpt.STATE)["step"] == 1
+
+    from filelock import FileLock
+
+    with FileLock(str(project.path("trainings", stopped.value.run, ".lock"))):  # "another process" trains it
+        assert resume_available(project) is None
+        with pytest.raises(TrainingError, match="already running"):
+            train(project, tiny_config(tiny_sd), resume=True)
+    assert project.manifest()["trainings"][-1]["status"] == "stopped"
 
 
 def test_cancel_before_the_first_step_leaves_nothing_to_resume(project, tiny_sd):
