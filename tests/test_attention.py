@@ -96,6 +96,7 @@ def test_outside_mass_is_the_share_outside_the_target():
     assert outside_mass(maps, target).item() == pytest.approx(0.25)
 
 
+@pytest.mark.slow
 def test_ar_gradient_reaches_lora_with_gradient_checkpointing(unet):
     """The released script's AR loss had no gradient under (reentrant) checkpointing; ours does."""
     from peft import LoraConfig, inject_adapter_in_model

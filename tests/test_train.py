@@ -122,6 +122,7 @@ def test_phase_one_changes_only_the_two_placeholder_rows(project, tiny_sd):
     assert not artefact.unet_lora and not artefact.text_lora
 
 
+@pytest.mark.slow
 def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
     base = load_base(tiny_sd.folder)
     original = {k: v.clone() for k, v in _frozen_state(base).items()}
@@ -143,6 +144,7 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
     assert "attention" not in [e.losses for e in events if isinstance(e, StepDone)][0]
 
 
+@pytest.mark.slow
 def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isolated_home, tiny_sd, tmp_path):
     project = make_project(isolated_home, embedding_dim=512)
     config = tiny_config(tiny_sd, preview_every=2, preview_steps=2, checkpoint_every=2)
@@ -248,6 +250,7 @@ def test_stopped_and_resumed_runs_end_like_an_uninterrupted_one(project, tiny_sd
     assert resume_available(project) is None
 
 
+@pytest.mark.slow
 def test_out_of_memory_stops_cleanly_and_suggests_a_smaller_profile(project, tiny_sd, monkeypatch):
     from engine.train import Trainer
 
@@ -259,7 +262,7 @@ def test_out_of_memory_stops_cleanly_and_suggests_a_smaller_profile(project, tin
         return original(self, phase, step, steps, samples)
 
     monkeypatch.setattr(Trainer, "losses", losses)
-    config = tiny_config(tiny_sd, vram_profile="8gb", checkpoint_every=1)
+    config = tiny_config(tiny_sd, phase1_steps=1, vram_profile="8gb", checkpoint_every=1)
     events = []
     with pytest.raises(TrainingError, match="'6gb'") as failure:
         train(
@@ -267,7 +270,7 @@ def test_out_of_memory_stops_cleanly_and_suggests_a_smaller_profile(project, tin
         )
     assert isinstance(failure.value.__cause__, torch.OutOfMemoryError)
     failed = events[-1]
-    assert isinstance(failed, Failed) and "'6gb'" in failed.message and failed.checkpoint.endswith("step-2")
+    assert isinstance(failed, Failed) and "'6gb'" in failed.message and failed.checkpoint.endswith("step-1")
     entry = project.manifest()["trainings"][-1]
     assert entry["status"] == "failed" and "out of GPU memory" in entry["error"]
     assert resume_available(project) == entry["id"]

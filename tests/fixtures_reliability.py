@@ -1,0 +1,184 @@
+"""Fault injection for the reliability tests: a training driver to SIGKILL, and a full disk.
+
+Run as a script, this file trains the tiny project at ``argv[1]`` (resuming its stopped run if it
+has one) with the tiny SD folder ``argv[2]``; ``argv[3]`` names a point where it stops and waits
+to be killed (see `FAULTS`). When it reaches that point it creates ``<project>/../paused`` and
+sleeps; the test then sends SIGKILL. Every checkpoint file the trainer reads is appended to
+``<project>/../reads.log``, so a test can check that no half-written file was ever read.
+
+`disk_full` makes every write under a folder fail with ENOSPC, as a full disk does: file opens for
+writing (Python's ``open``, Pillow, NumPy) and safetensors' own writer. Reads and deletions still work.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import errno
+import io
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PAUSED = "paused"
+READS = "reads.log"
+FAULTS = (
+    "none",
+    "after-step:N",  # StepDone of global step N sent, its checkpoint not yet written
+    "half-file:NAME@N",  # NAME of checkpoint step-N half written in its temporary file
+    "commit:N",  # checkpoint step-N complete in its staging folder, not yet renamed
+    "manifest:N",  # the manifest update after checkpoint step-N half written
+    "half-file:final.safetensors",  # the artefact half written
+    "slow-after:N",  # sleep 5 s after each step from N on (bounds progress for a timed kill)
+)
+
+
+def training_config(base_folder: str | Path):
+    """Three phase-1 and four phase-2 steps; checkpoints at steps 2, 3, 4, 6 and 7."""
+    from engine.config import preset
+
+    return preset(
+        "released",
+        base_model=str(base_folder),
+        resolution=64,
+        phase1_steps=3,
+        phase2_steps=4,
+        checkpoint_every=2,
+        keep_checkpoints=2,
+        preview_every=0,
+        latent_cache_variants=2,
+        device="cpu",
+        vram_profile="cpu",
+        use_8bit_adam=True,
+    )
+
+
+def _pause(project_root: Path) -> None:
+    (project_root.parent / PAUSED).write_text(str(os.getpid()))
+    while True:
+        time.sleep(60)
+
+
+def _install_fault(fault: str, project_root: Path):
+    """Patch the point named by ``fault``; returns the event callback to pass to `train`."""
+    import safetensors.torch
+
+    from engine import checkpoint, store
+    from engine.events import StepDone
+
+    kind, _, where = fault.partition(":")
+    name, _, step = where.rpartition("@") if "@" in where else (where, "", "")
+
+    if kind == "half-file":
+        original_save = safetensors.torch.save_file
+
+        def save_file(tensors, filename, metadata=None):
+            original_save(tensors, filename, metadata=metadata)
+            target = Path(filename)
+            in_step = not step or f".tmp-step-{step}" in target.parent.name
+            if in_step and target.name.startswith(f".{name}."):
+                data = target.read_bytes()
+                target.write_bytes(data[: len(data) // 2])
+                _pause(project_root)
+
+        safetensors.torch.save_file = save_file
+    elif kind == "commit":
+        original_commit = checkpoint.commit
+
+        def commit(path, step_, keep):
+            if step_ == int(where):
+                _pause(project_root)
+            return original_commit(path, step_, keep)
+
+        checkpoint.commit = commit
+    elif kind == "manifest":
+        original_write = store.atomic_write_bytes
+
+        def atomic_write_bytes(path, data):
+            if Path(path).name == store.MANIFEST and f'"step": {where},'.encode() in data:
+                with store.atomic_path(Path(path)) as tmp:
+                    tmp.write_bytes(data[: len(data) // 2])
+                    _pause(project_root)
+            return original_write(path, data)
+
+        store.atomic_write_bytes = atomic_write_bytes
+
+    def on_event(event) -> None:
+        if not isinstance(event, StepDone):
+            return
+        if kind == "after-step" and event.global_step == int(where):
+            _pause(project_root)
+        if kind == "slow-after" and event.global_step >= int(where):
+            time.sleep(5)
+
+    return on_event
+
+
+def _record_reads(log: Path) -> None:
+    """Append the path of every checkpoint file the trainer opens to ``log``."""
+    from engine import checkpoint
+
+    def logged(function):
+        def read(path, *args, **kwargs):
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(f"{path}\n")
+            return function(path, *args, **kwargs)
+
+        return read
+
+    checkpoint.load_tensors = logged(checkpoint.load_tensors)
+    checkpoint.read_json = logged(checkpoint.read_json)
+
+
+def main(project_root: str, base_folder: str, fault: str) -> None:
+    from fixtures_training import tiny_face_kit
+
+    from engine.store import Project
+    from engine.train import resume_available, train
+
+    project = Project(Path(project_root))
+    on_event = _install_fault(fault, project.root)
+    _record_reads(project.root.parent / READS)
+    resume = resume_available(project) is not None
+    path = train(project, training_config(base_folder), on_event=on_event, resume=resume, face_kit=tiny_face_kit())
+    print(f"ARTEFACT {path}", flush=True)
+
+
+@contextlib.contextmanager
+def disk_full(folder: Path) -> Iterator[dict[str, bool]]:
+    """While ``state["full"]`` is true, writing any file under ``folder`` fails with ENOSPC."""
+    import safetensors.torch
+
+    folder = Path(folder).resolve()
+    state = {"full": False}
+    real_open, real_save = builtins.open, safetensors.torch.save_file
+
+    def blocked(path) -> bool:
+        if not state["full"] or isinstance(path, int):
+            return False
+        resolved = Path(os.fsdecode(path)).resolve()
+        return resolved == folder or folder in resolved.parents
+
+    def full_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+") and blocked(file):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fsdecode(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def full_save(tensors, filename, metadata=None):
+        if blocked(filename):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fsdecode(filename))
+        return real_save(tensors, filename, metadata=metadata)
+
+    builtins.open = io.open = full_open
+    safetensors.torch.save_file = full_save
+    try:
+        yield state
+    finally:
+        builtins.open = io.open = real_open
+        safetensors.torch.save_file = real_save
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
