@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PAUSED = "paused"
 READS = "reads.log"
@@ -147,22 +148,28 @@ def main(project_root: str, base_folder: str, fault: str) -> None:
 
 
 @contextlib.contextmanager
-def disk_full(folder: Path) -> Iterator[dict[str, bool]]:
-    """While ``state["full"]`` is true, writing any file under ``folder`` fails with ENOSPC."""
+def disk_full(folder: Path) -> Iterator[dict[str, Any]]:
+    """Yields a ``state``: while ``state["full"]`` is true, writing any file under ``folder`` fails with
+    ENOSPC; with ``state["writes_left"] = n`` the disk fills up after ``n`` more files are written."""
     import safetensors.torch
 
     folder = Path(folder).resolve()
-    state = {"full": False}
+    state: dict[str, Any] = {"full": False, "writes_left": None}
     real_open, real_save = builtins.open, safetensors.torch.save_file
 
     def blocked(path) -> bool:
-        if not state["full"] or isinstance(path, int):
+        if isinstance(path, int):
             return False
         resolved = Path(os.fsdecode(path)).resolve()
-        return resolved == folder or folder in resolved.parents
+        if resolved != folder and folder not in resolved.parents:
+            return False
+        if state["writes_left"] is not None:
+            state["full"] = state["full"] or state["writes_left"] <= 0
+            state["writes_left"] -= 1
+        return state["full"]
 
     def full_open(file, mode="r", *args, **kwargs):
-        if any(flag in mode for flag in "wax+") and blocked(file):
+        if any(flag in mode for flag in "wax") and blocked(file):
             raise OSError(errno.ENOSPC, "No space left on device", os.fsdecode(file))
         return real_open(file, mode, *args, **kwargs)
 
