@@ -1,17 +1,21 @@
 """Training checkpoints on disk: safetensors and JSON only (no pickle), saved atomically.
 
-A checkpoint is a folder ``checkpoints/step-<N>/`` written under a temporary name and renamed
-when complete, so a crash or a full disk mid-save leaves the previous checkpoints untouched;
-only the newest ``keep`` are kept. Optimiser states (torch AdamW or bitsandbytes AdamW8bit,
-nested dicts of tensors and numbers) are split into a tensor file and a JSON tree.
+A checkpoint is a folder ``checkpoints/<kind>-<N>/`` written under a temporary name and renamed
+when complete, so a crash or a full disk mid-save leaves the previous checkpoints untouched.
+Kind ``step`` (resumable training state) keeps only the newest ``keep``; kind ``preview`` (the
+weights of a preview, for choosing the best one) is never rotated. Optimiser states (torch AdamW
+or bitsandbytes AdamW8bit, nested dicts of tensors and numbers) are split into a tensor file and
+a JSON tree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,25 +26,27 @@ if TYPE_CHECKING:
 
 STATE = "state.json"
 """Written last: a folder without it is not a checkpoint."""
-_STEP = re.compile(r"^step-(\d+)$")
+STEP = "step"
+PREVIEW = "preview"
 _TENSOR = "__tensor__"
 
 
-def checkpoints(folder: Path) -> list[Path]:
-    """Complete checkpoints under ``folder``, oldest first."""
+def checkpoints(folder: Path, kind: str = STEP) -> list[Path]:
+    """Complete checkpoints of ``kind`` under ``folder``, oldest first."""
     if not Path(folder).is_dir():
         return []
+    pattern = re.compile(rf"^{kind}-(\d+)$")
     found = [
         (int(m.group(1)), p)
         for p in Path(folder).iterdir()
-        if (m := _STEP.match(p.name)) and (p / STATE).is_file()
+        if (m := pattern.match(p.name)) and (p / STATE).is_file()
     ]
     return [p for _, p in sorted(found)]
 
 
-def staging(folder: Path, step: int) -> Path:
+def staging(folder: Path, step: int, kind: str = STEP) -> Path:
     """An empty temporary folder for the checkpoint of ``step``."""
-    path = Path(folder) / f".tmp-step-{step}"
+    path = Path(folder) / f".tmp-{kind}-{step}"
     shutil.rmtree(path, ignore_errors=True)
     try:
         path.mkdir(parents=True)
@@ -50,17 +56,18 @@ def staging(folder: Path, step: int) -> Path:
     return path
 
 
-def commit(path: Path, step: int, keep: int) -> Path:
-    """Move a staged checkpoint into place and delete all but the newest ``keep``."""
-    final = path.with_name(f"step-{step}")
+def commit(path: Path, step: int, keep: int | None, kind: str = STEP) -> Path:
+    """Move a staged checkpoint into place and delete all but the newest ``keep`` of its kind (None: keep all)."""
+    final = path.with_name(f"{kind}-{step}")
     if final.exists():
-        old = final.with_name(f".old-step-{step}")
+        old = final.with_name(f".old-{kind}-{step}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(path, final)
-    for stale in checkpoints(path.parent)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+    if keep is not None:
+        for stale in checkpoints(path.parent, kind)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -78,23 +85,26 @@ def _full(error: OSError, folder: Path) -> None:
         ) from error
 
 
+@contextlib.contextmanager
+def disk_guard(folder: Path) -> Iterator[None]:
+    """Turn a full disk while writing into a checkpoint folder into `StorageFull` saying the previous ones are intact."""
+    try:
+        yield
+    except StorageFull as error:
+        _full(error.__cause__, folder)
+        raise
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], folder: Path) -> None:
     from safetensors.torch import save_file
 
-    try:
-        with atomic_path(path) as tmp:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-    except StorageFull as error:
-        _full(error.__cause__, folder)
-        raise
+    with disk_guard(folder), atomic_path(path) as tmp:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def save_json(path: Path, value: Any, folder: Path) -> None:
-    try:
+    with disk_guard(folder):
         atomic_write_json(path, value)
-    except StorageFull as error:
-        _full(error.__cause__, folder)
-        raise
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

@@ -37,13 +37,26 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+def _licence_notice(commercial: bool, restore: str | None = None) -> None:
+    """Say once, on stderr, which non-commercial weights this command uses and what replaces them."""
+    from engine.preflight import licence_notice
+
+    notice = licence_notice(commercial=commercial, restore=restore)
+    if notice:
+        print(f"Licence: {notice} (Pass --commercial.)", file=sys.stderr)
+
+
 def _progress_printer() -> Callable[[Any], None]:
-    """An event callback that draws a tqdm bar for steps and prints everything else once."""
+    """An event callback that draws a tqdm bar for steps and prints everything else once.
+
+    It also warns, once, when training steps suddenly take several times longer (a GPU spilling
+    into system memory).
+    """
     from tqdm import tqdm
 
-    from engine import events
+    from engine import events, preflight
 
-    state: dict[str, Any] = {"bar": None}
+    state: dict[str, Any] = {"bar": None, "seconds": [], "last": None, "warned": False}
 
     def on_event(event: events.Event) -> None:
         bar = state["bar"]
@@ -51,9 +64,16 @@ def _progress_printer() -> Callable[[Any], None]:
             if bar is not None:
                 bar.close()
             state["bar"] = tqdm(total=event.steps, desc=f"phase {event.phase}", unit="step")
+            state["seconds"], state["last"] = [], event.time
         elif isinstance(event, events.StepDone) and bar is not None:
             bar.update(event.step - bar.n)
             bar.set_postfix({k: f"{v:.4f}" for k, v in event.losses.items()}, refresh=False)
+            state["seconds"].append(event.time - state["last"])
+            state["last"] = event.time
+            jump = preflight.step_time_jump(state["seconds"])
+            if jump is not None and event.phase > 0 and not state["warned"]:
+                state["warned"] = True
+                tqdm.write(f"warning: {preflight.jump_warning(jump)}")
         elif isinstance(event, events.Status):
             tqdm.write(event.message)
         elif isinstance(event, events.PreviewSaved):
@@ -97,6 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         project = store.open(args.project)
     except StoreError:
         project = store.create(args.project)
+    _licence_notice(args.commercial)
     kit = load_face_kit(commercial=args.commercial)
     if kit.is_fallback:
         print("Using the offline fallback face detector (approximate masks).", file=sys.stderr)
@@ -113,7 +134,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from engine import preflight
     from engine.config import preset
+    from engine.faces import load_face_kit
     from engine.train import train
 
     overrides = _parse_overrides(args.set)
@@ -122,15 +145,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.profile:
         overrides["vram_profile"] = args.profile
     config = preset(args.preset, **overrides)
-    artefact = train(_project(args.project), config, on_event=_progress_printer(), resume=args.resume)
+    project = _project(args.project)
+    _licence_notice(args.commercial)
+    try:
+        print(f"Pre-flight estimate: {preflight.summary(preflight.estimate(config))}", file=sys.stderr)
+    except preflight.PreflightError as error:
+        print(f"Pre-flight estimate unavailable: {error}", file=sys.stderr)
+    kit = load_face_kit(commercial=True) if args.commercial else None
+    artefact = train(project, config, on_event=_progress_printer(), resume=args.resume, face_kit=kit)
     print(artefact)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from engine.assets import NonCommercialAsset, get_asset
     from engine.generate import GenerationSettings, generate
-    from engine.postprocess import postprocess_output
+    from engine.postprocess import RESTORERS, postprocess_output
 
     project = _project(args.project)
+    if args.commercial and args.restore and not get_asset(RESTORERS[args.restore]).commercial_ok:
+        raise NonCommercialAsset(
+            f"The {args.restore} face restorer is licensed for non-commercial use only; with --commercial "
+            "use --restore gfpgan instead."
+        )
+    _licence_notice(args.commercial, args.restore)
     settings = GenerationSettings(
         prompt_extra=args.prompt_extra,
         count=args.n,
@@ -139,11 +176,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
         steps=args.steps,
         guidance_scale=args.cfg,
     )
-    records = generate(project, args.run, settings, on_event=_progress_printer())
+    records = generate(project, args.run, settings, commercial=args.commercial, on_event=_progress_printer())
     for record in records:
         if args.restore or args.upscale > 1 or args.preset:
             record = postprocess_output(
-                project, record.id, restore=args.restore, upscale=args.upscale, preset=args.preset
+                project,
+                record.id,
+                restore=args.restore,
+                upscale=args.upscale,
+                preset=args.preset,
+                commercial=args.commercial,
             )
         print(project.path(record.file))
 
@@ -159,8 +201,11 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from engine.evaluate import evaluate_project
+    from engine.faces import load_face_kit
 
-    report = evaluate_project(_project(args.project), args.runs or None)
+    project = _project(args.project)
+    _licence_notice(args.commercial)
+    report = evaluate_project(project, args.runs or None, face_kit=load_face_kit(commercial=args.commercial))
     print(report.markdown())
 
 
@@ -191,6 +236,14 @@ def cmd_demo_models(args: argparse.Namespace) -> None:
     print(f"tiny SD 1.x folder: {kit.sd.folder}\nsingle file: {kit.sd.single_file}\nassets: {kit.assets}")
 
 
+def _commercial_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--commercial",
+        action="store_true",
+        help="use only models whose licence allows commercial use (YuNet and SFace for faces, GFPGAN)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magicapture", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--role", choices=("source", "reference"), required=True, help="selfies or style references"
     )
-    p.add_argument("--commercial", action="store_true", help="use only commercially licensed face models")
+    _commercial_flag(p)
     p.set_defaults(handler=cmd_prepare)
 
     p = sub.add_parser("train", help="train the person and style tokens and the LoRA")
@@ -218,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any training setting"
     )
+    _commercial_flag(p)
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("generate", help="make portraits from a trained project")
@@ -232,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restore", choices=("gfpgan", "codeformer"))
     p.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1)
     p.add_argument("--preset", choices=("passport-eu", "passport-us", "headshot-1024", "headshot-2048"))
+    _commercial_flag(p)
     p.set_defaults(handler=cmd_generate)
 
     p = sub.add_parser("export", help="export the LoRA and embeddings")
@@ -243,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="CSIM, style and aesthetic scores of a project's outputs")
     p.add_argument("project")
     p.add_argument("--runs", nargs="*")
+    _commercial_flag(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("models", help="list, download or import model weights")

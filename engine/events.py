@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ class StepDone(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class PreviewSaved(Event):
-    """Preview samples of the composed prompt at fixed seeds, and attention overlays per token."""
+    """Preview samples of the composed prompt at fixed seeds, attention overlays per token, identity scores."""
 
     phase: int
     global_step: int
@@ -62,6 +63,12 @@ class PreviewSaved(Event):
     images: list[str]
     attention_maps: dict[str, list[str]]
     """Token -> one overlay PNG per image."""
+    identity: list[float | None] = field(default_factory=list)
+    """Per image: ArcFace cosine of its largest face to the mean source embedding; None without a face."""
+    identity_mean: float | None = None
+    """Mean of the images' scores that are not None; None when no image was scored."""
+    checkpoint: str | None = None
+    """Folder of the preview checkpoint holding the weights these images came from."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +112,15 @@ def event_from_dict(value: dict[str, Any]) -> Event:
     if kind is None:
         raise ValueError(f"Unknown event type in {value!r}.")
     return kind(**values)
+
+
+def identity_curve(events: Iterable[Event]) -> list[tuple[int, float]]:
+    """``(global step, mean identity)`` of each scored preview in step order.
+
+    A step previewed twice (a resumed run repeats the steps after its checkpoint) keeps its last score.
+    """
+    scores = {e.global_step: e.identity_mean for e in events if isinstance(e, PreviewSaved)}
+    return sorted((step, score) for step, score in scores.items() if score is not None)
 
 
 class EventLog:

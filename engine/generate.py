@@ -496,9 +496,13 @@ def new_output_id(seed: int) -> str:
 def add_output(
     project: Project, image: np.ndarray, record: OutputRecord, parameters: str, dpi: int | None = None
 ) -> OutputRecord:
-    """Save ``image`` at ``record.file`` and append ``record`` to the manifest."""
-    save_image(project.path(record.file), image, parameters=parameters, dpi=dpi)
-    project.update(lambda manifest: manifest.setdefault("outputs", []).append(record.to_json()))
+    """Save ``image`` at ``record.file`` and append ``record`` to the manifest (or neither, on failure)."""
+    path = save_image(project.path(record.file), image, parameters=parameters, dpi=dpi)
+    try:
+        project.update(lambda manifest: manifest.setdefault("outputs", []).append(record.to_json()))
+    except BaseException:
+        path.unlink(missing_ok=True)  # no image without its manifest entry (e.g. the disk filled up)
+        raise
     return record
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from engine.store import Project, StoreError, atomic_write_bytes, now
+from engine.store import MANIFEST, Project, StoreError, atomic_write_bytes, now
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -455,6 +455,8 @@ def _store(
         for parent in (folder.parent, folder.parent.parent):  # photos/<role>, photos: only if now empty
             with contextlib.suppress(OSError):
                 parent.rmdir()
+        if not (project.root / MANIFEST).exists():  # deleted by another tab meanwhile: leave no remnant
+            shutil.rmtree(project.root, ignore_errors=True)
         raise
 
 

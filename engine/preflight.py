@@ -5,9 +5,9 @@ build`` makes from the results of ``python -m bench`` (``bench/results.json`` an
 file): one row per model size, device type, VRAM profile and resolution, holding the peak memory of
 a full phase-2 step, the memory resident before the steps, and the median seconds of a full
 phase-2 step and of a plain step (which stands for a phase-1 step: same forward pass, no AR, no
-identity branch). On the CPU the peaks are the process's resident set, so the table also records
-the resident set of the imported training libraries alone (``footprint``). Only measured figures
-go in the table; a device or profile without a row gets its figures from the first steps.
+identity branch). On the CPU the peaks are the process's resident set (libraries included); the
+part that the steps themselves add is ``peak - resident``. Only measured figures go in the table;
+a device or profile without a row gets its figures from the first steps.
 
 `estimate` turns a `TrainingConfig` and a `DeviceInfo` into an `Estimate` with warnings (will not
 fit, near full on a GPU that spills into shared system memory) and a suggested profile; `refine`
@@ -40,20 +40,6 @@ JUMP_FACTOR = 3.0
 JUMP_WINDOW = 5
 SD15_WIDTHS = [320, 640, 1280, 1280]
 SD15_FIRST_CONV = "model.diffusion_model.input_blocks.0.0.weight"
-FOOTPRINT_MODULES = (
-    "torch",
-    "diffusers",
-    "transformers",
-    "peft",
-    "accelerate",
-    "bitsandbytes",
-    "onnxruntime",
-    "onnx2torch",
-    "cv2",
-    "engine.train",
-    "engine.faces.identity",
-)
-"""What a training process imports before it loads any model (its `import_footprint_bytes`)."""
 
 
 class PreflightError(ValueError):
@@ -77,8 +63,8 @@ class Figures:
     plain_peak_bytes: int | None
     phase1_step_s: float | None
     phase2_step_s: float | None
-    footprint_bytes: int | None
-    """CPU only: resident set of the imported libraries, before any model."""
+    phase1_from: str
+    """What ``phase1_step_s`` measured: a phase-1 step, or the plain step standing in for one."""
     measured: str
     """Where and how: machine, date, command."""
 
@@ -111,7 +97,8 @@ class Estimate:
     peak_bytes: int | None
     phase1_step_s: float | None
     phase2_step_s: float | None
-    footprint_bytes: int | None
+    resident_bytes: int | None
+    """Memory in use before the steps; ``peak_bytes - resident_bytes`` is what the steps add."""
     basis: str
     """One sentence: where the figures come from."""
     fits: bool | None
@@ -149,11 +136,11 @@ class Estimate:
         return self.peak_bytes + (CUDA_OVERHEAD_BYTES if self.device.kind == "cuda" else 0)
 
     @property
-    def training_bytes(self) -> int | None:
-        """CPU: the peak above the imported libraries (models, caches, optimiser, activations)."""
-        if self.peak_bytes is None or self.footprint_bytes is None:
+    def step_bytes(self) -> int | None:
+        """What the steps add to the memory resident before them (activations, gradients, optimiser)."""
+        if self.peak_bytes is None or self.resident_bytes is None:
             return None
-        return self.peak_bytes - self.footprint_bytes
+        return self.peak_bytes - self.resident_bytes
 
 
 # The table -------------------------------------------------------------------------------------
@@ -176,12 +163,14 @@ def load_table(path: Path = TABLE_FILE) -> list[Figures]:
         ) from error
 
 
-def rows_from_results(results: Mapping[str, Any], footprint_bytes: int | None = None) -> list[Figures]:
+def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
     """Table rows from one ``python -m bench`` results file (its memory and speed benchmarks)."""
     machine = results["machine"]
     device = "cuda" if machine.get("gpu") else "cpu"
     model, resolution = results["sizes"]["model"], int(results["sizes"]["resolution"])
-    where = machine.get("gpu") or f"{machine['cpu']} ({machine['cores_logical']} cores)"
+    where = machine.get("gpu") or (
+        f"{machine['cpu']} ({machine['cores_logical']} cores, {machine.get('torch_threads', '?')} torch threads)"
+    )
     measured = f"{where}, torch {machine['torch']}, {results['created'][:10]}, `{results['command']}`"
     benchmarks = results.get("benchmarks", {})
     values: dict[str, dict[str, Any]] = {}
@@ -194,31 +183,31 @@ def rows_from_results(results: Mapping[str, Any], footprint_bytes: int | None = 
         }
     speed = benchmarks.get("phase2_speed", {})
     if "median_seconds" in speed:
+        median = speed["median_seconds"]
+        phase1 = "phase1" if "phase1" in median else "plain"
         values.setdefault(speed["profile"], {}).update(
-            phase1_step_s=speed["median_seconds"]["plain"], phase2_step_s=speed["median_seconds"]["full"]
+            phase1_step_s=median[phase1],
+            phase2_step_s=median["full"],
+            phase1_from="a phase-1 step" if phase1 == "phase1" else "the plain step, standing in for phase 1",
         )
-    empty = dict.fromkeys(
-        ("peak_bytes", "resident_bytes", "plain_peak_bytes", "phase1_step_s", "phase2_step_s")
-    )
+    empty = {
+        **dict.fromkeys(
+            ("peak_bytes", "resident_bytes", "plain_peak_bytes", "phase1_step_s", "phase2_step_s")
+        ),
+        "phase1_from": "",
+    }
     return [
-        Figures(
-            model=model,
-            device=device,
-            profile=profile,
-            resolution=resolution,
-            footprint_bytes=footprint_bytes if device == "cpu" else None,
-            measured=measured,
-            **{**empty, **found},
-        )
+        Figures(model=model, device=device, profile=profile, resolution=resolution, measured=measured,
+                **{**empty, **found})
         for profile, found in values.items()
-    ]
+    ]  # fmt: skip
 
 
-def build_table(results: Sequence[Mapping[str, Any]], footprint_bytes: int | None) -> dict[str, Any]:
+def build_table(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The table's JSON from results files; a later file's row replaces an earlier one's."""
     rows: dict[tuple, Figures] = {}
     for item in results:
-        for row in rows_from_results(item, footprint_bytes):
+        for row in rows_from_results(item):
             rows[(row.model, row.device, row.profile, row.resolution)] = row
     return {
         "about": (
@@ -227,23 +216,12 @@ def build_table(results: Sequence[Mapping[str, Any]], footprint_bytes: int | Non
             "`python -m engine.preflight build RESULTS...`. peak_bytes: one full phase-2 step "
             "(reconstruction, composed prompt, identity, Attention Refocusing) with the models resident; "
             "on the CPU the process's peak resident set, on CUDA torch.cuda.max_memory_allocated. "
-            "phase2_step_s: median seconds of that step; phase1_step_s: median seconds of a plain "
-            "DreamBooth-LoRA step, which stands for a phase-1 step. footprint_bytes: resident set of "
-            "the imported training libraries alone (`python -m engine.preflight footprint`)."
+            "resident_bytes: in use before the steps (models, caches, optimiser). phase2_step_s: median "
+            "seconds of that step; phase1_step_s: median seconds of a phase-1 step, or, where the "
+            "benchmarks did not time one, of a plain DreamBooth-LoRA step (phase1_from says which)."
         ),
         "rows": [row.__dict__ for row in rows.values()],
     }
-
-
-def import_footprint_bytes() -> int:
-    """Resident set of this process after importing the training libraries (`FOOTPRINT_MODULES`)."""
-    import importlib
-
-    import psutil
-
-    for name in FOOTPRINT_MODULES:
-        importlib.import_module(name)
-    return int(psutil.Process().memory_info().rss)
 
 
 # The device and the model ----------------------------------------------------------------------
@@ -273,7 +251,7 @@ def detect_device(preferred: str | None = None) -> DeviceInfo:
 
 
 def model_size(base_model: str) -> str:
-    """"tiny" for the demo kit's model, else "sd15" (every SD 1.x has SD 1.5's shapes)."""
+    """Size class of ``base_model``: "tiny" for the demo kit's model, else "sd15" (every SD 1.x has SD 1.5's shapes)."""
     path = Path(base_model).expanduser()
     try:
         if path.is_dir():
@@ -346,27 +324,36 @@ def estimate(
     table_device = "cpu" if device.kind == "cpu" else "cuda"
     micro = config.gradient_accumulation_steps * config.train_batch_size
     row = _lookup(table, model, table_device, profile, config.resolution)
-    steps = (config.phase1_steps, config.phase2_steps)
+    common = {
+        "model": model,
+        "profile": profile,
+        "resolution": config.resolution,
+        "device": device,
+        "steps": (config.phase1_steps, config.phase2_steps),
+        "micro_steps": micro,
+        "fits": None,
+    }
     if row is None:
-        return _judge(
-            Estimate(
-                model, profile, config.resolution, device, steps, micro, None, None, None, None,
-                basis=(
-                    f"No figures were measured for the {model} model with the {profile} profile on "
-                    f"{'a GPU' if table_device == 'cuda' else 'the CPU'} yet; the estimate comes from the "
-                    "first steps of the run."
-                ),
-                fits=None,
-            ),  # fmt: skip
-            table,
+        where = "a GPU" if table_device == "cuda" else "the CPU"
+        found = Estimate(
+            **common,
+            peak_bytes=None,
+            phase1_step_s=None,
+            phase2_step_s=None,
+            resident_bytes=None,
+            basis=f"No figures were measured for the {model} model with the {profile} profile on {where} "
+            "yet; the estimate comes from the first steps of the run.",
         )
-    times = [None if t is None else t * micro for t in (row.phase1_step_s, row.phase2_step_s)]
-    found = Estimate(
-        model, profile, config.resolution, device, steps, micro,
-        peak_bytes=_batch_peak(row, config.train_batch_size), phase1_step_s=times[0], phase2_step_s=times[1],
-        footprint_bytes=row.footprint_bytes, basis=f"Measured by the benchmarks on {row.measured}.", fits=None,
-    )  # fmt: skip
-    return _judge(found, table)
+    else:
+        found = Estimate(
+            **common,
+            peak_bytes=_batch_peak(row, config.train_batch_size),
+            phase1_step_s=None if row.phase1_step_s is None else row.phase1_step_s * micro,
+            phase2_step_s=None if row.phase2_step_s is None else row.phase2_step_s * micro,
+            resident_bytes=row.resident_bytes,
+            basis=f"Measured by the benchmarks on {row.measured}.",
+        )
+    return _judge(found, table)  # fmt: skip
 
 
 def _judge(found: Estimate, table: list[Figures]) -> Estimate:
@@ -390,8 +377,7 @@ def _judge(found: Estimate, table: list[Figures]) -> Estimate:
             warnings.append(
                 f"This run needs about {gb(needed)}, {'more than' if not fits else 'within a few percent of'} "
                 f"the {gb(total)} of dedicated {memory} on {device.name}. Its driver then borrows shared "
-                "system memory instead of stopping, and training silently runs 5 to 10 times slower."
-                + advice
+                f"system memory instead of stopping, and training silently runs 5 to 10 times slower.{advice}"
             )
         elif not fits:
             warnings.append(
@@ -455,50 +441,51 @@ def _typical(seconds: Sequence[float]) -> float | None:
 
 
 def refine(
-    found: Estimate, seconds: Mapping[int, Sequence[float]], *, peak_bytes: int | None = None
+    found: Estimate,
+    seconds: Mapping[int, Sequence[float]],
+    *,
+    peak_bytes: int | None = None,
+    done: tuple[int, int] | None = None,
+    table: list[Figures] | None = None,
 ) -> Estimate:
     """The estimate corrected by the run so far.
 
     ``seconds`` holds the measured step times per phase (`step_seconds`); ``peak_bytes`` the peak
-    measured so far (on a GPU ``torch.cuda.max_memory_allocated``). A phase's step time becomes its
-    median (the warm-up step left out); a phase not reached yet keeps its figure scaled by how much
-    faster or slower the run is than the figures, or, without a figure, the measured phase times the
-    phase-2 to phase-1 ratio of the figures table.
+    measured so far (on a GPU ``torch.cuda.max_memory_allocated``); ``done`` the steps done per
+    phase (default: one per measured time; a resumed run says more). A phase's step time becomes its
+    median (the warm-up step left out). A phase not reached yet keeps its figure; without one it
+    gets the measured phase-1 time times the phase-2 to phase-1 ratio of the figures table. Until a
+    few phase-2 steps have run, the peak is the larger of the figure and the measured peak.
     """
+    table = _table_or_empty() if table is None else table
     times = [found.phase1_step_s, found.phase2_step_s]
-    observed = [_typical(seconds.get(1, ())), _typical(seconds.get(2, ()))]
-    ratios = [o / t for o, t in zip(observed, times, strict=True) if o is not None and t]
-    speed = statistics.median(ratios) if ratios else None
-    for index in (0, 1):
-        if observed[index] is not None:
-            times[index] = observed[index]
-        elif times[index] is not None and speed is not None:
-            times[index] = times[index] * speed
+    for index, phase in enumerate((1, 2)):
+        observed = _typical(seconds.get(phase, ()))
+        if observed is not None:
+            times[index] = observed
     if times[1] is None and times[0] is not None:
-        times[1] = times[0] * _phase_ratio()
-    if times[0] is None and times[1] is not None:
-        times[0] = times[1] / _phase_ratio()
-    done = (len(seconds.get(1, ())), len(seconds.get(2, ())))
+        times[1] = times[0] * _phase_ratio(table)
+    done = done or (len(seconds.get(1, ())), len(seconds.get(2, ())))
     peak = found.peak_bytes
     if peak_bytes is not None:
         peak = peak_bytes if peak is None or done[1] >= 3 else max(peak, peak_bytes)
     refined = replace(
         found, phase1_step_s=times[0], phase2_step_s=times[1], peak_bytes=peak, done=done, refined=True
     )
-    return _judge(refined, load_table_or_empty())
+    return _judge(refined, table)
 
 
-def load_table_or_empty() -> list[Figures]:
+def _table_or_empty() -> list[Figures]:
     try:
         return load_table()
     except PreflightError:
         return []
 
 
-def _phase_ratio() -> float:
-    """How much longer a phase-2 step takes than a phase-1 step, from the table (2 without figures)."""
+def _phase_ratio(table: list[Figures]) -> float:
+    """How much longer a phase-2 step takes than a phase-1 step in the figures (2 without any)."""
     ratios = [
-        r.phase2_step_s / r.phase1_step_s for r in load_table_or_empty() if r.phase1_step_s and r.phase2_step_s
+        row.phase2_step_s / row.phase1_step_s for row in table if row.phase1_step_s and row.phase2_step_s
     ]
     return statistics.median(ratios) if ratios else 2.0
 
@@ -621,25 +608,17 @@ def licence_notice(*, commercial: bool, restore: str | None = None) -> str | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     import argparse
-    import subprocess
 
     parser = argparse.ArgumentParser(prog="python -m engine.preflight", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="make the figures table from bench results files")
     build.add_argument("results", nargs="+", type=Path, help="results files of `python -m bench`, in order")
     build.add_argument("--out", type=Path, default=TABLE_FILE)
-    sub.add_parser("footprint", help="print the resident set of the imported training libraries (bytes)")
     args = parser.parse_args(argv)
-    if args.command == "footprint":
-        print(import_footprint_bytes())
-        return 0
     from engine.store import atomic_write_text
 
-    code = "from engine.preflight import import_footprint_bytes as f; print(f())"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    footprint = int(done.stdout.strip().splitlines()[-1])
     results = [json.loads(path.read_text("utf-8")) for path in args.results]
-    table = build_table(results, footprint)
+    table = build_table(results)
     table["produced_by"] = "python -m engine.preflight build " + " ".join(str(p) for p in args.results)
     atomic_write_text(args.out, json.dumps(table, indent=2) + "\n")
     print(f"{len(table['rows'])} rows written to {args.out}")

@@ -5,6 +5,10 @@ the UNet and text encoder plus the two embeddings; masked reconstruction, compos
 identity loss and Attention Refocusing), writing everything under ``trainings/<run>/`` of the
 project: ``events.jsonl``, ``previews/``, ``checkpoints/step-N/`` and ``final.safetensors``.
 
+Each preview is scored for identity (ArcFace cosine to the source photos, as generation scores its
+outputs) and its weights are kept in ``checkpoints/preview-N/``, which checkpoint rotation never
+deletes: `best_preview` finds the most faithful one, `use_preview` makes it the run's artefact.
+
 One step, top to bottom (`Trainer.losses`): draw samples; noise their cached latents at random
 timesteps; one pass of text encoder and UNet (with the identity branch's extra rows when it cannot
 reuse the reconstruction pass); masked reconstruction; AR from the captured maps; identity from the
@@ -20,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -40,6 +44,7 @@ from engine.events import (
     Status,
     StepDone,
 )
+from engine.generate import identity_score, source_embedding
 from engine.losses import masked_reconstruction
 from engine.store import Project, StorageFull, atomic_path, now
 
@@ -52,6 +57,8 @@ if TYPE_CHECKING:
 
 RUNS = "trainings"
 ARTEFACT = "final.safetensors"
+PREVIEW_WEIGHTS = "artefact.safetensors"
+"""The weights of a preview checkpoint, in the artefact format."""
 PHASES = {1: "token embeddings", 2: "LoRA and embeddings"}
 RECOMMENDED = {
     "unet_scale": 0.6,
@@ -165,6 +172,99 @@ def resume_available(project: Project) -> str | None:
         except Timeout:
             continue
     return None
+
+
+class PreviewCheckpoint(NamedTuple):
+    """A kept preview checkpoint of a run."""
+
+    step: int
+    """Global step of the preview."""
+    identity_mean: float | None
+    """Mean identity score of its preview images; None when no face was scored."""
+    path: Path
+    """The checkpoint folder: weights in ``PREVIEW_WEIGHTS``, scores in ``state.json``."""
+
+
+def preview_checkpoints(project: Project, run: str) -> list[PreviewCheckpoint]:
+    """The preview checkpoints of ``run``, oldest first."""
+    found = []
+    for path in ckpt.checkpoints(project.path(RUNS, run, "checkpoints"), ckpt.PREVIEW):
+        state = ckpt.read_json(path / ckpt.STATE)
+        found.append(PreviewCheckpoint(int(state["global_step"]), state.get("identity_mean"), path))
+    return found
+
+
+def best_preview(project: Project, run: str) -> PreviewCheckpoint | None:
+    """The preview checkpoint with the highest mean identity (the later on a tie); None if none was scored."""
+    scored = [p for p in preview_checkpoints(project, run) if p.identity_mean is not None]
+    return max(reversed(scored), key=lambda p: p.identity_mean, default=None)
+
+
+def artefact_from_preview(project: Project, run: str, step: int) -> Path:
+    """Write the weights of preview ``step`` as ``trainings/<run>/artefact-step-<step>.safetensors``.
+
+    Same format as ``final.safetensors``; the metadata adds ``step``, ``phase``, ``identity_mean``
+    and the ``checkpoint`` it came from.
+    """
+    from engine.artefact import load_artefact, save_artefact
+
+    kept = {p.step: p for p in preview_checkpoints(project, run)}
+    if step not in kept:
+        steps = ", ".join(str(s) for s in kept) or "none"
+        raise TrainingError(
+            f"Training {run} has no preview checkpoint at step {step} (kept steps: {steps}); choose one of those."
+        )
+    weights = load_artefact(kept[step].path / PREVIEW_WEIGHTS)
+    metadata = {
+        **weights.metadata,
+        "checkpoint": kept[step].path.relative_to(project.root).as_posix(),
+        "created": now(),
+    }
+    path = project.path(RUNS, run, f"artefact-step-{step}.safetensors")
+    return save_artefact(path, weights.unet_lora, weights.text_lora, weights.embeddings, metadata)
+
+
+def use_preview(project: Project, run: str, step: int | None) -> Path:
+    """Make the artefact of preview ``step`` (None: the final one again) the artefact of ``run``.
+
+    The run's manifest entry then has ``artefact`` (what generation, evaluation and export read)
+    pointing at it, ``final_artefact`` (the final one, None if the run has not finished) and
+    ``artefact_step`` (the chosen step, None for the final artefact). Refused while the run trains.
+    """
+    from filelock import Timeout
+
+    entry = next((t for t in _runs(project) if t.get("id") == run), None)
+    if entry is None:
+        raise TrainingError(f"Project {project.name!r} has no training run {run!r}.")
+    lock = _run_lock(project, run)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise TrainingError(
+            f"Training {run} is running; choose its checkpoint once it has finished or been cancelled."
+        ) from error
+    try:
+        entry = next(t for t in _runs(project) if t.get("id") == run)
+        final = entry["final_artefact"] if "final_artefact" in entry else entry.get("artefact")
+        if step is not None:
+            path = artefact_from_preview(project, run, step)
+        elif final is None:
+            raise TrainingError(
+                f"Training {run} has not finished, so it has no final artefact; choose one of its preview checkpoints."
+            )
+        else:
+            path = project.path(final)
+
+        def change(manifest: dict[str, Any]) -> None:
+            target = next(t for t in manifest["trainings"] if t.get("id") == run)
+            target.update(
+                artefact=path.relative_to(project.root).as_posix(), final_artefact=final, artefact_step=step
+            )
+
+        project.update(change)  # "updated" stays: choosing a checkpoint does not make a run the newest
+        return path
+    finally:
+        lock.release()
 
 
 def _new_run_id(project: Project) -> str:
@@ -410,15 +510,20 @@ class Trainer:
             )
         )
         self.data.build_cache(base.vae, self.device, dtype)
-        self.identity = None
-        if config.phase2_steps and config.identity_weight > 0:
+        identity_loss = bool(config.phase2_steps and config.identity_weight > 0)
+        self.face_kit = face_kit
+        if face_kit is None and (identity_loss or config.preview_every):
             from engine.faces import load_face_kit
 
-            kit = face_kit or load_face_kit()
+            # The loss needs the recogniser (fetch it); preview scores use what is installed.
+            self.face_kit = load_face_kit(download=identity_loss)
+        self.reference = source_embedding(self.project, self.face_kit) if self.face_kit else None
+        self.identity = None
+        if identity_loss:
             self.identity = (
                 source_identity(images).to(self.device),
-                kit.detector,
-                kit.identity_model().to(self.device),
+                self.face_kit.detector,
+                self.face_kit.identity_model().to(self.device),
             )
 
     def add_lora(self) -> None:
@@ -789,53 +894,97 @@ class Trainer:
                 _save_png(folder / f"seed-{s}-{label}.png", _overlay(img, m))
                 for s, img, m in zip(seeds, images, maps, strict=True)
             ]
-        paths = [
-            _save_png(folder / f"seed-{s}.png", (img * 255).round().astype("uint8"))
-            for s, img in zip(seeds, images, strict=True)
-        ]
+        pixels = [(img * 255).round().astype("uint8") for img in images]
+        paths = [_save_png(folder / f"seed-{s}.png", p) for s, p in zip(seeds, pixels, strict=True)]
+        identity = [identity_score(self.face_kit, p, self.reference) for p in pixels]
+        scored = [score for score in identity if score is not None]
+        mean = round(sum(scored) / len(scored), 4) if scored else None
+        checkpoint = self.save_preview(phase, global_step, identity, mean)
         self.emit(
             PreviewSaved(
-                phase=phase, global_step=global_step, prompt=prompt, images=paths, attention_maps=overlays
+                phase=phase,
+                global_step=global_step,
+                prompt=prompt,
+                images=paths,
+                attention_maps=overlays,
+                identity=identity,
+                identity_mean=mean,
+                checkpoint=str(checkpoint),
             )
         )
 
-    def finish(self) -> Path:
+    def save_preview(
+        self, phase: int, global_step: int, identity: list[float | None], mean: float | None
+    ) -> Path:
+        """Keep the current weights and the preview's scores as ``checkpoints/preview-<step>/`` (never rotated)."""
+        folder = self.folder / "checkpoints"
+        staged = ckpt.staging(folder, global_step, ckpt.PREVIEW)
+        try:
+            with ckpt.disk_guard(folder):
+                self.save_weights(
+                    staged / PREVIEW_WEIGHTS, phase == 2, step=global_step, phase=phase, identity_mean=mean
+                )
+            state = {
+                "phase": phase,
+                "global_step": global_step,
+                "run": self.run_id,
+                "identity": identity,
+                "identity_mean": mean,
+                "saved": now(),
+            }
+            ckpt.save_json(staged / ckpt.STATE, state, folder)
+            return ckpt.commit(staged, global_step, None, ckpt.PREVIEW)
+        except BaseException:
+            ckpt.discard(staged)
+            raise
+
+    def save_weights(self, path: Path, with_lora: bool, **details: Any) -> Path:
+        """An artefact of the current weights: the LoRA (when injected), the two embeddings, and metadata plus ``details``."""
         from engine.artefact import save_artefact
 
-        config, accelerator = self.config, self.accelerator
+        config = self.config
+        configs = lora_configs(config, self.options.train_text_encoder) if with_lora else {}
+        loras = {
+            name: _lora_state(getattr(self.base, name)) if name in configs else {}
+            for name in ("unet", "text_encoder")
+        }
+        rows = self.placeholders.rows.detach()
+        metadata = {
+            "format": 1,
+            "base_model": self.base.source,
+            "preset": config.preset,
+            "run": self.run_id,
+            "tokens": {"identity": config.identity_token, "style": config.style_token},
+            "prompt": composed_prompt(config.identity_token, config.style_token),
+            "resolution": config.resolution,
+            "lora": configs,
+            "recommended": RECOMMENDED,
+            "config": config.to_dict(),
+            "created": now(),
+            **details,
+        }
+        return save_artefact(
+            path,
+            loras["unet"],
+            loras["text_encoder"],
+            {config.identity_token: rows[0], config.style_token: rows[1]},
+            metadata,
+        )
+
+    def finish(self) -> Path:
+        accelerator = self.accelerator
         path = self.folder / ARTEFACT
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            loras = {name: {} for name in ("unet", "text_encoder")}
-            if config.phase2_steps:
-                for name in lora_configs(config, self.options.train_text_encoder):
-                    loras[name] = _lora_state(getattr(self.base, name))
-            rows = self.placeholders.rows.detach()
-            metadata = {
-                "format": 1,
-                "base_model": self.base.source,
-                "preset": config.preset,
-                "run": self.run_id,
-                "tokens": {"identity": config.identity_token, "style": config.style_token},
-                "prompt": composed_prompt(config.identity_token, config.style_token),
-                "resolution": config.resolution,
-                "lora": lora_configs(config, self.options.train_text_encoder) if config.phase2_steps else {},
-                "recommended": RECOMMENDED,
-                "config": config.to_dict(),
-                "created": now(),
-            }
-            save_artefact(
-                path,
-                loras["unet"],
-                loras["text_encoder"],
-                {config.identity_token: rows[0], config.style_token: rows[1]},
-                metadata,
-            )
+            self.save_weights(path, bool(self.config.phase2_steps), step=self.total_steps)
+            relative = str(path.relative_to(self.project.root))
             _set_run(
                 self.project,
                 self.run_id,
                 status="finished",
-                artefact=str(path.relative_to(self.project.root)),
+                artefact=relative,
+                final_artefact=relative,
+                artefact_step=None,
             )
         accelerator.wait_for_everyone()
         self.emit(Finished(artefact=str(path), seconds=time.perf_counter() - self.started))

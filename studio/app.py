@@ -42,6 +42,7 @@ CSS = """
 .mc-banner {padding: .6em 1em; border-radius: 8px; font-weight: 600;}
 .mc-demo {background: #fff4d6; color: #7a5300; border: 1px solid #f0c96a;}
 .mc-fallback {background: #fde8e8; color: #8a1c1c; border: 1px solid #f3b3b3;}
+.mc-licence {font-weight: 400; font-size: .9em; background: #eef1fb; color: #27306b; border: 1px solid #c4cbef;}
 .mc-status {display: flex; gap: .6em; flex-wrap: wrap; align-items: center; font-size: .92em;}
 .mc-chip {padding: .2em .7em; border-radius: 999px; background: var(--block-background-fill);
   border: 1px solid var(--border-color-primary);}
@@ -162,6 +163,23 @@ def header_html(studio: Studio) -> str:
     return f"<div class='mc-status'>{''.join(chips)}</div>"
 
 
+def licence_html(studio: Studio) -> str:
+    """The one notice on model licences: which weights are non-commercial, or that commercial use is on."""
+    from engine.preflight import licence_notice
+
+    if studio.settings.commercial:
+        return (
+            "<div class='mc-banner mc-licence' id='licence-notice'>Commercial use is on: only models whose "
+            "licence allows it are used (OpenCV YuNet and SFace for faces, GFPGAN for restoration); "
+            "CodeFormer is refused.</div>"
+        )
+    notice = licence_notice(commercial=False, restore="codeformer")
+    return (
+        f"<div class='mc-banner mc-licence' id='licence-notice'>{html.escape(notice or '')} "
+        "(⚙ Settings → Commercial use.)</div>"
+    )
+
+
 def initial_project(studio: Studio) -> str | None:
     """The project a new or reloaded tab opens on: the running job's, else the latest changed."""
     running = studio.runner.running()
@@ -197,6 +215,7 @@ def build(studio: Studio) -> gr.Blocks:
                 "the flow is the real one.</div>"
             )
         status = gr.HTML(header_html(studio), elem_id="status-line")
+        licence = gr.HTML(licence_html(studio), elem_id="licence-box")
         timer = gr.Timer(1.0)
         with gr.Tabs(selected="project") as tabs:
             with gr.Tab(STEPS[0][1], id="project"):
@@ -212,7 +231,13 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Tab(STEPS[5][1], id="settings"):
                 settings.build(studio)
 
-        timer.tick(lambda: header_html(studio), None, status, show_progress="hidden", queue=False)
+        timer.tick(
+            lambda: (header_html(studio), licence_html(studio)),
+            None,
+            [status, licence],
+            show_progress="hidden",
+            queue=False,
+        )
         blocks.load(
             lambda: gr.Dropdown(choices=studio.store.list(), value=initial_project(studio)),
             None,
@@ -250,24 +275,36 @@ PUBLIC_ROUTES = {
 }
 PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
 """The login page and the app's own front-end files: served before login."""
+PROOF_PREFIX = "/proof/"
+"""Client proof galleries: served by `studio.proof` alone, with their own passwords."""
 
 
 class Gatekeeper:
-    """ASGI middleware: files only from the data root, and a login on every other route.
+    """ASGI middleware: files only from the data root, a login on every other route, proofs apart.
 
     Gradio already checks both; this is the single, auditable place that decides for the studio:
     a file request must name an existing file inside ``root`` (after resolving ``..`` and links),
     URLs are never fetched, and with auth on only the login page is served without a session.
+    Every request under ``/proof/`` goes to the client proof galleries (`studio.proof`), which check
+    their own passwords, and never reaches the studio; a proof session is no studio login.
     """
 
     def __init__(self, app, root: str):
+        from engine.store import ProjectStore
+        from studio.proof import ProofApp
+
         self.app = app
         self.root = Path(root).resolve()
+        self.proof = ProofApp(ProjectStore(self.root))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
+        if path == PROOF_PREFIX.rstrip("/") or path.startswith(PROOF_PREFIX):
+            if scope["type"] == "websocket":
+                return await send({"type": "websocket.close", "code": 1008})
+            return await self.proof(scope, receive, send)
         refusal = self.refusal(path, scope)
         if refusal is not None:
             status, text = refusal

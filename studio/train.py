@@ -7,6 +7,7 @@ interrupted run shows its previews and losses when the studio comes back.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import html
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 import pandas as pd
 
+from engine import preflight
 from engine.config import PRESETS, PROFILE_NAMES, ConfigError, TrainingConfig, preset
 from engine.events import (
     Cancelled,
@@ -29,6 +31,7 @@ from engine.events import (
     StepDone,
     read_events,
 )
+from engine.preflight import duration
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobRefused
 
 if TYPE_CHECKING:
@@ -77,6 +80,9 @@ class TrainingView:
     previews: list[tuple[str, str]] = field(default_factory=list)
     attention: list[tuple[str, str]] = field(default_factory=list)
     checkpoint: str | None = None
+    step_seconds: dict[int, list[float]] = field(default_factory=dict)
+    """Seconds each step took, per phase (for the refined estimate and the slowdown warning)."""
+    warnings: list[str] = field(default_factory=list)
 
 
 def fold(events: list[Any]) -> TrainingView:
@@ -114,18 +120,24 @@ def fold(events: list[Any]) -> TrainingView:
             )
         elif isinstance(event, Failed):
             view.state, view.message = "failed", event.message
+    view.step_seconds = preflight.step_seconds(events)
+    jump = preflight.step_time_jump(view.step_seconds.get(view.phase, []))
+    if jump is not None and view.state == "running":
+        view.warnings.append(preflight.jump_warning(jump))
     return view
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds:
-        return "?"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+def refined(view: TrainingView, job: Job | None) -> TrainingView:
+    """The view with the pre-flight estimate of the job's run corrected by its steps so far."""
+    found = _estimates.get(job.id) if job is not None else None
+    if found is None or view.state != "running":
+        return view
+    first = found.steps[0]
+    done = (view.step, 0) if view.phase == 1 else (first, max(view.step - first, 0))
+    better = preflight.refine(found, view.step_seconds, peak_bytes=preflight.measured_peak(), done=done)
+    view.eta_s = better.remaining_s if better.remaining_s is not None else view.eta_s
+    view.warnings = [*better.warnings, *view.warnings]
+    return view
 
 
 def progress_html(view: TrainingView, job: Job | None) -> str:
@@ -154,9 +166,14 @@ def progress_html(view: TrainingView, job: Job | None) -> str:
     details = " · ".join(p for p in parts if p)
     message = html.escape(view.message)
     checkpoint = f"<br><small>{html.escape(view.checkpoint)}</small>" if view.checkpoint else ""
+    warnings = "".join(
+        f"<div class='mc-refused mc-train-warning'>⚠ {html.escape(warning)}</div>"
+        for warning in view.warnings
+    )
     return (
         f"<div id='train-progress' data-state='{view.state}'><b>{icon} {details}</b> {message}"
-        f"<div class='mc-progress'><div style='width:{100 * fraction:.1f}%'></div></div>{checkpoint}</div>"
+        f"<div class='mc-progress'><div style='width:{100 * fraction:.1f}%'></div></div>{checkpoint}"
+        f"{warnings}</div>"
     )
 
 
@@ -171,6 +188,15 @@ def loss_frame(view: TrainingView) -> pd.DataFrame | None:
     frame = pd.DataFrame(view.losses, columns=["step", "term", "value"])
     stride = max(1, int(frame["step"].nunique() / MAX_PLOT_POINTS + 0.999))
     return frame[frame["step"] % stride == 0] if stride > 1 else frame
+
+
+def estimate_text(config: TrainingConfig) -> str:
+    """The pre-flight estimate of ``config`` on this machine, as Markdown."""
+    try:
+        found = preflight.estimate(config)
+    except preflight.PreflightError as error:
+        return f"Pre-flight estimate unavailable: {error}"
+    return "**Pre-flight estimate:** " + preflight.summary(found).replace("\n", "\n\n")
 
 
 # -- runs on disk --------------------------------------------------------------------------
@@ -265,6 +291,10 @@ def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[s
         raise gr.Error(str(error)) from error
 
 
+_estimates: dict[str, preflight.Estimate] = {}
+"""The pre-flight estimate of each training job of this session, refined while it runs."""
+
+
 def submit_training(studio: Studio, project: Project, config: TrainingConfig, *, resume: bool = False) -> Job:
     """Queue a training of ``project``; a second one for the same project is refused with a reason."""
 
@@ -276,9 +306,12 @@ def submit_training(studio: Studio, project: Project, config: TrainingConfig, *,
         )
 
     verb = "Resumed training" if resume else "Training"
-    return studio.runner.submit(
+    job = studio.runner.submit(
         "train", project.name, f"{verb} of {project.name}", work, key=f"train:{project.name}"
     )
+    with contextlib.suppress(preflight.PreflightError):
+        _estimates[job.id] = preflight.estimate(config)
+    return job
 
 
 def can_resume(studio: Studio, name: str | None) -> bool:
@@ -333,6 +366,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
                 label="GPU memory profile",
                 info="auto: picked from your GPU's memory (shown in the status line above).",
             )
+    estimate_box = gr.Markdown(elem_id="train-estimate")
     with gr.Accordion("Advanced settings", open=False):
         if studio.demo is not None:
             gr.Markdown("Demo mode starts from a few CPU steps of the tiny model at 64 pixels.")
@@ -353,16 +387,19 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
         cancel = gr.Button("■ Cancel", variant="stop", elem_id="cancel-training")
         resume = gr.Button("⟲ Resume", elem_id="resume-training", visible=False)
     progress = gr.HTML(progress_html(TrainingView(), None), elem_id="train-progress-box")
-    with gr.Row():
-        plot = gr.LinePlot(
-            loss_frame(TrainingView()),
-            x="step",
-            y="value",
-            color="term",
-            title="Losses",
-            height=280,
-            elem_id="loss-plot",
-        )
+    with gr.Row(elem_id="train-curves"):
+        with gr.Column(scale=1):
+            plot = gr.LinePlot(
+                loss_frame(TrainingView()),
+                x="step",
+                y="value",
+                color="term",
+                title="Losses",
+                height=280,
+                elem_id="loss-plot",
+            )
+        with gr.Column(scale=1, elem_id="identity-curve-column"):
+            pass  # the identity curve (identity score over the steps) goes here
     with gr.Row():
         previews = gr.Gallery(
             fit_columns=False,
@@ -389,6 +426,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
         if name not in studio.store.list():
             name = None
         view, job = latest_view(studio, name)
+        view = refined(view, job)
         status = readiness(studio, name)
         signature = [
             name,
@@ -397,6 +435,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
             job.status if job else None,
             view.state,
             view.step,
+            view.warnings,
         ]
         signature.append([path for path, _ in view.previews])
         if not force and signature == last:
@@ -418,16 +457,14 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
         project = studio.project(name)
         if not resume and not photos_ready(project):
             raise gr.Error("Training needs at least one selfie and one style reference; add them in step 2.")
-        chosen = {
-            key: int(value) if float(value).is_integer() else float(value)
-            for key, value in zip(ADVANCED, values, strict=True)
-            if value is not None
-        }
-        config = make_config(studio, preset_name, profile_name, chosen)
+        config = make_config(studio, preset_name, profile_name, advanced_values(values))
         try:
             job = submit_training(studio, project, config, resume=resume)
         except JobRefused as error:
             raise gr.Error(str(error)) from error
+        found = _estimates.get(job.id)
+        for warning in found.warnings if found else ():
+            gr.Warning(warning)
         gr.Info(
             f"{job.title} is queued behind the running job."
             if job.status == QUEUED
@@ -446,7 +483,17 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
         values = start_values(studio, name)
         return [preset_help(name)] + [getattr(values, key) for key in ADVANCED]
 
+    def on_estimate(preset_name: str, profile_name: str, *values):
+        try:
+            config = make_config(studio, preset_name, profile_name, advanced_values(values))
+        except gr.Error as error:
+            return f"Pre-flight estimate unavailable: {error.message}"
+        return estimate_text(config)
+
     settings = [current, preset_choice, profile, *advanced]
+    for control in (preset_choice, profile, *advanced):
+        control.change(on_estimate, settings[1:], estimate_box, show_progress="hidden")
+    current.change(lambda name, *rest: on_estimate(*rest), settings, estimate_box, show_progress="hidden")
     start.click(on_run, settings, outputs)
     resume.click(functools.partial(on_run, resume=True), settings, outputs)
     cancel.click(on_cancel, current, None)
@@ -462,3 +509,12 @@ def photos_ready(project: Project) -> bool:
     from engine.intake import photos
 
     return bool(photos(project, "source")) and bool(photos(project, "reference"))
+
+
+def advanced_values(values: tuple) -> dict[str, int | float]:
+    """The Advanced fields' numbers by setting name (empty fields keep the preset's value)."""
+    return {
+        key: int(value) if float(value).is_integer() else float(value)
+        for key, value in zip(ADVANCED, values, strict=True)
+        if value is not None
+    }

@@ -4,7 +4,9 @@ Run as a script, this file trains the tiny project at ``argv[1]`` (resuming its 
 has one) with the tiny SD folder ``argv[2]``; ``argv[3]`` names a point where it stops and waits
 to be killed (see `FAULTS`). When it reaches that point it creates ``<project>/../paused`` and
 sleeps; the test then sends SIGKILL. Every checkpoint file the trainer reads is appended to
-``<project>/../reads.log``, so a test can check that no half-written file was ever read.
+``<project>/../reads.log``, so a test can check that no half-written file was ever read. The fault
+``manifest`` trains nothing: it adds an image entry to the manifest and stops half-way through
+writing it.
 
 `disk_full` makes every write under a folder fail with ENOSPC, as a full disk does: file opens for
 writing (Python's ``open``, Pillow, NumPy) and safetensors' own writer. Reads and deletions still work.
@@ -30,14 +32,14 @@ FAULTS = (
     "after-step:N",  # StepDone of global step N sent, its checkpoint not yet written
     "half-file:NAME@N",  # NAME of checkpoint step-N half written in its temporary file
     "commit:N",  # checkpoint step-N complete in its staging folder, not yet renamed
-    "manifest:N",  # the manifest update after checkpoint step-N half written
     "half-file:final.safetensors",  # the artefact half written
     "slow-after:N",  # sleep 5 s after each step from N on (bounds progress for a timed kill)
+    "manifest",  # no training: a manifest update half written
 )
 
 
 def training_config(base_folder: str | Path):
-    """Three phase-1 and four phase-2 steps; checkpoints at steps 2, 3, 4, 6 and 7."""
+    """Three phase-1 and three phase-2 steps; checkpoints at steps 2, 3, 4 and 6."""
     from engine.config import preset
 
     return preset(
@@ -45,7 +47,7 @@ def training_config(base_folder: str | Path):
         base_model=str(base_folder),
         resolution=64,
         phase1_steps=3,
-        phase2_steps=4,
+        phase2_steps=3,
         checkpoint_every=2,
         keep_checkpoints=2,
         preview_every=0,
@@ -64,15 +66,14 @@ def _pause(project_root: Path) -> None:
 
 def _install_fault(fault: str, project_root: Path):
     """Patch the point named by ``fault``; returns the event callback to pass to `train`."""
-    import safetensors.torch
-
-    from engine import checkpoint, store
-    from engine.events import StepDone
+    from engine import store
 
     kind, _, where = fault.partition(":")
     name, _, step = where.rpartition("@") if "@" in where else (where, "", "")
 
     if kind == "half-file":
+        import safetensors.torch
+
         original_save = safetensors.torch.save_file
 
         def save_file(tensors, filename, metadata=None):
@@ -86,6 +87,8 @@ def _install_fault(fault: str, project_root: Path):
 
         safetensors.torch.save_file = save_file
     elif kind == "commit":
+        from engine import checkpoint
+
         original_commit = checkpoint.commit
 
         def commit(path, step_, keep):
@@ -98,7 +101,7 @@ def _install_fault(fault: str, project_root: Path):
         original_write = store.atomic_write_bytes
 
         def atomic_write_bytes(path, data):
-            if Path(path).name == store.MANIFEST and f'"step": {where},'.encode() in data:
+            if Path(path).name == store.MANIFEST:
                 with store.atomic_path(Path(path)) as tmp:
                     tmp.write_bytes(data[: len(data) // 2])
                     _pause(project_root)
@@ -107,11 +110,10 @@ def _install_fault(fault: str, project_root: Path):
         store.atomic_write_bytes = atomic_write_bytes
 
     def on_event(event) -> None:
-        if not isinstance(event, StepDone):
-            return
-        if kind == "after-step" and event.global_step == int(where):
+        step = getattr(event, "global_step", None) if type(event).__name__ == "StepDone" else None
+        if kind == "after-step" and step == int(where):
             _pause(project_root)
-        if kind == "slow-after" and event.global_step >= int(where):
+        if kind == "slow-after" and step is not None and step >= int(where):
             time.sleep(5)
 
     return on_event
@@ -134,13 +136,17 @@ def _record_reads(log: Path) -> None:
 
 
 def main(project_root: str, base_folder: str, fault: str) -> None:
-    from fixtures_training import tiny_face_kit
-
     from engine.store import Project
-    from engine.train import resume_available, train
 
     project = Project(Path(project_root))
     on_event = _install_fault(fault, project.root)
+    if fault == "manifest":
+        project.update(lambda manifest: manifest["images"].append({"id": "new"}))
+        return
+    from fixtures_training import tiny_face_kit
+
+    from engine.train import resume_available, train
+
     _record_reads(project.root.parent / READS)
     resume = resume_available(project) is not None
     path = train(project, training_config(base_folder), on_event=on_event, resume=resume, face_kit=tiny_face_kit())

@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from engine.events import Cancelled, CheckpointSaved, Failed, Finished, PreviewS
 from engine.models import load_base
 from engine.store import StorageFull
 from engine.train import (
+    PREVIEW_WEIGHTS,
     TrainingCancelled,
     TrainingError,
     lora_configs,
@@ -185,6 +187,13 @@ def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isol
     for preview in previews:
         assert len(preview.images) == 2 and all(__import__("os").path.isfile(p) for p in preview.images)
         assert set(preview.attention_maps) == {"<sks>", "<style1>"}
+        assert len(preview.identity) == 2 and all(s is None or -1 <= s <= 1 for s in preview.identity)
+        scored = [s for s in preview.identity if s is not None]
+        assert preview.identity_mean == (round(sum(scored) / len(scored), 4) if scored else None)
+    kept = [load_artefact(Path(p.checkpoint) / PREVIEW_WEIGHTS) for p in previews]  # they stay after rotation
+    assert not kept[0].unet_lora and set(kept[0].embeddings) == {"<sks>", "<style1>"}  # phase 1: no LoRA yet
+    assert kept[1].unet_lora.keys() == artefact.unet_lora.keys()
+    assert all(torch.equal(kept[1].unet_lora[k], v) for k, v in artefact.unet_lora.items())
     assert [type(e) for e in events][-1] is Finished
     assert [e.to_dict() for e in read_events(path.parent / "events.jsonl")] == [e.to_dict() for e in events]
     steps = [e for e in events if isinstance(e, StepDone)]
@@ -193,6 +202,7 @@ def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isol
     assert [e.global_step for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
     entry = project.manifest()["trainings"][-1]
     assert entry["status"] == "finished" and entry["artefact"].endswith("final.safetensors")
+    assert entry["final_artefact"] == entry["artefact"] and entry["artefact_step"] is None
 
 
 def _final_tensors(path):
