@@ -107,6 +107,8 @@ class Estimate:
     done: tuple[int, int] = (0, 0)
     """Steps already done per phase (after `refine`)."""
     refined: bool = False
+    memory_scale: float = 1.0
+    """Measured peak over the figure (after `refine`); other profiles' figures are scaled by it."""
 
     @property
     def total_s(self) -> float | None:
@@ -400,7 +402,7 @@ def _needed_with(found: Estimate, table: list[Figures], profile: str) -> int | N
     peak = _batch_peak(row, max(1, found.micro_steps))
     if peak is None:
         return None
-    return peak + (CUDA_OVERHEAD_BYTES if found.device.kind == "cuda" else 0)
+    return round(peak * found.memory_scale) + (CUDA_OVERHEAD_BYTES if found.device.kind == "cuda" else 0)
 
 
 def _fitting_profile(found: Estimate, table: list[Figures]) -> str | None:
@@ -466,11 +468,18 @@ def refine(
     if times[1] is None and times[0] is not None:
         times[1] = times[0] * _phase_ratio(table)
     done = done or (len(seconds.get(1, ())), len(seconds.get(2, ())))
-    peak = found.peak_bytes
+    peak, scale = found.peak_bytes, 1.0
     if peak_bytes is not None:
         peak = peak_bytes if peak is None or done[1] >= 3 else max(peak, peak_bytes)
+        scale = peak / found.peak_bytes if found.peak_bytes else 1.0
     refined = replace(
-        found, phase1_step_s=times[0], phase2_step_s=times[1], peak_bytes=peak, done=done, refined=True
+        found,
+        phase1_step_s=times[0],
+        phase2_step_s=times[1],
+        peak_bytes=peak,
+        done=done,
+        refined=True,
+        memory_scale=scale,
     )
     return _judge(refined, table)
 
@@ -619,7 +628,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results = [json.loads(path.read_text("utf-8")) for path in args.results]
     table = build_table(results)
-    table["produced_by"] = "python -m engine.preflight build " + " ".join(str(p) for p in args.results)
     atomic_write_text(args.out, json.dumps(table, indent=2) + "\n")
     print(f"{len(table['rows'])} rows written to {args.out}")
     return 0

@@ -91,23 +91,27 @@ def _install_fault(fault: str, project_root: Path):
 
         original_commit = checkpoint.commit
 
-        def commit(path, step_, keep):
-            if step_ == int(where):
+        def commit(path, step_, keep, *args, **kwargs):
+            if path.name == f".tmp-step-{where}":
                 _pause(project_root)
-            return original_commit(path, step_, keep)
+            return original_commit(path, step_, keep, *args, **kwargs)
 
         checkpoint.commit = commit
     elif kind == "manifest":
-        original_write = store.atomic_write_bytes
+        real_open = builtins.open
 
-        def atomic_write_bytes(path, data):
-            if Path(path).name == store.MANIFEST:
-                with store.atomic_path(Path(path)) as tmp:
-                    tmp.write_bytes(data[: len(data) // 2])
-                    _pause(project_root)
-            return original_write(path, data)
+        class HalfWriter(io.FileIO):
+            def write(self, data) -> int:
+                super().write(bytes(data)[: len(data) // 2])
+                self.flush()
+                _pause(project_root)
 
-        store.atomic_write_bytes = atomic_write_bytes
+        def manifest_open(file, mode="r", *args, **kwargs):
+            if "w" in mode and store.MANIFEST in Path(os.fsdecode(file)).name:
+                return HalfWriter(file, "w")
+            return real_open(file, mode, *args, **kwargs)
+
+        builtins.open = manifest_open
 
     def on_event(event) -> None:
         step = getattr(event, "global_step", None) if type(event).__name__ == "StepDone" else None
