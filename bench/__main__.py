@@ -63,7 +63,7 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from bench import ablation, generation, intake, memory, speed, studio
     from bench.machine import describe, load_average
     from bench.settings import sizes_for
-    from bench.steps import make_trainer, save_run
+    from bench.steps import make_trainer, save_artefact
     from bench.workbench import prepare
     from engine.devices import pick_device
 
@@ -104,10 +104,10 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         if "phase2_speed" in selected or "generate" in selected:
             trainer = make_trainer(bench)
             record("phase2_speed", lambda command: speed.run(trainer, sizes, command))
-            save_run(trainer)
+            artefact = save_artefact(trainer)
             del trainer
             gc.collect()
-        record("generate", lambda command: generation.run(bench, sizes, command))
+        record("generate", lambda command: generation.run(bench, sizes, artefact, command))
         record("intake", lambda command: intake.run(bench, sizes, command))
         record("studio", lambda command: studio.run(bench, sizes, command))
         record("ar_ablation", lambda command: ablation.run(args.quick, command))

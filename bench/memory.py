@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,18 +109,9 @@ def measure(bench: Workbench, profile: str, kind: str, steps: int) -> dict[str, 
 
 def run_worker(bench: Workbench, profile: str, kind: str, steps: int, env: dict[str, str]) -> dict[str, Any]:
     """`measure` in a fresh Python process; its JSON line is the last line it prints."""
-    command = [
-        sys.executable,
-        "-m",
-        "bench.memory",
-        "--worker",
-        *bench.to_args(),
-        "--profile",
-        profile,
-        "--kind",
-        kind,
-    ]
-    command += ["--steps", str(steps)]
+    command = [sys.executable, "-m", "bench.memory", "--worker", *bench.to_args()]
+    command += ["--profile", profile, "--kind", kind, "--steps", str(steps)]
+    began = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
@@ -127,7 +119,7 @@ def run_worker(bench: Workbench, profile: str, kind: str, steps: int, env: dict[
         raise RuntimeError(
             f"The memory worker for {profile}/{kind} failed (exit {done.returncode}): {' | '.join(tail)}"
         )
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "worker_seconds": round(time.perf_counter() - began, 1)}
 
 
 def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
@@ -149,7 +141,10 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
             "ratio": round(full / plain, 3),
             "full_peak_gb": _gb(full),
             "plain_peak_gb": _gb(plain),
-            "resident_before_steps_gb": _gb(pair["full"]["resident_before_steps_bytes"]),
+            "resident_before_steps_gb": {
+                kind: _gb(pair[kind]["resident_before_steps_bytes"]) for kind in pair
+            },
+            "worker_seconds": {kind: pair[kind]["worker_seconds"] for kind in pair},
             "options": pair["full"]["options"],
         }
         if name == "8gb":

@@ -19,7 +19,7 @@ class Sizes:
     model: str
     resolution: int
     warmup_steps: int
-    """Untimed plain and full steps before the timed ones."""
+    """Untimed full steps before the timed ones."""
     timed_steps: int
     """Timed plain and full steps (interleaved)."""
     option_kinds: tuple[str, ...]
@@ -30,6 +30,7 @@ class Sizes:
     memory_parallel: int
     """Memory workers running at once (their timings are not used)."""
     generate_steps: int
+    generate_resolution: int
     generate_runs: int
     """Timed generations of each side, after one warm-up each."""
     intake_runs: int
@@ -49,23 +50,27 @@ def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
     if gpu:
         return Sizes(
             **common, warmup_steps=3, timed_steps=10, option_kinds=OPTION_KINDS, option_steps=10,
-            memory_profiles=ALL_PROFILES, memory_steps=2, memory_parallel=1, generate_steps=25, generate_runs=3,
+            memory_profiles=ALL_PROFILES, memory_steps=2, memory_parallel=1,
+            generate_steps=25, generate_resolution=RESOLUTIONS[model], generate_runs=3,
             intake_runs=5, studio_requests=60,
         )  # fmt: skip
     if model == "sd15":
         return Sizes(
             **common, warmup_steps=1, timed_steps=2, option_kinds=OPTION_KINDS[:2], option_steps=1,
-            memory_profiles=("cpu", "8gb"), memory_steps=1, memory_parallel=1, generate_steps=3, generate_runs=2,
+            memory_profiles=("cpu", "8gb"), memory_steps=1, memory_parallel=1,
+            generate_steps=3, generate_resolution=256, generate_runs=2,
             intake_runs=3, studio_requests=40,
         )  # fmt: skip
     if quick:
         return Sizes(
             **common, warmup_steps=1, timed_steps=3, option_kinds=OPTION_KINDS, option_steps=3,
-            memory_profiles=("cpu",), memory_steps=2, memory_parallel=2, generate_steps=4, generate_runs=2,
+            memory_profiles=("cpu",), memory_steps=2, memory_parallel=2,
+            generate_steps=4, generate_resolution=64, generate_runs=2,
             intake_runs=2, studio_requests=20,
         )  # fmt: skip
     return Sizes(
         **common, warmup_steps=2, timed_steps=10, option_kinds=OPTION_KINDS, option_steps=10,
-        memory_profiles=ALL_PROFILES, memory_steps=2, memory_parallel=2, generate_steps=25, generate_runs=5,
+        memory_profiles=ALL_PROFILES, memory_steps=2, memory_parallel=2,
+        generate_steps=25, generate_resolution=64, generate_runs=5,
         intake_runs=5, studio_requests=60,
     )  # fmt: skip

@@ -1,10 +1,10 @@
 """Benchmark 1: phase-2 step time of the full objective divided by a plain DreamBooth-LoRA step.
 
 All step kinds run on one trainer in this process, on the same composed sample with the same
-seeds. Warm-up plain and full steps come first; then the timed steps, interleaved across kinds
-so that a slow spell of the machine touches every kind alike: each round times a plain step, a
-full step and (in the first ``option_steps`` rounds) one full step with each speed option off.
-Each kind's figure is its median.
+seeds. Warm-up full steps come first (they run every layer the plain step runs, and more); then
+the timed steps, interleaved across kinds so that a slow spell of the machine touches every kind
+alike: each round times a plain step, a full step and (in the first ``option_steps`` rounds) one
+full step with each speed option off. Each kind's figure is its median.
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
     options = trainer.options
     steps = {name: step_function(trainer, KINDS[name]) for name in ("plain", "full", *sizes.option_kinds)}
     device = trainer.device
-    for index in range(sizes.warmup_steps):
-        steps["plain"](WARMUP_SEED + index)
+    for index in range(sizes.warmup_steps):  # the full step runs all the plain step runs, and more
         steps["full"](WARMUP_SEED + index)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for seed in range(max(sizes.timed_steps, sizes.option_steps)):

@@ -20,6 +20,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -86,7 +87,15 @@ def composed_sample(trainer: Trainer):
 
 
 def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
-    """A function running one optimiser step of ``kind``; its argument seeds the noise and timesteps."""
+    """A function running one optimiser step of ``kind``; its argument seeds the noise and timesteps.
+
+    The plain step runs with SDPA in every attention layer (no capture), the full step with the
+    trainer's processors (capture on the AR layers).
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from engine.attention import install_capture
+
     options = dataclasses.replace(
         trainer.options,
         identity_reuse_pass=kind.identity_reuse_pass,
@@ -98,32 +107,27 @@ def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
         trainer.generator.manual_seed(seed)
         if kind.full:
             trainer.options = options
-            loss = trainer.losses(2, 0, PHASE2_STEPS, samples)["total"]
-        else:
-            loss = plain_loss(trainer, samples)
-        optimise(trainer, loss)
+            optimise(trainer, trainer.losses(2, 0, PHASE2_STEPS, samples)["total"])
+            return
+        unet = trainer.base.unet
+        unet.set_attn_processor(AttnProcessor2_0())
+        try:  # the backward recomputes checkpointed blocks: they must see the same processors
+            optimise(trainer, plain_loss(trainer, samples))
+        finally:
+            install_capture(unet, trainer.store)
 
     return run
 
 
 def plain_loss(trainer: Trainer, samples: list) -> torch.Tensor:
-    """DreamBooth-LoRA's loss: MSE between the UNet's noise prediction and the noise, SDPA everywhere."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    from engine.attention import install_capture
-
+    """DreamBooth-LoRA's loss: MSE between the UNet's noise prediction and the noise."""
     base, gen, device = trainer.base, trainer.generator, trainer.device
     batch = trainer.data.batch(samples, base.vae.config.scaling_factor, (), gen)
     noise = torch.randn(batch.latents.shape, generator=gen, device=device)
-    timesteps = torch.randint(
-        0, base.noise_scheduler.config.num_train_timesteps, (len(samples),), generator=gen, device=device
-    )
+    high = base.noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, high, (len(samples),), generator=gen, device=device)
     noisy = base.noise_scheduler.add_noise(batch.latents, noise, timesteps)
-    base.unet.set_attn_processor(AttnProcessor2_0())
-    try:
-        eps = trainer.model(batch.input_ids, noisy, timesteps)
-    finally:
-        install_capture(base.unet, trainer.store)
+    eps = trainer.model(batch.input_ids, noisy, timesteps)
     return torch.nn.functional.mse_loss(eps.float(), noise.float())
 
 
@@ -152,7 +156,8 @@ def timed(run: Callable[[int], None], seed: int, device: torch.device) -> float:
     return time.perf_counter() - began
 
 
-def save_run(trainer: Trainer):
-    """Write the trainer's artefact as a finished run of the project (what `engine.generate` loads)."""
-    trainer.started = time.perf_counter()
-    return trainer.finish()
+def save_artefact(trainer: Trainer) -> Path:
+    """Write the trainer's current weights as its run's artefact file (what `engine.generate` loads)."""
+    from engine.train import ARTEFACT
+
+    return trainer.save_weights(trainer.folder / ARTEFACT, with_lora=True)

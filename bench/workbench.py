@@ -55,16 +55,9 @@ class Workbench:
         return ProjectStore(self.home).open(PROJECT)
 
     def to_args(self) -> list[str]:
-        return [
-            "--model",
-            self.model,
-            "--base",
-            str(self.base),
-            "--assets",
-            str(self.assets),
-            "--home",
-            str(self.home),
-        ]
+        """Command-line arguments that rebuild this workbench in a worker process."""
+        values = {"--model": self.model, "--base": self.base, "--assets": self.assets, "--home": self.home}
+        return [str(item) for pair in values.items() for item in pair]
 
 
 def prepare(model: str, scratch: Path) -> Workbench:

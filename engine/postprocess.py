@@ -82,6 +82,8 @@ _MODELS_LOCK = threading.Lock()
 
 def load_model(path: Path, device: torch.device | str | None = None) -> ImageModelDescriptor:
     """A spandrel model from a weights file on ``device``, fp16 on CUDA where it supports it (kept for reuse)."""
+    from pickle import UnpicklingError
+
     import torch
     from spandrel import ModelLoader, UnsupportedModelError
 
@@ -93,7 +95,14 @@ def load_model(path: Path, device: torch.device | str | None = None) -> ImageMod
         if key not in _MODELS:
             try:
                 model = ModelLoader(registry=_registry()).load_from_file(str(path))
-            except (UnsupportedModelError, ValueError, RuntimeError, KeyError, OSError) as error:
+            except (
+                UnsupportedModelError,
+                UnpicklingError,
+                ValueError,
+                RuntimeError,
+                KeyError,
+                OSError,
+            ) as error:
                 raise PostprocessError(
                     f"{path} is not a restoration or upscaling model spandrel can load ({error})."
                 ) from error

@@ -8,8 +8,9 @@ sleeps; the test then sends SIGKILL. Every checkpoint file the trainer reads is 
 ``manifest`` trains nothing: it adds an image entry to the manifest and stops half-way through
 writing it.
 
-`disk_full` makes every write under a folder fail with ENOSPC, as a full disk does: file opens for
-writing (Python's ``open``, Pillow, NumPy) and safetensors' own writer. Reads and deletions still work.
+`disk_full` makes every write under a folder fail with ENOSPC, as a full disk does: writes through
+Python's ``open`` (so Pillow, NumPy, JSON, the event log) and safetensors' own writer. Creating,
+truncating, reading, renaming and deleting files still work.
 """
 
 from __future__ import annotations
@@ -153,21 +154,46 @@ def main(project_root: str, base_folder: str, fault: str) -> None:
 
     _record_reads(project.root.parent / READS)
     resume = resume_available(project) is not None
-    path = train(project, training_config(base_folder), on_event=on_event, resume=resume, face_kit=tiny_face_kit())
+    path = train(
+        project, training_config(base_folder), on_event=on_event, resume=resume, face_kit=tiny_face_kit()
+    )
     print(f"ARTEFACT {path}", flush=True)
+
+
+class _FullFile:
+    """A file opened for writing on a full disk: it was created (or truncated), but writes fail."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def write(self, data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", self._handle.name)
+
+    def fileno(self) -> int:  # writers that use the descriptor directly must come through write()
+        raise io.UnsupportedOperation("fileno")
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
 
 
 @contextlib.contextmanager
 def disk_full(folder: Path) -> Iterator[dict[str, Any]]:
-    """Yields a ``state``: while ``state["full"]`` is true, writing any file under ``folder`` fails with
-    ENOSPC; with ``state["writes_left"] = n`` the disk fills up after ``n`` more files are written."""
+    """Yields a ``state``: while ``state["full"]`` is true, writing to any file under ``folder`` fails
+    with ENOSPC (opening, creating and truncating still work, as on a real full disk); with
+    ``state["writes_left"] = n`` the disk fills up after ``n`` more files were opened for writing."""
     import safetensors.torch
 
     folder = Path(folder).resolve()
     state: dict[str, Any] = {"full": False, "writes_left": None}
     real_open, real_save = builtins.open, safetensors.torch.save_file
 
-    def blocked(path) -> bool:
+    def full_now(path) -> bool:
         if isinstance(path, int):
             return False
         resolved = Path(os.fsdecode(path)).resolve()
@@ -179,12 +205,14 @@ def disk_full(folder: Path) -> Iterator[dict[str, Any]]:
         return state["full"]
 
     def full_open(file, mode="r", *args, **kwargs):
-        if any(flag in mode for flag in "wax") and blocked(file):
-            raise OSError(errno.ENOSPC, "No space left on device", os.fsdecode(file))
-        return real_open(file, mode, *args, **kwargs)
+        handle = real_open(file, mode, *args, **kwargs)
+        if any(flag in mode for flag in "wax") and full_now(file):
+            return _FullFile(handle)
+        return handle
 
     def full_save(tensors, filename, metadata=None):
-        if blocked(filename):
+        if full_now(filename):
+            real_open(filename, "wb").close()
             raise OSError(errno.ENOSPC, "No space left on device", os.fsdecode(filename))
         return real_save(tensors, filename, metadata=metadata)
 

@@ -224,7 +224,9 @@ def check_intake(data: bytes, filename: str, role: str, kit: FaceKit) -> Accepte
         assert isinstance(result, Accepted), result
         record = result.record
         folder = f"projects/client/photos/{role}/{record['id']}"
-        added = sorted(set(after) - set(before) - {"projects/client/photos", f"projects/client/photos/{role}"})
+        added = sorted(
+            set(after) - set(before) - {"projects/client/photos", f"projects/client/photos/{role}"}
+        )
         original = Path(record["original"]).name
         assert added == sorted([folder, *(f"{folder}/{name}" for name in STORED | {original})])
         assert after[f"{folder}/{original}"] == data

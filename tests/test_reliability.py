@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -218,7 +220,7 @@ def test_a_full_disk_while_updating_the_manifest_keeps_the_previous_one():
     before = listing(store.root)
     with disk_full(store.root) as disk:
         disk["full"] = True
-        with pytest.raises(StorageFull, match=str(project.root)):
+        with pytest.raises(StorageFull, match=re.escape(str(project.root))):
             project.update(lambda manifest: manifest["images"].append({"id": "lost"}))
     assert [image["id"] for image in store.open("client").manifest()["images"]] == ["kept"]
     assert listing(store.root) == before
@@ -269,7 +271,11 @@ def test_a_disk_that_fills_up_during_training_stops_it_clearly_and_it_resumes_af
     assert resume_available(reopened) == run
 
     path = train(
-        reopened, tiny_training(tiny_sd), base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(), resume=True
+        reopened,
+        tiny_training(tiny_sd),
+        base=load_base(tiny_sd.folder),
+        face_kit=tiny_face_kit(),
+        resume=True,
     )
     assert path.is_file() and reopened.manifest()["trainings"][-1]["status"] == "finished"
 
@@ -305,10 +311,8 @@ def test_uploads_and_deletes_from_two_tabs_keep_the_manifest_and_the_files_in_st
         try:
             while uploading.is_set() or photos(project):
                 for record in photos(project):
-                    try:
+                    with contextlib.suppress(StoreError):  # the other tab deleted it first
                         removed.append(remove_photo(project, record["id"])["id"])
-                    except StoreError:  # the other tab deleted it first
-                        pass
         except BaseException as error:
             errors.append(error)
 
@@ -327,7 +331,9 @@ def test_uploads_and_deletes_from_two_tabs_keep_the_manifest_and_the_files_in_st
     assert listing(project.path("photos")) in ([], ["source"])
 
 
-def test_an_upload_into_a_project_deleted_meanwhile_fails_clearly_and_leaves_nothing(fallback_kit, monkeypatch):
+def test_an_upload_into_a_project_deleted_meanwhile_fails_clearly_and_leaves_nothing(
+    fallback_kit, monkeypatch
+):
     from engine import intake
 
     store = ProjectStore()

@@ -48,7 +48,9 @@ HOSTILE_FILENAMES = [
 
 
 @pytest.mark.parametrize("filename", HOSTILE_FILENAMES)
-def test_an_upload_name_cannot_place_a_file_outside_its_photo_folder(tmp_path, fallback_kit, portrait, filename):
+def test_an_upload_name_cannot_place_a_file_outside_its_photo_folder(
+    tmp_path, fallback_kit, portrait, filename
+):
     (tmp_path / "outside").mkdir()
     store = ProjectStore(tmp_path / "home")
     project = store.create("client")
@@ -121,7 +123,12 @@ def launched(monkeypatch, tmp_path):
     import app
     import studio.app
 
-    for key in ("GRADIO_TEMP_DIR", "GRADIO_EXAMPLES_CACHE", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY"):
+    for key in (
+        "GRADIO_TEMP_DIR",
+        "GRADIO_EXAMPLES_CACHE",
+        "GRADIO_ANALYTICS_ENABLED",
+        "HF_HUB_DISABLE_TELEMETRY",
+    ):
         monkeypatch.setenv(key, "")  # restored after the test: main() sets them
     monkeypatch.delenv(app.AUTH_ENV, raising=False)
     calls = []
@@ -187,18 +194,23 @@ def test_a_pickle_checkpoint_is_refused_unopened_and_allowed_only_with_weights_o
 
 def test_a_model_folder_with_pickle_weights_is_refused_unless_allowed(tmp_path, tiny_sd):
     import torch
+    from safetensors.torch import load_file
 
     from engine.models import ModelLoadError, load_base
 
-    folder = tmp_path / "sd"
-    shutil.copytree(tiny_sd.folder, folder)
     marker = tmp_path / "code-ran"
-    for weights in (folder / "unet").glob("*.safetensors"):
-        weights.unlink()
-    torch.save({"weight": RunsCode(marker)}, folder / "unet" / "diffusion_pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="no .safetensors weights"):
-        load_base(folder)
+    for name, weights in (("evil", {"weight": RunsCode(marker)}), ("good", None)):
+        folder = tmp_path / name
+        shutil.copytree(tiny_sd.folder, folder)
+        (safe,) = (folder / "unet").glob("*.safetensors")
+        torch.save(weights or load_file(safe), folder / "unet" / "diffusion_pytorch_model.bin")
+        safe.unlink()
+        with pytest.raises(ModelLoadError, match="no .safetensors weights"):
+            load_base(folder)
+    with pytest.raises(ModelLoadError):
+        load_base(tmp_path / "evil", allow_pickle=True)  # allowed: read with weights_only
     assert not marker.exists()
+    assert load_base(tmp_path / "good", allow_pickle=True).unet is not None
 
 
 def test_restoration_weights_are_unpickled_with_a_restricted_unpickler(tmp_path):
