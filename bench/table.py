@@ -127,7 +127,7 @@ def machine_line(results: dict[str, Any]) -> str:
     model = "SD 1.5-shaped, random weights" if sizes["model"] == "sd15" else "tiny demo model"
     return (
         f"Measured {results['created'][:10]} by `{results['command']}` on {machine['cpu']} "
-        f"({machine['cores_logical']} cores, {machine['ram_gb']:.0f} GB RAM), {device}, torch {machine['torch']}; "
+        f"({machine['cores_logical']} cores, {machine['ram_gb']:.1f} GB RAM), {device}, torch {machine['torch']}; "
         f"{model} at {sizes['resolution']} px."
     )
 

@@ -4,8 +4,8 @@ The figures come from ``assets/preflight.json``, a small table that ``python -m 
 build`` makes from the results of ``python -m bench`` (``bench/results.json`` and any other results
 file): one row per model size, device type, VRAM profile and resolution, holding the peak memory of
 a full phase-2 step, the memory resident before the steps, and the median seconds of a full
-phase-2 step and of a plain step (which stands for a phase-1 step: same forward pass, no AR, no
-identity branch). On the CPU the peaks are the process's resident set (libraries included); the
+phase-2 step and of a phase-1 step (until the benchmarks time one, of their plain DreamBooth-LoRA
+step, which stands in for it and is slower: it trains LoRA weights). On the CPU the peaks are the process's resident set (libraries included); the
 part that the steps themselves add is ``peak - resident``. Only measured figures go in the table;
 a device or profile without a row gets its figures from the first steps.
 
@@ -94,6 +94,8 @@ class Estimate:
     """Optimiser steps of phase 1 and phase 2."""
     micro_steps: int
     """Samples per optimiser step (batch x accumulation): step times scale with it."""
+    batch_size: int
+    """Samples per micro-step: the memory the steps add scales with it."""
     peak_bytes: int | None
     phase1_step_s: float | None
     phase2_step_s: float | None
@@ -171,17 +173,20 @@ def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
     device = "cuda" if machine.get("gpu") else "cpu"
     model, resolution = results["sizes"]["model"], int(results["sizes"]["resolution"])
     where = machine.get("gpu") or (
-        f"{machine['cpu']} ({machine['cores_logical']} cores, {machine.get('torch_threads', '?')} torch threads)"
+        f"{machine['cpu']} ({machine['cores_logical']} cores, torch threads: {machine.get('torch_threads', '?')})"
     )
     measured = f"{where}, torch {machine['torch']}, {results['created'][:10]}, `{results['command']}`"
     benchmarks = results.get("benchmarks", {})
     values: dict[str, dict[str, Any]] = {}
     memory = benchmarks.get("phase2_memory", {})
     for profile, entry in (memory.get("profiles") or {}).items():
+        resident = entry["resident_before_steps_gb"]
+        if isinstance(resident, Mapping):  # per step kind in newer results
+            resident = resident["full"]
         values[profile] = {
             "peak_bytes": round(entry["full_peak_gb"] * GB),
             "plain_peak_bytes": round(entry["plain_peak_gb"] * GB),
-            "resident_bytes": round(entry["resident_before_steps_gb"] * GB),
+            "resident_bytes": round(resident * GB),
         }
     speed = benchmarks.get("phase2_speed", {})
     if "median_seconds" in speed:
@@ -205,9 +210,9 @@ def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
     ]  # fmt: skip
 
 
-def build_table(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The table's JSON from results files; a later file's row replaces an earlier one's."""
-    rows: dict[tuple, Figures] = {}
+def build_table(results: Sequence[Mapping[str, Any]], keep: Sequence[Figures] = ()) -> dict[str, Any]:
+    """The table's JSON from results files and rows to ``keep``; a later row replaces an earlier one's."""
+    rows: dict[tuple, Figures] = {(r.model, r.device, r.profile, r.resolution): r for r in keep}
     for item in results:
         for row in rows_from_results(item):
             rows[(row.model, row.device, row.profile, row.resolution)] = row
@@ -333,6 +338,7 @@ def estimate(
         "device": device,
         "steps": (config.phase1_steps, config.phase2_steps),
         "micro_steps": micro,
+        "batch_size": config.train_batch_size,
         "fits": None,
     }
     if row is None:
@@ -355,7 +361,7 @@ def estimate(
             resident_bytes=row.resident_bytes,
             basis=f"Measured by the benchmarks on {row.measured}.",
         )
-    return _judge(found, table)  # fmt: skip
+    return _judge(found, table)
 
 
 def _judge(found: Estimate, table: list[Figures]) -> Estimate:
@@ -399,7 +405,7 @@ def _needed_with(found: Estimate, table: list[Figures], profile: str) -> int | N
     row = _lookup(table, found.model, table_device, profile, found.resolution)
     if row is None:
         return None
-    peak = _batch_peak(row, max(1, found.micro_steps))
+    peak = _batch_peak(row, found.batch_size)
     if peak is None:
         return None
     return round(peak * found.memory_scale) + (CUDA_OVERHEAD_BYTES if found.device.kind == "cuda" else 0)
@@ -620,14 +626,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m engine.preflight", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="make the figures table from bench results files")
+    build = sub.add_parser(
+        "build", help="add the figures of bench results files to the table (same settings: replaced)"
+    )
     build.add_argument("results", nargs="+", type=Path, help="results files of `python -m bench`, in order")
     build.add_argument("--out", type=Path, default=TABLE_FILE)
+    build.add_argument("--fresh", action="store_true", help="drop the rows already in the table")
     args = parser.parse_args(argv)
     from engine.store import atomic_write_text
 
     results = [json.loads(path.read_text("utf-8")) for path in args.results]
-    table = build_table(results)
+    keep = [] if args.fresh or not args.out.exists() else load_table(args.out)
+    table = build_table(results, keep)
     atomic_write_text(args.out, json.dumps(table, indent=2) + "\n")
     print(f"{len(table['rows'])} rows written to {args.out}")
     return 0

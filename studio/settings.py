@@ -90,7 +90,8 @@ def build(studio: Studio) -> None:
     commercial = gr.Checkbox(
         settings.commercial,
         label="Commercial use: only use models whose licence allows it",
-        info="Switches face detection to OpenCV YuNet/SFace and refuses non-commercial restorers.",
+        info="Face detection and identity scores switch to OpenCV YuNet and SFace, restoration to GFPGAN; "
+        "non-commercial weights (InsightFace buffalo_l, CodeFormer) are never loaded.",
     )
     save = gr.Button("Save settings", variant="primary")
 

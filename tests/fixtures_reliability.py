@@ -2,9 +2,9 @@
 
 Run as a script, this file trains the tiny project at ``argv[1]`` (resuming its stopped run if it
 has one) with the tiny SD folder ``argv[2]``; ``argv[3]`` names a point where it stops and waits
-to be killed (see `FAULTS`). When it reaches that point it creates ``<project>/../paused`` and
-sleeps; the test then sends SIGKILL. Every checkpoint file the trainer reads is appended to
-``<project>/../reads.log``, so a test can check that no half-written file was ever read. The fault
+to be killed (see `FAULTS`). When it reaches that point it creates ``paused`` in the data root
+and sleeps; the test then sends SIGKILL. Every checkpoint file the trainer reads is appended to
+``reads.log`` in the data root, so a test can check that no half-written file was ever read. The fault
 ``manifest`` trains nothing: it adds an image entry to the manifest and stops half-way through
 writing it.
 
@@ -59,8 +59,13 @@ def training_config(base_folder: str | Path):
     )
 
 
+def scratch(project_root: Path) -> Path:
+    """Where the driver leaves its marker and read log: the data root holding the project."""
+    return Path(project_root).parent.parent
+
+
 def _pause(project_root: Path) -> None:
-    (project_root.parent / PAUSED).write_text(str(os.getpid()))
+    (scratch(project_root) / PAUSED).write_text(str(os.getpid()))
     while True:
         time.sleep(60)
 
@@ -115,10 +120,10 @@ def _install_fault(fault: str, project_root: Path):
         builtins.open = manifest_open
 
     def on_event(event) -> None:
-        step = getattr(event, "global_step", None) if type(event).__name__ == "StepDone" else None
-        if kind == "after-step" and step == int(where):
+        done = event.global_step if type(event).__name__ == "StepDone" else None
+        if kind == "after-step" and done == int(where):
             _pause(project_root)
-        if kind == "slow-after" and step is not None and step >= int(where):
+        if kind == "slow-after" and done is not None and done >= int(where):
             time.sleep(5)
 
     return on_event
@@ -152,7 +157,7 @@ def main(project_root: str, base_folder: str, fault: str) -> None:
 
     from engine.train import resume_available, train
 
-    _record_reads(project.root.parent / READS)
+    _record_reads(scratch(project.root) / READS)
     resume = resume_available(project) is not None
     path = train(
         project, training_config(base_folder), on_event=on_event, resume=resume, face_kit=tiny_face_kit()

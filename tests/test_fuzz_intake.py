@@ -21,7 +21,7 @@ import fixtures_faces
 import numpy as np
 import pytest
 from fixtures_faces import astronaut, encode
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -247,7 +247,8 @@ def check_intake(data: bytes, filename: str, role: str, kit: FaceKit) -> Accepte
 def test_mutated_images_are_refused_clearly_or_imported_correctly(fallback_kit, data, name, filename):
     payload = data.draw(mutated(built(name)), label="payload")
     role = data.draw(st.sampled_from(["source", "reference"]), label="role")
-    check_intake(payload, filename, role, fallback_kit)
+    result = check_intake(payload, filename, role, fallback_kit)
+    event(result.reason if isinstance(result, Refused) else "accepted")
 
 
 @FUZZ

@@ -67,7 +67,11 @@ def bench_results(**speed) -> dict:
             "phase2_memory": {
                 "profiles": {
                     "cpu": {"full_peak_gb": 1.25, "plain_peak_gb": 1.2, "resident_before_steps_gb": 1.22},
-                    "8gb": {"full_peak_gb": 1.24, "plain_peak_gb": 1.2, "resident_before_steps_gb": 1.22},
+                    "8gb": {
+                        "full_peak_gb": 1.24,
+                        "plain_peak_gb": 1.2,
+                        "resident_before_steps_gb": {"plain": 1.1, "full": 1.21},
+                    },
                 }
             },
             "phase2_speed": {"profile": "cpu", "median_seconds": {"plain": 0.3, "full": 0.4, **speed}},
@@ -85,8 +89,13 @@ def test_the_table_is_built_from_bench_results():
     assert (cpu.phase1_step_s, cpu.phase2_step_s) == (0.3, 0.4)
     assert "plain step" in cpu.phase1_from and "Test CPU" in cpu.measured and "--quick" in cpu.measured
     assert rows["8gb"].phase2_step_s is None, "speed was measured with the cpu profile only"
+    assert rows["8gb"].resident_bytes == round(1.21 * GB), "the full step's resident set"
     timed = Figures(**preflight.build_table([bench_results(phase1=0.1)])["rows"][0])
     assert timed.phase1_step_s == 0.1 and timed.phase1_from == "a phase-1 step"
+    kept = preflight.build_table(
+        [bench_results()], keep=[GPU_TABLE[0], dataclasses.replace(cpu, peak_bytes=1)]
+    )
+    assert len(kept["rows"]) == 3 and Figures(**kept["rows"][1]).peak_bytes == cpu.peak_bytes
 
 
 def test_the_shipped_table_covers_the_demo_model_on_the_cpu():
