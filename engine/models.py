@@ -155,7 +155,11 @@ def _load_components(source: str, dtype: torch.dtype, allow_pickle: bool, local_
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
             "text_encoder": CLIPTextModel.from_pretrained(
-                source, subfolder="text_encoder", dtype=dtype, use_safetensors=not allow_pickle, **options
+                source,
+                subfolder="text_encoder",
+                dtype=dtype,
+                use_safetensors=None if allow_pickle else True,
+                **options,
             ),
             "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **weights),
             "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights),

@@ -17,6 +17,7 @@ one-step x0 estimate decoded around the face.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import time
@@ -46,7 +47,7 @@ from engine.events import (
 )
 from engine.generate import identity_score, source_embedding
 from engine.losses import masked_reconstruction
-from engine.store import Project, StorageFull, atomic_path, now
+from engine.store import Project, StorageFull, StoreError, atomic_path, now
 
 if TYPE_CHECKING:
     import threading
@@ -368,8 +369,11 @@ def train(
         if accelerator.is_main_process and not isinstance(error, KeyboardInterrupt):
             saved = ckpt.checkpoints(folder / "checkpoints")
             checkpoint = str(saved[-1]) if saved else None
-            emit(Failed(message=message, error=type(error).__name__, checkpoint=checkpoint))
-            _set_run(project, run, status="failed", error=message)
+            # Recording the failure may fail too (a full disk): never let that hide the error itself.
+            with contextlib.suppress(OSError, StoreError):
+                emit(Failed(message=message, error=type(error).__name__, checkpoint=checkpoint))
+            with contextlib.suppress(OSError, StoreError):
+                _set_run(project, run, status="failed", error=message)
         if isinstance(error, torch.OutOfMemoryError):
             traceback.clear_frames(error.__traceback__)  # let the models' memory go with the frames
             raise TrainingError(message) from error

@@ -213,11 +213,6 @@ def test_a_model_folder_with_pickle_weights_is_refused_unless_allowed(tmp_path, 
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/models.py _load_components passes use_safetensors=not allow_pickle to "
-    "CLIPTextModel.from_pretrained, so allowing pickle forbids the safetensors text encoder",
-)
 def test_allowing_pickle_still_loads_pickle_and_safetensors_folders(tmp_path, tiny_sd):
     from engine.models import load_base
 
