@@ -239,11 +239,6 @@ def tiny_training(tiny_sd, **overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/train.py train(): the failure handler's emit(Failed) and _set_run(status='failed') "
-    "write to the full disk and raise OSError, hiding the StorageFull; they must not mask the first error",
-)
 def test_a_disk_that_fills_up_during_training_stops_it_clearly_and_it_resumes_after(isolated_home, tiny_sd):
     from fixtures_training import tiny_face_kit
 
