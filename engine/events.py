@@ -137,8 +137,12 @@ class EventLog:
 
     def append(self, event: Event) -> None:
         line = json.dumps(event.to_dict(), sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+        with open(self.path, "a+b") as handle:
+            if handle.tell() > 0:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":  # a crash cut the last line: start a fresh one
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
 
 
 def read_events(path: Path) -> list[Event]:
