@@ -27,7 +27,7 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshot
 START_TIMEOUT = 300
 """Seconds to wait for the studio to answer (the first start builds the demo kit)."""
 TRAIN_TIMEOUT = 420
-PHASE2_STEPS = 24
+PHASE2_STEPS = 60
 """Long enough that the checks made during the training cannot miss it."""
 
 
