@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -246,6 +247,11 @@ def _commercial_flag(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="magicapture", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow pickle (.ckpt/.bin) base models; they are read with weights_only",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("projects", help="list, create or delete projects")
@@ -314,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.allow_pickle:
+        from engine.models import ALLOW_PICKLE_ENV
+
+        os.environ[ALLOW_PICKLE_ENV] = "1"
     from engine.assets import AssetError
     from engine.models import ModelLoadError
     from engine.store import StoreError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ SD15_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "sd15"
 """SD 1.5's small config and tokenizer files, so a single file loads with no network."""
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
+ALLOW_PICKLE_ENV = "MAGICAPTURE_ALLOW_PICKLE"
+"""Set to 1 by ``--allow-pickle`` or the studio's setting: the process-wide pickle opt-in."""
 
 
 class ModelLoadError(Exception):
@@ -85,7 +88,7 @@ def load_base(
     *,
     device: str | None = None,
     dtype: str | None = None,
-    allow_pickle: bool = False,
+    allow_pickle: bool | None = None,
     local_files_only: bool = False,
     config: str | Path | None = None,
 ) -> BaseModel:
@@ -93,9 +96,11 @@ def load_base(
 
     ``source`` is a Hugging Face repo id, a local diffusers folder, or a single ``.safetensors``
     checkpoint. Pickle checkpoints (``.ckpt``/``.bin``...) are refused unless ``allow_pickle``,
-    and then loaded with ``weights_only``. A single file takes its component configs from
+    and then loaded with ``weights_only``; ``None`` reads the opt-in from ``$MAGICAPTURE_ALLOW_PICKLE``. A single file takes its component configs from
     ``config`` (a diffusers folder), by default SD 1.5's files in ``assets/sd15``.
     """
+    if allow_pickle is None:
+        allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") == "1"
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     path = Path(str(source)).expanduser()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,13 @@ CSS = """
 """
 
 
+
+def _apply_pickle_choice(choice: StudioSettings) -> None:
+    """The Settings checkbox is this process's pickle opt-in (read by `engine.models.load_base`)."""
+    from engine.models import ALLOW_PICKLE_ENV
+
+    os.environ[ALLOW_PICKLE_ENV] = "1" if choice.allow_pickle else "0"
+
 class Studio:
     """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
 
@@ -63,6 +71,7 @@ class Studio:
         self.runner = JobRunner()
         self.demo = demo
         self.settings = StudioSettings.load(store.root)
+        _apply_pickle_choice(self.settings)
         self.refusals = photos.RefusalLog()
         """The latest refused photos of each project, shown in the Photos tab."""
         self.device = "Looking for a GPU…"
@@ -80,6 +89,7 @@ class Studio:
                 self._face_kit = None
         self.settings = new
         new.save(self.store.root)
+        _apply_pickle_choice(new)
 
     def face_kit(self) -> FaceKit:
         """The face models (loaded once, on first use; thread-safe)."""

@@ -29,6 +29,7 @@ from engine.events import (
     PreviewSaved,
     Status,
     StepDone,
+    identity_curve,
     read_events,
 )
 from engine.preflight import duration
@@ -55,6 +56,7 @@ ADVANCED = (
     "preview_every",
 )
 """Settings shown under "Advanced"; the rest keep the preset's values."""
+IDENTITY_TITLE = "Identity (ArcFace similarity of the previews to the selfies)"
 MAX_PLOT_POINTS = 600
 """Loss points per term sent to the browser; longer runs are thinned evenly."""
 DEMO_DEFAULTS = {"phase1_steps": 6, "phase2_steps": 6, "checkpoint_every": 3, "preview_every": 6}
@@ -80,6 +82,10 @@ class TrainingView:
     previews: list[tuple[str, str]] = field(default_factory=list)
     attention: list[tuple[str, str]] = field(default_factory=list)
     checkpoint: str | None = None
+    identity: list[tuple[int, float]] = field(default_factory=list)
+    """(global step, mean identity score) of each scored preview."""
+    preview_images: dict[int, list[str]] = field(default_factory=dict)
+    """Each preview's images by global step (the best checkpoint shows its own)."""
     step_seconds: dict[int, list[float]] = field(default_factory=dict)
     """Seconds each step took, per phase (for the refined estimate and the slowdown warning)."""
     warnings: list[str] = field(default_factory=list)
@@ -99,6 +105,7 @@ def fold(events: list[Any]) -> TrainingView:
             view.eta_s, view.it_per_s, view.lr = event.eta_s, event.it_per_s, event.lr
             view.losses.extend((event.global_step, term, value) for term, value in event.losses.items())
         elif isinstance(event, PreviewSaved):
+            view.preview_images[event.global_step] = list(event.images)
             view.previews = [
                 (path, f"step {event.global_step} · seed {i}") for i, path in enumerate(event.images)
             ]
@@ -120,6 +127,7 @@ def fold(events: list[Any]) -> TrainingView:
             )
         elif isinstance(event, Failed):
             view.state, view.message = "failed", event.message
+    view.identity = identity_curve(events)
     view.step_seconds = preflight.step_seconds(events)
     jump = preflight.step_time_jump(view.step_seconds.get(view.phase, []))
     if jump is not None and view.state == "running":
@@ -188,6 +196,13 @@ def loss_frame(view: TrainingView) -> pd.DataFrame | None:
     frame = pd.DataFrame(view.losses, columns=["step", "term", "value"])
     stride = max(1, int(frame["step"].nunique() / MAX_PLOT_POINTS + 0.999))
     return frame[frame["step"] % stride == 0] if stride > 1 else frame
+
+
+def identity_frame(view: TrainingView) -> pd.DataFrame | None:
+    """The identity curve as a table (step, identity); None before the first scored preview (see `loss_frame`)."""
+    if not view.identity:
+        return None
+    return pd.DataFrame(view.identity, columns=["step", "identity"])
 
 
 def estimate_text(config: TrainingConfig) -> str:

@@ -16,6 +16,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own data root, so nothing leaks into the user's projects."""
     home = tmp_path / "home"
     monkeypatch.setenv("MAGICAPTURE_HOME", str(home))
+    monkeypatch.delenv("MAGICAPTURE_ALLOW_PICKLE", raising=False)  # restored after each test
     return home
 
 

@@ -125,3 +125,15 @@ def test_sdxl_folder_is_refused(tiny_sd, tmp_path):
 def test_unknown_sampler_is_refused(tiny_sd):
     with pytest.raises(ValueError, match="euler_a"):
         make_pipeline(load_base(tiny_sd.folder), "plms")
+
+
+def test_the_pickle_opt_in_can_come_from_the_environment(tmp_path, monkeypatch):
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}}, ckpt)
+    monkeypatch.setenv("MAGICAPTURE_ALLOW_PICKLE", "1")
+    with pytest.raises(Exception) as caught:
+        load_base(ckpt)
+    assert "allow pickle explicitly" not in str(caught.value)
+    monkeypatch.setenv("MAGICAPTURE_ALLOW_PICKLE", "0")
+    with pytest.raises(ModelLoadError, match="allow pickle explicitly"):
+        load_base(ckpt)
