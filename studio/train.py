@@ -251,6 +251,44 @@ def disk_view(project: Project) -> TrainingView:
     return view
 
 
+def best_checkpoint(project: Project, view: TrainingView, idle: bool) -> tuple[str, list, bool, bool]:
+    """The best-checkpoint area of the project's newest run.
+
+    Its text (best step, score, what generation uses), the best preview's images, and whether the
+    buttons "use this checkpoint" and "use the final weights" are offered (only while no job trains it).
+    """
+    from engine.train import RUNS, best_preview
+
+    runs = project.manifest().get("trainings", [])
+    best = best_preview(project, runs[-1]["id"]) if runs else None
+    if best is None:
+        return (
+            "**Best checkpoint:** none yet; it appears once a preview with a face has been scored.",
+            [],
+            False,
+            False,
+        )
+    entry = runs[-1]
+    images = view.preview_images.get(best.step)
+    if images is None:  # a resumed run's job only holds the events since the resume
+        images = replay(project.path(RUNS, entry["id"], "events.jsonl")).preview_images.get(best.step, [])
+    finished = entry.get("status") == "finished"
+    chosen = entry.get("artefact_step")
+    in_use = (
+        f"the checkpoint of step {chosen}"
+        if chosen is not None
+        else "the final weights"
+        if finished
+        else "nothing yet (the run has not finished)"
+    )
+    text = (
+        f"**Best checkpoint:** step {best.step}, identity {best.identity_mean:.3f}. "
+        f"Generation uses **{in_use}**."
+    )
+    gallery = [(path, f"step {best.step} · seed {i}") for i, path in enumerate(images)]
+    return text, gallery, idle, idle and finished
+
+
 def interrupted_runs(studio: Studio) -> list[tuple[str, str]]:
     """(project, run) of every stopped or crashed run that can be resumed, for the start-up notice."""
     from engine.train import resume_available
@@ -414,7 +452,19 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
                 elem_id="loss-plot",
             )
         with gr.Column(scale=1, elem_id="identity-curve-column"):
-            pass  # the identity curve (identity score over the steps) goes here
+            gr.Markdown(
+                f"**{IDENTITY_TITLE}**: higher is more like the person; "
+                "a point per preview that shows a face.",
+                elem_id="identity-curve-heading",
+            )
+            identity_plot = gr.LinePlot(
+                identity_frame(TrainingView()),
+                x="step",
+                y="identity",
+                title=IDENTITY_TITLE,
+                height=280,
+                elem_id="identity-plot",
+            )
     with gr.Row():
         previews = gr.Gallery(
             fit_columns=False,
@@ -430,12 +480,39 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
             height=260,
             elem_id="train-attention",
         )
+    with gr.Column(elem_id="best-checkpoint"):
+        best_text = gr.Markdown(elem_id="best-checkpoint-text")
+        best_images = gr.Gallery(
+            fit_columns=False,
+            label="Previews of the best checkpoint",
+            columns=4,
+            height=180,
+            elem_id="best-checkpoint-images",
+            visible=False,
+        )
+        with gr.Row():
+            use_best = gr.Button("Use this checkpoint for generation", visible=False, elem_id="use-best")
+            use_final = gr.Button("Use the final weights", visible=False, elem_id="use-final")
     with gr.Accordion("Queue", open=False):
         queue = gr.HTML(queue_html(studio))
     next_step = gr.Button("Next: generate →", variant="primary")
     seen = gr.State(None)
 
-    outputs = [ready, progress, plot, previews, attention, resume, queue, seen]
+    outputs = [
+        ready,
+        progress,
+        plot,
+        identity_plot,
+        previews,
+        attention,
+        best_text,
+        best_images,
+        use_best,
+        use_final,
+        resume,
+        queue,
+        seen,
+    ]
 
     def refresh(name: str | None, last: Any, force: bool = False) -> list[Any]:
         if name not in studio.store.list():
@@ -451,18 +528,25 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
             view.state,
             view.step,
             view.warnings,
+            view.identity,
         ]
         signature.append([path for path, _ in view.previews])
         if not force and signature == last:
             return [gr.skip()] * (len(outputs) - 2) + [queue_html(studio), gr.skip()]
         idle = job is None or not job.active
         resumable = idle and view.state in ("interrupted", "cancelled", "failed") and can_resume(studio, name)
+        best = best_checkpoint(studio.store.open(name), view, idle) if name else ("", [], False, False)
         return [
             status,
             progress_html(view, job),
             loss_frame(view),
+            identity_frame(view),
             view.previews,
             view.attention,
+            best[0],
+            gr.Gallery(best[1], visible=bool(best[1])),
+            gr.Button(visible=best[2]),
+            gr.Button(visible=best[3]),
             gr.Button(visible=resumable),
             queue_html(studio),
             signature,
@@ -494,6 +578,26 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
         studio.runner.cancel(job.id)
         gr.Info("Cancelling… the run stops after the current step and keeps its last checkpoint.")
 
+    def on_use(name: str | None, best: bool):
+        from engine.train import TrainingError, best_preview, use_preview
+
+        project = studio.project(name)
+        runs = project.manifest().get("trainings", [])
+        chosen = best_preview(project, runs[-1]["id"]) if runs and best else None
+        try:
+            if not runs or (best and chosen is None):
+                raise TrainingError("This project has no scored preview checkpoint to choose yet.")
+            use_preview(project, runs[-1]["id"], chosen.step if chosen else None)
+        except TrainingError as error:
+            gr.Warning(str(error))
+        else:
+            gr.Info(
+                f"Generation now uses the checkpoint of step {chosen.step}."
+                if chosen
+                else "Generation now uses the final weights."
+            )
+        return refresh(name, None, force=True)
+
     def on_preset(name: str):
         values = start_values(studio, name)
         return [preset_help(name)] + [getattr(values, key) for key in ADVANCED]
@@ -512,6 +616,8 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
     start.click(on_run, settings, outputs)
     resume.click(functools.partial(on_run, resume=True), settings, outputs)
     cancel.click(on_cancel, current, None)
+    use_best.click(functools.partial(on_use, best=True), current, outputs)
+    use_final.click(functools.partial(on_use, best=False), current, outputs)
     preset_choice.change(on_preset, preset_choice, [help_text, *advanced])
     timer.tick(refresh, [current, seen], outputs, show_progress="hidden")
     current.change(

@@ -421,3 +421,71 @@ def test_style_references_painted_from_a_prompt_become_photos_or_refusals(tmp_pa
     assert len(job.result) == 2
     shown = len(photos(project, "reference")) + len(studio.refusals.get("anna"))
     assert shown == 2, "each painted reference is either added or listed with the reason it was refused"
+
+
+def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpoint(tmp_path, monkeypatch):
+    import engine.train
+    from engine.events import EventLog
+    from engine.store import ProjectStore
+    from engine.train import PreviewCheckpoint, TrainingError
+    from studio.app import Studio, build
+    from studio.train import IDENTITY_TITLE
+
+    studio = Studio(ProjectStore(tmp_path))
+    project = studio.store.create("anna")
+    project.update(lambda m: m.setdefault("trainings", []).append({"id": "run-1", "status": "finished"}))
+    log = EventLog(project.path("trainings", "run-1", "events.jsonl"))
+    for step, scores in ((3, [0.2, None]), (6, [0.7, 0.5]), (9, [None, None]), (12, [0.4, 0.4])):
+        mean = [s for s in scores if s is not None]
+        images = [str(tmp_path / f"step-{step}-seed-{i}.png") for i in range(2)]
+        log.append(
+            PreviewSaved(
+                phase=2,
+                global_step=step,
+                prompt="p",
+                images=images,
+                attention_maps={},
+                identity=scores,
+                identity_mean=sum(mean) / len(mean) if mean else None,
+            )
+        )
+    calls = []
+
+    def use_preview(project, run, step):
+        calls.append((run, step))
+        if step == 12:
+            raise TrainingError("Training run-1 is running; choose its checkpoint once it has finished.")
+        project.update(lambda m: m["trainings"][0].update(artefact_step=step))
+        return tmp_path
+
+    best = PreviewCheckpoint(6, 0.6, tmp_path)
+    monkeypatch.setattr(engine.train, "best_preview", lambda project, run: best if run == "run-1" else None)
+    monkeypatch.setattr(engine.train, "use_preview", use_preview)
+
+    blocks = build(studio)
+    by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
+    assert IDENTITY_TITLE in by_id["identity-curve-heading"].value
+
+    def clicked(elem_id: str):
+        block_fn = next(f for f in blocks.fns.values() if (by_id[elem_id]._id, "click") in f.targets)
+        return dict(zip([o.elem_id for o in block_fn.outputs], block_fn.fn("anna"), strict=True))
+
+    shown = clicked("use-best")
+    assert calls == [("run-1", 6)]
+    frame = shown["identity-plot"]
+    assert frame["step"].tolist() == [3, 6, 12] and frame["identity"].tolist() == pytest.approx(
+        [0.2, 0.6, 0.4]
+    )
+    assert "step 6, identity 0.600" in shown["best-checkpoint-text"]
+    assert "uses **the checkpoint of step 6**" in shown["best-checkpoint-text"]
+    assert shown["best-checkpoint-images"].visible
+    assert [item["image"]["path"] for item in shown["best-checkpoint-images"].value] == [
+        str(tmp_path / f"step-6-seed-{i}.png") for i in (0, 1)
+    ]
+    shown = clicked("use-final")
+    assert calls[-1] == ("run-1", None)
+    assert "uses **the final weights**" in shown["best-checkpoint-text"]
+    best = PreviewCheckpoint(12, 0.4, tmp_path)
+    with pytest.warns(UserWarning, match="is running"):
+        shown = clicked("use-best")
+    assert "uses **the final weights**" in shown["best-checkpoint-text"]

@@ -227,6 +227,7 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
         wait_for_images(page, "train-previews", 1)
         wait_for_images(page, "train-attention", 2)
         assert "<sks>" in page.locator("#train-attention").inner_text()
+        page.locator("#identity-curve-heading").get_by_text("Identity (ArcFace similarity").wait_for()
         shots.take("training-preview-and-attention")
 
         # While the job runs the studio answers at once: a page, a file and the gallery tab
