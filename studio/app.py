@@ -56,12 +56,12 @@ CSS = """
 """
 
 
-
 def _apply_pickle_choice(choice: StudioSettings) -> None:
     """The Settings checkbox is this process's pickle opt-in (read by `engine.models.load_base`)."""
     from engine.models import ALLOW_PICKLE_ENV
 
     os.environ[ALLOW_PICKLE_ENV] = "1" if choice.allow_pickle else "0"
+
 
 class Studio:
     """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
