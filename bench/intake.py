@@ -5,13 +5,13 @@ duplicate check never refuses it), compared with the face-model calls it makes (
 embed, called directly on the decoded photo); the ratio is what the intake's own work (checks,
 crop, PNG and manifest writes) adds. The stage times are given too. The face models are the demo
 kit's: Haar detection (the demo SCRFD is a marked stand-in), stand-in BiSeNet and ArcFace in the
-real formats with random weights; the entry names them. Each figure is the fastest of the timed
-runs (after one warm-up), the one least disturbed by other work on the machine.
+real formats with random weights; the entry names them.
 """
 
 from __future__ import annotations
 
 import io
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ def stage_seconds(data: bytes, name: str, kit: FaceKit) -> dict[str, Any]:
 
 
 def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
-    """Benchmark entry: per photo, the fastest `add_photo` call and the fastest run of each stage."""
+    """Benchmark entry: per photo, median seconds of `add_photo` and of its stages."""
     from bench.workbench import test_photos
     from engine.faces import load_face_kit
     from engine.intake import Accepted, add_photo
@@ -76,12 +76,12 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
             if index:  # the first run is a warm-up (model sessions, caches)
                 totals.append(elapsed)
         stages = {
-            key: round(min(run[key] for run in stage_runs[1:]), 4)
+            key: round(statistics.median(run[key] for run in stage_runs[1:]), 4)
             for key in ("decode", "detect", "parse", "embed")
             if key in stage_runs[-1]
         }
         models = sum(stages.get(key, 0.0) for key in ("detect", "parse", "embed"))
-        total = min(totals)
+        total = statistics.median(totals)
         entry: dict[str, Any] = {
             "add_photo_seconds": round(total, 4),
             "outcome": outcome,

@@ -4,12 +4,12 @@ All step kinds run on one trainer in this process, on the same composed sample w
 seeds. Warm-up full steps come first (they run every layer the plain step runs, and more); then
 the timed steps, interleaved across kinds so that a slow spell of the machine touches every kind
 alike: each round times a plain step, a full step and (in the first ``option_steps`` rounds) one
-full step with each speed option off. Each kind's figure is its fastest step, the one least
-disturbed by other work on the machine (all times are kept in the results).
+full step with each speed option off. Each kind's figure is its median.
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ DESCRIPTIONS = {
 
 
 def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
-    """Benchmark entry: step seconds per kind and each full kind's ratio to the plain step."""
+    """Benchmark entry: median step seconds per kind and each full kind's ratio to the plain step."""
     from bench.steps import KINDS, step_function, timed
 
     options = trainer.options
@@ -40,8 +40,8 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
         for name, step in steps.items():
             if seed < (sizes.timed_steps if name in ("plain", "full") else sizes.option_steps):
                 seconds[name].append(timed(step, seed, device))
-    best = {name: min(values) for name, values in seconds.items()}
-    ratios = {name: round(value / best["plain"], 3) for name, value in best.items() if name != "plain"}
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    ratios = {name: round(value / median["plain"], 3) for name, value in median.items() if name != "plain"}
     return {
         "what": "one phase-2 optimiser step of the full objective (reconstruction + composed + identity + AR)",
         "baseline": "one plain DreamBooth-LoRA step: noise, UNet (SDPA everywhere), MSE; same LoRA, resolution, optimiser",
@@ -49,9 +49,8 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
         "goal": f"<= {GOAL}",
         "meets_goal": ratios["full"] <= GOAL,
         "ratios": ratios,
-        "best_seconds": {name: round(value, 4) for name, value in best.items()},
+        "median_seconds": {name: round(value, 4) for name, value in median.items()},
         "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
-        "estimator": "fastest timed step of each kind (the least disturbed by other work on the machine)",
         "kinds": {name: DESCRIPTIONS[name] for name in ratios},
         "profile": options.profile,
         "options": {

@@ -24,7 +24,7 @@ def _goal(entry: dict[str, Any]) -> str:
 
 
 def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
-    best = entry["best_seconds"]
+    median = entry["median_seconds"]
     labels = {
         "full": "speed options on",
         "full_no_reuse_pass": "identity_reuse_pass off",
@@ -34,7 +34,7 @@ def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for kind, ratio in entry["ratios"].items():
         goal = _goal(entry) if kind == "full" else ""
-        context = f"{_seconds(best[kind])} vs {_seconds(best['plain'])} per step"
+        context = f"{_seconds(median[kind])} vs {_seconds(median['plain'])} per step"
         rows.append((f"Phase-2 step time, full objective ({labels.get(kind, kind)}; profile {entry['profile']})",
                      "plain DreamBooth-LoRA step", _ratio(ratio), goal, context))  # fmt: skip
     return rows
@@ -53,12 +53,9 @@ def memory_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def generate_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
-    best = entry["best_seconds"]
+    median = entry["median_seconds"]
     size = "x".join(str(v) for v in entry["size"])
-    context = (
-        f"{_seconds(best['ours'])} vs {_seconds(best['bare'])} ({entry['steps']} steps, {size}); "
-        f"bare with the same LoRA: {_seconds(best['bare_with_lora'])}"
-    )
+    context = f"{_seconds(median['ours'])} vs {_seconds(median['bare'])} ({entry['steps']} steps, {size})"
     return [
         (
             "Generation: our generate call",
