@@ -3,8 +3,10 @@
 All step kinds run on one trainer in this process, on the same composed sample with the same
 seeds. Warm-up full steps come first (they run every layer the plain step runs, and more); then
 the timed steps, interleaved across kinds so that a slow spell of the machine touches every kind
-alike: each round times a plain step, a full step and (in the first ``option_steps`` rounds) one
-full step with each speed option off. Each kind's figure is its median.
+alike: each round times a plain step, a full step, a full step on samples drawn by the run's task
+mix (``mix``: what a training run's step costs, the figure the pre-flight estimate uses) and (in
+the first ``option_steps`` rounds) one full step with each speed option off. Each kind's figure
+is its median.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ DESCRIPTIONS = {
     "full_no_reuse_pass": "identity_reuse_pass off: the identity branch gets its own UNet rows",
     "full_no_face_window": "identity_face_window off: the VAE decodes the whole latent",
     "full_no_speed_options": "both off",
+    "mix": "speed options on, samples drawn as a run draws them (task mix source:reference:composed)",
 }
+EVERY_ROUND = ("plain", "full", "mix")
 
 
 def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
@@ -31,14 +35,14 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
     from bench.steps import KINDS, step_function, timed
 
     options = trainer.options
-    steps = {name: step_function(trainer, KINDS[name]) for name in ("plain", "full", *sizes.option_kinds)}
+    steps = {name: step_function(trainer, KINDS[name]) for name in (*EVERY_ROUND, *sizes.option_kinds)}
     device = trainer.device
     for index in range(sizes.warmup_steps):  # the full step runs all the plain step runs, and more
         steps["full"](WARMUP_SEED + index)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for seed in range(max(sizes.timed_steps, sizes.option_steps)):
         for name, step in steps.items():
-            if seed < (sizes.timed_steps if name in ("plain", "full") else sizes.option_steps):
+            if seed < (sizes.timed_steps if name in EVERY_ROUND else sizes.option_steps):
                 seconds[name].append(timed(step, seed, device))
     median = {name: statistics.median(values) for name, values in seconds.items()}
     ratios = {name: round(value / median["plain"], 3) for name, value in median.items() if name != "plain"}
@@ -59,6 +63,6 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
             "gradient_checkpointing": options.gradient_checkpointing,
             "train_text_encoder": options.train_text_encoder,
         },
-        "sample": "one composed sample per step (batch 1): every loss term is active",
+        "sample": "one composed sample per step (batch 1): every loss term is active; mix: drawn samples",
         "command": command,
     }

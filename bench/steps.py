@@ -8,6 +8,9 @@ composed one: every term of the objective is active), at the same resolution:
   identity loss on the decoded one-step estimate), backward, clipping, optimiser step.
 - ``plain``: noise, text encoder and UNet with SDPA in every layer, MSE against the noise,
   backward, clipping, optimiser step; no capture, no decode, no recogniser.
+- ``mix``: the full step on samples drawn as a training run draws them (the task mix of source,
+  reference and composed samples; a reference sample takes no identity loss), so its median is
+  what a run's phase-2 step costs.
 
 The two speed options of the training issue (``identity_reuse_pass`` and
 ``identity_face_window``) are read by `Trainer.losses` on every step, so they are switched on the
@@ -17,6 +20,7 @@ same trainer between steps.
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +45,8 @@ class StepKind:
     full: bool
     identity_reuse_pass: bool = True
     identity_face_window: bool = True
+    drawn: bool = False
+    """Samples drawn by the run's task mix instead of the one composed sample."""
 
 
 KINDS = {
@@ -49,6 +55,7 @@ KINDS = {
     "full_no_reuse_pass": StepKind("full_no_reuse_pass", True, identity_reuse_pass=False),
     "full_no_face_window": StepKind("full_no_face_window", True, identity_face_window=False),
     "full_no_speed_options": StepKind("full_no_speed_options", True, False, False),
+    "mix": StepKind("mix", full=True, drawn=True),
 }
 
 
@@ -87,7 +94,7 @@ def composed_sample(trainer: Trainer):
 
 
 def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
-    """A function running one optimiser step of ``kind``; its argument seeds the noise and timesteps.
+    """A function running one optimiser step of ``kind``; its argument seeds the noise, timesteps and draws.
 
     The plain step runs with SDPA in every attention layer (no capture), the full step with the
     trainer's processors (capture on the AR layers).
@@ -107,6 +114,9 @@ def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
         trainer.generator.manual_seed(seed)
         if kind.full:
             trainer.options = options
+            if kind.drawn:
+                rng = random.Random(seed)
+                samples[:] = [trainer.data.draw(rng, 2) for _ in range(trainer.config.train_batch_size)]
             optimise(trainer, trainer.losses(2, 0, PHASE2_STEPS, samples)["total"])
             return
         unet = trainer.base.unet

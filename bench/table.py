@@ -30,6 +30,7 @@ def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
         "full_no_reuse_pass": "identity_reuse_pass off",
         "full_no_face_window": "identity_face_window off",
         "full_no_speed_options": "both speed options off",
+        "mix": "samples drawn by the task mix, as in a run",
     }
     rows = []
     for kind, ratio in entry["ratios"].items():

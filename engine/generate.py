@@ -446,8 +446,13 @@ def identity_score(kit: FaceKit, image: np.ndarray, reference: np.ndarray | None
 
 
 def sorted_outputs(project: Project) -> list[OutputRecord]:
-    """All outputs of a project, best identity score first; unscored ones last, newest first among equals."""
-    records = [OutputRecord.from_json(entry) for entry in project.manifest().get("outputs", [])]
+    """All outputs of a project, best identity score first; unscored ones last, newest first among equals.
+
+    Outputs made within one second (a post-processed copy and its original) keep their manifest
+    order, later entries first.
+    """
+    entries = project.manifest().get("outputs", [])
+    records = [OutputRecord.from_json(entry) for entry in reversed(entries)]
     records.sort(key=lambda r: r.created, reverse=True)
     return sorted(records, key=lambda r: -math.inf if r.identity is None else r.identity, reverse=True)
 

@@ -194,7 +194,7 @@ def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
         phase1 = "phase1" if "phase1" in median else "plain"
         values.setdefault(speed["profile"], {}).update(
             phase1_step_s=median[phase1],
-            phase2_step_s=median["full"],
+            phase2_step_s=median.get("mix", median["full"]),
             phase1_from="a phase-1 step" if phase1 == "phase1" else "the plain step, standing in for phase 1",
         )
     empty = {
@@ -224,7 +224,8 @@ def build_table(results: Sequence[Mapping[str, Any]], keep: Sequence[Figures] = 
             "(reconstruction, composed prompt, identity, Attention Refocusing) with the models resident; "
             "on the CPU the process's peak resident set, on CUDA torch.cuda.max_memory_allocated. "
             "resident_bytes: in use before the steps (models, caches, optimiser). phase2_step_s: median "
-            "seconds of that step; phase1_step_s: median seconds of a phase-1 step, or, where the "
+            "seconds of a full phase-2 step on samples drawn as a run draws them (where older results "
+            "lack that, of the composed step); phase1_step_s: median seconds of a phase-1 step, or, where the "
             "benchmarks did not time one, of a plain DreamBooth-LoRA step (phase1_from says which)."
         ),
         "rows": [row.__dict__ for row in rows.values()],

@@ -232,8 +232,8 @@ def build(studio: Studio) -> gr.Blocks:
                 project.build(studio, current, tabs)
             with gr.Tab(STEPS[1][1], id="photos") as photos_tab:
                 photos.build(studio, current, tabs, photos_tab, timer)
-            with gr.Tab(STEPS[2][1], id="train"):
-                train.build(studio, current, tabs, timer)
+            with gr.Tab(STEPS[2][1], id="train") as train_tab:
+                train.build(studio, current, tabs, timer, train_tab)
             with gr.Tab(STEPS[3][1], id="generate") as generate_tab:
                 generate.build(studio, current, tabs, timer, generate_tab)
             with gr.Tab(STEPS[4][1], id="gallery") as gallery_tab:

@@ -403,7 +403,7 @@ def queue_html(studio: Studio) -> str:
 # -- layout --------------------------------------------------------------------------------
 
 
-def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) -> None:
+def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, tab: gr.Tab) -> None:
     """Lay out the Train tab and wire its events."""
     default_preset = "fast" if studio.demo is not None else "released"
     initial = start_values(studio, default_preset)
@@ -620,9 +620,8 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer) 
     use_final.click(functools.partial(on_use, best=False), current, outputs)
     preset_choice.change(on_preset, preset_choice, [help_text, *advanced])
     timer.tick(refresh, [current, seen], outputs, show_progress="hidden")
-    current.change(
-        functools.partial(refresh, last=None, force=True), current, outputs, show_progress="hidden"
-    )
+    for changed in (current.change, tab.select):  # the photo counts change in step 2
+        changed(functools.partial(refresh, last=None, force=True), current, outputs, show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="generate"), None, tabs)
 
 

@@ -211,6 +211,17 @@ def test_outputs_sort_best_identity_first(tmp_path):
     assert [r.id for r in sorted_outputs(project)] == ["high", "low", "none"]
 
 
+def test_outputs_made_in_the_same_second_show_the_later_first(tmp_path):
+    """A post-processed copy lands in the same second as its original: the copy comes first."""
+    from engine.store import ProjectStore
+
+    project = ProjectStore(tmp_path).create("erin")
+    image = np.zeros((8, 8, 3), np.uint8)
+    for name in ("original-a", "original-b", "upscaled-a", "upscaled-b"):
+        add_photo_output(project, image, name)
+    assert [r.id for r in sorted_outputs(project)] == ["upscaled-b", "upscaled-a", "original-b", "original-a"]
+
+
 def test_style_references_are_painted_by_the_plain_base_and_go_through_intake(base, no_faces, tmp_path):
     from engine.intake import Refused
     from engine.store import ProjectStore

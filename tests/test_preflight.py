@@ -283,6 +283,9 @@ def test_the_training_view_shows_the_slowdown_warning(tmp_path):
 
 # -- the estimate against a real tiny run -----------------------------------------------------
 
+PHASE2_STEPS = 30
+"""Phase-2 steps of the run, and timed steps of each benchmark kind: enough for steady medians."""
+
 MEASURE_FIGURES = """
 import json, sys, tempfile, time
 from pathlib import Path
@@ -299,7 +302,7 @@ bench = prepare("tiny", home)
 memory = measure(bench, "cpu", "full", 2)
 sizes = sizes_for("tiny", True, False)
 import dataclasses
-sizes = dataclasses.replace(sizes, warmup_steps=2, timed_steps=7, option_kinds=())
+sizes = dataclasses.replace(sizes, warmup_steps=2, timed_steps=int(sys.argv[2]), option_kinds=())
 speed = run(make_trainer(bench), sizes, "test")
 print(json.dumps({"memory": memory, "speed": speed, "home": str(bench.home)}))
 """
@@ -369,13 +372,14 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
     benchmark's process, which never ran phase 1), and what the steps add to it. The last is a few
     tens of MiB on the tiny model: the benchmark repeats one composed sample, while a run draws
     other views and kinds whose new shapes grow the allocator's caches by some ten MiB more, so it
-    is held to the same order of magnitude only. Time: the benchmark's full step against the run's
-    median phase-2 step, both on one torch thread and counted in CPU seconds of the process (on an
+    is held to the same order of magnitude only. Time: the benchmark's full step on samples drawn as
+    the run draws them (source, reference and composed: a reference step takes no identity loss)
+    against the run's median phase-2 step, both on one torch thread and counted in CPU seconds of the process (on an
     idle machine the same as wall seconds), so that other work on the machine does not decide it.
     """
     from engine.demo import build_demo_kit, default_kit_folder
 
-    figures = run_script(MEASURE_FIGURES, str(tmp_path / "bench"))
+    figures = run_script(MEASURE_FIGURES, str(tmp_path / "bench"), str(PHASE2_STEPS))
     results = {
         "command": "test", "created": "2025-01-01T00:00:00", "sizes": {"model": "tiny", "resolution": 64},
         "machine": {"cpu": "this machine", "cores_logical": os.cpu_count(), "torch": "test", "gpu": None},
@@ -391,12 +395,12 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
     table = [Figures(**r) for r in preflight.build_table([results])["rows"]]
     base = str(build_demo_kit(default_kit_folder()).sd.folder)
     config = preset(
-        "released", base_model=base, resolution=64, phase1_steps=3, phase2_steps=8, device="cpu",
+        "released", base_model=base, resolution=64, phase1_steps=3, phase2_steps=PHASE2_STEPS, device="cpu",
         vram_profile="cpu",
     )  # fmt: skip
     found = preflight.estimate(config, CPU, table)
 
-    run = run_script(TRAIN_AND_MEASURE, figures["home"], base, "3", "8")
+    run = run_script(TRAIN_AND_MEASURE, figures["home"], base, "3", str(PHASE2_STEPS))
     step_bytes = run["peak"] - run["resident"]
     phase2 = statistics.median(run["seconds"]["2"][1:])
     print(

@@ -214,8 +214,11 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
 
         # 3. Train: watch the progress, the losses, a preview and the attention maps appear
         open_tab(page, "3 · Train")
-        page.locator("#train-readiness").get_by_text("selfie(s)").wait_for()
-        assert "3 selfie(s) and 2 style reference(s)" in page.locator("#train-readiness").inner_text()
+        page.wait_for_function(
+            "() => document.querySelector('#train-readiness').innerText"
+            ".includes('3 selfie(s) and 2 style reference(s)')",
+            timeout=10_000,
+        )
         page.get_by_text("Advanced settings").click()
         page.locator("#advanced-phase2_steps input").fill(str(PHASE2_STEPS))
         page.locator("#advanced-phase2_steps input").blur()
