@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from engine.config import TrainingConfig
+    from engine.faces import Face
     from engine.store import Project
 
 SOURCE_TEMPLATES = (
@@ -148,6 +149,18 @@ def source_identity(images: list[TrainImage]) -> torch.Tensor:
             "No source photo has a face embedding; re-add the source photos so they are analysed."
         )
     return F.normalize(torch.stack(embeddings).mean(dim=0), dim=0)
+
+
+def source_framing(images: list[TrainImage]) -> Face | None:
+    """The mean face box and landmarks of the source crops: where a generated portrait has its face."""
+    from engine.faces import Face
+
+    sources = [image for image in images if image.role == "source"]
+    if not sources:
+        return None
+    bbox = torch.stack([image.bbox for image in sources]).float().mean(0)
+    landmarks = torch.stack([image.landmarks for image in sources]).float().mean(0)
+    return Face(bbox=tuple(float(v) for v in bbox), landmarks=landmarks.numpy().astype("float32"), score=1.0)
 
 
 def jitter(pixels: torch.Tensor, brightness: float, contrast: float, saturation: float) -> torch.Tensor:

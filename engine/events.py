@@ -65,6 +65,8 @@ class PreviewSaved(Event):
     """Token -> one overlay PNG per image."""
     identity: list[float | None] = field(default_factory=list)
     """Per image: ArcFace cosine of its largest face to the mean source embedding; None without a face."""
+    identity_framed: list[bool] = field(default_factory=list)
+    """Per image: no face was detected, so it was scored at the source crops' mean face position."""
     identity_mean: float | None = None
     """Mean of the images' scores that are not None; None when no image was scored."""
     checkpoint: str | None = None

@@ -3,7 +3,7 @@
 `generate` loads the artefact of a training run onto the base model it was trained on: the two
 placeholder embeddings go into a copy of the tokenizer and into the text encoder's table, the LoRA
 into the UNet and the text encoder through diffusers (one adapter, scaled per component with
-``set_adapters``). The prompt is the training wording (the first source template plus " in the
+``set_adapters`` and fused into the weights while those scales are in use). The prompt is the training wording (the first source template plus " in the
 style of <style>") followed by the user's extra words. Image ``i`` of a batch uses seed
 ``seed + i`` on a CPU generator, so an image is reproduced by its seed alone, on any device.
 
@@ -37,12 +37,13 @@ from engine.store import Project, atomic_write_bytes, now
 
 if TYPE_CHECKING:
     from engine.artefact import Artefact
-    from engine.faces import FaceKit
+    from engine.faces import Face, FaceKit
     from engine.models import BaseModel
 
 OUTPUTS = "outputs"
 ADAPTER = "magicapture"
 """Adapter name of the project LoRA inside diffusers/peft."""
+LORA_COMPONENTS = ["unet", "text_encoder"]
 DEFAULT_NEGATIVE_PROMPT = (
     "blurry, lowres, out of focus, deformed face, asymmetric eyes, distorted features, bad anatomy, "
     "extra limbs, watermark, text, signature, jpeg artifacts, oversaturated"
@@ -171,6 +172,8 @@ class _Installed:
 
     table_size: int
     overwritten: dict[int, Any]
+    fused: tuple[float, float] | None = None
+    """UNet and text-encoder scales the LoRA is fused into the weights at; None while unfused."""
 
 
 _CACHE: dict[str, Any] = {}
@@ -241,6 +244,9 @@ def _uninstall(base: BaseModel, installed: _Installed) -> None:
     from engine.models import make_pipeline
 
     pipe = make_pipeline(base)
+    if installed.fused is not None:
+        pipe.unfuse_lora(components=LORA_COMPONENTS)
+        installed.fused = None
     adapters = {name for names in pipe.get_list_adapters().values() for name in names}
     if adapters == {ADAPTER}:
         pipe.unload_lora_weights()  # removes the LoRA layers themselves
@@ -291,8 +297,24 @@ def release_cache() -> None:
             torch.cuda.empty_cache()
 
 
+def _fuse(pipe: Any, installed: _Installed, unet_scale: float, text_scale: float) -> None:
+    """Fuse the project LoRA into the weights at these scales, so that sampling costs what the bare model does.
+
+    The fusion stays while the scales stay (the same seed then gives the same image again); other
+    scales unfuse it first.
+    """
+    scales = (unet_scale, text_scale)
+    if not pipe.get_list_adapters() or installed.fused == scales:
+        return
+    if installed.fused is not None:
+        pipe.unfuse_lora(components=LORA_COMPONENTS)
+    pipe.set_adapters(ADAPTER, adapter_weights={"unet": unet_scale, "text_encoder": text_scale})
+    pipe.fuse_lora(components=LORA_COMPONENTS, adapter_names=[ADAPTER])
+    installed.fused = scales
+
+
 @contextlib.contextmanager
-def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[BaseModel]:
+def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[tuple[BaseModel, _Installed]]:
     """The base model with ``artefact`` loaded, as a `BaseModel` view whose tokenizer knows the tokens.
 
     Without ``base``, the artefact's own base model is loaded and kept for later calls; a given
@@ -301,7 +323,7 @@ def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[BaseMo
     if base is not None:
         view, installed = _install(base, artefact)
         try:
-            yield view
+            yield view, installed
         finally:
             _uninstall(base, installed)
         return
@@ -316,7 +338,7 @@ def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[BaseMo
             kept = cached_base(str(source))
             view, installed = _install(kept, artefact)
             _CACHE.update(artefact=key, installed=installed, view=view)
-        yield _CACHE["view"]
+        yield _CACHE["view"], _CACHE["installed"]
 
 
 # Prompts -----------------------------------------------------------------------------------------
@@ -430,16 +452,23 @@ def source_embedding(project: Project, kit: FaceKit) -> np.ndarray | None:
     return mean / norm if norm > 0 else None
 
 
-def identity_score(kit: FaceKit, image: np.ndarray, reference: np.ndarray | None) -> float | None:
-    """ArcFace cosine of the largest face in ``image`` to ``reference``; None without face or reference."""
+def identity_score(
+    kit: FaceKit, image: np.ndarray, reference: np.ndarray | None, face: Face | None = None
+) -> float | None:
+    """ArcFace cosine of the largest face in ``image`` to ``reference``; None without face or reference.
+
+    A given ``face`` is scored where it lies, without detection.
+    """
     from engine.faces.identity import cosine
 
     if kit.scorer is None or reference is None:
         return None
-    faces = kit.detector.detect(image)
-    if not faces:
-        return None
-    embedding = kit.scorer.embed(image, faces[0])
+    if face is None:
+        faces = kit.detector.detect(image)
+        if not faces:
+            return None
+        face = faces[0]
+    embedding = kit.scorer.embed(image, face)
     if embedding.size != reference.size:
         return None
     return round(cosine(embedding, reference), 4)
@@ -587,14 +616,10 @@ def generate(
     source = base.source if base is not None else str(artefact.metadata.get("base_model"))
     emit(Status(message=f"Loading {model_name(source)} with run {run_id or path.name}…"))
     records: list[OutputRecord] = []
-    with loaded(artefact, base) as model:
+    with loaded(artefact, base) as (model, installed):
         pipe = make_pipeline(model, settings.sampler)
         pipe.set_progress_bar_config(disable=True)
-        if pipe.get_list_adapters():
-            pipe.set_adapters(
-                ADAPTER,
-                adapter_weights={"unet": settings.unet_lora_scale, "text_encoder": settings.text_lora_scale},
-            )
+        _fuse(pipe, installed, settings.unet_lora_scale, settings.text_lora_scale)
         prompt, prompt_warning = fit_prompt(model.tokenizer, compose_prompt(tokens, settings.prompt_extra))
         negative, negative_warning = fit_prompt(model.tokenizer, settings.negative_prompt, "negative prompt")
         warnings = [w for w in (prompt_warning, negative_warning) if w]

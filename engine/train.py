@@ -6,7 +6,8 @@ identity loss and Attention Refocusing), writing everything under ``trainings/<r
 project: ``events.jsonl``, ``previews/``, ``checkpoints/step-N/`` and ``final.safetensors``.
 
 Each preview is scored for identity (ArcFace cosine to the source photos, as generation scores its
-outputs) and its weights are kept in ``checkpoints/preview-N/``, which checkpoint rotation never
+outputs; a preview in which the detector finds no face is scored at the mean face position of the
+source crops, as the identity loss falls back to the known face box) and its weights are kept in ``checkpoints/preview-N/``, which checkpoint rotation never
 deletes: `best_preview` finds the most faithful one, `use_preview` makes it the run's artefact.
 
 One step, top to bottom (`Trainer.losses`): draw samples; noise their cached latents at random
@@ -32,7 +33,7 @@ from torch import nn
 
 from engine import checkpoint as ckpt
 from engine.config import MEMORY_FIELDS, ConfigError, TrainingConfig, preset
-from engine.data import TrainingData, composed_prompt, load_images, source_identity
+from engine.data import TrainingData, composed_prompt, load_images, source_framing, source_identity
 from engine.events import (
     Cancelled,
     CheckpointSaved,
@@ -522,6 +523,7 @@ class Trainer:
             # The loss needs the recogniser (fetch it); preview scores use what is installed.
             self.face_kit = load_face_kit(download=identity_loss)
         self.reference = source_embedding(self.project, self.face_kit) if self.face_kit else None
+        self.framing = source_framing(images)
         self.identity = None
         if identity_loss:
             self.identity = (
@@ -900,7 +902,12 @@ class Trainer:
             ]
         pixels = [(img * 255).round().astype("uint8") for img in images]
         paths = [_save_png(folder / f"seed-{s}.png", p) for s, p in zip(seeds, pixels, strict=True)]
-        identity = [identity_score(self.face_kit, p, self.reference) for p in pixels]
+        detected = [identity_score(self.face_kit, p, self.reference) for p in pixels]
+        framed = [score is None and self.framing is not None for score in detected]
+        identity = [
+            identity_score(self.face_kit, p, self.reference, self.framing) if frame else score
+            for p, score, frame in zip(pixels, detected, framed, strict=True)
+        ]
         scored = [score for score in identity if score is not None]
         mean = round(sum(scored) / len(scored), 4) if scored else None
         checkpoint = self.save_preview(phase, global_step, identity, mean)
@@ -912,6 +919,7 @@ class Trainer:
                 images=paths,
                 attention_maps=overlays,
                 identity=identity,
+                identity_framed=framed,
                 identity_mean=mean,
                 checkpoint=str(checkpoint),
             )

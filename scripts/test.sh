@@ -14,4 +14,5 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 ruff check .
+ruff format --check .
 python -m pytest -q -p no:cacheprovider "$@"

@@ -453,8 +453,9 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
             )
         with gr.Column(scale=1, elem_id="identity-curve-column"):
             gr.Markdown(
-                f"**{IDENTITY_TITLE}**: higher is more like the person; "
-                "a point per preview that shows a face.",
+                f"**{IDENTITY_TITLE}**: higher is more like the person; a point per preview. "
+                "Where the detector finds no face yet, the preview is scored where the face sits in "
+                "your selfie crops.",
                 elem_id="identity-curve-heading",
             )
             identity_plot = gr.LinePlot(

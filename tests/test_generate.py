@@ -86,6 +86,43 @@ def test_unet_and_text_encoder_lora_scales_act_separately(project, no_faces):
     assert not np.array_equal(unet_only, text_only)
 
 
+def test_the_lora_is_fused_while_sampling(project, no_faces):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    seen = []
+
+    def on_event(event):
+        if isinstance(event, StepDone):
+            kept = gen._CACHE["base"]
+            layers = [m for part in (kept.unet, kept.text_encoder) for m in part.modules()]
+            layers = [m for m in layers if isinstance(m, BaseTunerLayer)]
+            seen.append(bool(layers) and all(m.merged for m in layers))
+
+    generate(project, RUN, fast(), face_kit=no_faces, on_event=on_event)
+    assert seen and all(seen)
+
+
+def test_the_fused_lora_gives_the_image_of_the_unfused_one_at_the_same_scales(lora, base):
+    from engine.artefact import load_artefact
+    from engine.models import make_pipeline
+
+    view, installed = gen._install(base, load_artefact(lora.path))
+    try:
+        pipe = make_pipeline(view)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.set_adapters(gen.ADAPTER, adapter_weights={"unet": 0.6, "text_encoder": 0.9})
+        prompt = compose_prompt(TOKENS)
+        unfused = gen._sample(pipe, prompt, fast(), 4, lambda step: None, None)
+        gen._fuse(pipe, installed, 0.6, 0.9)
+        fused = gen._sample(pipe, prompt, fast(), 4, lambda step: None, None)
+        gen._fuse(pipe, installed, 0.0, 0.9)
+        other = gen._sample(pipe, prompt, fast(), 4, lambda step: None, None)
+    finally:
+        gen._uninstall(base, installed)
+    assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 1
+    assert not np.array_equal(fused, other)
+
+
 def test_the_loaded_base_is_kept_between_calls(project, no_faces, monkeypatch):
     generate(project, RUN, fast(), face_kit=no_faces)
     kept = gen._CACHE["base"]

@@ -13,6 +13,7 @@ from test_train import tiny_config
 from engine import checkpoint as ckpt
 from engine import train as training
 from engine.artefact import load_artefact
+from engine.data import load_images
 from engine.events import PreviewSaved, StepDone, event_from_dict, identity_curve, read_events
 from engine.generate import GenerationSettings, generate, identity_score, resolve_artefact
 from engine.models import load_base
@@ -111,11 +112,15 @@ def test_previews_are_scored_kept_and_the_best_becomes_the_runs_artefact(
     kit = demo_face_kit(tmp_path)
     # The tiny model paints no faces, so the real scorer returns None on its previews. Each call still
     # runs it (its answer is checked below), then a scripted score stands in so the curve has a maximum.
-    real, script = [], iter([0.6, None, 0.1, 0.3])
+    # A preview without a detected face is scored again at the source crops' mean face (``face``).
+    real, script, framings = [], iter([0.6, None, 0.1, 0.3]), []
 
-    def scored(face_kit, image, reference):
+    def scored(face_kit, image, reference, face=None):
         assert face_kit is kit and image.dtype == np.uint8 and reference is not None and reference.size == 512
-        real.append(identity_score(face_kit, image, reference))
+        real.append(identity_score(face_kit, image, reference, face))
+        if face is not None:
+            framings.append(face)
+            return 0.2
         return next(script)
 
     monkeypatch.setattr(training, "identity_score", scored)
@@ -127,20 +132,24 @@ def test_previews_are_scored_kept_and_the_best_becomes_the_runs_artefact(
     final = train(project, config, base=load_base(tiny_sd.folder), face_kit=kit, on_event=events.append)
     run = final.parent.name
 
-    assert len(real) == 4 and all(s is None or -1 <= s <= 1 for s in real)
+    assert len(real) == 5 and all(s is None or -1 <= s <= 1 for s in real)
+    assert real[2] is not None, "scored at the framing, the real scorer gives a similarity"
+    images = load_images(project, config.resolution)
+    boxes = np.array([image.bbox.numpy() for image in images if image.role == "source"])
+    assert len(framings) == 1 and np.allclose(framings[0].bbox, boxes.mean(0), atol=1e-4)
     previews = [e for e in events if isinstance(e, PreviewSaved)]
-    assert [(p.global_step, p.identity, p.identity_mean) for p in previews] == [
-        (2, [0.6, None], 0.6), (4, [0.1, 0.3], 0.2),
+    assert [(p.global_step, p.identity, p.identity_framed, p.identity_mean) for p in previews] == [
+        (2, [0.6, 0.2], [False, True], 0.4), (4, [0.1, 0.3], [False, False], 0.2),
     ]  # fmt: skip
-    assert identity_curve(read_events(final.parent / "events.jsonl")) == [(2, 0.6), (4, 0.2)]
+    assert identity_curve(read_events(final.parent / "events.jsonl")) == [(2, 0.4), (4, 0.2)]
 
     # Rotation kept one step checkpoint; every preview checkpoint is still there.
     folder = final.parent / "checkpoints"
     assert [p.name for p in ckpt.checkpoints(folder)] == ["step-4"]
     assert [p.checkpoint for p in previews] == [str(folder / f"preview-{s}") for s in (2, 4)]
     kept = preview_checkpoints(project, run)
-    assert [(p.step, p.identity_mean) for p in kept] == [(2, 0.6), (4, 0.2)]
-    assert ckpt.read_json(folder / "preview-2" / ckpt.STATE)["identity"] == [0.6, None]
+    assert [(p.step, p.identity_mean) for p in kept] == [(2, 0.4), (4, 0.2)]
+    assert ckpt.read_json(folder / "preview-2" / ckpt.STATE)["identity"] == [0.6, 0.2]
 
     # The last preview holds the final weights; earlier ones hold their own step's weights.
     weights = {p.step: load_artefact(p.path / training.PREVIEW_WEIGHTS) for p in kept}
@@ -149,13 +158,13 @@ def test_previews_are_scored_kept_and_the_best_becomes_the_runs_artefact(
     assert not _equal(_lora(weights[2]), _lora(finished))
 
     best = best_preview(project, run)
-    assert (best.step, best.identity_mean) == (2, 0.6)
+    assert (best.step, best.identity_mean) == (2, 0.4)
     path = artefact_from_preview(project, run, best.step)
     assert path == final.parent / "artefact-step-2.safetensors"
     chosen = load_artefact(path)
     assert _equal(_lora(chosen), _lora(weights[2]))
     assert all(torch.equal(chosen.embeddings[t], weights[2].embeddings[t]) for t in ("<sks>", "<style1>"))
-    assert chosen.metadata["step"] == 2 and chosen.metadata["identity_mean"] == 0.6
+    assert chosen.metadata["step"] == 2 and chosen.metadata["identity_mean"] == 0.4
     assert chosen.metadata["tokens"] == finished.metadata["tokens"] and chosen.metadata["lora"]
     assert finished.metadata["step"] == 4
     with pytest.raises(TrainingError, match=r"no preview checkpoint at step 3 \(kept steps: 2, 4\)"):

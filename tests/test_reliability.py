@@ -40,7 +40,9 @@ def listing(root: Path) -> list[str]:
 
 
 def start_driver(project, base: str, fault: str) -> subprocess.Popen:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    # One CPU thread: on some CPUs two uninterrupted multi-threaded runs already differ in the last
+    # bits (bitsandbytes' 8-bit AdamW on the CPU), and this test compares weights bit for bit.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     name = fault.replace(":", "-").replace("@", "-")
     with open(scratch(project.root) / f"driver-{name}.log", "w") as log:
         return subprocess.Popen(
