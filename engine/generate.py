@@ -3,8 +3,9 @@
 `generate` loads the artefact of a training run onto the base model it was trained on: the two
 placeholder embeddings go into a copy of the tokenizer and into the text encoder's table, the LoRA
 into the UNet and the text encoder through diffusers (one adapter, scaled per component with
-``set_adapters`` and fused into the weights while those scales are in use). The prompt is the training wording (the first source template plus " in the
-style of <style>") followed by the user's extra words. Image ``i`` of a batch uses seed
+``set_adapters`` and fused into the weights while those scales are in use). The prompt is the
+training wording (the first source template plus " in the style of <style>") followed by the
+user's extra words. Image ``i`` of a batch uses seed
 ``seed + i`` on a CPU generator, so an image is reproduced by its seed alone, on any device.
 
 Each image is written to ``outputs/<id>.png`` with AUTOMATIC1111's ``parameters`` text chunk and

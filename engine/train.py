@@ -7,8 +7,9 @@ project: ``events.jsonl``, ``previews/``, ``checkpoints/step-N/`` and ``final.sa
 
 Each preview is scored for identity (ArcFace cosine to the source photos, as generation scores its
 outputs; a preview in which the detector finds no face is scored at the mean face position of the
-source crops, as the identity loss falls back to the known face box) and its weights are kept in ``checkpoints/preview-N/``, which checkpoint rotation never
-deletes: `best_preview` finds the most faithful one, `use_preview` makes it the run's artefact.
+source crops, as the identity loss falls back to the known face box) and its weights are kept in
+``checkpoints/preview-N/``, which checkpoint rotation never deletes: `best_preview` finds the most
+faithful one, `use_preview` makes it the run's artefact.
 
 One step, top to bottom (`Trainer.losses`): draw samples; noise their cached latents at random
 timesteps; one pass of text encoder and UNet (with the identity branch's extra rows when it cannot
