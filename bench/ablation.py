@@ -2,8 +2,9 @@
 
 `bench.ar_ablation` (written with the training code) trains the tiny model twice, with and
 without AR, and prints JSON with ``with_ar`` and ``without_ar``: the share of the placeholder
-tokens' attention that falls outside their target regions. This module runs it, files its JSON
-and reports the ratio with/without (below 1: AR moved attention into the masks).
+tokens' min-max rescaled attention outside their target regions (what the AR loss penalises). This
+module runs it, files its JSON and reports the ratio with/without (below 1: AR refocused the
+attention into the masks).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 MODULE = Path(__file__).resolve().with_name("ar_ablation.py")
 QUICK_ARGS = ("--phase1-steps", "4", "--phase2-steps", "12", "--resolution", "64")
-"""A shorter ablation for ``--quick`` (its defaults: 20 + 80 steps at 128 px)."""
+"""A shorter ablation for ``--quick`` (its defaults: 20 + 200 steps at 256 px)."""
 
 
 def parse_output(stdout: str) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def command_args(quick: bool) -> list[str]:
 def run(quick: bool, command: str) -> dict[str, Any]:
     """Benchmark entry: the ablation's JSON and its with/without-AR ratio of outside attention."""
     entry: dict[str, Any] = {
-        "what": "toy AR ablation: share of the placeholder tokens' attention outside their target regions, with AR",
+        "what": "toy AR ablation: placeholder tokens' rescaled attention outside their target regions, with AR",
         "baseline": "the same toy training without AR",
         "goal": "< 1",
         "command": command,

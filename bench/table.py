@@ -92,7 +92,7 @@ def studio_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
-    figure = "Toy AR ablation: attention share outside the target regions, with AR"
+    figure = "Toy AR ablation: rescaled attention outside the target regions, with AR"
     if entry.get("missing"):
         return [
             (
@@ -108,6 +108,12 @@ def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
         f"{result['with_ar']:.3f} vs {result['without_ar']:.3f} "
         f"({result.get('phase1_steps')} + {result.get('phase2_steps')} steps, {result.get('resolution')} px)"
     )
+    if "share" in result and "mean_attention" in result:
+        share, mean = result["share"], result["mean_attention"]
+        context += (
+            f"; raw share outside {share['with_ar']:.3f} vs {share['without_ar']:.3f}; "
+            f"mean attention {mean['with_ar']:.2g} vs {mean['without_ar']:.2g}"
+        )
     return [(figure, entry["baseline"], _ratio(entry["ratio"]), _goal(entry), context)]
 
 

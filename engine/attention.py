@@ -146,16 +146,17 @@ def install_capture(unet, store: AttentionStore) -> list[str]:
     return names
 
 
-def refocusing_loss(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def refocusing_loss(maps: torch.Tensor, target: torch.Tensor, detach_range: bool = True) -> torch.Tensor:
     """AR loss per (sample, token) pair: ``maps [n, k, h, w]`` at attention resolution, ``target [n, H, W]`` in {0, 1}.
 
     Each of the k maps is upsampled bilinearly to the target size and min-max rescaled to [0, 1]
-    with its min and max detached; their mean S is compared with the target only outside it:
+    with its min and max detached (kept in the graph when ``detach_range`` is False); their mean S is compared with the target only outside it:
     ``mean(((S - M) * (1 - M))**2)`` over pixels. Returns ``[n]``.
     """
     maps = F.interpolate(maps.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-    low = maps.amin(dim=(-2, -1), keepdim=True).detach()
-    high = maps.amax(dim=(-2, -1), keepdim=True).detach()
+    low, high = maps.amin(dim=(-2, -1), keepdim=True), maps.amax(dim=(-2, -1), keepdim=True)
+    if detach_range:
+        low, high = low.detach(), high.detach()
     scaled = (maps - low) / (high - low).clamp_min(1e-8)
     target = target.to(scaled)
     outside = (scaled.mean(dim=1) - target) * (1 - target)
@@ -172,4 +173,5 @@ def outside_mass(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         maps.float().mean(dim=1, keepdim=True), size=target.shape[-2:], mode="bilinear", align_corners=False
     )
     mean = mean[:, 0].clamp_min(0)
+    mean = mean / mean.amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(mean.dtype).tiny)
     return (mean * (1 - target.to(mean))).sum(dim=(-2, -1)) / mean.sum(dim=(-2, -1)).clamp_min(1e-12)

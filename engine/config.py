@@ -133,6 +133,11 @@ class TrainingConfig:
         0.0, "Reconstruction weight outside the mask (the released code used about 0.01).", range=(0.0, 1.0)
     )
     ar_weight: float = _field(2.5, "Weight of the Attention Refocusing loss (phase 2).", range=(0.0, 100.0))
+    ar_detach_range: bool = _field(
+        True,
+        "Detach each map's min and max in the AR rescaling (paper, released). Off, the gradient also "
+        "flows through them, so the loss cannot be lowered by shrinking the token's attention everywhere.",
+    )
     identity_weight: float = _field(
         0.25, "Weight of the identity loss (phase 2); 0 turns it off.", range=(0.0, 100.0)
     )

@@ -751,7 +751,7 @@ class Trainer:
         from engine.attention import refocusing_loss
 
         maps = self.store.token_maps(batch.ar_positions, batch.ar_rows)
-        pairs = refocusing_loss(maps, batch.ar_targets.to(self.device))
+        pairs = refocusing_loss(maps, batch.ar_targets.to(self.device), self.config.ar_detach_range)
         rows = batch.ar_rows.to(self.device)
         count = torch.zeros(len(batch.kinds), device=self.device).index_add_(0, rows, torch.ones_like(pairs))
         per_sample = torch.zeros_like(count).index_add_(0, rows, pairs) / count.clamp_min(1)

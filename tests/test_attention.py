@@ -90,10 +90,42 @@ def test_refocusing_loss_only_penalises_outside_and_detaches_min_max():
     assert refocusing_loss(inside_only, target).item() == 0.0
 
 
+def _scale_gradient(detach_range: bool) -> float:
+    """d L_ar / d c at c = 1 for the maps ``c * A``: how much shrinking the whole map lowers the loss."""
+    maps = torch.tensor([[[[0.1, 0.5, 0.2], [0.3, 0.9, 0.05], [0.4, 0.6, 0.8]]]])
+    target = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    scale = torch.tensor(1.0, requires_grad=True)
+    refocusing_loss(scale * maps, target, detach_range=detach_range).sum().backward()
+    return scale.grad.item()
+
+
+def test_detached_min_max_rewards_shrinking_the_map_and_the_kept_range_does_not():
+    # Detached: S = (cA - min) / (max - min) grows with c, so the loss pushes every value down.
+    assert _scale_gradient(detach_range=True) > 0.1
+    # Kept in the graph: S is the same for every c > 0, so a uniform shrink earns nothing.
+    assert _scale_gradient(detach_range=False) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kept_range_has_the_same_value_and_moves_the_max_up():
+    maps = torch.tensor([[[[0.1, 0.5, 0.2], [0.3, 0.9, 0.05], [0.4, 0.6, 0.8]]]], requires_grad=True)
+    target = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    kept = refocusing_loss(maps, target, detach_range=False)
+    assert kept.item() == pytest.approx(refocusing_loss(maps, target).item(), rel=1e-6)
+    kept.sum().backward()
+    # The max (0.9, inside) gains: a larger range shrinks every rescaled value outside.
+    assert maps.grad[0, 0, 1, 1] < 0
+    # The min (0.05, outside) is pushed up less than by the detached loss (raising it lowers S elsewhere).
+    detached = maps.detach().clone().requires_grad_(True)
+    refocusing_loss(detached, target).sum().backward()
+    assert maps.grad[0, 0, 1, 2] < detached.grad[0, 0, 1, 2]
+
+
 def test_outside_mass_is_the_share_outside_the_target():
     maps = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]]]])
     target = torch.tensor([[[0.0, 1.0], [1.0, 1.0]]])
     assert outside_mass(maps, target).item() == pytest.approx(0.25)
+    # The share does not depend on the scale, down to the tiniest attention a collapsed token keeps.
+    assert outside_mass(maps * 1e-30, target).item() == pytest.approx(0.25)
 
 
 @pytest.mark.slow

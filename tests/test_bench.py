@@ -88,6 +88,10 @@ def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_res
     assert ablation.get("missing", False) != (ROOT / "bench" / "ar_ablation.py").is_file()
     if not ablation.get("missing"):
         assert positive(ablation["ratio"])
+        arms = {"without_ar", "with_ar", "with_ar_range_kept"}
+        for measure in ("normalised_outside", "share", "mean_attention"):
+            assert set(ablation["result"][measure]) == arms, measure
+        assert ablation["result"]["with_ar"] == ablation["result"]["normalised_outside"]["with_ar"]
 
 
 @pytest.mark.slow
