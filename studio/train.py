@@ -100,6 +100,9 @@ def fold(events: list[Any]) -> TrainingView:
         elif isinstance(event, PhaseStarted):
             view.state, view.phase, view.message = "running", event.phase, event.description
         elif isinstance(event, StepDone):
+            if view.losses and view.losses[-1][0] >= event.global_step:
+                # A resumed run repeats the steps after its checkpoint: its new values replace the old.
+                view.losses = [row for row in view.losses if row[0] < event.global_step]
             view.state = "running"
             view.phase, view.step, view.total = event.phase, event.global_step, event.total_steps
             view.eta_s, view.it_per_s, view.lr = event.eta_s, event.it_per_s, event.lr
@@ -308,7 +311,7 @@ def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | N
     job = studio.runner.latest(name, "train")
     if job is None:
         return disk_view(studio.store.open(name)), None
-    view = fold(job.event_list())
+    view = fold([*_history.get(job.id, ()), *job.event_list()])
     if job.status == FAILED and view.state != "failed":
         view.state, view.message = "failed", job.error or "The training failed."
     elif job.status == CANCELLED and view.state not in ("cancelled", "failed"):
@@ -346,22 +349,39 @@ def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[s
 
 _estimates: dict[str, preflight.Estimate] = {}
 """The pre-flight estimate of each training job of this session, refined while it runs."""
+_history: dict[str, list[Any]] = {}
+"""Each resume job's run history before it (its steps, losses and previews), ahead of its own events."""
 
 
 def submit_training(studio: Studio, project: Project, config: TrainingConfig, *, resume: bool = False) -> Job:
-    """Queue a training of ``project``; a second one for the same project is refused with a reason."""
+    """Queue a training of ``project``; a second one for the same project is refused with a reason.
+
+    A resume job's view starts with its run's history, read here before the job appends to it.
+    """
+    from engine.train import RUNS, resume_available
+
+    run = resume_available(project) if resume else None
+    past = read_events(project.path(RUNS, run, "events.jsonl")) if run else []
+    history = [event for event in past if not isinstance(event, (Finished, Cancelled, Failed))]
 
     def work(job: Job) -> Path:
         from engine.train import train
 
         return train(
-            project, config, on_event=job.emit, cancel=job.cancel, resume=resume, face_kit=studio.face_kit()
+            project,
+            config,
+            on_event=job.emit,
+            cancel=job.cancel,
+            resume=run or resume,
+            face_kit=studio.face_kit(),
         )
 
     verb = "Resumed training" if resume else "Training"
     job = studio.runner.submit(
         "train", project.name, f"{verb} of {project.name}", work, key=f"train:{project.name}"
     )
+    if history:
+        _history[job.id] = history
     with contextlib.suppress(preflight.PreflightError):
         _estimates[job.id] = preflight.estimate(config)
     return job

@@ -176,6 +176,56 @@ def test_fold_shows_progress_losses_previews_and_attention(tmp_path):
     assert done.state == "done" and "1 min 15 s" in done.message
 
 
+def _step(step: int, loss: float) -> StepDone:
+    return StepDone(
+        phase=1, step=step, phase_steps=4, global_step=step, total_steps=4,
+        losses={"total": loss}, lr=1e-3, it_per_s=1.0, eta_s=4.0 - step,
+    )  # fmt: skip
+
+
+def test_a_resumed_run_replaces_the_repeated_steps_in_the_loss_curve():
+    from studio.train import fold, loss_frame
+
+    # Crashed after step 3 with its checkpoint at step 2; the resume repeats step 3 and goes on.
+    view = fold([_step(1, 0.9), _step(2, 0.8), _step(3, 0.7), _step(3, 0.6), _step(4, 0.5)])
+    frame = loss_frame(view)
+    assert frame["step"].tolist() == [1, 2, 3, 4]
+    assert frame["value"].tolist() == pytest.approx([0.9, 0.8, 0.6, 0.5])
+
+
+def test_a_resume_job_shows_its_run_history_before_its_own_steps(tmp_path, monkeypatch):
+    import engine.train
+    from engine.config import preset
+    from engine.events import EventLog, Failed
+    from engine.store import ProjectStore
+    from studio.app import Studio
+    from studio.train import latest_view, loss_frame, submit_training
+
+    studio = Studio(ProjectStore(tmp_path))
+    project = studio.store.create("anna")
+    log = EventLog(project.path("trainings", "run-1", "events.jsonl"))
+    for event in (_step(1, 0.9), _step(2, 0.8), _step(3, 0.7), Failed(message="killed", error="OSError")):
+        log.append(event)
+    resumed = []
+
+    def train(project, config, *, on_event, cancel, resume, face_kit):
+        resumed.append(resume)
+        for event in (_step(3, 0.6), _step(4, 0.5)):
+            log.append(event)  # the engine writes its log before it calls back
+            on_event(event)
+        return tmp_path / "final.safetensors"
+
+    monkeypatch.setattr(engine.train, "resume_available", lambda project: "run-1")
+    monkeypatch.setattr(engine.train, "train", train)
+    monkeypatch.setattr(Studio, "face_kit", lambda self: None)
+    job = submit_training(studio, project, preset("fast"), resume=True)
+    assert studio.runner.wait(job, timeout=10)
+    view, shown_job = latest_view(studio, "anna")
+    assert shown_job is job and resumed == ["run-1"]
+    assert view.state == "done" and view.step == 4
+    assert loss_frame(view)["value"].tolist() == pytest.approx([0.9, 0.8, 0.6, 0.5])
+
+
 def test_replay_from_disk_matches_the_live_view(tmp_path):
     from engine.events import EventLog
     from studio.train import fold, replay
