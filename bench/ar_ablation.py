@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 TIMESTEPS = (100, 300, 500, 700)
 ARMS = (("without_ar", 0.0, True), ("with_ar", 2.5, True), ("with_ar_range_kept", 2.5, False))
 """Label, AR weight and ``ar_detach_range`` of each training."""
@@ -73,9 +71,8 @@ def measure(base, project, config) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from fixtures_training import make_project
-
     from engine.config import preset
+    from engine.demo.portraits import make_project
     from engine.demo.sd import build_tiny_sd
     from engine.models import load_base
     from engine.train import train

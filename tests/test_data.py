@@ -6,7 +6,6 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_training import CROP, make_project
 
 from engine.config import preset
 from engine.data import (
@@ -20,6 +19,7 @@ from engine.data import (
     load_images,
     source_identity,
 )
+from engine.demo.portraits import CROP, make_project
 
 
 @pytest.fixture

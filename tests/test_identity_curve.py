@@ -7,13 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures_training import demo_face_kit, make_project
+from fixtures_training import demo_face_kit
 from test_train import tiny_config
 
 from engine import checkpoint as ckpt
 from engine import train as training
 from engine.artefact import load_artefact
 from engine.data import load_images
+from engine.demo.portraits import make_project
 from engine.events import PreviewSaved, StepDone, event_from_dict, identity_curve, read_events
 from engine.generate import GenerationSettings, generate, identity_score, resolve_artefact
 from engine.models import load_base

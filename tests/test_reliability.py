@@ -20,9 +20,9 @@ import pytest
 import torch
 from fixtures_faces import ScriptedDetector, astronaut, encode, face_at
 from fixtures_reliability import PAUSED, READS, disk_full, scratch
-from fixtures_training import make_project
 
 from engine import checkpoint as ckpt
+from engine.demo.portraits import make_project
 from engine.faces import FaceKit
 from engine.faces.fallback import EllipseParser
 from engine.intake import Accepted, add_photo, photos, remove_photo

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_training import demo_face_kit, make_project, tiny_face_kit
+from fixtures_training import demo_face_kit, tiny_face_kit
 
 from engine import checkpoint as ckpt
 from engine.artefact import apply_to_pipeline, load_artefact
 from engine.config import preset
+from engine.demo.portraits import make_project
 from engine.events import Cancelled, CheckpointSaved, Failed, Finished, PreviewSaved, StepDone, read_events
 from engine.models import load_base
 from engine.store import StorageFull
