@@ -48,9 +48,9 @@ def _licence_notice(commercial: bool, restore: str | None = None) -> None:
 
 
 def _progress_printer() -> Callable[[Any], None]:
-    """An event callback that draws a tqdm bar for steps and prints everything else once.
+    """An event callback that draws a tqdm bar for steps and prints everything else once, on stderr.
 
-    It also warns, once, when training steps suddenly take several times longer (a GPU spilling
+    Stdout is left to the command's results (paths), so a script can read them. It also warns, once, when training steps suddenly take several times longer (a GPU spilling
     into system memory).
     """
     from tqdm import tqdm
@@ -64,7 +64,7 @@ def _progress_printer() -> Callable[[Any], None]:
         if isinstance(event, events.PhaseStarted):
             if bar is not None:
                 bar.close()
-            state["bar"] = tqdm(total=event.steps, desc=f"phase {event.phase}", unit="step")
+            state["bar"] = tqdm(total=event.steps, desc=f"phase {event.phase}", unit="step", file=sys.stderr)
             state["seconds"], state["last"] = [], event.time
         elif isinstance(event, events.StepDone) and bar is not None:
             bar.update(event.step - bar.n)
@@ -74,21 +74,24 @@ def _progress_printer() -> Callable[[Any], None]:
             jump = preflight.step_time_jump(state["seconds"])
             if jump is not None and event.phase > 0 and not state["warned"]:
                 state["warned"] = True
-                tqdm.write(f"warning: {preflight.jump_warning(jump)}")
+                tqdm.write(f"warning: {preflight.jump_warning(jump)}", file=sys.stderr)
         elif isinstance(event, events.Status):
-            tqdm.write(event.message)
+            tqdm.write(event.message, file=sys.stderr)
         elif isinstance(event, events.PreviewSaved):
-            tqdm.write(f"preview at step {event.global_step}: {', '.join(event.images)}")
+            tqdm.write(f"preview at step {event.global_step}: {', '.join(event.images)}", file=sys.stderr)
         elif isinstance(event, events.CheckpointSaved):
-            tqdm.write(f"checkpoint saved: {event.path}")
+            tqdm.write(f"checkpoint saved: {event.path}", file=sys.stderr)
         elif isinstance(event, events.Finished):
             if bar is not None:
                 bar.close()
-            tqdm.write(f"finished in {event.seconds:.0f} s: {event.artefact}")
+            tqdm.write(f"finished in {event.seconds:.0f} s: {event.artefact}", file=sys.stderr)
         elif isinstance(event, (events.Failed, events.Cancelled)):
             if bar is not None:
                 bar.close()
-            tqdm.write(getattr(event, "message", f"cancelled at step {getattr(event, 'global_step', '?')}"))
+            tqdm.write(
+                getattr(event, "message", f"cancelled at step {getattr(event, 'global_step', '?')}"),
+                file=sys.stderr,
+            )
 
     return on_event
 
