@@ -43,7 +43,10 @@ class Sizes:
 
 
 def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
-    """Sizes that keep ``python -m bench`` near 15 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``)."""
+    """Sizes that keep ``python -m bench`` near 15 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``).
+
+    SD 1.5 on a CPU measures every VRAM profile's memory (each in fp32; a profile's fp16 needs a GPU).
+    """
     from bench.workbench import RESOLUTIONS
 
     common = {"model": model, "resolution": RESOLUTIONS[model], "training_steps": 400}
@@ -56,8 +59,8 @@ def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
         )  # fmt: skip
     if model == "sd15":
         return Sizes(
-            **common, warmup_steps=1, timed_steps=2, option_kinds=OPTION_KINDS[:2], option_steps=1,
-            memory_profiles=("cpu", "8gb"), memory_steps=1, memory_parallel=1,
+            **common, warmup_steps=1, timed_steps=3, option_kinds=OPTION_KINDS, option_steps=1,
+            memory_profiles=ALL_PROFILES, memory_steps=1, memory_parallel=1,
             generate_steps=3, generate_resolution=256, generate_runs=2,
             intake_runs=3, studio_requests=40,
         )  # fmt: skip
