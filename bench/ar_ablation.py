@@ -1,20 +1,23 @@
 """Toy ablation of Attention Refocusing on the tiny SD 1.x (CPU, a few minutes).
 
-Trains three times on the same synthetic project and seed: without the AR loss (weight 0), with it
-as METHOD.md specifies (weight 2.5, each map's min and max detached) and with it with the min and
-max kept in the graph (``ar_detach_range=False``); everything else is equal (the identity loss is
-off in all three). Then, on fixed samples of every kind at fixed timesteps and noise, it measures
+Trains three arms on the same synthetic project, once per seed: without the AR loss (weight 0),
+with it as METHOD.md specifies (weight 2.5, each map's min and max detached) and with it with the
+min and max kept in the graph (``ar_detach_range=False``); everything else is equal (the identity
+loss is off in all three). Then, on fixed samples of every kind at fixed timesteps and noise, it measures
 each placeholder token's AR-layer attention against the token's target region (source ``<sks>``
 -> face, reference ``<style1>`` -> outside the face, composed: both) and prints JSON:
 
 - ``with_ar`` / ``without_ar``: the token's attention outside its region as AR reads it, the
   mean min-max rescaled map outside the region (lower: attention refocused into the region);
+- ``outside_attention``: the token's raw attention probability outside its region, per pixel;
 - ``share``: the share of the token's raw attention mass outside its region (blind to scale);
 - ``mean_attention``: the token's mean attention probability, which shows whether AR moved
   attention or shrank it everywhere (the detached min-max makes the loss blind to scale, so its
   gradient lowers every value; only reconstruction resists).
 
-    python -m bench.ar_ablation [--phase1-steps 20] [--phase2-steps 200] [--resolution 256] [--seed 0] [--lr-scale 1]
+Each measure is averaged over the seeds (``seeds`` holds each seed's values).
+
+    python -m bench.ar_ablation [--phase1-steps 20] [--phase2-steps 200] [--resolution 256] [--seeds 0 1 2] [--lr-scale 1]
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def measure(base, project, config) -> dict[str, float]:
         Sample(kind, i, 0, 0) for kind in ("reference", "composed") for i in data.by_role["reference"]
     ]
     generator = torch.Generator().manual_seed(1234)
-    shares, means, normalised = [], [], []
+    shares, means, normalised, absolute = [], [], [], []
     with torch.no_grad():
         batch = data.batch(samples, base.vae.config.scaling_factor, (), generator)
         states = base.text_encoder(batch.input_ids)[0]
@@ -64,10 +67,9 @@ def measure(base, project, config) -> dict[str, float]:
             scaled = ((up - low) / (high - low).clamp_min(1e-8)).mean(dim=1)
             outside = 1 - batch.ar_targets
             normalised.append((scaled * outside).sum(dim=(-2, -1)) / outside.sum(dim=(-2, -1)))
-    return {
-        name: float(torch.cat(values).mean())
-        for name, values in (("share", shares), ("mean", means), ("normalised", normalised))
-    }
+            absolute.append((up.mean(dim=1) * outside).sum(dim=(-2, -1)) / outside.sum(dim=(-2, -1)))
+    measures = (("share", shares), ("mean", means), ("normalised", normalised), ("absolute", absolute))
+    return {name: float(torch.cat(values).mean()) for name, values in measures}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -78,36 +80,52 @@ def run(args: argparse.Namespace) -> dict:
     from engine.train import train
 
     released = preset("released")
-    results = {}
+    per_seed: dict[int, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as folder:
         tiny = build_tiny_sd(Path(folder) / "sd")
-        for label, weight, detach in ARMS:
-            project = make_project(Path(folder) / label, seed=args.seed)
-            config = preset(
-                "released", base_model=str(tiny.folder), resolution=args.resolution, seed=args.seed,
-                phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, ar_weight=weight, identity_weight=0.0,
-                ar_detach_range=detach,
-                phase2_unet_lr=released.phase2_unet_lr * args.lr_scale,
-                phase2_text_lr=released.phase2_text_lr * args.lr_scale,
-                phase2_embedding_lr=released.phase2_embedding_lr * args.lr_scale,
-                preview_every=0, checkpoint_every=100_000, latent_cache_variants=2, device="cpu", vram_profile="cpu",
-            )  # fmt: skip
-            base = load_base(tiny.folder)
-            train(project, config, base=base)
-            results[label] = measure(base, project, config)
+        for seed in args.seeds:
+            per_seed[seed] = {}
+            for label, weight, detach in ARMS:
+                project = make_project(Path(folder) / f"{label}-{seed}", seed=seed)
+                config = preset(
+                    "released", base_model=str(tiny.folder), resolution=args.resolution, seed=seed,
+                    phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps, ar_weight=weight,
+                    identity_weight=0.0, ar_detach_range=detach,
+                    phase2_unet_lr=released.phase2_unet_lr * args.lr_scale,
+                    phase2_text_lr=released.phase2_text_lr * args.lr_scale,
+                    phase2_embedding_lr=released.phase2_embedding_lr * args.lr_scale,
+                    preview_every=0, checkpoint_every=100_000, latent_cache_variants=2, device="cpu",
+                    vram_profile="cpu",
+                )  # fmt: skip
+                base = load_base(tiny.folder)
+                train(project, config, base=base)
+                per_seed[seed][label] = measure(base, project, config)
+
+    def mean(name: str) -> dict[str, float]:
+        """A measure per arm, averaged over the seeds."""
+        return {
+            label: sum(runs[label][name] for runs in per_seed.values()) / len(per_seed)
+            for label, _, _ in ARMS
+        }
+
+    normalised = mean("normalised")
     return {
         "metric": "mean min-max rescaled attention of <sks>/<style1> (AR layers) outside the target region; lower is better",
-        "with_ar": results["with_ar"]["normalised"],
-        "without_ar": results["without_ar"]["normalised"],
-        "lowered_by_ar": results["with_ar"]["normalised"] < results["without_ar"]["normalised"],
-        "normalised_outside": {label: values["normalised"] for label, values in results.items()},
-        "share": {label: values["share"] for label, values in results.items()},
-        "mean_attention": {label: values["mean"] for label, values in results.items()},
+        "with_ar": normalised["with_ar"],
+        "without_ar": normalised["without_ar"],
+        "lowered_by_ar": normalised["with_ar"] < normalised["without_ar"],
+        "lowered_in_every_seed": all(
+            r["with_ar"]["normalised"] < r["without_ar"]["normalised"] for r in per_seed.values()
+        ),
+        "normalised_outside": normalised,
+        "outside_attention": mean("absolute"),
+        "share": mean("share"),
+        "mean_attention": mean("mean"),
+        "seeds": {str(seed): runs for seed, runs in per_seed.items()},
         "phase1_steps": args.phase1_steps,
         "phase2_steps": args.phase2_steps,
         "resolution": args.resolution,
         "lr_scale": args.lr_scale,
-        "seed": args.seed,
     }
 
 
@@ -116,7 +134,9 @@ def main() -> None:
     parser.add_argument("--phase1-steps", type=int, default=20)
     parser.add_argument("--phase2-steps", type=int, default=200)
     parser.add_argument("--resolution", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds to train each arm with."
+    )
     parser.add_argument(
         "--lr-scale", type=float, default=1.0, help="Multiplier of the released phase-2 learning rates."
     )

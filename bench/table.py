@@ -104,16 +104,14 @@ def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
             )
         ]
     result = entry["result"]
+    seeds = f"{len(result['seeds'])} seeds, " if "seeds" in result else ""
     context = (
         f"{result['with_ar']:.3f} vs {result['without_ar']:.3f} "
-        f"({result.get('phase1_steps')} + {result.get('phase2_steps')} steps, {result.get('resolution')} px)"
+        f"({seeds}{result.get('phase1_steps')} + {result.get('phase2_steps')} steps, {result.get('resolution')} px)"
     )
-    if "share" in result and "mean_attention" in result:
-        share, mean = result["share"], result["mean_attention"]
-        context += (
-            f"; raw share outside {share['with_ar']:.3f} vs {share['without_ar']:.3f}; "
-            f"mean attention {mean['with_ar']:.2g} vs {mean['without_ar']:.2g}"
-        )
+    for key, label in (("outside_attention", "raw attention outside"), ("share", "share outside")):
+        if key in result:
+            context += f"; {label} {result[key]['with_ar']:.2g} vs {result[key]['without_ar']:.2g}"
     return [(figure, entry["baseline"], _ratio(entry["ratio"]), _goal(entry), context)]
 
 

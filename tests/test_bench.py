@@ -137,3 +137,9 @@ def test_table_is_printed_from_a_results_file(tmp_path: Path) -> None:
     assert "10.20 s vs 10.00 s (3 steps, 512x512)" in done.stdout
     assert "| studio | | failed | | RuntimeError: no studio |" in done.stdout
     assert "SD 1.5-shaped, random weights at 512 px" in done.stdout
+
+
+def test_the_readme_table_is_the_one_rendered_from_the_committed_results() -> None:
+    results = json.loads((ROOT / "bench" / "results.json").read_text("utf-8"))
+    assert results["command"] == "python -m bench" and results["sizes"]["model"] == "sd15"
+    assert render_table(results).strip() in (ROOT / "README.md").read_text("utf-8")

@@ -94,8 +94,9 @@ def test_the_command_prepares_trains_generates_exports_and_evaluates(magicapture
     report = magicapture("eval", "anna").stdout
     assert "| faces | csim | style | aesthetic |" in report, report
     [row] = [line for line in report.splitlines() if line.startswith("| run-")]
-    n, _faces, *metrics = row.strip("| ").split(" | ")[2:]
-    assert n == "2" and all(0.0 <= float(value) <= 10.0 for value in metrics), row
+    n, faces, csim, style, aesthetic = row.strip("| ").split(" | ")[2:]
+    assert n == "2" and 0 <= int(faces) <= 2, row
+    assert -1.0 <= float(csim) <= 1.0 and -1.0 <= float(style) <= 1.0 and 0.0 <= float(aesthetic) <= 10.0, row
 
 
 def test_a_missing_project_is_a_clear_error_and_exit_code_2(magicapture) -> None:

@@ -13,7 +13,16 @@ from engine import checkpoint as ckpt
 from engine.artefact import apply_to_pipeline, load_artefact
 from engine.config import preset
 from engine.demo.portraits import make_project
-from engine.events import Cancelled, CheckpointSaved, Failed, Finished, PreviewSaved, StepDone, read_events
+from engine.events import (
+    Cancelled,
+    CheckpointSaved,
+    Failed,
+    Finished,
+    PhaseStarted,
+    PreviewSaved,
+    StepDone,
+    read_events,
+)
 from engine.models import load_base
 from engine.store import StorageFull
 from engine.train import (
@@ -106,7 +115,15 @@ def test_phase_one_changes_only_the_two_placeholder_rows(project, tiny_sd):
         **{f"unet.{k}": v.clone() for k, v in base.unet.state_dict().items()},
         **{f"text.{k}": v.clone() for k, v in base.text_encoder.state_dict().items()},
     }
-    path = train(project, tiny_config(tiny_sd, phase2_steps=0), base=base, face_kit=tiny_face_kit())
+    started = {}
+
+    def snapshot(event):  # the rows as phase 1 starts: their initial values
+        if isinstance(event, PhaseStarted):
+            rows = base.text_encoder.get_input_embeddings()
+            started[event.phase] = rows.merged_weight()[rows.token_ids].detach().clone()
+
+    config = tiny_config(tiny_sd, phase2_steps=0)
+    path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=snapshot)
     table = base.text_encoder.get_input_embeddings()
     ids = table.token_ids
     merged = table.merged_weight()
@@ -116,8 +133,9 @@ def test_phase_one_changes_only_the_two_placeholder_rows(project, tiny_sd):
     assert merged.shape[0] == original.shape[0] + 2 and ids == [original.shape[0], original.shape[0] + 1]
     artefact = load_artefact(path)
     person = original[base.tokenizer.convert_tokens_to_ids("person</w>")]
-    assert not torch.equal(artefact.embeddings["<sks>"], person)  # ...while both new rows trained
-    assert artefact.embeddings["<style1>"].norm() > 0.05
+    torch.testing.assert_close(started[1][0], person.float().to(started[1]))  # initialised as "person"
+    for index, token in enumerate(("<sks>", "<style1>")):  # ...while both new rows trained
+        assert (artefact.embeddings[token].float() - started[1][index].float()).norm() > 1e-4, token
     after = _frozen_state(base)
     for key, value in after.items():
         if key != "text.embeddings.token_embedding.base.weight":
@@ -131,8 +149,15 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
     original = {k: v.clone() for k, v in _frozen_state(base).items()}
     table_before = base.text_encoder.get_input_embeddings().weight.detach().clone()
     config = tiny_config(tiny_sd, phase1_steps=1, phase2_steps=2, gradient_checkpointing=True)
-    events = []
-    path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=events.append)
+    events, rows_at_phase_two = [], []
+
+    def record(event):
+        events.append(event)
+        if isinstance(event, PhaseStarted) and event.phase == 2:
+            rows = base.text_encoder.get_input_embeddings()
+            rows_at_phase_two.append(rows.merged_weight()[rows.token_ids].detach().clone())
+
+    path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=record)
     after = _frozen_state(base)
     table = after.pop("text.embeddings.token_embedding.base.weight")
     torch.testing.assert_close(table[: table_before.shape[0]], table_before, rtol=0, atol=0)
@@ -142,6 +167,8 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
     assert artefact.unet_lora and artefact.text_lora
     assert any(v.abs().sum() > 0 for k, v in artefact.unet_lora.items() if "lora_B" in k)
     assert any(v.abs().sum() > 0 for k, v in artefact.text_lora.items() if "lora_B" in k)
+    for index, token in enumerate(("<sks>", "<style1>")):  # both rows train in phase 2 too
+        assert (artefact.embeddings[token].float() - rows_at_phase_two[0][index].float()).norm() > 1e-5, token
     losses = [e.losses for e in events if isinstance(e, StepDone) and e.phase == 2]
     assert all("attention" in terms for terms in losses)
     assert "attention" not in [e.losses for e in events if isinstance(e, StepDone)][0]
@@ -262,6 +289,7 @@ def test_stopped_and_resumed_runs_end_like_an_uninterrupted_one(project, tiny_sd
         )
     events = read_events(project.path("trainings", run_id, "events.jsonl"))
     assert [e.global_step for e in events if isinstance(e, Cancelled)] == [1, 2]
+    assert [e.global_step for e in events if isinstance(e, StepDone)] == [1, 2]  # step 2 came after 1
 
     path, _, _ = run(project, tiny_sd, config, resume=run_id)
     resumed = _final_tensors(path)
@@ -269,6 +297,9 @@ def test_stopped_and_resumed_runs_end_like_an_uninterrupted_one(project, tiny_sd
     for key in reference:
         assert torch.equal(resumed[key], reference[key]), key
     assert resume_available(project) is None
+    # Each resume went on from its checkpoint: no step ran twice.
+    events = read_events(project.path("trainings", run_id, "events.jsonl"))
+    assert [e.global_step for e in events if isinstance(e, StepDone)] == [1, 2, 3]
 
 
 @pytest.mark.slow
