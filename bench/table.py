@@ -109,9 +109,12 @@ def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
         f"{result['with_ar']:.3f} vs {result['without_ar']:.3f} "
         f"({seeds}{result.get('phase1_steps')} + {result.get('phase2_steps')} steps, {result.get('resolution')} px)"
     )
-    for key, label in (("outside_attention", "raw attention outside"), ("share", "share outside")):
+    for key, label, digits in (
+        ("outside_attention", "raw attention outside", ".2g"),
+        ("share", "share outside", ".3f"),
+    ):
         if key in result:
-            context += f"; {label} {result[key]['with_ar']:.2g} vs {result[key]['without_ar']:.2g}"
+            context += f"; {label} {result[key]['with_ar']:{digits}} vs {result[key]['without_ar']:{digits}}"
     return [(figure, entry["baseline"], _ratio(entry["ratio"]), _goal(entry), context)]
 
 
