@@ -3,9 +3,9 @@
 Trains three arms on the same synthetic project, once per seed: without the AR loss (weight 0),
 with it as METHOD.md specifies (weight 2.5, each map's min and max detached) and with it with the
 min and max kept in the graph (``ar_detach_range=False``); everything else is equal (the identity
-loss is off in all three). Then, on fixed samples of every kind at fixed timesteps and noise, it measures
-each placeholder token's AR-layer attention against the token's target region (source ``<sks>``
--> face, reference ``<style1>`` -> outside the face, composed: both) and prints JSON:
+loss is off in all three). Then, on fixed samples of every kind at fixed timesteps and noise, it
+measures each placeholder token's AR-layer attention against the token's target region (source
+``<sks>`` -> face, reference ``<style1>`` -> outside the face, composed: both) and prints JSON:
 
 - ``with_ar`` / ``without_ar``: the token's attention outside its region as AR reads it, the
   mean min-max rescaled map outside the region (lower: attention refocused into the region);

@@ -150,7 +150,8 @@ def refocusing_loss(maps: torch.Tensor, target: torch.Tensor, detach_range: bool
     """AR loss per (sample, token) pair: ``maps [n, k, h, w]`` at attention resolution, ``target [n, H, W]`` in {0, 1}.
 
     Each of the k maps is upsampled bilinearly to the target size and min-max rescaled to [0, 1]
-    with its min and max detached (kept in the graph when ``detach_range`` is False); their mean S is compared with the target only outside it:
+    with its min and max detached (kept in the graph when ``detach_range`` is False); their mean S
+    is compared with the target only outside it:
     ``mean(((S - M) * (1 - M))**2)`` over pixels. Returns ``[n]``.
     """
     maps = F.interpolate(maps.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)

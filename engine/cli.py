@@ -50,8 +50,9 @@ def _licence_notice(commercial: bool, restore: str | None = None) -> None:
 def _progress_printer() -> Callable[[Any], None]:
     """An event callback that draws a tqdm bar for steps and prints everything else once, on stderr.
 
-    Stdout is left to the command's results (paths), so a script can read them. It also warns, once, when training steps suddenly take several times longer (a GPU spilling
-    into system memory).
+    Stdout is left to the command's results (paths), so a script can read them. It also warns,
+    once, when training steps suddenly take several times longer (a GPU spilling into system
+    memory).
     """
     from tqdm import tqdm
 
