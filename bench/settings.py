@@ -43,7 +43,7 @@ class Sizes:
 
 
 def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
-    """Sizes that keep ``python -m bench`` near 15 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``).
+    """Sizes that keep ``python -m bench`` near 20 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``).
 
     SD 1.5 on a CPU measures every VRAM profile's memory (each in fp32; a profile's fp16 needs a GPU).
     """
