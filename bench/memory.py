@@ -128,7 +128,10 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
 
     device = pick_device()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    main = detect_profile(device).name
+    main = main if main in sizes.memory_profiles else sizes.memory_profiles[0]
     jobs = [(profile, kind) for profile in sizes.memory_profiles for kind in ("plain", "full")]
+    jobs.append((main, "full_tiny_decoder"))
     with ThreadPoolExecutor(max_workers=sizes.memory_parallel) as pool:
         results = list(pool.map(lambda job: run_worker(bench, *job, sizes.memory_steps, env), jobs))
     by_profile: dict[str, dict[str, Any]] = {}
@@ -147,11 +150,12 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
             "worker_seconds": {kind: pair[kind]["worker_seconds"] for kind in pair},
             "options": pair["full"]["options"],
         }
+        if "full_tiny_decoder" in pair:
+            tiny = pair["full_tiny_decoder"]["peak_bytes"]
+            entry.update(tiny_decoder_ratio=round(tiny / plain, 3), full_tiny_decoder_peak_gb=_gb(tiny))
         if name == "8gb":
             entry["fits_8gb"] = full / 2**30 <= GPU_BUDGET_GB if device.type == "cuda" else None
         profiles[name] = entry
-    main = detect_profile(device).name
-    main = main if main in profiles else next(iter(profiles))
     return {
         "what": "peak memory of one full phase-2 step (reconstruction + composed + identity + AR)",
         "baseline": "peak memory of one plain DreamBooth-LoRA step (same LoRA, resolution, optimiser)",
@@ -163,7 +167,8 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
         "method": results[0]["method"],
         "note": (
             "Each (profile, step) in a fresh process. The 8 GB profile's fit is checked against 8 GiB "
-            "on a GPU only (fp16); on a CPU every profile runs in fp32."
+            "on a GPU only (fp16); on a CPU every profile runs in fp32. The ratio profile also runs the "
+            "full step with identity_decoder=tiny (tiny_decoder_ratio)."
         ),
         "command": command,
     }
@@ -183,12 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--assets", type=Path, required=True)
+    parser.add_argument("--tiny-decoder", type=Path, required=True)
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--kind", choices=("plain", "full"), required=True)
+    parser.add_argument("--kind", choices=("plain", "full", "full_tiny_decoder"), required=True)
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args(argv)
-    bench = Workbench(model=args.model, base=args.base, assets=args.assets, home=args.home)
+    bench = Workbench(
+        model=args.model, base=args.base, assets=args.assets, tiny_decoder=args.tiny_decoder, home=args.home
+    )
     bench.activate()
     print(json.dumps(measure(bench, args.profile, args.kind, args.steps)), flush=True)
 

@@ -4,9 +4,10 @@ All step kinds run on one trainer in this process, on the same composed sample w
 seeds. Warm-up full steps come first (they run every layer the plain step runs, and more); then
 the timed steps, interleaved across kinds so that a slow spell of the machine touches every kind
 alike: each round times a plain step, a full step, a full step on samples drawn by the run's task
-mix (``mix``: what a training run's step costs, the figure the pre-flight estimate uses) and (in
-the first ``option_steps`` rounds) one full step with each speed option off. Each kind's figure
-is its median.
+mix (``mix``: what a training run's step costs, the figure the pre-flight estimate uses), a full
+step whose identity branch TAESD decodes (``full_tiny_decoder``) and (in the first
+``option_steps`` rounds) one full step with each speed option off. Each kind's figure is its
+median.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ DESCRIPTIONS = {
     "full_no_reuse_pass": "identity_reuse_pass off: the identity branch gets its own UNet rows",
     "full_no_face_window": "identity_face_window off: the VAE decodes the whole latent",
     "full_no_speed_options": "both off",
+    "full_tiny_decoder": "speed options on, identity_decoder=tiny: TAESD decodes the face window",
     "mix": "speed options on, samples drawn as a run draws them (task mix source:reference:composed)",
 }
-EVERY_ROUND = ("plain", "full", "mix")
+EVERY_ROUND = ("plain", "full", "mix", "full_tiny_decoder")
 
 
 def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:

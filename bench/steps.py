@@ -13,8 +13,8 @@ composed one: every term of the objective is active), at the same resolution:
   what a run's phase-2 step costs.
 
 The two speed options of the training issue (``identity_reuse_pass`` and
-``identity_face_window``) are read by `Trainer.losses` on every step, so they are switched on the
-same trainer between steps.
+``identity_face_window``) and the identity decoder (``identity_decoder``: the VAE, or TAESD) are
+read by `Trainer.losses` on every step, so they are switched on the same trainer between steps.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class StepKind:
     full: bool
     identity_reuse_pass: bool = True
     identity_face_window: bool = True
+    identity_decoder: str = "vae"
     drawn: bool = False
     """Samples drawn by the run's task mix instead of the one composed sample."""
 
@@ -55,6 +56,7 @@ KINDS = {
     "full_no_reuse_pass": StepKind("full_no_reuse_pass", True, identity_reuse_pass=False),
     "full_no_face_window": StepKind("full_no_face_window", True, identity_face_window=False),
     "full_no_speed_options": StepKind("full_no_speed_options", True, False, False),
+    "full_tiny_decoder": StepKind("full_tiny_decoder", True, identity_decoder="tiny"),
     "mix": StepKind("mix", full=True, drawn=True),
 }
 
@@ -62,7 +64,8 @@ KINDS = {
 def make_trainer(bench: Workbench, profile: str = "auto", identity: bool = True) -> Trainer:
     """A trainer on the benchmark project with phase 2 set up (the released preset, ``profile``'s memory options).
 
-    Without ``identity`` the face models are not loaded (a plain DreamBooth-LoRA process has none).
+    Without ``identity`` the face models are not loaded (a plain DreamBooth-LoRA process has none);
+    with it the tiny decoder is loaded too, so that a step kind can switch to it.
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
@@ -74,7 +77,8 @@ def make_trainer(bench: Workbench, profile: str = "auto", identity: bool = True)
     config = preset(
         "released", base_model=str(bench.base), resolution=bench.resolution, phase1_steps=0,
         phase2_steps=PHASE2_STEPS, latent_cache_variants=1, preview_every=0, vram_profile=profile,
-        **({} if identity else {"identity_weight": 0.0}),
+        tiny_decoder_model=str(bench.tiny_decoder),
+        **({"identity_decoder": "tiny"} if identity else {"identity_weight": 0.0}),
     )  # fmt: skip
     options = resolve_options(config)
     if PartialState._shared_state:
@@ -108,12 +112,13 @@ def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
         identity_reuse_pass=kind.identity_reuse_pass,
         identity_face_window=kind.identity_face_window,
     )
+    config = dataclasses.replace(trainer.config, identity_decoder=kind.identity_decoder)
     samples = [composed_sample(trainer)]
 
     def run(seed: int) -> None:
         trainer.generator.manual_seed(seed)
         if kind.full:
-            trainer.options = options
+            trainer.options, trainer.config = options, config
             if kind.drawn:
                 rng = random.Random(seed)
                 samples[:] = [trainer.data.draw(rng, 2) for _ in range(trainer.config.train_batch_size)]

@@ -31,6 +31,7 @@ def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
         "full_no_face_window": "identity_face_window off",
         "full_no_speed_options": "both speed options off",
         "mix": "samples drawn by the task mix, as in a run",
+        "full_tiny_decoder": "speed options on, identity_decoder=tiny",
     }
     rows = []
     for kind, ratio in entry["ratios"].items():
@@ -50,6 +51,10 @@ def memory_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
             context += f"; fits 8 GB: {'yes' if profile['fits_8gb'] else 'no'}"
         rows.append((f"Peak memory of the full step (profile {name})", "plain step, same profile",
                      _ratio(profile["ratio"]), goal, context))  # fmt: skip
+        if "tiny_decoder_ratio" in profile:
+            context = f"{profile['full_tiny_decoder_peak_gb']:.2f} GB vs {profile['plain_peak_gb']:.2f} GB"
+            rows.append((f"Peak memory of the full step, identity_decoder=tiny (profile {name})",
+                         "plain step, same profile", _ratio(profile["tiny_decoder_ratio"]), "", context))  # fmt: skip
     return rows
 
 

@@ -35,6 +35,8 @@ class Workbench:
     """Diffusers folder of the base model."""
     assets: Path
     """The demo kit's asset folder (face model stand-ins)."""
+    tiny_decoder: Path
+    """TAESD-shaped folder for ``identity_decoder="tiny"`` (the kit's for tiny, TAESD's layout with random weights for sd15)."""
     home: Path
     """Data root (``MAGICAPTURE_HOME``) holding the benchmark project."""
 
@@ -56,7 +58,13 @@ class Workbench:
 
     def to_args(self) -> list[str]:
         """Command-line arguments that rebuild this workbench in a worker process."""
-        values = {"--model": self.model, "--base": self.base, "--assets": self.assets, "--home": self.home}
+        values = {
+            "--model": self.model,
+            "--base": self.base,
+            "--assets": self.assets,
+            "--tiny-decoder": self.tiny_decoder,
+            "--home": self.home,
+        }
         return [str(item) for pair in values.items() for item in pair]
 
 
@@ -74,15 +82,34 @@ def prepare(model: str, scratch: Path) -> Workbench:
         raise ValueError(f"Unknown model size {model!r}; choose one of {', '.join(MODELS)}.")
     kit = build_demo_kit(default_kit_folder())
     if model == "tiny":
-        base = kit.sd.folder
+        base, tiny_decoder = kit.sd.folder, kit.tiny_decoder
     else:
-        base = random_sd15(
-            user_cache_path("magicapture-studio", appauthor=False) / f"bench-sd15-random-v{SD15_VERSION}"
-        )
-    bench = Workbench(model=model, base=Path(base), assets=kit.assets, home=Path(scratch) / "home")
+        cache = user_cache_path("magicapture-studio", appauthor=False)
+        base = random_sd15(cache / f"bench-sd15-random-v{SD15_VERSION}")
+        tiny_decoder = random_taesd(cache / f"bench-taesd-random-v{SD15_VERSION}")
+    bench = Workbench(
+        model=model,
+        base=Path(base),
+        assets=kit.assets,
+        tiny_decoder=Path(tiny_decoder),
+        home=Path(scratch) / "home",
+    )
     bench.activate()
     add_photos(bench.home)
     return bench
+
+
+def random_taesd(folder: Path) -> Path:
+    """TAESD's architecture (`AutoencoderTiny`'s defaults) with random weights, as a diffusers folder."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    done = folder / "COMPLETE"
+    if not done.is_file():
+        torch.manual_seed(0)
+        AutoencoderTiny().save_pretrained(folder)
+        atomic_write_text(done, SD15_VERSION)
+    return folder
 
 
 def random_sd15(folder: Path) -> Path:

@@ -238,7 +238,10 @@ def cmd_demo_models(args: argparse.Namespace) -> None:
     from engine.demo import build_demo_kit
 
     kit = build_demo_kit(Path(args.folder))
-    print(f"tiny SD 1.x folder: {kit.sd.folder}\nsingle file: {kit.sd.single_file}\nassets: {kit.assets}")
+    print(
+        f"tiny SD 1.x folder: {kit.sd.folder}\nsingle file: {kit.sd.single_file}\n"
+        f"tiny decoder: {kit.tiny_decoder}\nassets: {kit.assets}"
+    )
 
 
 def _commercial_flag(parser: argparse.ArgumentParser) -> None:

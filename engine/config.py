@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.models import DEFAULT_BASE
+from engine.models import DEFAULT_BASE, TINY_DECODER
 
 PROFILE_NAMES = ("auto", "cpu", "6gb", "8gb", "12gb", "24gb")
 MEMORY_FIELDS = (
@@ -151,6 +151,15 @@ class TrainingConfig:
     )
     identity_window_margin: float = _field(
         0.3, "Margin around the face box of the decoded window, in box sizes.", range=(0.0, 4.0)
+    )
+    identity_decoder: str = _field(
+        "vae",
+        "Decoder of the identity branch: the base model's VAE, or tiny (TAESD, a 1.2 M-weight "
+        "approximation of the VAE decoder: a faster, lighter phase-2 step).",
+        choices=("vae", "tiny"),
+    )
+    tiny_decoder_model: str = _field(
+        TINY_DECODER, "TAESD weights for identity_decoder=tiny: hub id or diffusers folder."
     )
     task_mix: list[float] = _field(
         [1.0, 1.0, 1.0], "Phase-2 sampling weights of source : reference : composed."

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+TINY_DECODER = "madebyollin/taesd"
+"""TAESD for SD 1.x latents (MIT licence): the identity branch's optional fast decoder."""
 SD15_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "sd15"
 """SD 1.5's small config and tokenizer files, so a single file loads with no network."""
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -135,6 +137,30 @@ def load_base(
     for module in (parts["text_encoder"], parts["vae"], parts["unet"]):
         module.to(torch_device).eval().requires_grad_(False)
     return BaseModel(**parts, source=str(source), device=torch_device, dtype=torch_dtype)
+
+
+def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dtype) -> Any:
+    """TAESD (`diffusers.AutoencoderTiny`) from a hub id or a diffusers folder, frozen, safetensors only.
+
+    It decodes the base model's scaled latents directly (no division by the VAE's scaling factor)
+    into images in [-1, 1].
+    """
+    from diffusers import AutoencoderTiny
+
+    path = Path(str(source)).expanduser()
+    local = path.is_dir()
+    if not local and (path.is_absolute() or str(source).startswith((".", "~"))):
+        raise ModelLoadError(f"No tiny decoder at {path}: the folder does not exist.")
+    try:
+        decoder = AutoencoderTiny.from_pretrained(
+            str(path if local else source), torch_dtype=dtype, use_safetensors=True, local_files_only=local
+        )
+    except OSError as error:
+        raise ModelLoadError(
+            f"Could not load the tiny decoder {source} ({error}). Set identity_decoder=vae to use the "
+            "base model's VAE instead."
+        ) from error
+    return decoder.to(device).eval().requires_grad_(False)
 
 
 def _training_scheduler(config: dict) -> Any:

@@ -14,7 +14,7 @@ faithful one, `use_preview` makes it the run's artefact.
 One step, top to bottom (`Trainer.losses`): draw samples; noise their cached latents at random
 timesteps; one pass of text encoder and UNet (with the identity branch's extra rows when it cannot
 reuse the reconstruction pass); masked reconstruction; AR from the captured maps; identity from the
-one-step x0 estimate decoded around the face.
+one-step x0 estimate decoded around the face (by the VAE, or by TAESD with ``identity_decoder="tiny"``).
 """
 
 from __future__ import annotations
@@ -526,12 +526,20 @@ class Trainer:
         self.reference = source_embedding(self.project, self.face_kit) if self.face_kit else None
         self.framing = source_framing(images)
         self.identity = None
+        self.tiny_decoder = None
         if identity_loss:
             self.identity = (
                 source_identity(images).to(self.device),
                 self.face_kit.detector,
                 self.face_kit.identity_model().to(self.device),
             )
+            if config.identity_decoder == "tiny":
+                from engine.models import load_tiny_decoder
+
+                self.emit(Status(message=f"Loading the tiny identity decoder {config.tiny_decoder_model}."))
+                self.tiny_decoder = load_tiny_decoder(config.tiny_decoder_model, self.device, dtype)
+                if options.vae_slicing:
+                    self.tiny_decoder.enable_slicing()
 
     def add_lora(self) -> None:
         """Inject the LoRA adapters (fp32), initialised from the seed whatever the RNG state."""
@@ -770,7 +778,10 @@ class Trainer:
             latents = crop_windows(latents, side, corners)
             landmarks = landmarks - (corners * 8).to(landmarks).unsqueeze(1)
         with self.accelerator.autocast():
-            images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+            if self.config.identity_decoder == "tiny":
+                images = self.tiny_decoder.decode(latents.to(self.tiny_decoder.dtype)).sample.float()
+            else:
+                images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
             fallback = landmarks if self.config.identity_fallback_landmarks else None
             points, found = detect_landmarks(detector, images, fallback)
             if not found.any():

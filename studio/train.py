@@ -54,8 +54,9 @@ ADVANCED = (
     "ar_weight",
     "checkpoint_every",
     "preview_every",
+    "identity_decoder",
 )
-"""Settings shown under "Advanced"; the rest keep the preset's values."""
+"""Settings shown under "Advanced" (a menu for a setting with choices); the rest keep the preset's values."""
 IDENTITY_TITLE = "Identity (ArcFace similarity of the previews to the selfies)"
 MAX_PLOT_POINTS = 600
 """Loss points per term sent to the browser; longer runs are thinned evenly."""
@@ -340,7 +341,9 @@ def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[s
     """The run's config: the preset, the user's advanced values, the base model and the demo's fixed values."""
     overrides = {"base_model": studio.base_model, "vram_profile": profile, **advanced}
     if studio.demo is not None:
-        overrides.update(DEMO_FIXED, resolution=studio.demo.resolution)
+        overrides.update(
+            DEMO_FIXED, resolution=studio.demo.resolution, tiny_decoder_model=str(studio.demo.tiny_decoder)
+        )
     try:
         return preset(preset_name, **overrides)
     except ConfigError as error:
@@ -447,9 +450,11 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
         advanced = []
         with gr.Row():
             for name in ADVANCED:
+                choices = fields[name].metadata.get("choices")
+                control = functools.partial(gr.Dropdown, choices=list(choices)) if choices else gr.Number
                 advanced.append(
-                    gr.Number(
-                        getattr(initial, name),
+                    control(
+                        value=getattr(initial, name),
                         label=name.replace("_", " "),
                         info=fields[name].metadata["help"],
                         elem_id=f"advanced-{name}",
@@ -652,10 +657,10 @@ def photos_ready(project: Project) -> bool:
     return bool(photos(project, "source")) and bool(photos(project, "reference"))
 
 
-def advanced_values(values: tuple) -> dict[str, int | float]:
-    """The Advanced fields' numbers by setting name (empty fields keep the preset's value)."""
+def advanced_values(values: tuple) -> dict[str, str | int | float]:
+    """The Advanced fields' values by setting name (empty fields keep the preset's value)."""
     return {
-        key: int(value) if float(value).is_integer() else float(value)
+        key: value if isinstance(value, str) else int(value) if float(value).is_integer() else float(value)
         for key, value in zip(ADVANCED, values, strict=True)
         if value is not None
     }

@@ -26,3 +26,11 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
     from engine.demo.sd import build_tiny_sd
 
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny TAESD folder (random weights), built once per session."""
+    from engine.demo.sd import build_tiny_decoder
+
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-decoder"))

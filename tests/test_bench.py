@@ -72,10 +72,12 @@ def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_res
         "full_no_face_window",
         "full_no_speed_options",
         "mix",
+        "full_tiny_decoder",
     }
     assert all(positive(value) for value in [*speed["ratios"].values(), *speed["median_seconds"].values()])
     memory = benchmarks["phase2_memory"]["profiles"]["cpu"]
     assert positive(memory["full_peak_gb"]) and positive(memory["plain_peak_gb"])
+    assert positive(memory["tiny_decoder_ratio"]) and positive(memory["full_tiny_decoder_peak_gb"])
     generate = benchmarks["generate"]["median_seconds"]
     assert positive(generate["ours"]) and positive(generate["bare"])
     photos = benchmarks["intake"]["photos"]
@@ -100,8 +102,8 @@ def test_table_shows_each_figure_with_its_command(quick_results: dict) -> None:
     lines = table.splitlines()
     assert lines[0].startswith("Measured ") and "python -m bench --quick" in lines[0]
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Figure")]
-    # speed kinds, memory profile, generation, photos, studio, ablation
-    assert len(rows) == 5 + 1 + 1 + 2 + 3 + 1
+    # speed kinds, memory profile (VAE and tiny decoder), generation, photos, studio, ablation
+    assert len(rows) == 6 + 2 + 1 + 2 + 3 + 1
     assert all(row.rstrip().endswith("` |") for row in rows)
     assert f"{quick_results['phase2_step_ratio']:.2f}x" in table
     assert f"{quick_results['generate_time_ratio']:.2f}x" in table

@@ -137,3 +137,31 @@ def test_the_pickle_opt_in_can_come_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MAGICAPTURE_ALLOW_PICKLE", "0")
     with pytest.raises(ModelLoadError, match="allow pickle explicitly"):
         load_base(ckpt)
+
+
+def test_the_tiny_decoder_loads_frozen_and_decodes_latents_at_eight_times_their_size(tiny_decoder):
+    from engine.models import load_tiny_decoder
+
+    decoder = load_tiny_decoder(tiny_decoder, torch.device("cpu"), torch.float32)
+    assert not any(p.requires_grad for p in decoder.parameters())
+    latents = torch.randn(2, 4, 5, 7, requires_grad=True)
+    images = decoder.decode(latents).sample
+    assert images.shape == (2, 3, 40, 56)
+    images.mean().backward()
+    assert latents.grad is not None and latents.grad.abs().sum() > 0
+
+
+def test_a_missing_or_pickle_only_tiny_decoder_is_refused_with_the_way_out(tiny_decoder, tmp_path):
+    from engine.models import load_tiny_decoder
+
+    with pytest.raises(ModelLoadError, match="No tiny decoder at"):
+        load_tiny_decoder(tmp_path / "nowhere", torch.device("cpu"), torch.float32)
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_decoder, pickled)
+    weights = pickled / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), pickled / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ModelLoadError, match="identity_decoder=vae"):
+        load_tiny_decoder(pickled, torch.device("cpu"), torch.float32)

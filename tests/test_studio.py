@@ -539,3 +539,38 @@ def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpo
     with pytest.warns(UserWarning, match="is running"):
         shown = clicked("use-best")
     assert "uses **the final weights**" in shown["best-checkpoint-text"]
+
+
+@pytest.mark.slow
+def test_the_tiny_identity_decoder_is_offered_under_advanced_and_a_demo_run_trains_with_it(
+    tmp_path, monkeypatch
+):
+    from engine.artefact import load_artefact
+    from engine.demo import build_demo_kit, default_kit_folder, use_demo_kit
+    from engine.demo.portraits import make_project
+    from engine.store import ProjectStore
+    from studio.app import Studio, build
+    from studio.train import ADVANCED, advanced_values, make_config, submit_training
+
+    kit = build_demo_kit(default_kit_folder())
+    for name in ("MAGICAPTURE_ASSETS", "MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    use_demo_kit(kit)
+    project = make_project(tmp_path, name="anna", embedding_dim=512)  # the demo kit's ArcFace size
+    studio = Studio(ProjectStore(tmp_path), demo=kit)
+    blocks = build(studio)
+    menu = next(
+        b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "advanced-identity_decoder"
+    )
+    assert isinstance(menu, gr.Dropdown) and [c[1] for c in menu.choices] == ["vae", "tiny"]
+    assert menu.value == "vae"
+
+    chosen = {"phase1_steps": 1, "phase2_steps": 2, "preview_every": 0, "identity_decoder": "tiny"}
+    config = make_config(studio, "fast", "auto", advanced_values(tuple(chosen.get(k) for k in ADVANCED)))
+    assert (config.identity_decoder, config.tiny_decoder_model) == ("tiny", str(kit.tiny_decoder))
+    job = submit_training(studio, project, config)
+    assert studio.runner.wait(job, timeout=300)
+    assert job.status == DONE, job.error
+    run = project.manifest()["trainings"][-1]["id"]
+    settings = load_artefact(project.path("trainings", run, "final.safetensors")).metadata["config"]
+    assert settings["identity_decoder"] == "tiny"

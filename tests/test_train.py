@@ -469,3 +469,43 @@ def test_two_processes_train_in_step_under_accelerate_launch(project, tiny_sd, t
     events = read_events(project.path("trainings", run_id, "events.jsonl"))
     assert [e.global_step for e in events if isinstance(e, StepDone)] == [1, 2, 3, 4]  # one writer
     assert load_artefact(project.path("trainings", run_id, "final.safetensors")).unet_lora
+
+
+def _phase_two_trainer(project, tiny_sd, **overrides):
+    """A trainer set up for phase 2 on the tiny base, as a run has it before its first phase-2 step."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from engine.train import Trainer
+
+    config = tiny_config(tiny_sd, phase1_steps=0, identity_max_timestep=1000, **overrides)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=True)
+    trainer = Trainer(project, "t", config, resolve_options(config), accelerator, lambda event: None, None)
+    trainer.setup(load_base(tiny_sd.folder), tiny_face_kit())
+    trainer.setup_phase(2, None)
+    return trainer
+
+
+@pytest.mark.parametrize("decoder", ["vae", "tiny"])
+def test_the_identity_branch_decodes_with_the_chosen_decoder_and_trains_the_lora(
+    project, tiny_sd, tiny_decoder, decoder
+):
+    from engine.data import Sample
+
+    trainer = _phase_two_trainer(
+        project, tiny_sd, identity_decoder=decoder, tiny_decoder_model=str(tiny_decoder)
+    )
+    assert (trainer.tiny_decoder is not None) == (decoder == "tiny")
+    calls = {"vae": 0, "tiny": 0}
+    trainer.base.vae.decoder.register_forward_hook(lambda *_: calls.__setitem__("vae", calls["vae"] + 1))
+    if trainer.tiny_decoder is not None:
+        trainer.tiny_decoder.decoder.register_forward_hook(
+            lambda *_: calls.__setitem__("tiny", calls["tiny"] + 1)
+        )
+    sample = Sample("composed", trainer.data.by_role["reference"][0], 0, 0)
+    terms = trainer.losses(2, 0, 2, [sample])
+    assert calls == {"vae": int(decoder == "vae"), "tiny": int(decoder == "tiny")}
+    terms["identity"].backward()
+    lora = [p for n, p in trainer.base.unet.named_parameters() if "lora_B" in n]  # A gets none while B is 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)

@@ -11,16 +11,18 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.demo.sd import TINY_RESOLUTION, TinySD, build_tiny_sd
+from engine.demo.sd import TINY_RESOLUTION, TinySD, build_tiny_decoder, build_tiny_sd
 from engine.store import atomic_write_text
 
-KIT_VERSION = "1"
+KIT_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class DemoKit:
     folder: Path
     sd: TinySD
+    tiny_decoder: Path
+    """A tiny TAESD folder, for ``identity_decoder="tiny"``."""
     assets: Path
     """An asset cache holding the tiny stand-ins under the real file names."""
     resolution: int = TINY_RESOLUTION
@@ -35,15 +37,17 @@ def build_demo_kit(folder: Path) -> DemoKit:
     folder = Path(folder)
     done = folder / "COMPLETE"
     sd = TinySD(folder / "sd", folder / "sd-tiny.safetensors")
+    tiny_decoder = folder / "taesd"
     assets = folder / "assets"
     if done.is_file() and done.read_text() == KIT_VERSION:
-        return DemoKit(folder, sd, assets)
+        return DemoKit(folder, sd, tiny_decoder, assets)
     sd = build_tiny_sd(folder)
+    build_tiny_decoder(folder)
     build_face_assets(assets)
     build_restore_assets(assets)
     build_scoring_assets(assets)
     atomic_write_text(done, KIT_VERSION)
-    return DemoKit(folder, sd, assets)
+    return DemoKit(folder, sd, tiny_decoder, assets)
 
 
 def default_kit_folder() -> Path:

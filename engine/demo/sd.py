@@ -149,6 +149,23 @@ def build_tiny_sd(folder: Path, seed: int = 0) -> TinySD:
     return TinySD(pipe_dir, single_file)
 
 
+def build_tiny_decoder(folder: Path, seed: int = 0) -> Path:
+    """A tiny TAESD (`AutoencoderTiny`, random weights) saved as a diffusers folder ``folder/taesd``."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    blocks = (8, 8, 8, 8)
+    decoder = AutoencoderTiny(
+        encoder_block_out_channels=blocks,
+        decoder_block_out_channels=blocks,
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    )
+    decoder.save_pretrained(Path(folder) / "taesd")
+    return Path(folder) / "taesd"
+
+
 def _model_index() -> dict:
     return {
         "_class_name": "StableDiffusionPipeline",
