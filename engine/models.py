@@ -146,11 +146,14 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
     into images in [-1, 1].
     """
     from diffusers import AutoencoderTiny
+    from diffusers.utils import logging
 
     path = Path(str(source)).expanduser()
     local = path.is_dir()
     if not local and (path.is_absolute() or str(source).startswith((".", "~"))):
         raise ModelLoadError(f"No tiny decoder at {path}: the folder does not exist.")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # AutoencoderTiny warns about a config key it writes itself
     try:
         decoder = AutoencoderTiny.from_pretrained(
             str(path if local else source), torch_dtype=dtype, use_safetensors=True, local_files_only=local
@@ -160,6 +163,8 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
             f"Could not load the tiny decoder {source} ({error}). Set identity_decoder=vae to use the "
             "base model's VAE instead."
         ) from error
+    finally:
+        logging.set_verbosity(verbosity)
     return decoder.to(device).eval().requires_grad_(False)
 
 
