@@ -143,7 +143,7 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
     """TAESD (`diffusers.AutoencoderTiny`) from a hub id or a diffusers folder, frozen, safetensors only.
 
     It decodes the base model's scaled latents directly (no division by the VAE's scaling factor)
-    into images in [-1, 1].
+    into images on the VAE's [-1, 1] scale, unclamped as the VAE's are.
     """
     from diffusers import AutoencoderTiny
     from diffusers.utils import logging
