@@ -148,6 +148,8 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
     from diffusers import AutoencoderTiny
     from diffusers.utils import logging
 
+    from engine.assets import offline
+
     path = Path(str(source)).expanduser()
     local = path.is_dir()
     if not local and (path.is_absolute() or str(source).startswith((".", "~"))):
@@ -156,7 +158,10 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
     logging.set_verbosity_error()  # AutoencoderTiny warns about a config key it writes itself
     try:
         decoder = AutoencoderTiny.from_pretrained(
-            str(path if local else source), torch_dtype=dtype, use_safetensors=True, local_files_only=local
+            str(path if local else source),
+            torch_dtype=dtype,
+            use_safetensors=True,
+            local_files_only=local or offline(),
         )
     except OSError as error:
         raise ModelLoadError(

@@ -540,6 +540,8 @@ class Trainer:
                 self.tiny_decoder = load_tiny_decoder(config.tiny_decoder_model, self.device, dtype)
                 if options.vae_slicing:
                     self.tiny_decoder.enable_slicing()
+                if options.gradient_checkpointing:
+                    self.tiny_decoder.enable_gradient_checkpointing()
 
     def add_lora(self) -> None:
         """Inject the LoRA adapters (fp32), initialised from the seed whatever the RNG state."""

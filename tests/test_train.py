@@ -493,10 +493,16 @@ def test_the_identity_branch_decodes_with_the_chosen_decoder_and_trains_the_lora
 ):
     from engine.data import Sample
 
-    trainer = _phase_two_trainer(
-        project, tiny_sd, identity_decoder=decoder, tiny_decoder_model=str(tiny_decoder)
+    trainer = _phase_two_trainer(  # checkpointing on with the tiny decoder, off with the VAE
+        project,
+        tiny_sd,
+        identity_decoder=decoder,
+        tiny_decoder_model=str(tiny_decoder),
+        gradient_checkpointing=decoder == "tiny",
     )
     assert (trainer.tiny_decoder is not None) == (decoder == "tiny")
+    if trainer.tiny_decoder is not None:
+        assert trainer.tiny_decoder.decoder.gradient_checkpointing
     calls = {"vae": 0, "tiny": 0}
     trainer.base.vae.decoder.register_forward_hook(lambda *_: calls.__setitem__("vae", calls["vae"] + 1))
     if trainer.tiny_decoder is not None:
