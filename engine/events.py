@@ -6,6 +6,7 @@ run's ``events.jsonl`` so that a reopened studio can replay a training with `rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable
@@ -148,15 +149,18 @@ class EventLog:
 
 
 def read_events(path: Path) -> list[Event]:
-    """Events of a ``events.jsonl`` file in order; an unreadable line (a crash mid-write) is skipped."""
-    events = []
+    """Events of a ``events.jsonl`` file in order.
+
+    Each line is decoded on its own: a line that is not UTF-8, not JSON or not an event (a crash
+    mid-write, a damaged byte) is skipped, and only that line is lost.
+    """
     try:
-        lines = Path(path).read_text("utf-8").splitlines()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
-    for line in lines:
-        try:
-            events.append(event_from_dict(json.loads(line)))
-        except (ValueError, TypeError):
-            continue
+    events = []
+    for line in data.split(b"\n"):
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; a wrong shape raises TypeError.
+        with contextlib.suppress(ValueError, TypeError):
+            events.append(event_from_dict(json.loads(line.decode("utf-8"))))
     return events

@@ -102,7 +102,7 @@ def export_lora(project: Project, run: str | None = None, format: str = "a1111")
         raise ExportError(
             f"Run {run_name} has no LoRA (it trained the token embeddings only); export its embeddings instead."
         )
-    project_name = safe_name(project.name)
+    project_name = project.root.name
     base = str(artefact.metadata.get("base_model", ""))
     metadata = {
         "format": "pt",
@@ -136,7 +136,7 @@ def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
     paths = []
     for role in ("identity", "style"):
         token = tokens[role]
-        word = safe_name(f"{project.name}-{token.strip('<>')}")
+        word = f"{project.root.name}-{safe_name(token.strip('<>'))}"
         row = artefact.embeddings[token].reshape(1, -1)
         metadata = {"format": "pt", "magicapture_token": token, "magicapture_role": role}
         paths.append(_save_safetensors(folder / f"{word}.safetensors", {EMBEDDING_KEY: row}, metadata))
@@ -161,7 +161,7 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
     if not output_ids:
         raise ExportError("Choose at least one image to zip.")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    target = project.path(EXPORTS, f"{safe_name(project.name)}-portraits-{stamp}.zip")
+    target = project.path(EXPORTS, f"{project.root.name}-portraits-{stamp}.zip")
     listing: list[dict[str, Any]] = []
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         for output_id in dict.fromkeys(output_ids):

@@ -4,7 +4,11 @@ Every file the app writes goes through this module. A project is a folder under 
 holding ``manifest.json`` plus sub-folders (``photos/``, ``trainings/``, ``outputs/``...).
 Writes land in a temporary file in the same folder and are moved into place with ``os.replace``,
 so a reader never sees half a file; manifest updates hold a file lock so two browser tabs or two
-processes cannot interleave.
+processes cannot interleave. Each update keeps the manifest it replaces as ``manifest.prev.json``,
+which is read (with a `ManifestRecovered` warning) when ``manifest.json`` does not parse.
+
+A project is opened by the name it was created with (kept in the manifest), never by another name
+that happens to give the same folder: ``"a b"`` does not open project ``"a-b"``.
 """
 
 from __future__ import annotations
@@ -14,18 +18,23 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import unicodedata
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 MANIFEST = "manifest.json"
+PREVIOUS = "manifest.prev.json"
+"""The manifest as it was before the last update: read when ``manifest.json`` does not parse."""
 HOME_ENV = "MAGICAPTURE_HOME"
 _WINDOWS_RESERVED = {
     "CON",
@@ -35,7 +44,10 @@ _WINDOWS_RESERVED = {
     *(f"COM{i}" for i in range(1, 10)),
     *(f"LPT{i}" for i in range(1, 10)),
 }
-_MAX_NAME = 80
+MAX_NAME = 80
+"""Most characters of a name's folder form; longer names are refused, never cut."""
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+"""How Rust libraries (safetensors) write the OS error behind an I/O failure into their message."""
 
 
 class StoreError(Exception):
@@ -46,8 +58,20 @@ class InvalidName(StoreError):
     """A name cannot become a file or folder name."""
 
 
+class NameTaken(StoreError):
+    """A name gives the same folder as another project's name."""
+
+
+class ProjectBusy(StoreError):
+    """A project cannot be deleted while one of its trainings runs."""
+
+
 class StorageFull(StoreError):
     """The disk holding a folder ran out of space."""
+
+
+class ManifestRecovered(UserWarning):
+    """A manifest did not parse, so the previous one is used."""
 
 
 def data_root() -> Path:
@@ -64,7 +88,8 @@ def safe_name(name: str) -> str:
     """Turn a user-given name into one path component, or raise `InvalidName`.
 
     Keeps letters, digits, ``-``, ``_``, ``.`` and spaces (folded to ``-``); refuses empty names,
-    ``.``/``..``, NUL, path separators and Windows reserved device names.
+    ``.``/``..``, NUL, path separators, Windows reserved device names and names longer than
+    `MAX_NAME` characters.
     """
     if not isinstance(name, str) or "\x00" in name:
         raise InvalidName("Names may not contain NUL characters.")
@@ -77,7 +102,21 @@ def safe_name(name: str) -> str:
         raise InvalidName(f"{name!r} has no usable characters; use letters, digits, '-' or '_'.")
     if text.split(".")[0].upper() in _WINDOWS_RESERVED:
         raise InvalidName(f"{name!r} is a reserved device name on Windows; choose another.")
-    return text[:_MAX_NAME]
+    if len(text) > MAX_NAME:
+        raise InvalidName(
+            f"Names may have at most {MAX_NAME} characters (letters, digits, '-', '_' and '.'); "
+            f"{name[:40]!r}... has {len(text)}. Choose a shorter name."
+        )
+    return text
+
+
+def same_name(first: str, second: str) -> bool:
+    """Whether two names are the same as typed (Unicode composition and outer spaces aside)."""
+    return _typed(first) == _typed(second)
+
+
+def _typed(name: str) -> str:
+    return unicodedata.normalize("NFC", name).strip()
 
 
 def inside(root: Path, *parts: str) -> Path:
@@ -89,9 +128,25 @@ def inside(root: Path, *parts: str) -> Path:
     return path
 
 
-def _raise_if_full(error: OSError, folder: Path) -> None:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise StorageFull(f"The disk holding {folder} is full; free some space and try again.") from error
+def _os_error(error: BaseException) -> OSError | None:
+    """The OS error behind ``error``: itself, or the one safetensors reports in its message."""
+    if isinstance(error, OSError):
+        return error
+    from safetensors import SafetensorError
+
+    found = _RUST_OS_ERROR.search(str(error)) if isinstance(error, SafetensorError) else None
+    if found is None:
+        return None
+    code = int(found.group(1))
+    translated = OSError(code, f"{os.strerror(code)} ({error})")
+    translated.__cause__ = error
+    return translated
+
+
+def _raise_if_full(error: BaseException, folder: Path) -> None:
+    cause = _os_error(error)
+    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise StorageFull(f"The disk holding {folder} is full; free some space and try again.") from cause
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -108,7 +163,11 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def atomic_write_json(path: Path, value: Any) -> Path:
-    return atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True, default=str))
+    return atomic_write_bytes(path, _json_bytes(value))
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
 
 
 @contextlib.contextmanager
@@ -116,25 +175,25 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and move it into place.
 
     Use it for writers that take a file name (``save_file``, ``Image.save``). On any error the
-    temporary file is removed and ``path`` is untouched; a full disk raises `StorageFull`.
+    temporary file is removed and ``path`` is untouched; a full disk raises `StorageFull` whose
+    ``__cause__`` is the `OSError` (also when safetensors reports it as a ``SafetensorError``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         _raise_if_full(error, path.parent)
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -151,14 +210,45 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def parse_manifest(data: bytes) -> dict[str, Any]:
+    """A manifest's bytes as a dict; raises `ValueError` saying what is wrong when they are not a JSON object."""
+    if not data.strip():
+        raise ValueError("the file is empty")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"byte {error.start} is not UTF-8 text") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"it is not valid JSON from line {error.lineno}, column {error.colno}") from error
+    if not isinstance(value, dict):
+        raise ValueError("it does not hold a JSON object")
+    return value
+
+
+@dataclass(frozen=True)
+class _Read:
+    value: dict[str, Any]
+    current: bytes | None
+    """The bytes of ``manifest.json`` when it parsed (what an update keeps as the previous manifest)."""
+    notice: str | None = None
+
+
 @dataclass(frozen=True)
 class Project:
     """One client or subject: a folder with a manifest."""
 
     root: Path
 
-    @property
+    @cached_property
     def name(self) -> str:
+        """The name the project was created with, which `ProjectStore.open` takes.
+
+        The folder name when the manifest records no name, or one that gives another folder.
+        """
+        recorded = _recorded_name(self.root)
+        with contextlib.suppress(InvalidName):
+            if recorded is not None and safe_name(recorded) == self.root.name:
+                return recorded
         return self.root.name
 
     def path(self, *parts: str) -> Path:
@@ -166,12 +256,38 @@ class Project:
         return inside(self.root, *parts)
 
     def manifest(self) -> dict[str, Any]:
+        """The manifest; when it does not parse, the previous one, with a `ManifestRecovered` warning."""
+        return self._read(warn=True).value
+
+    def manifest_notice(self) -> str | None:
+        """A sentence for the user while the previous manifest stands in for a damaged one, else None."""
+        return self._read().notice
+
+    def _read(self, warn: bool = False) -> _Read:
         try:
-            return json.loads((self.root / MANIFEST).read_text("utf-8"))
+            current = (self.root / MANIFEST).read_bytes()
         except FileNotFoundError as error:
             raise StoreError(f"Project {self.name!r} has no manifest; it may have been deleted.") from error
-        except json.JSONDecodeError as error:
-            raise StoreError(f"The manifest of project {self.name!r} is damaged: {error}.") from error
+        try:
+            return _Read(parse_manifest(current), current)
+        except ValueError as error:
+            damage = error
+        repair = f"`magicapture projects repair {shlex.quote(self.name)}`"
+        try:
+            previous = parse_manifest((self.root / PREVIOUS).read_bytes())
+        except (OSError, ValueError):
+            raise StoreError(
+                f"The manifest of project {self.name!r} is damaged ({damage}) and there is no readable "
+                f"previous manifest. Run {repair} to rebuild it from the project's files."
+            ) from damage
+        notice = (
+            f"The manifest of project {self.name!r} is damaged ({damage}), so the previous one, saved "
+            f"{previous.get('updated', 'earlier')}, is used: its last change may be missing. Run {repair} "
+            "to add what is on disk; the next change saves a whole manifest again."
+        )
+        if warn:
+            warnings.warn(notice, ManifestRecovered, stacklevel=3)
+        return _Read(previous, None, notice)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -182,14 +298,35 @@ class Project:
     def update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
         """Apply ``change`` to the manifest under the project lock and save it atomically.
 
-        Returns what ``change`` returned. If it raises, the manifest is left as it was.
+        The manifest it replaces is kept as ``manifest.prev.json``. Returns what ``change`` returned.
+        If it raises, the manifest is left as it was.
         """
         with self.lock():
-            manifest = self.manifest()
-            result = change(manifest)
-            manifest["updated"] = now()
-            atomic_write_json(self.root / MANIFEST, manifest)
+            read = self._read(warn=True)
+            result = change(read.value)
+            read.value["updated"] = now()
+            self.save_manifest(read.value, previous=read.current)
             return result
+
+    def save_manifest(self, manifest: dict[str, Any], previous: bytes | None) -> None:
+        """Write ``manifest`` atomically, after ``previous`` (when given) as the previous manifest.
+
+        Callers hold the project's lock.
+        """
+        if previous is not None:
+            atomic_write_bytes(self.root / PREVIOUS, previous)
+        atomic_write_json(self.root / MANIFEST, manifest)
+
+
+def _recorded_name(folder: Path) -> str | None:
+    """The name in the manifest (in the previous one when it does not parse), or None."""
+    for file in (MANIFEST, PREVIOUS):
+        try:
+            name = parse_manifest((folder / file).read_bytes()).get("name")
+        except (OSError, ValueError):
+            continue
+        return name if isinstance(name, str) else None
+    return None
 
 
 class ProjectStore:
@@ -200,39 +337,86 @@ class ProjectStore:
         self.projects_dir = self.root / "projects"
 
     def list(self) -> list[str]:
+        """The projects' names, as `open` takes them."""
         if not self.projects_dir.is_dir():
             return []
-        return sorted(p.name for p in self.projects_dir.iterdir() if (p / MANIFEST).is_file())
+        return sorted(
+            Project(folder).name
+            for folder in self.projects_dir.iterdir()
+            if not folder.name.startswith(".") and (folder / MANIFEST).is_file()
+        )
 
     def create(self, name: str) -> Project:
+        """A new, empty project; refuses a name whose folder another project has."""
         folder = inside(self.projects_dir, safe_name(name))
         if (folder / MANIFEST).exists():
-            raise StoreError(f"A project named {folder.name!r} already exists.")
+            existing = Project(folder).name
+            if same_name(existing, name):
+                raise StoreError(
+                    f"A project named {existing!r} already exists; open it or choose another name."
+                )
+            raise NameTaken(
+                f"The name {name!r} gives the folder {folder.name}, which belongs to project {existing!r}; "
+                "choose another name."
+            )
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {
-            "name": name,
+            "name": _typed(name),
             "created": now(),
             "updated": now(),
             "images": [],
             "trainings": [],
             "outputs": [],
         }
+        project = Project(folder)
         try:
-            atomic_write_json(folder / MANIFEST, manifest)
+            project.save_manifest(manifest, previous=_json_bytes(manifest))
         except StorageFull:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return Project(folder)
+        return project
 
     def open(self, name: str) -> Project:
+        """The project created as ``name``; refuses another name that gives the same folder."""
         folder = inside(self.projects_dir, safe_name(name))
         if not (folder / MANIFEST).is_file():
             raise StoreError(f"There is no project named {name!r}.")
-        return Project(folder)
+        project = Project(folder)
+        if not same_name(project.name, name):
+            raise NameTaken(
+                f"There is no project named {name!r}; its folder {folder.name} belongs to project "
+                f"{project.name!r}. Use that name, or another one for a new project."
+            )
+        return project
 
     def delete(self, name: str) -> None:
+        """Delete the project ``name`` with all its files; refused while one of its trainings runs."""
         project = self.open(name)
-        with project.lock():
-            trash = project.root.with_name(f".deleting-{project.name}")
+        with project.lock(), _trainings_stopped(project):
+            trash = project.root.with_name(f".deleting-{project.root.name}")
             os.replace(project.root, trash)
         shutil.rmtree(trash, ignore_errors=True)
+
+    def repair(self, name: str) -> str:
+        """Rebuild the manifest of project ``name`` from its files; returns a one-paragraph summary.
+
+        See `engine.repair.repair_manifest`.
+        """
+        from engine.repair import repair_manifest
+
+        return repair_manifest(self.open(name))
+
+
+@contextlib.contextmanager
+def _trainings_stopped(project: Project) -> Iterator[None]:
+    """Hold the lock of each training of ``project``; `ProjectBusy` when one is held, as a running training does."""
+    with contextlib.ExitStack() as held:
+        for lock in sorted(project.root.glob("trainings/*/.lock")):
+            try:
+                held.enter_context(FileLock(str(lock), timeout=0))
+            except Timeout as error:
+                raise ProjectBusy(
+                    f"Project {project.name!r} cannot be deleted while its training {lock.parent.name} runs; "
+                    "cancel the training or wait for it to end, then delete the project."
+                ) from error
+        yield

@@ -94,16 +94,16 @@ def test_disk_full_names_the_folder_and_keeps_the_old_file(tmp_path, monkeypatch
 def test_projects_create_open_list_delete():
     store = ProjectStore()
     project = store.create("Client: Ann Lee")
-    assert project.name == "Client-Ann-Lee"
-    assert store.list() == ["Client-Ann-Lee"]
+    assert project.name == "Client: Ann Lee" and project.root.name == "Client-Ann-Lee"
+    assert store.list() == ["Client: Ann Lee"]
     assert store.open("Client: Ann Lee").root == project.root
     assert project.manifest()["name"] == "Client: Ann Lee"
     with pytest.raises(StoreError, match="already exists"):
         store.create("Client: Ann Lee")
-    store.delete("Client-Ann-Lee")
+    store.delete("Client: Ann Lee")
     assert store.list() == []
     with pytest.raises(StoreError, match="no project named"):
-        store.open("Client-Ann-Lee")
+        store.open("Client: Ann Lee")
 
 
 def test_project_paths_stay_inside_the_project():
@@ -145,5 +145,6 @@ def test_concurrent_updates_lose_nothing():
 def test_damaged_manifest_is_reported():
     project = ProjectStore().create("p")
     Path(project.root / "manifest.json").write_text("{not json")
+    Path(project.root / "manifest.prev.json").write_text("{not json either")
     with pytest.raises(StoreError, match="damaged"):
         project.manifest()
