@@ -7,6 +7,10 @@ plus ``embeddings.<token>`` for the placeholder tokens. The file's metadata hold
 alphas). diffusers' ``load_lora_weights`` refuses a file with non-LoRA keys, so `apply_to_pipeline`
 loads the LoRA part through the same loader's per-model entry points and inserts the embeddings
 with ``load_textual_inversion``.
+
+`save_artefact` records the file's sha256 beside it (``<file>.sha256``) and `load_artefact` checks
+it, so a damaged artefact is refused before it is used; an artefact without one (written before
+checksums were recorded) loads unchecked.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.store import atomic_path
+from engine.checkpoint import file_sha256
+from engine.store import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     import torch
@@ -25,6 +30,7 @@ METADATA_KEY = "magicapture"
 LORA_METADATA_KEY = "lora_adapter_metadata"
 """diffusers' key for the LoraConfig arguments (rank, alpha, targets) of each model."""
 PREFIXES = {"unet": "unet.", "text_encoder": "text_encoder.", "embeddings": "embeddings."}
+CHECKSUM_SUFFIX = ".sha256"
 
 
 class ArtefactError(Exception):
@@ -84,19 +90,43 @@ def save_artefact(
     adapters = Artefact(unet_lora, text_lora, embeddings, metadata).lora_metadata()
     if adapters:
         header[LORA_METADATA_KEY] = json.dumps(adapters, sort_keys=True)
-    with atomic_path(Path(path)) as tmp:
+    path, sidecar = Path(path), checksum_path(path)
+    # Until the new checksum is written the file is unchecked, never checked against the old one.
+    sidecar.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
-    return Path(path)
+        digest = file_sha256(tmp)
+    atomic_write_text(sidecar, f"{digest}  {path.name}\n")
+    return path
+
+
+def checksum_path(path: Path) -> Path:
+    """Where the sha256 of the artefact ``path`` is recorded (``sha256sum`` format)."""
+    return Path(path).with_name(Path(path).name + CHECKSUM_SUFFIX)
+
+
+def verify_artefact(path: Path) -> None:
+    """Raise `ArtefactError` if ``path`` does not match its recorded sha256 (none recorded: nothing to check)."""
+    try:
+        recorded = checksum_path(path).read_text("utf-8", errors="replace").split()[:1]
+    except FileNotFoundError:
+        return
+    if recorded != [file_sha256(path)]:
+        raise ArtefactError(
+            f"{path} is damaged: it no longer matches the checksum recorded when it was written. Choose "
+            "one of the run's preview checkpoints as its artefact, or train the project again."
+        )
 
 
 def load_artefact(path: Path) -> Artefact:
-    """Read an artefact written by `save_artefact`."""
+    """Read an artefact written by `save_artefact`, after checking its recorded sha256."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
     path = Path(path)
     parts: dict[str, dict[str, Any]] = {name: {} for name in PREFIXES}
     try:
+        verify_artefact(path)
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             header = handle.metadata() or {}
             for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)

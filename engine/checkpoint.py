@@ -6,29 +6,48 @@ Kind ``step`` (resumable training state) keeps only the newest ``keep``; kind ``
 weights of a preview, for choosing the best one) is never rotated. Optimiser states (torch AdamW
 or bitsandbytes AdamW8bit, nested dicts of tensors and numbers) are split into a tensor file and
 a JSON tree.
+
+Every file of a checkpoint has its sha256 in ``checksums.json``, written before ``state.json``
+(whose own sha256 it holds too); `newest_intact` checks them before a resume trusts a checkpoint,
+and `set_aside` renames one that fails to ``damaged-<name>``, out of `checkpoints`' sight.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.store import StorageFull, atomic_path, atomic_write_json
+from engine.store import StorageFull, atomic_path, atomic_write_bytes, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
 
 STATE = "state.json"
 """Written last: a folder without it is not a checkpoint."""
+CHECKSUMS = "checksums.json"
+"""The sha256 of every other file, ``state.json`` included; written just before it."""
+DAMAGED = "damaged"
 STEP = "step"
 PREVIEW = "preview"
 _TENSOR = "__tensor__"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A checkpoint that failed verification."""
+
+    path: Path
+    reason: str
+    """What is wrong, as the end of a sentence naming the file (e.g. "trainable.safetensors is missing")."""
 
 
 def checkpoints(folder: Path, kind: str = STEP) -> list[Path]:
@@ -73,6 +92,86 @@ def commit(path: Path, step: int, keep: int | None, kind: str = STEP) -> Path:
 
 def discard(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def seal(path: Path, state: dict[str, Any], folder: Path) -> None:
+    """Record the sha256 of every file of the staged checkpoint ``path`` and of ``state``, then write the state (last)."""
+    data = json.dumps(state, indent=2, sort_keys=True, default=str).encode("utf-8")
+    sums = {
+        p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")
+    }
+    sums[STATE] = hashlib.sha256(data).hexdigest()
+    with disk_guard(folder):
+        atomic_write_json(path / CHECKSUMS, sums)
+        atomic_write_bytes(path / STATE, data)
+
+
+def problem(path: Path) -> str | None:
+    """Why the checkpoint ``path`` cannot be trusted, or None when every file matches its recorded sha256."""
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text("utf-8"))
+    except FileNotFoundError:
+        return _legacy_problem(path)  # saved before checksums were recorded
+    except (OSError, ValueError) as error:
+        return f"{CHECKSUMS} cannot be read ({error})"
+    if not isinstance(sums, dict) or STATE not in sums:
+        return f"{CHECKSUMS} does not list the checkpoint's files"
+    for name, expected in sorted(sums.items()):
+        try:
+            actual = file_sha256(path / name)
+        except OSError as error:
+            return f"{name} cannot be read ({error.strerror or error})"
+        if actual != expected:
+            return f"{name} does not match the checksum recorded when it was saved"
+    return None
+
+
+def _legacy_problem(path: Path) -> str | None:
+    """For a checkpoint without checksums: the first JSON file that does not parse or tensor file that does not open."""
+    from safetensors import SafetensorError, safe_open
+
+    if not (path / STATE).is_file():
+        return f"{STATE} is missing"
+    for file in sorted(path.iterdir()):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text("utf-8"))
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), framework="pt"):
+                    pass
+        except (OSError, ValueError, SafetensorError) as error:
+            return f"{file.name} cannot be read ({error})"
+    return None
+
+
+def newest_intact(folder: Path, kind: str = STEP) -> tuple[Path | None, list[Damaged]]:
+    """The newest checkpoint of ``kind`` that verifies (None if none does), and the newer ones that do not."""
+    damaged = []
+    for path in reversed(checkpoints(folder, kind)):
+        reason = problem(path)
+        if reason is None:
+            return path, damaged
+        damaged.append(Damaged(path, reason))
+    return None, damaged
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to ``damaged-<name>`` (then ``-2``, ``-3``...): kept, but no longer listed."""
+    target, copy = path.with_name(f"{DAMAGED}-{path.name}"), 1
+    while target.exists():
+        copy += 1
+        target = path.with_name(f"{DAMAGED}-{path.name}-{copy}")
+    os.replace(path, target)
+    return target
 
 
 def _full(error: OSError, folder: Path) -> None:

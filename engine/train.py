@@ -315,6 +315,9 @@ def train(
     (`engine.config.MEMORY_FIELDS`) come from ``config``. ``cancel`` stops the run within one step,
     after saving a checkpoint, by raising `TrainingCancelled`. ``base`` (a loaded base model) is
     modified by the training (tokens, LoRA, attention processors): load a fresh one per run.
+    A resume starts from the newest checkpoint whose checksums verify; newer, damaged ones are
+    renamed ``damaged-step-N`` (a `Status` event says so). A new run is refused while another run
+    of the project trains, and one that fails before its first checkpoint leaves no run behind.
     Works in one process or under ``accelerate launch`` (data parallel; the run folder and events
     belong to the main process).
     """
@@ -323,16 +326,11 @@ def train(
 
     given = config
     config = config or preset("released")
-    start = None
+    run, start, damaged = None, None, []
     if resume:
         # The newest unfinished run, the same in every process (its lock is taken below).
         run = resume if isinstance(resume, str) else next(iter(_unfinished(project)), None)
-        found = ckpt.checkpoints(project.path(RUNS, run, "checkpoints")) if run else []
-        if not found:
-            raise TrainingError(
-                f"Project {project.name!r} has no stopped training to resume; start a new one."
-            )
-        start = found[-1]
+        start, damaged = _resume_point(project, run)
         saved = TrainingConfig.from_dict(ckpt.read_json(start / ckpt.STATE)["config"])
         config = saved.replace(**{name: getattr(given, name) for name in MEMORY_FIELDS}) if given else saved
     options = resolve_options(config)
@@ -342,10 +340,17 @@ def train(
         )
     accelerator = _accelerator(config, options)
     set_seed(config.seed)
-    if not resume:
-        ids = [_new_run_id(project) if accelerator.is_main_process else None]
-        broadcast_object_list(ids)
-        run = ids[0]
+    # The main process names a new run and checks that no other run of the project is training now.
+    chosen = [None, None]
+    if accelerator.is_main_process:
+        chosen = [run or _new_run_id(project), _training_run(project, other_than=run)]
+    broadcast_object_list(chosen)
+    run, busy = chosen
+    if busy is not None:
+        raise TrainingError(
+            f"Project {project.name!r} is already training run {busy}; wait for it to finish or cancel it, "
+            "then try again."
+        )
     folder = project.path(RUNS, run)
     folder.mkdir(parents=True, exist_ok=True)
     lock = _run_lock(project, run) if accelerator.is_main_process else None
@@ -357,8 +362,11 @@ def train(
             f"Training {run} is already running in another process; wait for it or cancel it first."
         ) from error
     emit = _Events(folder / "events.jsonl", on_event, accelerator.is_main_process)
+    abandoned = False
     try:
         if accelerator.is_main_process:
+            for item in damaged:
+                emit(Status(message=_set_aside_damaged(item, run, start)))
             _set_run(project, run, status="running", preset=config.preset, error=None)
         trainer = Trainer(project, run, config, options, accelerator, emit, cancel)
         return trainer.run(start, base, face_kit)
@@ -368,14 +376,17 @@ def train(
         raise
     except BaseException as error:
         message = _failure_message(error, options, run)
+        kept = ckpt.checkpoints(folder / "checkpoints")
+        # A new run that fails before its first checkpoint has nothing to resume: it leaves no trace.
+        abandoned = accelerator.is_main_process and not kept and not resume
         if accelerator.is_main_process and not isinstance(error, KeyboardInterrupt):
-            saved = ckpt.checkpoints(folder / "checkpoints")
-            checkpoint = str(saved[-1]) if saved else None
+            checkpoint = str(kept[-1]) if kept else None
             # Recording the failure may fail too (a full disk): never let that hide the error itself.
             with contextlib.suppress(OSError, StoreError):
                 emit(Failed(message=message, error=type(error).__name__, checkpoint=checkpoint))
-            with contextlib.suppress(OSError, StoreError):
-                _set_run(project, run, status="failed", error=message)
+            if not abandoned:
+                with contextlib.suppress(OSError, StoreError):
+                    _set_run(project, run, status="failed", error=message)
         if isinstance(error, torch.OutOfMemoryError):
             traceback.clear_frames(error.__traceback__)  # let the models' memory go with the frames
             raise TrainingError(message) from error
@@ -383,9 +394,78 @@ def train(
     finally:
         if lock is not None:
             lock.release()
+        if abandoned:
+            _forget_run(project, run)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _training_run(project: Project, other_than: str | None) -> str | None:
+    """A run of the project, other than ``other_than``, whose lock a process holds now; None if none is."""
+    from filelock import Timeout
+
+    for path in sorted(project.path(RUNS).glob("*/.lock")):
+        run = path.parent.name
+        if run == other_than:
+            continue
+        try:
+            with _run_lock(project, run):
+                pass
+        except Timeout:
+            return run
+    return None
+
+
+def _resume_point(project: Project, run: str | None) -> tuple[Path, list[ckpt.Damaged]]:
+    """The newest checkpoint of ``run`` that verifies and the newer, damaged ones; `TrainingError` if none does.
+
+    When none does, they are all set aside (so the run is no longer offered for resuming).
+    """
+    from accelerate import PartialState
+    from filelock import Timeout
+
+    folder = project.path(RUNS, run, "checkpoints") if run else None
+    if folder is None or not ckpt.checkpoints(folder):
+        raise TrainingError(f"Project {project.name!r} has no stopped training to resume; start a new one.")
+    start, damaged = ckpt.newest_intact(folder)
+    if start is not None:
+        return start, damaged
+    if PartialState().is_main_process:
+        try:
+            with _run_lock(project, run):
+                for item in damaged:
+                    ckpt.set_aside(item.path)
+        except Timeout as error:
+            raise TrainingError(
+                f"Training {run} is already running in another process; wait for it or cancel it first."
+            ) from error
+    reasons = "; ".join(f"{item.path.name}: {item.reason}" for item in damaged)
+    raise TrainingError(
+        f"No checkpoint of training {run} can be trusted ({reasons}). They were kept aside as "
+        f"'{ckpt.DAMAGED}-step-N' folders in {folder}; start a new training."
+    )
+
+
+def _set_aside_damaged(item: ckpt.Damaged, run: str, start: Path) -> str:
+    """Rename a damaged checkpoint out of the way; returns the sentence that tells the user."""
+    kept = ckpt.set_aside(item.path)
+    return (
+        f"Checkpoint {item.path.name} of training {run} is damaged ({item.reason}); it was kept aside as "
+        f"{kept.name}, and the training resumes from {start.name}."
+    )
+
+
+def _forget_run(project: Project, run: str) -> None:
+    """Remove a run's folder and manifest entry (a new run that failed with nothing to resume)."""
+    import shutil
+
+    def drop(manifest: dict[str, Any]) -> None:
+        manifest["trainings"] = [t for t in manifest.get("trainings", []) if t.get("id") != run]
+
+    with contextlib.suppress(OSError, StoreError):
+        project.update(drop)
+    shutil.rmtree(project.path(RUNS, run), ignore_errors=True)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -816,6 +896,8 @@ class Trainer:
                 tree, tensors = ckpt.split_state(self.optimizer.state_dict())
                 ckpt.save_tensors(staged / "optimizer.safetensors", tensors, folder)
                 ckpt.save_json(staged / "optimizer.json", tree, folder)
+            accelerator.wait_for_everyone()  # every process's RNG files are written: checksum them all
+            if accelerator.is_main_process:
                 state = {
                     "phase": phase,
                     "step": step,
@@ -826,9 +908,7 @@ class Trainer:
                     "saved": now(),
                     "processes": accelerator.num_processes,
                 }
-                ckpt.save_json(staged / ckpt.STATE, state, folder)
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
+                ckpt.seal(staged, state, folder)
                 ckpt.commit(staged, global_step, self.config.keep_checkpoints)
         except BaseException:
             if accelerator.is_main_process:
@@ -958,7 +1038,7 @@ class Trainer:
                 "identity_mean": mean,
                 "saved": now(),
             }
-            ckpt.save_json(staged / ckpt.STATE, state, folder)
+            ckpt.seal(staged, state, folder)
             return ckpt.commit(staged, global_step, None, ckpt.PREVIEW)
         except BaseException:
             ckpt.discard(staged)
