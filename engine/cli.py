@@ -8,17 +8,73 @@ several processes (the trainer uses accelerate itself).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from engine.faces import FaceKit
+    from engine.store import Project, ProjectStore
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+LOG_LIMIT = 2**20
+"""``logs/cli.log`` is moved to ``cli.log.1`` (replacing it) once it grows past this many bytes."""
+USER_ERRORS = frozenset({
+    "engine.cli.CommandError",
+    "engine.store.StoreError",
+    "engine.assets.AssetError",
+    "engine.models.ModelLoadError",
+    "engine.config.ConfigError",
+    "engine.preflight.PreflightError",
+    "engine.intake.PhotoFileError",
+    "engine.data.DataError",
+    "engine.tokens.TokenError",
+    "engine.faces.detect.FaceModelError",
+    "engine.train.TrainingError",
+    "engine.train.TrainingCancelled",
+    "engine.artefact.ArtefactError",
+    "engine.generate.GenerationError",
+    "engine.postprocess.PostprocessError",
+    "engine.presets.PresetError",
+    "engine.export.ExportError",
+    "engine.metrics.MetricsModelError",
+    "engine.evaluate.EvaluationError",
+})  # fmt: skip
+"""Exceptions whose message is a sentence for the user, by qualified name (no import needed to tell)."""
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def _project(name: str):
+class CommandError(Exception):
+    """A mistake in the command line that the user can fix; the message says how."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}; see {self.prog} --help.\n")
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (an argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number of at least 1 (got {text!r})")
+    return value
+
+
+def _project(name: str) -> Project:
     from engine.store import ProjectStore
 
     return ProjectStore().open(name)
@@ -30,7 +86,7 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set takes key=value (got {pair!r}).")
+            raise CommandError(f"--set takes key=value (got {pair!r}); for example --set phase1_steps=400.")
         try:
             overrides[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -38,29 +94,55 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def _licence_notice(commercial: bool, restore: str | None = None) -> None:
-    """Say once, on stderr, which non-commercial weights this command uses and what replaces them."""
+def _check_device(name: str) -> None:
+    """Refuse a device torch would not know, before torch is imported."""
+    from engine.config import ConfigError
+
+    if not _DEVICE.fullmatch(name):
+        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r}).")
+
+
+def _check_base(source: str) -> None:
+    """Refuse a local single-file base whose safetensors header is damaged, before any slow work."""
+    from engine.models import safetensors_header
+
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():
+        safetensors_header(path)
+
+
+def _licence_line(commercial: bool, restore: str | None = None) -> str | None:
+    """The line saying which non-commercial weights this command uses and what replaces them, if any."""
     from engine.preflight import licence_notice
 
     notice = licence_notice(commercial=commercial, restore=restore)
-    if notice:
-        print(f"Licence: {notice} (Pass --commercial.)", file=sys.stderr)
+    return f"Licence: {notice} (Pass --commercial.)" if notice else None
 
 
-def _progress_printer() -> Callable[[Any], None]:
+def _licence_notice(commercial: bool, restore: str | None = None) -> None:
+    """Say once, on stderr, which non-commercial weights this command uses and what replaces them."""
+    line = _licence_line(commercial, restore)
+    if line:
+        print(line, file=sys.stderr)
+
+
+def _progress_printer(notes: Sequence[str | None] = ()) -> Callable[[Any], None]:
     """An event callback that draws a tqdm bar for steps and prints everything else once, on stderr.
 
-    Stdout is left to the command's results (paths), so a script can read them. It also warns,
-    once, when training steps suddenly take several times longer (a GPU spilling into system
-    memory).
+    ``notes`` are printed before the first event, so a command refused before its work starts
+    prints its error alone. Stdout is left to the command's results (paths), so a script can read
+    them. It also warns, once, when training steps suddenly take several times longer (a GPU
+    spilling into system memory). A `Failed` event is not printed: its error reaches `main`.
     """
     from tqdm import tqdm
 
     from engine import events, preflight
 
-    state: dict[str, Any] = {"bar": None, "seconds": [], "last": None, "warned": False}
+    state: dict[str, Any] = {"bar": None, "seconds": [], "last": None, "warned": False, "notes": notes}
 
     def on_event(event: events.Event) -> None:
+        for note in filter(None, state.pop("notes", ())):
+            tqdm.write(note, file=sys.stderr)
         bar = state["bar"]
         if isinstance(event, events.PhaseStarted):
             if bar is not None:
@@ -86,13 +168,12 @@ def _progress_printer() -> Callable[[Any], None]:
             if bar is not None:
                 bar.close()
             tqdm.write(f"finished in {event.seconds:.0f} s: {event.artefact}", file=sys.stderr)
-        elif isinstance(event, (events.Failed, events.Cancelled)):
+        elif isinstance(event, events.Failed) and bar is not None:
+            bar.close()
+        elif isinstance(event, events.Cancelled):
             if bar is not None:
                 bar.close()
-            tqdm.write(
-                getattr(event, "message", f"cancelled at step {getattr(event, 'global_step', '?')}"),
-                file=sys.stderr,
-            )
+            tqdm.write(f"cancelled at step {event.global_step}", file=sys.stderr)
 
     return on_event
 
@@ -101,48 +182,80 @@ def cmd_projects(args: argparse.Namespace) -> None:
     from engine.store import ProjectStore, data_root
 
     store = ProjectStore()
+    if args.action == "list":
+        print(f"projects in {data_root() / 'projects'}:")
+        for name in store.list():
+            print(f"  {name}")
+        return
+    if not args.name:
+        raise CommandError(
+            f"projects {args.action} needs a project name: magicapture projects {args.action} NAME."
+        )
     if args.action == "create":
         print(store.create(args.name).root)
     elif args.action == "delete":
         store.delete(args.name)
         print(f"deleted {args.name}")
     else:
-        print(f"projects in {data_root() / 'projects'}:")
-        for name in store.list():
-            print(f"  {name}")
+        print(store.repair(args.name))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from engine.faces import load_face_kit
-    from engine.intake import Refused, add_photo
+    from engine.intake import check_photo_file
     from engine.store import ProjectStore, StoreError
 
+    paths = [Path(photo) for photo in args.photos]
+    for path in paths:
+        check_photo_file(path)
     store = ProjectStore()
     try:
-        project = store.open(args.project)
+        project, created = store.open(args.project), False
     except StoreError:
-        project = store.create(args.project)
-    _licence_notice(args.commercial)
-    kit = load_face_kit(commercial=args.commercial)
-    if kit.is_fallback:
-        print("Using the offline fallback face detector (approximate masks).", file=sys.stderr)
-    refused = 0
-    for path in map(Path, args.photos):
-        result = add_photo(project, path.read_bytes(), path.name, args.role, kit)
+        project, created = store.create(args.project), True
+    try:
+        _licence_notice(args.commercial)
+        kit = load_face_kit(commercial=args.commercial)
+        if kit.is_fallback:
+            print("Using the offline fallback face detector (approximate masks).", file=sys.stderr)
+        accepted = _add_photos(project, paths, args.role, kit)
+    finally:
+        if created:
+            _discard_if_empty(store, args.project)
+    if not accepted:
+        outcome = "was not created" if created else "is unchanged"
+        raise CommandError(
+            f"No photo was accepted (reasons above), so project {args.project!r} {outcome}; choose other photos."
+        )
+
+
+def _add_photos(project: Project, paths: Sequence[Path], role: str, kit: FaceKit) -> int:
+    """Add each photo to ``project``, saying on stdout which were accepted; returns how many were."""
+    from engine.intake import Refused, add_photo, read_photo
+
+    accepted = 0
+    for path in paths:
+        result = add_photo(project, read_photo(path), path.name, role, kit)
         if isinstance(result, Refused):
-            refused += 1
             print(f"refused {path.name}: {result.message}")
         else:
+            accepted += 1
             print(f"accepted {path.name}")
-    if refused == len(args.photos):
-        raise SystemExit(EXIT_USER_ERROR)
+    return accepted
+
+
+def _discard_if_empty(store: ProjectStore, name: str) -> None:
+    """Delete project ``name``, which this command created, if it holds no photo."""
+    from engine.store import StoreError
+
+    with contextlib.suppress(StoreError):
+        if not store.open(name).manifest()["images"]:
+            store.delete(name)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from engine import preflight
     from engine.config import preset
-    from engine.faces import load_face_kit
-    from engine.train import train
 
     overrides = _parse_overrides(args.set)
     if args.base:
@@ -150,14 +263,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.profile:
         overrides["vram_profile"] = args.profile
     config = preset(args.preset, **overrides)
+    _check_device(config.device)
     project = _project(args.project)
-    _licence_notice(args.commercial)
+    _check_base(config.base_model)
     try:
-        print(f"Pre-flight estimate: {preflight.summary(preflight.estimate(config))}", file=sys.stderr)
+        estimate = f"Pre-flight estimate: {preflight.summary(preflight.estimate(config))}"
     except preflight.PreflightError as error:
-        print(f"Pre-flight estimate unavailable: {error}", file=sys.stderr)
+        estimate = f"Pre-flight estimate unavailable: {error}"
+    from engine.faces import load_face_kit
+    from engine.train import train
+
     kit = load_face_kit(commercial=True) if args.commercial else None
-    artefact = train(project, config, on_event=_progress_printer(), resume=args.resume, face_kit=kit)
+    notes = [_licence_line(args.commercial), estimate]
+    artefact = train(project, config, on_event=_progress_printer(notes), resume=args.resume, face_kit=kit)
     print(artefact)
 
 
@@ -172,7 +290,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
             f"The {args.restore} face restorer is licensed for non-commercial use only; with --commercial "
             "use --restore gfpgan instead."
         )
-    _licence_notice(args.commercial, args.restore)
     settings = GenerationSettings(
         prompt_extra=args.prompt_extra,
         count=args.n,
@@ -181,7 +298,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         steps=args.steps,
         guidance_scale=args.cfg,
     )
-    records = generate(project, args.run, settings, commercial=args.commercial, on_event=_progress_printer())
+    notes = [_licence_line(args.commercial, args.restore)]
+    records = generate(
+        project, args.run, settings, commercial=args.commercial, on_event=_progress_printer(notes)
+    )
     for record in records:
         if args.restore or args.upscale > 1 or args.preset:
             record = postprocess_output(
@@ -230,7 +350,10 @@ def cmd_models(args: argparse.Namespace) -> None:
             print(assets.download_asset(name))
     else:
         if len(args.names) != 2:
-            raise SystemExit("usage: magicapture models import NAME PATH")
+            raise CommandError(
+                f"models import takes NAME PATH (got {' '.join(args.names) or 'nothing'}); "
+                "for example magicapture models import bisenet ~/Downloads/79999_iter.pth."
+            )
         print(assets.import_asset(args.names[0], args.names[1]))
 
 
@@ -253,7 +376,7 @@ def _commercial_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="magicapture", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="magicapture", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--allow-pickle",
         action="store_true",
@@ -261,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("projects", help="list, create or delete projects")
-    p.add_argument("action", choices=("list", "create", "delete"), nargs="?", default="list")
+    p = sub.add_parser("projects", help="list, create, delete or repair projects")
+    p.add_argument("action", choices=("list", "create", "delete", "repair"), nargs="?", default="list")
     p.add_argument("name", nargs="?")
     p.set_defaults(handler=cmd_projects)
 
@@ -291,10 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("project")
     p.add_argument("--run", help="training run (default: the latest finished)")
     p.add_argument("--prompt-extra", default="", help='extra words, e.g. "wearing a suit"')
-    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--n", type=_count, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", default="euler_a", choices=("euler_a", "dpmpp_2m_karras", "ddim"))
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=_count, default=50)
     p.add_argument("--cfg", type=float, default=7.0)
     p.add_argument("--restore", choices=("gfpgan", "codeformer"))
     p.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1)
@@ -331,15 +454,49 @@ def main(argv: Sequence[str] | None = None) -> None:
         from engine.models import ALLOW_PICKLE_ENV
 
         os.environ[ALLOW_PICKLE_ENV] = "1"
-    from engine.assets import AssetError
-    from engine.models import ModelLoadError
-    from engine.store import StoreError
-
     try:
         args.handler(args)
-    except (StoreError, AssetError, ModelLoadError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(EXIT_USER_ERROR) from error
+    except Exception as error:
+        raise SystemExit(_report(error, argv)) from error
+
+
+def _report(error: Exception, argv: Sequence[str] | None) -> int:
+    """Print one line about ``error`` on stderr and log its traceback; returns the exit status."""
+    log = _log_traceback(error, sys.argv[1:] if argv is None else argv)
+    message = " ".join(str(error).split()) or type(error).__name__
+    if _is_user_error(error):
+        details = f" (Details: {log}.)" if log else ""
+        print(f"error: {message}{details}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    if log is None:
+        traceback.print_exception(error)
+    where = f"the details in {log}" if log else "the traceback above"
+    print(
+        f"error: unexpected {type(error).__name__}: {message}. This is a bug; please report it with {where}.",
+        file=sys.stderr,
+    )
+    return EXIT_BUG
+
+
+def _is_user_error(error: Exception) -> bool:
+    return any(f"{kind.__module__}.{kind.__qualname__}" in USER_ERRORS for kind in type(error).__mro__)
+
+
+def _log_traceback(error: Exception, argv: Sequence[str]) -> Path | None:
+    """Append the command and ``error``'s traceback to ``<data root>/logs/cli.log``; None if it cannot be written."""
+    from engine.store import data_root
+
+    try:
+        path = data_root() / "logs" / "cli.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size > LOG_LIMIT:
+            os.replace(path, path.with_name("cli.log.1"))
+        entry = f"{time.strftime('%Y-%m-%d %H:%M:%S')} magicapture {' '.join(argv)}\n"
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(entry + "".join(traceback.format_exception(error)) + "\n")
+    except OSError:
+        return None
+    return path
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ WebP and HEIC (EXIF orientation applied, any colour mode to 8-bit sRGB), refuses
 cannot use, each refusal with a reason code and a full-sentence message, crops a 512x512 portrait
 around the one dominant face, parses it, embeds it, and writes everything into
 ``photos/<role>/<id>/`` before adding the manifest entry. Nothing is written for a refused file.
+`read_photo` reads an upload from a path, refusing folders, devices, pipes and files over the size
+limit without reading them.
 
 Stored per photo: ``original.<ext>`` (the uploaded bytes), ``crop.png``, ``mask.png`` (face region,
 255 = face, for both roles: training uses ``1 - mask`` for references), ``labels.png`` (CelebAMask-HQ
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -74,6 +77,10 @@ class Refused:
     """Stable code: unreadable, unsupported_format, too_large, too_small, no_face, several_faces,
     face_too_small, face_cut_off, blurry, no_face_region, duplicate."""
     message: str
+
+
+class PhotoFileError(Exception):
+    """A photo path that is not a readable file of at most `MAX_BYTES`; the message names it."""
 
 
 class _Refusal(Exception):
@@ -149,6 +156,60 @@ def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: Fac
     except _Refusal as refusal:  # a duplicate stored by a concurrent upload
         return refusal.refused
     return Accepted(record)
+
+
+def check_photo_file(path: str | Path) -> None:
+    """Refuse, without opening it, a path that is missing, not a regular file, or larger than `MAX_BYTES`.
+
+    Raises `PhotoFileError`.
+    """
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise PhotoFileError(_unreadable_message(path, error)) from error
+    _check_file_kind(path, info)
+
+
+def read_photo(path: str | Path) -> bytes:
+    """The bytes of the photo file at ``path``, refused as by `check_photo_file`.
+
+    Opens without waiting for a pipe's writer and reads at most ``MAX_BYTES + 1`` bytes, so a
+    file swapped or grown after a check is refused too.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as error:
+        raise PhotoFileError(_unreadable_message(path, error)) from error
+    with open(fd, "rb") as handle:
+        _check_file_kind(path, os.fstat(fd))
+        data = handle.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise PhotoFileError(_too_large_message(path))
+    return data
+
+
+def _check_file_kind(path: str | Path, info: os.stat_result) -> None:
+    if stat.S_ISDIR(info.st_mode):
+        raise PhotoFileError(f"{path} is a folder, not a photo file; give the paths of the photos in it.")
+    if not stat.S_ISREG(info.st_mode):
+        kind = (
+            "pipe" if stat.S_ISFIFO(info.st_mode) else "socket" if stat.S_ISSOCK(info.st_mode) else "device"
+        )
+        raise PhotoFileError(
+            f"{path} is a {kind}, not a photo file; give the path of a {_FORMAT_NAMES} photo."
+        )
+    if info.st_size > MAX_BYTES:
+        raise PhotoFileError(_too_large_message(path))
+
+
+def _unreadable_message(path: str | Path, error: OSError) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"There is no file {path}; check the path of the photo."
+    return f"{path} could not be opened ({error.strerror or error}); check that the photo is a readable file."
+
+
+def _too_large_message(path: str | Path) -> str:
+    return f"{path} is larger than {MAX_BYTES // 2**20} MB, the most a photo may be; choose a smaller file."
 
 
 def photos(project: Project, role: Role | None = None) -> list[dict[str, Any]]:

@@ -24,6 +24,8 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
 ALLOW_PICKLE_ENV = "MAGICAPTURE_ALLOW_PICKLE"
 """Set to 1 by ``--allow-pickle`` or the studio's setting: the process-wide pickle opt-in."""
+MAX_HEADER_BYTES = 100 * 2**20
+"""Longest safetensors header read; an SD 1.x checkpoint's is well under 1 MB."""
 
 
 class ModelLoadError(Exception):
@@ -45,23 +47,32 @@ class BaseModel:
     dtype: torch.dtype
 
 
-def _safetensors_keys(path: Path) -> list[str]:
-    """Tensor names from a safetensors header; raises `ModelLoadError` on a damaged file."""
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The tensor entries of a safetensors header, read no further than the header length it declares.
+
+    Raises `ModelLoadError` on a damaged file, and on a header longer than the file or than
+    `MAX_HEADER_BYTES`.
+    """
     size = path.stat().st_size
     try:
         with open(path, "rb") as handle:
             (length,) = struct.unpack("<Q", handle.read(8))
             if length <= 0 or 8 + length > size:
                 raise ValueError("header length beyond the end of the file")
+            if length > MAX_HEADER_BYTES:
+                raise ModelLoadError(
+                    f"{path} declares a {length / 2**20:.0f} MB header, more than the "
+                    f"{MAX_HEADER_BYTES // 2**20} MB a model needs; it is damaged or not a .safetensors file."
+                )
             header = json.loads(handle.read(length))
         ends = [entry["data_offsets"][1] for k, entry in header.items() if k != "__metadata__"]
-    except (struct.error, ValueError, KeyError, TypeError) as error:
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ModelLoadError(
             f"{path} is not a readable .safetensors file (corrupt or truncated: {error})."
         ) from error
     if 8 + length + max(ends, default=0) > size:
         raise ModelLoadError(f"{path} is truncated: the file ends before its last tensor. Download it again.")
-    return [k for k in header if k != "__metadata__"]
+    return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
 def check_sd1_checkpoint(keys: list[str], path: Path) -> None:
@@ -221,7 +232,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config
     from diffusers import StableDiffusionPipeline
 
     if path.suffix == ".safetensors":
-        check_sd1_checkpoint(_safetensors_keys(path), path)
+        check_sd1_checkpoint(list(safetensors_header(path)), path)
     elif path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise ModelLoadError(

@@ -259,16 +259,22 @@ def detect_device(preferred: str | None = None) -> DeviceInfo:
 
 
 def model_size(base_model: str) -> str:
-    """Size class of ``base_model``: "tiny" for the demo kit's model, else "sd15" (every SD 1.x has SD 1.5's shapes)."""
+    """Size class of ``base_model``: "tiny" for the demo kit's model, else "sd15" (every SD 1.x has SD 1.5's shapes).
+
+    Raises `PreflightError` for a single file whose safetensors header is damaged or too large to read.
+    """
+    from engine.models import ModelLoadError, safetensors_header
+
     path = Path(base_model).expanduser()
     try:
         if path.is_dir():
             config = json.loads((path / "unet" / "config.json").read_text("utf-8"))
             return "sd15" if list(config["block_out_channels"]) == SD15_WIDTHS else "tiny"
         if path.suffix == ".safetensors" and path.is_file():
-            with open(path, "rb") as handle:
-                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+            header = safetensors_header(path)
             return "sd15" if header[SD15_FIRST_CONV]["shape"][0] == SD15_WIDTHS[0] else "tiny"
+    except ModelLoadError as error:
+        raise PreflightError(str(error)) from error
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return "sd15"
