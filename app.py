@@ -17,6 +17,8 @@ SHARE_HELP = (
     "--auth USER:PASSWORD, or set MAGICAPTURE_AUTH=USER:PASSWORD, or pass --auth generate to make a "
     "random password that is printed here."
 )
+MIN_SHARE_PASSWORD = 12
+"""--share puts the login on the internet: shorter passwords are refused (``generate`` makes 16 characters)."""
 
 
 class AuthError(ValueError):
@@ -100,6 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.share and auth is None:
         print(f"magicapture-studio: {SHARE_HELP}", file=sys.stderr)
+        return 2
+    if args.share and len(auth[1]) < MIN_SHARE_PASSWORD:
+        print(
+            f"magicapture-studio: --share puts the login on the internet, so its password needs at least "
+            f"{MIN_SHARE_PASSWORD} characters (this one has {len(auth[1])}). Pass --auth generate to make a "
+            "random one that is printed here, or choose a longer one.",
+            file=sys.stderr,
+        )
         return 2
     root = configure_environment(args.data_dir, args.demo)
     print(f"Projects live in {root / 'projects'}", flush=True)

@@ -7,21 +7,26 @@ a second one) sees the same state. Nothing here imports torch: the engine does, 
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.responses import PlainTextResponse
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from engine.store import Project, ProjectStore, StoreError
 from studio import gallery, generate, photos, project, settings, train
-from studio.jobs import JobRunner
+from studio.jobs import JobRunner, is_user_error, one_line
+from studio.proof import Throttle, page
 from studio.settings import StudioSettings
 
 if TYPE_CHECKING:
@@ -254,7 +259,35 @@ def build(studio: Studio) -> gr.Blocks:
             current,
             show_progress="hidden",
         )
+    for block_fn in blocks.fns.values():
+        if block_fn.fn is not None:
+            block_fn.fn = sentences_for_users(block_fn.fn)
     return blocks
+
+
+def sentences_for_users(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap an event handler: a user error reaches the browser as its sentence and the log as one line.
+
+    Gradio prints a traceback for every exception a handler raises, `gr.Error` included, unless told
+    not to. User errors (`gr.Error` and `studio.jobs.USER_ERRORS`) are not bugs: they get no
+    traceback. Any other exception is a bug and goes on unchanged, traceback and all.
+    """
+
+    @functools.wraps(handler)
+    def quiet(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error as error:
+            logger.warning("Refused: %s", one_line(str(error.message)))
+            error.print_exception = False
+            raise
+        except Exception as error:
+            if not is_user_error(error):
+                raise
+            logger.warning("Refused: %s", one_line(str(error)))
+            raise gr.Error(str(error), print_exception=False) from error
+
+    return quiet
 
 
 # -- serving rules -------------------------------------------------------------------------
@@ -287,6 +320,26 @@ PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon")
 """The login page and the app's own front-end files: served before login."""
 PROOF_PREFIX = "/proof/"
 """Client proof galleries: served by `studio.proof` alone, with their own passwords."""
+LOGIN_ROUTES = ("/login", "/login/")
+LOGIN_MESSAGE = "Log in with the user name and password given when MagiCapture Studio was started."
+MAX_LOGIN_BYTES = 16_384
+THROTTLED = "Too many wrong logins from this address or for this username; wait ten minutes and try again."
+
+
+def login_page(message: str = "", status: int = 200) -> HTMLResponse:
+    """The page served at ``/`` before login: a plain form that names no project, endpoint or file."""
+    error = f"<p class='error' id='login-error'>{html.escape(message)}</p>" if message else ""
+    return page(
+        TITLE,
+        f"<div class='login'><h1>{TITLE}</h1><p>{LOGIN_MESSAGE}</p>{error}"
+        "<form method='post' action='login'>"
+        "<label for='username'>Username</label>"
+        "<input id='username' name='username' autocomplete='username' required autofocus>"
+        "<label for='password'>Password</label>"
+        "<input id='password' name='password' type='password' autocomplete='current-password' required>"
+        "<button type='submit' id='studio-login'>Login</button></form></div>",
+        status,
+    )
 
 
 class Gatekeeper:
@@ -294,7 +347,9 @@ class Gatekeeper:
 
     Gradio already checks both; this is the single, auditable place that decides for the studio:
     a file request must name an existing file inside ``root`` (after resolving ``..`` and links),
-    URLs are never fetched, and with auth on only the login page is served without a session.
+    URLs are never fetched, and with auth on only the login page is served without a session: ``/``
+    is then `login_page`, not Gradio's page (which embeds every endpoint and the project names).
+    Wrong logins are throttled per client address and per user name (`studio.proof.Throttle`).
     Every request under ``/proof/`` goes to the client proof galleries (`studio.proof`), which check
     their own passwords, and never reaches the studio; a proof session is no studio login.
     """
@@ -306,6 +361,7 @@ class Gatekeeper:
         self.app = app
         self.root = Path(root).resolve()
         self.proof = ProofApp(ProjectStore(self.root))
+        self.logins = Throttle()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -315,6 +371,11 @@ class Gatekeeper:
             if scope["type"] == "websocket":
                 return await send({"type": "websocket.close", "code": 1008})
             return await self.proof(scope, receive, send)
+        if scope["type"] == "http" and self.auth_on(scope):
+            if path in LOGIN_ROUTES and scope["method"] == "POST":
+                return await self.login(scope, receive, send)
+            if path == "/" and not self.logged_in(scope):
+                return await login_page()(scope, receive, send)
         refusal = self.refusal(path, scope)
         if refusal is not None:
             status, text = refusal
@@ -323,13 +384,46 @@ class Gatekeeper:
             return await PlainTextResponse(text, status_code=status)(scope, receive, send)
         return await self.app(scope, receive, send)
 
+    async def login(self, scope, receive, send) -> None:
+        """Hand a login to Gradio unless its address or user name has too many recent failures.
+
+        The attempt counts as a failure before Gradio checks it (so parallel guesses cannot slip
+        past the limit) and is taken back when it succeeds. A browser posting the login page's form
+        gets a page back: the studio on success, the form with the reason otherwise.
+        """
+        body = await read_body(receive, MAX_LOGIN_BYTES)
+        if body is None:
+            return await PlainTextResponse("The login form is too large.", status_code=413)(
+                scope, receive, send
+            )
+        keys = (("address", (scope.get("client") or ("?",))[0]), ("user", await form_user(scope, body)))
+        browser = wants_html(scope)
+        if self.logins.blocked(*keys):
+            response = (
+                login_page(THROTTLED, 429) if browser else PlainTextResponse(THROTTLED, status_code=429)
+            )
+            return await response(scope, receive, send)
+        self.logins.record(*keys)
+        answer = Answer(None if browser else send)
+        await self.app(scope, replay(body, receive), answer)
+        if answer.status == 200:
+            self.logins.forgive(*keys)
+        if browser:
+            await self.login_result(scope, answer)(scope, receive, send)
+
+    @staticmethod
+    def login_result(scope, answer: Answer) -> Response:
+        """The page a browser gets after posting the form: the studio (with the session cookie) or the form."""
+        if answer.status != 200:
+            return login_page("Incorrect credentials: check the username and password and try again.", 401)
+        response = RedirectResponse("./" if scope["path"] == "/login" else "../", status_code=303)
+        response.raw_headers += [
+            (name, value) for name, value in answer.headers if name.lower() == b"set-cookie"
+        ]
+        return response
+
     def refusal(self, path: str, scope) -> tuple[int, str] | None:
-        gradio_app = scope.get("app")
-        if (
-            getattr(gradio_app, "auth", None) is not None
-            and not self.public(path)
-            and not self.logged_in(scope)
-        ):
+        if self.auth_on(scope) and not self.public(path) and not self.logged_in(scope):
             return 401, "Not logged in."
         if path.startswith(REFUSED_ROUTES):
             return 403, "Not served by MagiCapture Studio."
@@ -337,6 +431,10 @@ class Gatekeeper:
             if path.startswith(prefix):
                 return None if self.servable(path[len(prefix) :]) else (403, "File not allowed.")
         return None
+
+    @staticmethod
+    def auth_on(scope) -> bool:
+        return getattr(scope.get("app"), "auth", None) is not None
 
     @staticmethod
     def public(path: str) -> bool:
@@ -369,6 +467,66 @@ class Gatekeeper:
         return (path == self.root or self.root in path.parents) and path.is_file()
 
 
+class Answer:
+    """An ASGI ``send`` that notes the response's status and headers, passing messages on to ``send`` if given."""
+
+    def __init__(self, send=None):
+        self.send = send
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    async def __call__(self, message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        if self.send is not None:
+            await self.send(message)
+
+
+async def read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None once it passes ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive):
+    """An ASGI ``receive`` that gives ``body`` once, then defers to ``receive`` (for the disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def again():
+        return pending.pop() if pending else await receive()
+
+    return again
+
+
+async def form_user(scope, body: bytes) -> str:
+    """The user name of a login form (URL-encoded or multipart), as Gradio reads it; "" if there is none."""
+    try:
+        async with Request(scope, replay(body, _no_more)).form() as form:
+            user = form.get("username", "")
+    except (HTTPException, ValueError):
+        return ""
+    return user.strip() if isinstance(user, str) else ""
+
+
+async def _no_more():
+    return {"type": "http.disconnect"}
+
+
+def wants_html(scope) -> bool:
+    """Whether the request comes from a browser expecting a page (the login form), not from a script."""
+    return any(name == b"accept" and b"text/html" in value for name, value in scope.get("headers", []))
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
     port: int | None = None
@@ -391,7 +549,7 @@ def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.
         server_port=options.port,
         share=options.share,
         auth=options.auth,
-        auth_message="MagiCapture Studio: log in with the user name and password given when it was started.",
+        auth_message=LOGIN_MESSAGE,
         inbrowser=options.open_browser,
         allowed_paths=[root],
         app_kwargs={"middleware": [Middleware(Gatekeeper, root=root)]},

@@ -7,12 +7,14 @@ and reports engine events through `Job.emit`; it should stop early when `Job.can
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,26 @@ FINISHED_KEPT = 50
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
+USER_ERRORS = (
+    ("engine.store", "StoreError"),
+    ("engine.config", "ConfigError"),
+    ("engine.train", "TrainingError"),
+    ("engine.generate", "GenerationError"),
+    ("engine.artefact", "ArtefactError"),
+    ("engine.assets", "AssetError"),
+    ("engine.models", "ModelLoadError"),
+    ("engine.faces.detect", "FaceModelError"),
+    ("engine.preflight", "PreflightError"),
+    ("engine.postprocess", "PostprocessError"),
+    ("engine.presets", "PresetError"),
+    ("engine.export", "ExportError"),
+    ("engine.data", "DataError"),
+    ("engine.evaluate", "EvaluationError"),
+    ("engine.metrics", "MetricsModelError"),
+    ("engine.tokens", "TokenError"),
+)
+"""(module, class) of the engine errors whose message is a sentence for the user (subclasses included):
+the log gets that sentence on one line, not a traceback. Anything else is a bug and keeps its traceback."""
 
 
 class JobRefused(Exception):
@@ -78,6 +100,8 @@ class JobRunner:
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._held: dict[str, str] = {}
+        """Projects no job may start for, with what is being done to them (see `hold`)."""
 
     def submit(
         self, kind: str, project: str, title: str, work: Callable[[Job], Any], *, key: str | None = None
@@ -86,11 +110,14 @@ class JobRunner:
         with self._lock:
             if self._closing:
                 raise JobRefused("The studio is shutting down; start the job again after it restarts.")
+            if project in self._held:
+                raise JobRefused(
+                    f"Project {project} is being {self._held[project]}; no job can start for it."
+                )
             for other in self._active_jobs():
                 if key is not None and other.key == key:
-                    where = "running" if other.status == RUNNING else "waiting in the queue"
                     raise JobRefused(
-                        f"{other.title} is already {where}; wait for it to finish or cancel it first."
+                        f"{other.title} is already {_where(other)}; wait for it to finish or cancel it first."
                     )
             job = Job(
                 id=f"job-{next(self._ids)}", kind=kind, project=project, title=title, work=work, key=key
@@ -99,6 +126,27 @@ class JobRunner:
             self._ensure_worker()
             self._lock.notify_all()
             return job
+
+    @contextlib.contextmanager
+    def hold(self, project: str, action: str) -> Iterator[None]:
+        """Keep every job of ``project`` out while the block runs, e.g. while it is ``"deleted"``.
+
+        Raises `JobRefused`, naming the job, when one of the project is queued or running.
+        """
+        with self._lock:
+            if project in self._held:
+                raise JobRefused(f"Project {project} is already being {self._held[project]}.")
+            for job in self._active_jobs():
+                if job.project == project:
+                    raise JobRefused(
+                        f"{job.title} is {_where(job)}; cancel it or let it finish before the project is {action}."
+                    )
+            self._held[project] = action
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._held[project]
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job at once, or ask a running one to stop; False if it is not active."""
@@ -197,9 +245,27 @@ class JobRunner:
             if job.cancel.is_set():
                 return CANCELLED
             job.error = user_message(error)
-            logger.exception("Job %s (%s) failed", job.id, job.title)
+            if is_user_error(error):
+                logger.warning("Job %s (%s) failed: %s", job.id, job.title, one_line(job.error))
+            else:
+                logger.exception("Job %s (%s) failed", job.id, job.title)
             return FAILED
         return CANCELLED if job.cancel.is_set() else DONE
+
+
+def _where(job: Job) -> str:
+    return "running" if job.status == RUNNING else "waiting in the queue"
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is a `JobRefused` or one of `USER_ERRORS` (found among loaded modules: no import)."""
+    kinds = [getattr(sys.modules.get(module), name, None) for module, name in USER_ERRORS]
+    return isinstance(error, (JobRefused, *[kind for kind in kinds if isinstance(kind, type)]))
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(text.split())
 
 
 def user_message(error: BaseException) -> str:

@@ -149,7 +149,8 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
     ]
     outputs.append(refused)
 
-    def add_files(name: str | None, files: list[str] | None, role: str, progress: gr.Progress) -> None:
+    def add_files(name: str | None, files: list[str] | None, role: str, progress: gr.Progress) -> int:
+        """Pass ``files`` through intake, noting each refusal; returns how many were accepted."""
         from engine.intake import Refused, add_photo
 
         project = studio.project(name)
@@ -157,12 +158,16 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
         if studio.face_kit_loaded() is None:
             progress(0, desc="Loading the face models (the first time, this may download them)…")
         kit = studio.face_kit()
+        accepted = 0
         for index, file in enumerate(files):
             path = Path(file)
             progress(index / max(len(files), 1), desc=f"Checking {path.name}")
             outcome = add_photo(project, path.read_bytes(), path.name, role, kit)
             if isinstance(outcome, Refused):
                 refusals.add(project.name, Refusal(path.name, role, outcome.reason, outcome.message))
+            else:
+                accepted += 1
+        return accepted
 
     for role, panel in panels.items():
 
@@ -189,8 +194,13 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
 
             if not selected:
                 raise gr.Error(f"Click the {ROLES[role]} to replace first.")
-            remove_photo(studio.project(name), selected)
-            add_files(name, [file], role, progress)
+            if add_files(name, [file], role, progress):
+                remove_photo(studio.project(name), selected)
+            else:
+                gr.Warning(
+                    f"{Path(file).name} was not used, so the selected {ROLES[role]} is kept; "
+                    "the reason is listed under the photos."
+                )
             return [*views(name), None]
 
         panel["upload"].upload(on_upload, [current, panel["upload"]], [*outputs, panel["upload"]])

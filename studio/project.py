@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from engine.store import StoreError
+from studio.jobs import JobRefused
 
 if TYPE_CHECKING:
     from studio.app import Studio
@@ -73,11 +74,10 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
             raise gr.Error("Open the project to delete first.")
         if not confirmed:
             raise gr.Error("Tick the box to confirm; deleting a project cannot be undone.")
-        if any(job.project == name and job.active for job in studio.runner.jobs()):
-            raise gr.Error(f"A job of {name} is queued or running; cancel it before deleting the project.")
         try:
-            studio.store.delete(name)
-        except StoreError as error:
+            with studio.runner.hold(name, "deleted"):
+                studio.store.delete(name)
+        except (JobRefused, StoreError) as error:
             raise gr.Error(str(error)) from error
         gr.Info(f"Project {name} deleted.")
         return gr.Dropdown(choices=studio.store.list(), value=None), False

@@ -14,6 +14,7 @@ import functools
 import html
 import io
 import time
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -28,7 +29,8 @@ PREFIX = "/proof/"
 COOKIE = "magicapture_proof"
 MAX_FAILURES = 10
 FAILURE_WINDOW_S = 600.0
-"""At most `MAX_FAILURES` wrong passwords per gallery in this many seconds."""
+"""At most `MAX_FAILURES` wrong passwords in this many seconds: per gallery, and per address and per
+user at the studio's login (`studio.app.Gatekeeper`)."""
 HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; "
@@ -67,7 +69,8 @@ header button {background: transparent; border: 1px solid #fff8;}
 """
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+def page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    """A small self-contained HTML page (no script, strict headers) in the galleries' style."""
     text = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -78,7 +81,7 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 
 
 def _not_found() -> HTMLResponse:
-    return _page(
+    return page(
         "Gallery not found",
         "<div class='login'><h1>Gallery not found</h1><p>This link is not valid any more. "
         "Ask your photographer for a new one.</p></div>",
@@ -88,7 +91,7 @@ def _not_found() -> HTMLResponse:
 
 def _login_page(name: str, message: str = "", status: int = 200) -> HTMLResponse:
     error = f"<p class='error' id='proof-error'>{html.escape(message)}</p>" if message else ""
-    return _page(
+    return page(
         f"Proofs for {name}",
         f"<div class='login'><h1>Proofs for {html.escape(name)}</h1>"
         "<p>Enter the password your photographer gave you.</p>"
@@ -129,7 +132,7 @@ def _gallery_page(project: Project, gallery: proofs.Gallery, saved: bool) -> HTM
         f"<textarea id='note' name='note' maxlength='{proofs.MAX_NOTE}'>{html.escape(gallery.note)}</textarea>"
         "</div><p><button type='submit' id='proof-save'>Save my choices</button></p></form></main>"
     )
-    return _page(f"Proofs for {name}", body)
+    return page(f"Proofs for {name}", body)
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,12 +148,60 @@ def _clean_image(path: str, mtime_ns: int) -> tuple[bytes, str]:
     return buffer.getvalue(), f"image/{kind.lower()}"
 
 
+class Throttle:
+    """Counts failures per key over a sliding window; a key with ``limit`` recent failures is blocked.
+
+    Keys are anything hashable: a gallery token, ``("address", ip)``, ``("user", name)``. Only
+    `record` adds keys, and it drops those whose failures have all aged out, so the memory stays
+    bounded. It lives in one event loop (no lock): call `blocked` then `record` without awaiting.
+    """
+
+    def __init__(
+        self,
+        limit: int = MAX_FAILURES,
+        window_s: float = FAILURE_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.failures: dict[Hashable, collections.deque[float]] = {}
+
+    def blocked(self, *keys: Hashable) -> bool:
+        return any(self._count(key) >= self.limit for key in keys)
+
+    def record(self, *keys: Hashable) -> None:
+        for key in list(self.failures):
+            self._count(key)
+        now = self.clock()
+        for key in keys:
+            self.failures.setdefault(key, collections.deque()).append(now)
+
+    def forgive(self, *keys: Hashable) -> None:
+        """Take back one failure of each key: an attempt counted in advance turned out right."""
+        for key in keys:
+            if self.failures.get(key):
+                self.failures[key].pop()
+
+    def _count(self, key: Hashable) -> int:
+        recent = self.failures.get(key)
+        if recent is None:
+            return 0
+        while recent and recent[0] < self.clock() - self.window_s:
+            recent.popleft()
+        if not recent:
+            del self.failures[key]
+        return len(recent)
+
+
 class ProofApp:
     """The ASGI app of every proof gallery of a project store."""
 
     def __init__(self, store: ProjectStore):
         self.store = store
-        self.failures: dict[str, collections.deque[float]] = {}
+        self.throttle = Throttle()
+        self.failures = self.throttle.failures
+        """Recent wrong passwords per gallery token (the throttle's own record)."""
         self.app = Starlette(
             routes=[
                 Route("/proof/{token}/", self.index, methods=["GET"]),
@@ -172,12 +223,6 @@ class ProofApp:
     def _session_ok(request: Request, project: Project, token: str) -> bool:
         return proofs.session_valid(project, token, request.cookies.get(COOKIE))
 
-    def _throttled(self, token: str) -> bool:
-        recent = self.failures.setdefault(token, collections.deque())
-        while recent and recent[0] < time.monotonic() - FAILURE_WINDOW_S:
-            recent.popleft()
-        return len(recent) >= MAX_FAILURES
-
     async def index(self, request: Request) -> Response:
         token, project = self._open(request)
         if project is None:
@@ -191,11 +236,11 @@ class ProofApp:
         if project is None:
             return _not_found()
         name = project.manifest().get("name", project.name)
-        if self._throttled(token):
+        if self.throttle.blocked(token):
             return _login_page(name, "Too many wrong passwords; wait ten minutes and try again.", 429)
         password = str((await request.form()).get("password", ""))
         if not proofs.check_password(project, token, password):
-            self.failures[token].append(time.monotonic())
+            self.throttle.record(token)
             return _login_page(name, "That password is not right; check it and try again.", 401)
         response = RedirectResponse("./", status_code=303, headers=HEADERS)
         response.set_cookie(
@@ -227,7 +272,7 @@ class ProofApp:
                 project, token, [str(v) for v in form.getlist("favourite")], str(form.get("note", ""))
             )
         except proofs.ProofError as error:
-            return _page("Not saved", f"<div class='login'><p class='error'>{html.escape(str(error))}</p>"
+            return page("Not saved", f"<div class='login'><p class='error'>{html.escape(str(error))}</p>"
                          "<p><a href='./'>Back to the gallery</a></p></div>", 400)  # fmt: skip
         return RedirectResponse("./?saved=1", status_code=303, headers=HEADERS)
 
