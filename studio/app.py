@@ -269,7 +269,7 @@ def sentences_for_users(handler: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap an event handler: a user error reaches the browser as its sentence and the log as one line.
 
     Gradio prints a traceback for every exception a handler raises, `gr.Error` included, unless told
-    not to. User errors (`gr.Error` and `studio.jobs.USER_ERRORS`) are not bugs: they get no
+    not to. User errors (`gr.Error` and `studio.jobs.is_user_error`) are not bugs: they get no
     traceback. Any other exception is a bug and goes on unchanged, traceback and all.
     """
 

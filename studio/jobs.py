@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from engine.cli import USER_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -26,26 +27,6 @@ FINISHED_KEPT = 50
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
-USER_ERRORS = (
-    ("engine.store", "StoreError"),
-    ("engine.config", "ConfigError"),
-    ("engine.train", "TrainingError"),
-    ("engine.generate", "GenerationError"),
-    ("engine.artefact", "ArtefactError"),
-    ("engine.assets", "AssetError"),
-    ("engine.models", "ModelLoadError"),
-    ("engine.faces.detect", "FaceModelError"),
-    ("engine.preflight", "PreflightError"),
-    ("engine.postprocess", "PostprocessError"),
-    ("engine.presets", "PresetError"),
-    ("engine.export", "ExportError"),
-    ("engine.data", "DataError"),
-    ("engine.evaluate", "EvaluationError"),
-    ("engine.metrics", "MetricsModelError"),
-    ("engine.tokens", "TokenError"),
-)
-"""(module, class) of the engine errors whose message is a sentence for the user (subclasses included):
-the log gets that sentence on one line, not a traceback. Anything else is a bug and keeps its traceback."""
 
 
 class JobRefused(Exception):
@@ -258,9 +239,10 @@ def _where(job: Job) -> str:
 
 
 def is_user_error(error: BaseException) -> bool:
-    """Whether ``error`` is a `JobRefused` or one of `USER_ERRORS` (found among loaded modules: no import)."""
-    kinds = [getattr(sys.modules.get(module), name, None) for module, name in USER_ERRORS]
-    return isinstance(error, (JobRefused, *[kind for kind in kinds if isinstance(kind, type)]))
+    """Whether ``error``'s message is a sentence for the user: a `JobRefused` or one of the engine's
+    user errors (`engine.cli.USER_ERRORS`, shared with the CLI). Anything else is a bug."""
+    names = {f"{kind.__module__}.{kind.__qualname__}" for kind in type(error).__mro__}
+    return isinstance(error, JobRefused) or not names.isdisjoint(USER_ERRORS)
 
 
 def one_line(text: str) -> str:
