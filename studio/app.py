@@ -203,7 +203,7 @@ def initial_project(studio: Studio) -> str | None:
         return running.project
     if not names:
         return None
-    return max(names, key=lambda name: (studio.store.projects_dir / name / "manifest.json").stat().st_mtime)
+    return max(names, key=lambda name: studio.store.open(name).path("manifest.json").stat().st_mtime)
 
 
 def build(studio: Studio) -> gr.Blocks:

@@ -24,7 +24,8 @@ def summary(studio: Studio, name: str | None) -> str:
             )
         return "<div class='mc-empty'>Pick a project in <b>Open project</b> above, or create a new one.</div>"
     try:
-        manifest = studio.store.open(name).manifest()
+        opened = studio.store.open(name)
+        manifest, notice = opened.manifest(), opened.manifest_notice()
     except StoreError as error:
         return f"<div class='mc-empty mc-refused'>{html.escape(str(error))}</div>"
     images = manifest.get("images", [])
@@ -42,7 +43,8 @@ def summary(studio: Studio, name: str | None) -> str:
         f"<tr><td>{label}</td><td><b>{count}</b></td><td>{hint}</td></tr>" for label, count, hint in rows
     )
     title = html.escape(str(manifest.get("name", name)))
-    return f"<h3>{title}</h3><p>Created {html.escape(str(manifest.get('created', '?')))}</p><table>{cells}</table>"
+    warning = f"<div class='mc-refused' id='manifest-notice'>⚠ {html.escape(notice)}</div>" if notice else ""
+    return f"{warning}<h3>{title}</h3><p>Created {html.escape(str(manifest.get('created', '?')))}</p><table>{cells}</table>"
 
 
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
