@@ -8,36 +8,21 @@ Gallery tab, then plays the client in a separate browser context. Screenshots go
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
+from harness import SCREENSHOTS, UI_TIMEOUT_MS
 
 from engine import proofs
 from engine.store import ProjectStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
-START_TIMEOUT = 300
 STUDIO_LOGIN = ("photographer", "studio-pass-7")
 CLIENT_PASSWORD = "anna-proofs-2024"
 BEN_PASSWORD = "ben-proofs-2024"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def portrait(index: int) -> np.ndarray:
@@ -88,50 +73,6 @@ def tick(choices, outputs: list[str]) -> None:
     raise AssertionError(f"The boxes of {outputs} did not stay checked.")
 
 
-class Studio:
-    """One ``magicapture-studio --demo`` process with a login."""
-
-    def __init__(self, data_dir: Path, log: Path):
-        self.data_dir, self.log = data_dir, log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        command = [sys.executable, "-c", "import app, sys; sys.exit(app.main())", "--demo", "--no-browser"]
-        command += [
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-            "--auth",
-            ":".join(STUDIO_LOGIN),
-        ]
-        with open(self.log, "a") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"The studio exited with {self.process.returncode}:\n{self.log.read_text()}"
-                )
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.5)
-        raise AssertionError(f"The studio did not answer within {START_TIMEOUT} s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 class Shots:
     def __init__(self):
         self.count = 0
@@ -142,28 +83,7 @@ class Shots:
         page.screenshot(path=str(SCREENSHOTS / f"proof-{self.count:02d}-{step}.png"), full_page=True)
 
 
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/test.sh does it).")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        yield chromium
-        chromium.close()
-
-
-def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, browser):
+def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, chromium, start_studio):
     data = tmp_path / "data"
     store = ProjectStore(data)
     ben = store.create("Ben")
@@ -171,93 +91,87 @@ def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, browse
     ben_link = f"/proof/{proofs.publish(ben, ben_ids, BEN_PASSWORD).token}/"
     anna = store.create("Anna Smith")
     anna_ids = add_outputs(anna, 4)
-    studio = Studio(data, tmp_path / "studio.log")
-    studio.start()
+    studio = start_studio(data, "--demo", "--auth", ":".join(STUDIO_LOGIN))
     shots = Shots()
-    try:
-        # The photographer publishes three of Anna's four portraits from the Gallery tab.
-        photographer = browser.new_context(viewport={"width": 1360, "height": 1000})
-        photographer.set_default_timeout(60_000)
-        page = photographer.new_page()
-        page.goto(studio.url)
-        page.get_by_label("username").fill(STUDIO_LOGIN[0])
-        page.get_by_label("password").fill(STUDIO_LOGIN[1])
-        page.get_by_role("button", name="Login").click()
-        page.get_by_role("tab", name="5 · Gallery").click()
-        page.get_by_text("Client proof gallery").click()
-        choices = page.locator("#proof-outputs")
-        tick(choices, anna_ids[:3])
-        page.locator("#proof-password input").fill(CLIENT_PASSWORD)
-        page.locator("#proof-publish").click()
-        link = page.locator("#proof-status a").first
-        link.wait_for()
-        address = link.get_attribute("href")
-        assert re.fullmatch(rf"{re.escape(studio.url)}/proof/[A-Za-z0-9_-]{{20,64}}/", address), address
-        shots.take(page, "published")
+    # The photographer publishes three of Anna's four portraits from the Gallery tab.
+    photographer = chromium.new_context(viewport={"width": 1360, "height": 1000})
+    photographer.set_default_timeout(UI_TIMEOUT_MS)
+    page = photographer.new_page()
+    page.goto(studio.url)
+    page.get_by_label("username").fill(STUDIO_LOGIN[0])
+    page.get_by_label("password").fill(STUDIO_LOGIN[1])
+    page.get_by_role("button", name="Login").click()
+    page.get_by_role("tab", name="5 · Gallery").click()
+    page.get_by_text("Client proof gallery").click()
+    choices = page.locator("#proof-outputs")
+    tick(choices, anna_ids[:3])
+    page.locator("#proof-password input").fill(CLIENT_PASSWORD)
+    page.locator("#proof-publish").click()
+    link = page.locator("#proof-status a").first
+    link.wait_for()
+    address = link.get_attribute("href")
+    assert re.fullmatch(rf"{re.escape(studio.url)}/proof/[A-Za-z0-9_-]{{20,64}}/", address), address
+    shots.take(page, "published")
 
-        # The client: a separate browser, only the link and its password.
-        client = browser.new_context(viewport={"width": 1200, "height": 900})
-        client.set_default_timeout(30_000)
-        view = client.new_page()
-        view.goto(address)
-        view.get_by_text("Enter the password your photographer gave you").wait_for()
-        shots.take(view, "client-login")
-        view.locator("#password").fill(STUDIO_LOGIN[1])
-        view.locator("#proof-login").click()
-        view.locator("#proof-error").wait_for()
-        assert view.locator("img").count() == 0
-        shots.take(view, "wrong-password")
-        view.locator("#password").fill(CLIENT_PASSWORD)
-        view.locator("#proof-login").click()
-        view.get_by_text("Proofs for Anna Smith").first.wait_for()
-        view.wait_for_function(
-            "() => [...document.images].every(img => img.complete && img.naturalWidth > 0)"
-        )
-        shown = [img.get_attribute("src") for img in view.locator("figure img").all()]
-        assert shown == [f"image/{output}" for output in anna_ids[:3]]
-        shots.take(view, "gallery")
-        view.locator(f"input[value='{anna_ids[0]}']").check()
-        view.locator(f"input[value='{anna_ids[2]}']").check()
-        view.locator("#note").fill("The first and the third, please. Could the third be a little brighter?")
-        view.locator("#proof-save").click()
-        view.locator("#proof-saved").get_by_text("Saved: 2 favourites and your note").wait_for()
-        assert view.locator("input[name='favourite']:checked").count() == 2
-        shots.take(view, "favourites-saved")
-        picks = anna.manifest()["proof"]["picks"]
-        assert picks["favourites"] == [anna_ids[0], anna_ids[2]]
-        assert picks["note"].startswith("The first and the third")
+    # The client: a separate browser, only the link and its password.
+    client = chromium.new_context(viewport={"width": 1200, "height": 900})
+    client.set_default_timeout(UI_TIMEOUT_MS)
+    view = client.new_page()
+    view.goto(address)
+    view.get_by_text("Enter the password your photographer gave you").wait_for()
+    shots.take(view, "client-login")
+    view.locator("#password").fill(STUDIO_LOGIN[1])
+    view.locator("#proof-login").click()
+    view.locator("#proof-error").wait_for()
+    assert view.locator("img").count() == 0
+    shots.take(view, "wrong-password")
+    view.locator("#password").fill(CLIENT_PASSWORD)
+    view.locator("#proof-login").click()
+    view.get_by_text("Proofs for Anna Smith").first.wait_for()
+    view.wait_for_function("() => [...document.images].every(img => img.complete && img.naturalWidth > 0)")
+    shown = [img.get_attribute("src") for img in view.locator("figure img").all()]
+    assert shown == [f"image/{output}" for output in anna_ids[:3]]
+    shots.take(view, "gallery")
+    view.locator(f"input[value='{anna_ids[0]}']").check()
+    view.locator(f"input[value='{anna_ids[2]}']").check()
+    view.locator("#note").fill("The first and the third, please. Could the third be a little brighter?")
+    view.locator("#proof-save").click()
+    view.locator("#proof-saved").get_by_text("Saved: 2 favourites and your note").wait_for()
+    assert view.locator("input[name='favourite']:checked").count() == 2
+    shots.take(view, "favourites-saved")
+    picks = anna.manifest()["proof"]["picks"]
+    assert picks["favourites"] == [anna_ids[0], anna_ids[2]]
+    assert picks["note"].startswith("The first and the third")
 
-        # Nothing else opens for the client: not the studio, not other files, not Ben's gallery.
-        view.goto(studio.url)
-        view.get_by_label("username").fill("Anna Smith")
-        view.get_by_label("password").fill(CLIENT_PASSWORD)
-        view.get_by_role("button", name="Login").click()
-        view.get_by_text("Incorrect credentials").wait_for()
-        shots.take(view, "studio-refuses-the-gallery-password")
-        hidden = data.resolve() / "projects" / "Anna-Smith" / "outputs" / f"{anna_ids[3]}.png"
-        for path in ("/config", f"/gradio_api/file={hidden}", "/gradio_api/info"):
-            assert view.request.get(f"{studio.url}{path}").status == 401, path
-        gallery_path = address.removeprefix(studio.url)
-        for output in (anna_ids[3], ben_ids[0]):
-            assert view.request.get(f"{address}image/{output}").status == 404, output
-        assert view.request.get(f"{address}image/{anna_ids[0]}").status == 200
-        view.goto(f"{studio.url}{ben_link}")
-        view.get_by_text("Proofs for Ben").wait_for()
-        view.locator("#password").fill(CLIENT_PASSWORD)
-        view.locator("#proof-login").click()
-        view.locator("#proof-error").wait_for()
-        assert view.locator("img").count() == 0
-        shots.take(view, "other-gallery-refused")
-        cookies = client.cookies()
-        assert [c["path"] for c in cookies] == [gallery_path], cookies
+    # Nothing else opens for the client: not the studio, not other files, not Ben's gallery.
+    view.goto(studio.url)
+    view.get_by_label("username").fill("Anna Smith")
+    view.get_by_label("password").fill(CLIENT_PASSWORD)
+    view.get_by_role("button", name="Login").click()
+    view.get_by_text("Incorrect credentials").wait_for()
+    shots.take(view, "studio-refuses-the-gallery-password")
+    hidden = data.resolve() / "projects" / "Anna-Smith" / "outputs" / f"{anna_ids[3]}.png"
+    for path in ("/config", f"/gradio_api/file={hidden}", "/gradio_api/info"):
+        assert view.request.get(f"{studio.url}{path}").status == 401, path
+    gallery_path = address.removeprefix(studio.url)
+    for output in (anna_ids[3], ben_ids[0]):
+        assert view.request.get(f"{address}image/{output}").status == 404, output
+    assert view.request.get(f"{address}image/{anna_ids[0]}").status == 200
+    view.goto(f"{studio.url}{ben_link}")
+    view.get_by_text("Proofs for Ben").wait_for()
+    view.locator("#password").fill(CLIENT_PASSWORD)
+    view.locator("#proof-login").click()
+    view.locator("#proof-error").wait_for()
+    assert view.locator("img").count() == 0
+    shots.take(view, "other-gallery-refused")
+    cookies = client.cookies()
+    assert [c["path"] for c in cookies] == [gallery_path], cookies
 
-        # The photographer sees the picks.
-        page.get_by_role("tab", name="4 · Generate").click()
-        page.get_by_role("tab", name="5 · Gallery").click()
-        status = page.locator("#proof-status")
-        status.get_by_text("Client's picks").wait_for()
-        assert "2 favourite(s)" in status.inner_text() and "a little brighter" in status.inner_text()
-        page.locator("#gallery-outputs").get_by_text("client favourite").first.wait_for()
-        shots.take(page, "photographer-sees-picks")
-    finally:
-        studio.stop()
+    # The photographer sees the picks.
+    page.get_by_role("tab", name="4 · Generate").click()
+    page.get_by_role("tab", name="5 · Gallery").click()
+    status = page.locator("#proof-status")
+    status.get_by_text("Client's picks").wait_for()
+    assert "2 favourite(s)" in status.inner_text() and "a little brighter" in status.inner_text()
+    page.locator("#gallery-outputs").get_by_text("client favourite").first.wait_for()
+    shots.take(page, "photographer-sees-picks")
