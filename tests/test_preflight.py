@@ -321,11 +321,10 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 
-from engine.demo import build_demo_kit, default_kit_folder, use_demo_kit
+from bench.workbench import prepare
 
-home, base, phase1, phase2 = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-use_demo_kit(build_demo_kit(default_kit_folder()))
-os.environ["MAGICAPTURE_HOME"] = str(home)
+home = prepare("tiny", Path(sys.argv[1])).home  # a project of its own, with the benchmark's photos
+base, phase1, phase2 = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 found = {"seconds": {1: [], 2: []}}
 last = [None]
 
@@ -350,13 +349,26 @@ print(json.dumps(found))
 """
 
 
-def run_script(code: str, *args: str) -> dict:
+def run_scripts(*scripts: tuple[str, ...]) -> list[dict]:
+    """Run the scripts (code, then arguments) side by side, one torch thread each; their JSON results.
+
+    Side by side, the benchmark and the run share whatever else loads the machine, so its load
+    changes neither's figures more than the other's.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for code, *args in scripts
+    ]  # fmt: skip
+    results = []
+    for process in processes:
+        out, err = process.communicate()
+        assert process.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
 
 
 @pytest.mark.slow
@@ -374,12 +386,17 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
     other views and kinds whose new shapes grow the allocator's caches by some ten MiB more, so it
     is held to the same order of magnitude only. Time: the benchmark's full step on samples drawn as
     the run draws them (source, reference and composed: a reference step takes no identity loss)
-    against the run's median phase-2 step, both on one torch thread and counted in CPU seconds of the process (on an
-    idle machine the same as wall seconds), so that other work on the machine does not decide it.
+    against the run's median phase-2 step, both on one torch thread, counted in CPU seconds of the process (on an
+    idle machine the same as wall seconds) and measured side by side, so that other work on the machine
+    weighs on both alike and does not decide it.
     """
     from engine.demo import build_demo_kit, default_kit_folder
 
-    figures = run_script(MEASURE_FIGURES, str(tmp_path / "bench"), str(PHASE2_STEPS))
+    base = str(build_demo_kit(default_kit_folder()).sd.folder)
+    figures, run = run_scripts(
+        (MEASURE_FIGURES, str(tmp_path / "bench"), str(PHASE2_STEPS)),
+        (TRAIN_AND_MEASURE, str(tmp_path / "run"), base, "3", str(PHASE2_STEPS)),
+    )
     results = {
         "command": "test", "created": "2025-01-01T00:00:00", "sizes": {"model": "tiny", "resolution": 64},
         "machine": {"cpu": "this machine", "cores_logical": os.cpu_count(), "torch": "test", "gpu": None},
@@ -393,14 +410,12 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
         },
     }  # fmt: skip
     table = [Figures(**r) for r in preflight.build_table([results])["rows"]]
-    base = str(build_demo_kit(default_kit_folder()).sd.folder)
     config = preset(
         "released", base_model=base, resolution=64, phase1_steps=3, phase2_steps=PHASE2_STEPS, device="cpu",
         vram_profile="cpu",
     )  # fmt: skip
     found = preflight.estimate(config, CPU, table)
 
-    run = run_script(TRAIN_AND_MEASURE, figures["home"], base, "3", str(PHASE2_STEPS))
     step_bytes = run["peak"] - run["resident"]
     phase2 = statistics.median(run["seconds"]["2"][1:])
     print(
