@@ -15,4 +15,5 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
 fi
 ruff check .
 ruff format --check .
-python -m pytest -q -p no:cacheprovider "$@"
+# Two workers, one file each at a time: module fixtures stay shared within a file.
+python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"

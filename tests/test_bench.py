@@ -35,7 +35,7 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {**os.environ, "XDG_CACHE_HOME": str(folder / "cache"), "MAGICAPTURE_HOME": str(folder / "home")}
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200, check=False,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=2000, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text("utf-8"))

@@ -29,7 +29,13 @@ class DemoKit:
 
 
 def build_demo_kit(folder: Path) -> DemoKit:
-    """Build (or reuse, when complete) the whole kit under ``folder``."""
+    """Build (or reuse, when complete) the whole kit under ``folder``.
+
+    Processes that start at once (two studios, parallel test workers) build it once: the others
+    wait on a lock beside the folder and then reuse it, so none reads a file another is writing.
+    """
+    from filelock import FileLock
+
     from engine.demo.faces import build_face_assets
     from engine.demo.restore import build_restore_assets
     from engine.demo.scoring import build_scoring_assets
@@ -39,14 +45,16 @@ def build_demo_kit(folder: Path) -> DemoKit:
     sd = TinySD(folder / "sd", folder / "sd-tiny.safetensors")
     tiny_decoder = folder / "taesd"
     assets = folder / "assets"
-    if done.is_file() and done.read_text() == KIT_VERSION:
-        return DemoKit(folder, sd, tiny_decoder, assets)
-    sd = build_tiny_sd(folder)
-    build_tiny_decoder(folder)
-    build_face_assets(assets)
-    build_restore_assets(assets)
-    build_scoring_assets(assets)
-    atomic_write_text(done, KIT_VERSION)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.with_name(f".{folder.name}.lock"))):
+        if done.is_file() and done.read_text() == KIT_VERSION:
+            return DemoKit(folder, sd, tiny_decoder, assets)
+        sd = build_tiny_sd(folder)
+        build_tiny_decoder(folder)
+        build_face_assets(assets)
+        build_restore_assets(assets)
+        build_scoring_assets(assets)
+        atomic_write_text(done, KIT_VERSION)
     return DemoKit(folder, sd, tiny_decoder, assets)
 
 
