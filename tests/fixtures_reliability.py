@@ -41,22 +41,9 @@ FAULTS = (
 
 def training_config(base_folder: str | Path):
     """Three phase-1 and three phase-2 steps; checkpoints at steps 2, 3, 4 and 6."""
-    from engine.config import preset
+    from tiny import tiny_config
 
-    return preset(
-        "released",
-        base_model=str(base_folder),
-        resolution=64,
-        phase1_steps=3,
-        phase2_steps=3,
-        checkpoint_every=2,
-        keep_checkpoints=2,
-        preview_every=0,
-        latent_cache_variants=2,
-        device="cpu",
-        vram_profile="cpu",
-        use_8bit_adam=True,
-    )
+    return tiny_config(base_folder, phase1_steps=3, phase2_steps=3, checkpoint_every=2, keep_checkpoints=2)
 
 
 def scratch(project_root: Path) -> Path:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_training import demo_face_kit
-from test_train import tiny_config
+from tiny import tiny_config
 
 from engine import checkpoint as ckpt
 from engine import train as training
@@ -126,7 +126,7 @@ def test_previews_are_scored_kept_and_the_best_becomes_the_runs_artefact(
 
     monkeypatch.setattr(training, "identity_score", scored)
     config = tiny_config(
-        tiny_sd, phase1_steps=1, phase2_steps=3, preview_every=2, preview_steps=2,
+        tiny_sd.folder, phase1_steps=1, phase2_steps=3, preview_every=2, preview_steps=2,
         checkpoint_every=1, keep_checkpoints=1,
     )  # fmt: skip
     events = []

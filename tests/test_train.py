@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_training import demo_face_kit, tiny_face_kit
+from tiny import tiny_config
 
 from engine import checkpoint as ckpt
 from engine.artefact import apply_to_pipeline, load_artefact
@@ -39,22 +40,6 @@ from engine.train import (
 @pytest.fixture
 def project(isolated_home):
     return make_project(isolated_home)
-
-
-def tiny_config(tiny_sd, **overrides):
-    values = dict(
-        base_model=str(tiny_sd.folder),
-        resolution=64,
-        phase1_steps=2,
-        phase2_steps=2,
-        checkpoint_every=1000,
-        preview_every=0,
-        latent_cache_variants=2,
-        device="cpu",
-        vram_profile="cpu",
-        use_8bit_adam=True,
-    )
-    return preset("released", **{**values, **overrides})
 
 
 def run(project, tiny_sd, config, **kwargs):
@@ -122,7 +107,7 @@ def test_phase_one_changes_only_the_two_placeholder_rows(project, tiny_sd):
             rows = base.text_encoder.get_input_embeddings()
             started[event.phase] = rows.merged_weight()[rows.token_ids].detach().clone()
 
-    config = tiny_config(tiny_sd, phase2_steps=0)
+    config = tiny_config(tiny_sd.folder, phase2_steps=0)
     path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=snapshot)
     table = base.text_encoder.get_input_embeddings()
     ids = table.token_ids
@@ -148,7 +133,7 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
     base = load_base(tiny_sd.folder)
     original = {k: v.clone() for k, v in _frozen_state(base).items()}
     table_before = base.text_encoder.get_input_embeddings().weight.detach().clone()
-    config = tiny_config(tiny_sd, phase1_steps=1, phase2_steps=2, gradient_checkpointing=True)
+    config = tiny_config(tiny_sd.folder, phase1_steps=1, phase2_steps=2, gradient_checkpointing=True)
     events, rows_at_phase_two = [], []
 
     def record(event):
@@ -177,7 +162,7 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
 @pytest.mark.slow
 def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isolated_home, tiny_sd, tmp_path):
     project = make_project(isolated_home, embedding_dim=512)
-    config = tiny_config(tiny_sd, preview_every=2, preview_steps=2, checkpoint_every=2)
+    config = tiny_config(tiny_sd.folder, preview_every=2, preview_steps=2, checkpoint_every=2)
     events = []
     kit = demo_face_kit(tmp_path)  # the production recogniser path: ONNX ArcFace converted to torch
     path = train(project, config, base=load_base(tiny_sd.folder), face_kit=kit, on_event=events.append)
@@ -254,7 +239,7 @@ def one_thread():
 
 @pytest.mark.slow
 def test_stopped_and_resumed_runs_end_like_an_uninterrupted_one(project, tiny_sd, one_thread):
-    config = tiny_config(tiny_sd, phase1_steps=1, phase2_steps=2)
+    config = tiny_config(tiny_sd.folder, phase1_steps=1, phase2_steps=2)
     reference = _final_tensors(run(project, tiny_sd, config)[0])
 
     def cancel_at(step):
@@ -314,7 +299,7 @@ def test_out_of_memory_stops_cleanly_and_suggests_a_smaller_profile(project, tin
         return original(self, phase, step, steps, samples)
 
     monkeypatch.setattr(Trainer, "losses", losses)
-    config = tiny_config(tiny_sd, phase1_steps=1, vram_profile="8gb", checkpoint_every=1)
+    config = tiny_config(tiny_sd.folder, phase1_steps=1, vram_profile="8gb", checkpoint_every=1)
     events = []
     with pytest.raises(TrainingError, match="'6gb'") as failure:
         train(
@@ -339,7 +324,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(project, 
         return original(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
-    config = tiny_config(tiny_sd, checkpoint_every=1)
+    config = tiny_config(tiny_sd.folder, checkpoint_every=1)
     with pytest.raises(StorageFull) as full:
         run(project, tiny_sd, config)
     folder = project.path("trainings", project.manifest()["trainings"][-1]["id"], "checkpoints")
@@ -361,7 +346,7 @@ def test_cancel_stops_within_one_step(project, tiny_sd):
     with pytest.raises(TrainingCancelled) as stopped:
         train(
             project,
-            tiny_config(tiny_sd),
+            tiny_config(tiny_sd.folder),
             base=load_base(tiny_sd.folder),
             face_kit=tiny_face_kit(),
             on_event=watch,
@@ -376,7 +361,7 @@ def test_cancel_stops_within_one_step(project, tiny_sd):
     with FileLock(str(project.path("trainings", stopped.value.run, ".lock"))):  # "another process" trains it
         assert resume_available(project) is None
         with pytest.raises(TrainingError, match="already running"):
-            train(project, tiny_config(tiny_sd), resume=True)
+            train(project, tiny_config(tiny_sd.folder), resume=True)
     assert project.manifest()["trainings"][-1]["status"] == "stopped"
 
 
@@ -386,7 +371,7 @@ def test_cancel_before_the_first_step_leaves_nothing_to_resume(project, tiny_sd)
     with pytest.raises(TrainingCancelled) as stopped:
         train(
             project,
-            tiny_config(tiny_sd),
+            tiny_config(tiny_sd.folder),
             base=load_base(tiny_sd.folder),
             face_kit=tiny_face_kit(),
             cancel=cancel,
@@ -396,7 +381,7 @@ def test_cancel_before_the_first_step_leaves_nothing_to_resume(project, tiny_sd)
 
 def test_resume_without_a_stopped_run_is_refused(project, tiny_sd):
     with pytest.raises(TrainingError, match="no stopped training"):
-        train(project, tiny_config(tiny_sd), resume=True)
+        train(project, tiny_config(tiny_sd.folder), resume=True)
 
 
 DDP_SCRIPT = """
@@ -478,7 +463,7 @@ def _phase_two_trainer(project, tiny_sd, **overrides):
 
     from engine.train import Trainer
 
-    config = tiny_config(tiny_sd, phase1_steps=0, identity_max_timestep=1000, **overrides)
+    config = tiny_config(tiny_sd.folder, phase1_steps=0, identity_max_timestep=1000, **overrides)
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(cpu=True)
     trainer = Trainer(project, "t", config, resolve_options(config), accelerator, lambda event: None, None)

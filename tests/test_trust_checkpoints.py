@@ -16,10 +16,10 @@ import pytest
 from filelock import FileLock
 from fixtures_outputs import RUN, make_artefact
 from fixtures_training import tiny_face_kit
+from tiny import tiny_config
 
 from engine import checkpoint as ckpt
 from engine.artefact import ArtefactError, load_artefact
-from engine.config import TrainingConfig, preset
 from engine.demo.portraits import make_project
 from engine.events import Status, StepDone, read_events
 from engine.export import export_lora
@@ -31,22 +31,8 @@ from engine.train import TrainingCancelled, TrainingError, resume_available, tra
 base = fixtures_outputs.base
 
 
-def tiny_config(tiny_sd, **overrides) -> TrainingConfig:
-    """Two phase-1 steps and one phase-2 step at 64 px, a checkpoint after every step."""
-    values = dict(
-        base_model=str(tiny_sd.folder),
-        resolution=64,
-        phase1_steps=2,
-        phase2_steps=1,
-        checkpoint_every=1,
-        keep_checkpoints=2,
-        preview_every=0,
-        latent_cache_variants=2,
-        device="cpu",
-        vram_profile="cpu",
-        use_8bit_adam=True,
-    )
-    return preset("released", **{**values, **overrides})
+EVERY_STEP = dict(phase2_steps=1, checkpoint_every=1, keep_checkpoints=2)
+"""Two phase-1 steps and one phase-2 step, a checkpoint after every step."""
 
 
 def truncate(path: Path) -> None:
@@ -64,7 +50,7 @@ def flip_byte(path: Path) -> None:
 def resume(project: Project, tiny_sd, events: list) -> Path:
     return train(
         project,
-        tiny_config(tiny_sd),
+        tiny_config(tiny_sd.folder, **EVERY_STEP),
         base=load_base(tiny_sd.folder),
         face_kit=tiny_face_kit(),
         on_event=events.append,
@@ -85,7 +71,7 @@ def stopped(tiny_sd, tmp_path_factory) -> Path:
     with pytest.raises(TrainingCancelled):
         train(
             make_project(home),
-            tiny_config(tiny_sd),
+            tiny_config(tiny_sd.folder, **EVERY_STEP),
             base=load_base(tiny_sd.folder),
             face_kit=tiny_face_kit(),
             on_event=stop_after_two,
@@ -210,7 +196,7 @@ def test_a_new_training_that_fails_before_its_first_checkpoint_leaves_no_run(
     isolated_home, tiny_sd, tmp_path
 ):
     project = make_project(isolated_home)
-    config = tiny_config(tiny_sd, base_model=str(tmp_path / "no-such-model"))
+    config = tiny_config(tmp_path / "no-such-model", **EVERY_STEP)
     for _ in range(2):
         with pytest.raises(ModelLoadError):
             train(project, config, face_kit=tiny_face_kit())
@@ -226,6 +212,11 @@ def test_a_second_new_training_of_a_project_in_training_is_refused(isolated_home
     project.update(lambda manifest: manifest["trainings"].append({"id": "run-busy", "status": "running"}))
 
     with FileLock(str(busy / ".lock"), timeout=0), pytest.raises(TrainingError, match="run-busy"):
-        train(project, tiny_config(tiny_sd), base=load_base(tiny_sd.folder), face_kit=tiny_face_kit())
+        train(
+            project,
+            tiny_config(tiny_sd.folder, **EVERY_STEP),
+            base=load_base(tiny_sd.folder),
+            face_kit=tiny_face_kit(),
+        )
     assert [t["id"] for t in project.manifest()["trainings"]] == ["run-busy"]
     assert [p.name for p in project.path("trainings").iterdir()] == ["run-busy"]

@@ -23,11 +23,11 @@ import pytest
 import torch
 from fixtures_faces import astronaut, encode
 from fixtures_training import tiny_face_kit
+from tiny import tiny_config
 
 import engine.store as engine_store
 from engine import checkpoint as ckpt
 from engine.artefact import save_artefact
-from engine.config import preset
 from engine.demo.portraits import make_project
 from engine.events import EventLog, Finished, Status, StepDone, read_events
 from engine.store import MANIFEST, InvalidName, ProjectStore, StorageFull, StoreError
@@ -39,22 +39,6 @@ fallback_kit = fixtures_faces.fallback_kit
 
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 """What safetensors 0.4-0.8 raise when the disk fills up under ``save_file`` (seen on a real tmpfs)."""
-
-
-def tiny_config(tiny_sd, **overrides):
-    values = dict(
-        base_model=str(tiny_sd.folder),
-        resolution=64,
-        phase1_steps=2,
-        phase2_steps=2,
-        checkpoint_every=1,
-        preview_every=0,
-        latent_cache_variants=2,
-        device="cpu",
-        vram_profile="cpu",
-        use_8bit_adam=True,
-    )
-    return preset("released", **{**values, **overrides})
 
 
 # -- item 4: a real full disk while safetensors writes ----------------------------------------------
@@ -198,7 +182,7 @@ def test_a_project_is_not_deleted_while_it_trains(tiny_sd):
     try:
         train(
             project,
-            tiny_config(tiny_sd),
+            tiny_config(tiny_sd.folder, checkpoint_every=1),
             base=load_base(tiny_sd.folder),
             face_kit=tiny_face_kit(),
             on_event=on_event,
@@ -351,7 +335,12 @@ def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_k
 
     store = ProjectStore()
     project = make_project(store.root, name="Anna Smith")  # demo photos: crops and masks, no face.json
-    artefact = train(project, tiny_config(tiny_sd), base=load_base(tiny_sd.folder), face_kit=tiny_face_kit())
+    artefact = train(
+        project,
+        tiny_config(tiny_sd.folder, checkpoint_every=1),
+        base=load_base(tiny_sd.folder),
+        face_kit=tiny_face_kit(),
+    )
     accepted = add_photo(project, encode(astronaut()), "anna.jpg", "source", fallback_kit)
     assert isinstance(accepted, Accepted)
     run = project.manifest()["trainings"][-1]["id"]
