@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ("fixtures_faces", "fixtures_metrics", "fixtures_outputs")
+"""Fixture modules: their fixtures reach every test by name, with no import in the test module."""
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from fixtures_metrics import pattern, tiny_scoring  # noqa: F401  (tiny_scoring is a fixture)
+from fixtures_metrics import pattern
 from PIL import Image
 
 from engine import evaluate, metrics
@@ -53,7 +53,7 @@ def kit(tmp_path_factory) -> FaceKit:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_scoring):  # noqa: F811
+def models(tiny_scoring):
     return metrics.load_clip(tiny_scoring.clip, device="cpu"), metrics.load_aesthetic_head(
         tiny_scoring.aesthetic
     )

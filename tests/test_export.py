@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import zipfile
 
-import fixtures_outputs
 import numpy as np
 import pytest
 import torch
@@ -12,10 +11,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.export import ExportError, export_embeddings, export_lora, export_outputs_zip
-
-base = fixtures_outputs.base
-lora = fixtures_outputs.lora
-project = fixtures_outputs.project
 
 
 def sample(pipe, prompt: str = "a photo of a person") -> np.ndarray:

@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import fixtures_faces
 import numpy as np
 import pytest
 import torch
@@ -30,9 +29,6 @@ from engine.faces.detect import ScrfdDetector, YuNetDetector
 from engine.faces.fallback import EllipseParser, HaarDetector
 from engine.faces.identity import ArcFaceScorer, SFaceScorer, cosine
 from engine.faces.parse import BiSeNetParser, crop_matrix
-
-face_assets = fixtures_faces.face_assets
-assets_copy = fixtures_faces.assets_copy
 
 
 def bright_cell(height: int, width: int, cell: int, column: int, row: int) -> np.ndarray:

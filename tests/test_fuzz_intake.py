@@ -17,7 +17,6 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import fixtures_faces
 import numpy as np
 import pytest
 from fixtures_faces import astronaut, encode
@@ -29,7 +28,6 @@ from engine.faces import FaceKit
 from engine.intake import Accepted, Refused, add_photo
 from engine.store import ProjectStore
 
-fallback_kit = fixtures_faces.fallback_kit
 REASONS = {
     "unreadable", "unsupported_format", "too_large", "too_small", "no_face", "several_faces", "face_too_small",
     "face_cut_off", "blurry", "no_face_region", "duplicate",

@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import threading
 
-import fixtures_faces
-import fixtures_outputs
 import numpy as np
 import pytest
 from fixtures_faces import astronaut, wheel_photo
@@ -22,10 +20,6 @@ from engine.generate import (
     read_parameters,
     sorted_outputs,
 )
-
-base = fixtures_outputs.base
-lora = fixtures_outputs.lora
-face_assets = fixtures_faces.face_assets
 
 
 @pytest.fixture(scope="module")

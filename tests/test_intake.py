@@ -10,7 +10,6 @@ import threading
 import zlib
 from pathlib import Path
 
-import fixtures_faces
 import numpy as np
 import pytest
 from fixtures_faces import ScriptedDetector, astronaut, encode, face_at, insightface_image_path, wheel_photo
@@ -22,9 +21,6 @@ from engine.faces.fallback import EllipseParser
 from engine.intake import Accepted, Refused, add_photo, decode_image, photos, remove_photo
 from engine.store import Project, ProjectStore, StorageFull, StoreError
 
-face_assets = fixtures_faces.face_assets
-demo_kit = fixtures_faces.demo_kit
-fallback_kit = fixtures_faces.fallback_kit
 FORMATS = "JPEG, PNG, WebP or HEIC"
 REASONS = {
     "unreadable", "unsupported_format", "too_large", "too_small", "no_face", "several_faces", "face_too_small",

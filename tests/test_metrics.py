@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from fixtures_metrics import pattern, tiny_scoring  # noqa: F401  (tiny_scoring is a fixture)
+from fixtures_metrics import pattern
 
 from engine import metrics
 from engine.assets import AssetMissing
@@ -113,7 +113,7 @@ def test_aesthetic_head_refuses_foreign_or_unsafe_files(tmp_path):
         metrics.load_aesthetic_head(tmp_path / "tensor.pth")
 
 
-def test_aesthetic_head_comes_from_the_asset_cache(tiny_scoring, monkeypatch, tmp_path):  # noqa: F811
+def test_aesthetic_head_comes_from_the_asset_cache(tiny_scoring, monkeypatch, tmp_path):
     monkeypatch.setenv("MAGICAPTURE_ASSETS", str(tiny_scoring.aesthetic.parent))
     head = metrics.load_aesthetic_head()
     assert head["layers"][0].in_features == TINY_CLIP_DIM
@@ -124,18 +124,18 @@ def test_aesthetic_head_comes_from_the_asset_cache(tiny_scoring, monkeypatch, tm
 
 
 @pytest.fixture(scope="module")
-def clip(tiny_scoring):  # noqa: F811
+def clip(tiny_scoring):
     return metrics.load_clip(tiny_scoring.clip, device="cpu")
 
 
-def test_tiny_clip_loads_like_the_real_one(clip, tiny_scoring):  # noqa: F811
+def test_tiny_clip_loads_like_the_real_one(clip, tiny_scoring):
     assert clip.dim == TINY_CLIP_DIM
     assert clip.dtype == torch.float32
     assert type(clip.model).__name__ == "CLIPVisionModelWithProjection"
     assert (tiny_scoring.clip / "model.safetensors").is_file()
 
 
-def test_default_clip_is_the_asset_cache_copy_else_the_hub(tiny_scoring, monkeypatch, tmp_path):  # noqa: F811
+def test_default_clip_is_the_asset_cache_copy_else_the_hub(tiny_scoring, monkeypatch, tmp_path):
     monkeypatch.setenv("MAGICAPTURE_ASSETS", str(tiny_scoring.clip.parent))
     assert metrics.clip_source() == str(tiny_scoring.clip)
     assert metrics.load_clip(device="cpu").dim == TINY_CLIP_DIM

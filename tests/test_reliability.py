@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import fixtures_faces
 import numpy as np
 import pytest
 import torch
@@ -28,7 +27,6 @@ from engine.faces.fallback import EllipseParser
 from engine.intake import Accepted, add_photo, photos, remove_photo
 from engine.store import ProjectStore, StorageFull, StoreError
 
-fallback_kit = fixtures_faces.fallback_kit
 DRIVER = Path(__file__).with_name("fixtures_reliability.py")
 
 

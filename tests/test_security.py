@@ -10,14 +10,11 @@ import pathlib
 import shutil
 from pathlib import Path
 
-import fixtures_faces
 import pytest
 from fixtures_faces import astronaut, encode
 
 from engine.intake import Accepted, add_photo, remove_photo
 from engine.store import InvalidName, ProjectStore, StoreError
-
-fallback_kit = fixtures_faces.fallback_kit
 
 
 def listing(root: Path) -> set[str]:

@@ -11,7 +11,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import fixtures_outputs
 import pytest
 from filelock import FileLock
 from fixtures_outputs import RUN, make_artefact
@@ -27,9 +26,6 @@ from engine.generate import generate
 from engine.models import ModelLoadError, load_base
 from engine.store import Project, ProjectStore
 from engine.train import TrainingCancelled, TrainingError, resume_available, train
-
-base = fixtures_outputs.base
-
 
 EVERY_STEP = dict(phase2_steps=1, checkpoint_every=1, keep_checkpoints=2)
 """Two phase-1 steps and one phase-2 step, a checkpoint after every step."""

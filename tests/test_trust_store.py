@@ -18,7 +18,6 @@ import threading
 import uuid
 from pathlib import Path
 
-import fixtures_faces
 import pytest
 import torch
 from fixtures_faces import astronaut, encode
@@ -35,7 +34,6 @@ from engine.store import MANIFEST, InvalidName, ProjectStore, StorageFull, Store
 MAX_NAME = 80
 PREVIOUS = "manifest.prev.json"
 
-fallback_kit = fixtures_faces.fallback_kit
 
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 """What safetensors 0.4-0.8 raise when the disk fills up under ``save_file`` (seen on a real tmpfs)."""
