@@ -1,23 +1,27 @@
 """Attention Refocusing: capture the placeholder tokens' cross-attention and penalise it outside its region.
 
 `install_capture` sets a `CaptureProcessor` (diffusers' attention-processor extension point) on
-the AR layers only, the cross-attention (attn2) of the blocks two levels down the UNet: the 16x16
-layers of SD 1.5 at 512 px (``down_blocks.2`` and ``up_blocks.1``); every other layer keeps its
-fused SDPA processor. The capture processor computes the softmax explicitly and hands the
-probabilities, with their graph, to an `AttentionStore`. Under non-reentrant gradient
-checkpointing the recorded maps keep their graph, so the AR loss reaches the LoRA weights.
+the AR layers only, as the model family chooses them (`ModelFamily.ar_layer_names`; for SD 1.x the
+cross-attention (attn2) of the blocks two levels down the UNet: the 16x16 layers of SD 1.5 at
+512 px, ``down_blocks.2`` and ``up_blocks.1``); every other layer keeps its fused SDPA processor.
+The capture processor computes the softmax explicitly and hands the probabilities, with their
+graph, to an `AttentionStore`. Under non-reentrant gradient checkpointing the recorded maps keep
+their graph, so the AR loss reaches the LoRA weights.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-AR_LEVEL = 2
-"""UNet resolution level of the AR layers (the latent size divided by 2**AR_LEVEL: 64 -> 16)."""
+from engine.families import detect_family
+
+if TYPE_CHECKING:
+    from engine.families import ModelFamily
 
 
 @dataclass
@@ -117,27 +121,17 @@ class CaptureProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-def ar_layer_names(unet) -> list[str]:
-    """Processor names of the AR layers: attn2 of every transformer in the level-2 down and up blocks."""
-    levels = len(unet.down_blocks)
-    if levels <= AR_LEVEL:
-        raise ValueError(
-            f"The UNet has {levels} resolution levels; Attention Refocusing needs at least {AR_LEVEL + 1}."
-        )
-    prefixes = (f"down_blocks.{AR_LEVEL}.attentions.", f"up_blocks.{levels - 1 - AR_LEVEL}.attentions.")
-    names = [n for n in unet.attn_processors if n.startswith(prefixes) and n.endswith("attn2.processor")]
-    if not names:
-        raise ValueError(
-            "The UNet has no cross-attention at the Attention Refocusing level; is it an SD 1.x UNet?"
-        )
-    return names
+def ar_layer_names(unet, family: ModelFamily | None = None) -> list[str]:
+    """Processor names of the AR layers of ``unet``, as ``family`` (by default its config's) chooses them."""
+    family = family or detect_family("This UNet", unet_config=unet.config)
+    return family.ar_layer_names(unet)
 
 
-def install_capture(unet, store: AttentionStore) -> list[str]:
+def install_capture(unet, store: AttentionStore, family: ModelFamily | None = None) -> list[str]:
     """Put `CaptureProcessor` on the AR layers (SDPA everywhere else); returns their names."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    names = ar_layer_names(unet)
+    names = ar_layer_names(unet, family)
     processors = {
         name: CaptureProcessor(store, name) if name in names else AttnProcessor2_0()
         for name in unet.attn_processors

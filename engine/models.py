@@ -1,4 +1,9 @@
-"""Load a Stable Diffusion 1.x base model from a hub id, a diffusers folder or one checkpoint file."""
+"""Load a base model from a hub id, a diffusers folder or one checkpoint file, through its family.
+
+`load_base` reads what the model is made of (a single file's tensor names, a diffusers
+``unet/config.json``), asks `engine.families.detect_family`, loads the components through that
+family and returns them with it as a `BaseModel`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.devices import pick_device, pick_dtype
+from engine.families import ModelFamily, UnsupportedModel, detect_family
+from engine.families.sd1 import SD15_CONFIG as SD15_CONFIG  # where bench.workbench reads it
 
 if TYPE_CHECKING:
     import torch
@@ -18,8 +25,6 @@ if TYPE_CHECKING:
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_DECODER = "madebyollin/taesd"
 """TAESD for SD 1.x latents (MIT licence): the identity branch's optional fast decoder."""
-SD15_CONFIG = Path(__file__).resolve().parent.parent / "assets" / "sd15"
-"""SD 1.5's small config and tokenizer files, so a single file loads with no network."""
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
 ALLOW_PICKLE_ENV = "MAGICAPTURE_ALLOW_PICKLE"
@@ -34,7 +39,7 @@ class ModelLoadError(Exception):
 
 @dataclass
 class BaseModel:
-    """The parts of an SD 1.x pipeline that training and generation use."""
+    """The parts of a base model that training and generation use, and its family."""
 
     tokenizer: Any
     text_encoder: Any
@@ -45,6 +50,8 @@ class BaseModel:
     source: str
     device: torch.device
     dtype: torch.dtype
+    family: ModelFamily
+    """What the engine asks about anything family-specific (`engine.families.ModelFamily`)."""
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -75,27 +82,6 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
-def check_sd1_checkpoint(keys: list[str], path: Path) -> None:
-    """Refuse checkpoints that are not SD 1.x, naming what they look like."""
-    if any(k.startswith("conditioner.embedders.1") for k in keys):
-        raise ModelLoadError(
-            f"{path.name} is a Stable Diffusion XL checkpoint; SDXL is not supported yet. Use an SD 1.x model."
-        )
-    if any(
-        k.startswith(("double_blocks.", "joint_blocks.", "model.diffusion_model.joint_blocks")) for k in keys
-    ):
-        raise ModelLoadError(f"{path.name} is a Flux/SD3 checkpoint; only Stable Diffusion 1.x is supported.")
-    if any(k.startswith("cond_stage_model.model.") for k in keys):
-        raise ModelLoadError(f"{path.name} is a Stable Diffusion 2.x checkpoint; only SD 1.x is supported.")
-    needed = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.")
-    missing = [prefix for prefix in needed if not any(k.startswith(prefix) for k in keys)]
-    if missing:
-        raise ModelLoadError(
-            f"{path.name} is not a full SD 1.x checkpoint (no {', '.join(missing)} weights). "
-            "A LoRA or embedding file is not a base model."
-        )
-
-
 def load_base(
     source: str | Path = DEFAULT_BASE,
     *,
@@ -105,12 +91,14 @@ def load_base(
     local_files_only: bool = False,
     config: str | Path | None = None,
 ) -> BaseModel:
-    """Load the tokenizer, text encoder, VAE, UNet and DDPM schedule of an SD 1.x model.
+    """Load the tokenizer, text encoder, VAE, UNet and DDPM schedule of a base model, with its family.
 
     ``source`` is a Hugging Face repo id, a local diffusers folder, or a single ``.safetensors``
     checkpoint. Pickle checkpoints (``.ckpt``/``.bin``...) are refused unless ``allow_pickle``,
-    and then loaded with ``weights_only``; ``None`` reads the opt-in from ``$MAGICAPTURE_ALLOW_PICKLE``. A single file takes its component configs from
-    ``config`` (a diffusers folder), by default SD 1.5's files in ``assets/sd15``.
+    and then loaded with ``weights_only``; ``None`` reads the opt-in from ``$MAGICAPTURE_ALLOW_PICKLE``.
+    A single file takes its component configs from ``config`` (a diffusers folder), by default the
+    family's own (SD 1.5's files in ``assets/sd15``). A model of a family that is not supported is
+    refused by name.
     """
     if allow_pickle is None:
         allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") == "1"
@@ -124,13 +112,16 @@ def load_base(
     )
     try:
         if path.is_file():
-            parts = _load_single_file(path, torch_dtype, allow_pickle, Path(config or SD15_CONFIG))
+            family = _file_family(path, allow_pickle)
+            parts = family.load_single_file(path, torch_dtype, Path(config) if config else None)
         elif path.is_dir():
-            parts = _load_components(str(path), torch_dtype, allow_pickle, local_files_only=True)
+            family, parts = _load_components(str(path), torch_dtype, allow_pickle, local_files_only=True)
         elif looks_local:
             raise ModelLoadError(f"No model at {path}: the file or folder does not exist.")
         else:
-            parts = _load_components(str(source), torch_dtype, allow_pickle, local_files_only)
+            family, parts = _load_components(str(source), torch_dtype, allow_pickle, local_files_only)
+    except UnsupportedModel as error:
+        raise ModelLoadError(str(error)) from error
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise ModelLoadError(
@@ -141,13 +132,11 @@ def load_base(
             or "does not appear to have" in str(error)
             or "not found" in str(error).lower()
         ):
-            raise ModelLoadError(
-                f"{source} is not a diffusers SD 1.x model folder or repo: {error}"
-            ) from error
+            raise ModelLoadError(f"{source} is not a diffusers model folder or repo: {error}") from error
         raise ModelLoadError(f"Could not load {source}: {error}") from error
-    for module in (parts["text_encoder"], parts["vae"], parts["unet"]):
-        module.to(torch_device).eval().requires_grad_(False)
-    return BaseModel(**parts, source=str(source), device=torch_device, dtype=torch_dtype)
+    for name in (*family.text_encoders, "vae", "unet"):
+        parts[name].to(torch_device).eval().requires_grad_(False)
+    return BaseModel(**parts, source=str(source), device=torch_device, dtype=torch_dtype, family=family)
 
 
 def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dtype) -> Any:
@@ -184,41 +173,20 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
     return decoder.to(device).eval().requires_grad_(False)
 
 
-def _training_scheduler(config: dict) -> Any:
-    from diffusers import DDPMScheduler
+def _load_components(
+    source: str, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool
+) -> tuple[ModelFamily, dict[str, Any]]:
+    """The family of a diffusers folder or repo (from its UNet config) and its components."""
+    from diffusers import UNet2DConditionModel
 
-    return DDPMScheduler.from_config(config, clip_sample=False, prediction_type="epsilon")
-
-
-def _load_components(source: str, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool) -> dict:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    options = {"local_files_only": local_files_only}
-    weights = {**options, "use_safetensors": None if allow_pickle else True, "torch_dtype": dtype}
-    unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **options)
-    if unet_config.get("cross_attention_dim") == 2048 or unet_config.get("addition_embed_type"):
-        raise ModelLoadError(
-            f"{source} is a Stable Diffusion XL model; SDXL is not supported yet. Use an SD 1.x model."
-        )
-    if unet_config.get("cross_attention_dim") == 1024:
-        raise ModelLoadError(f"{source} is a Stable Diffusion 2.x model; only SD 1.x is supported.")
+    unet_config = UNet2DConditionModel.load_config(
+        source, subfolder="unet", local_files_only=local_files_only
+    )
+    family = detect_family(source, unet_config=unet_config)
     try:
-        return {
-            "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **options),
-            "text_encoder": CLIPTextModel.from_pretrained(
-                source,
-                subfolder="text_encoder",
-                dtype=dtype,
-                use_safetensors=None if allow_pickle else True,
-                **options,
-            ),
-            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", **weights),
-            "unet": UNet2DConditionModel.from_pretrained(source, subfolder="unet", **weights),
-            "noise_scheduler": _training_scheduler(
-                DDPMScheduler.load_config(source, subfolder="scheduler", **options)
-            ),
-        }
+        parts = family.load_components(
+            source, dtype, allow_pickle=allow_pickle, local_files_only=local_files_only
+        )
     except OSError as error:
         if not allow_pickle and "safetensors" in str(error).lower():
             raise ModelLoadError(
@@ -226,49 +194,32 @@ def _load_components(source: str, dtype: torch.dtype, allow_pickle: bool, local_
                 "allow them explicitly (--allow-pickle, or the setting in the studio) if you trust the source."
             ) from error
         raise
+    return family, parts
 
 
-def _load_single_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: Path) -> dict:
-    from diffusers import StableDiffusionPipeline
-
+def _file_family(path: Path, allow_pickle: bool) -> ModelFamily:
+    """The family of a checkpoint file: from its tensor names (safetensors), else the default (pickle)."""
     if path.suffix == ".safetensors":
-        check_sd1_checkpoint(list(safetensors_header(path)), path)
-    elif path.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise ModelLoadError(
-                f"{path.name} is a pickle checkpoint, which can run code when loaded. Use a .safetensors "
-                "file, or allow pickle explicitly (--allow-pickle, or the setting in the studio) if you "
-                "trust the source; it is then loaded with weights_only."
-            )
-    else:
+        return detect_family(path.name, keys=list(safetensors_header(path)))
+    if path.suffix not in PICKLE_SUFFIXES:
         raise ModelLoadError(
             f"{path.name}: unknown model file type; expected .safetensors (or .ckpt with --allow-pickle)."
         )
-    pipe = StableDiffusionPipeline.from_single_file(
-        str(path),
-        config=str(config),
-        torch_dtype=dtype,
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=True,
-    )
-    return {
-        "tokenizer": pipe.tokenizer,
-        "text_encoder": pipe.text_encoder,
-        "vae": pipe.vae,
-        "unet": pipe.unet,
-        "noise_scheduler": _training_scheduler(pipe.scheduler.config),
-    }
+    if not allow_pickle:
+        raise ModelLoadError(
+            f"{path.name} is a pickle checkpoint, which can run code when loaded. Use a .safetensors "
+            "file, or allow pickle explicitly (--allow-pickle, or the setting in the studio) if you "
+            "trust the source; it is then loaded with weights_only."
+        )
+    return detect_family(path.name)
 
 
 def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
-    """A `StableDiffusionPipeline` over the base's modules with the chosen sampler."""
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        StableDiffusionPipeline,
-    )
+    """The family's pipeline (`StableDiffusionPipeline` for SD 1.x) over the base's modules with the chosen sampler.
+
+    The samplers are the same for every family: each is built from the base's training schedule.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
     config = base.noise_scheduler.config
     schedulers = {
@@ -278,13 +229,4 @@ def make_pipeline(base: BaseModel, sampler: str = "euler_a") -> Any:
     }
     if sampler not in schedulers:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-    return StableDiffusionPipeline(
-        vae=base.vae,
-        text_encoder=base.text_encoder,
-        tokenizer=base.tokenizer,
-        unet=base.unet,
-        scheduler=schedulers[sampler](),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return base.family.pipeline(base, schedulers[sampler]())
