@@ -44,7 +44,8 @@ def run(bench: Workbench, sizes: Sizes, artefact: Path, command: str) -> dict[st
 
     from bench.steps import synchronise
     from engine.faces import load_face_kit
-    from engine.generate import GenerationSettings, generate, release_cache
+    from engine.generate import GenerationSettings, generate
+    from engine.model_cache import release_models
 
     project = bench.project()
     kit = load_face_kit()
@@ -85,7 +86,7 @@ def run(bench: Workbench, sizes: Sizes, artefact: Path, command: str) -> dict[st
             seconds["ours"].append(timed(ours))
             seconds["bare"].append(timed(bare))
     finally:
-        release_cache()
+        release_models()
     median = {side: statistics.median(values) for side, values in seconds.items()}
     ratio = round(median["ours"] / median["bare"], 3)
     return {

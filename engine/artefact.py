@@ -4,9 +4,9 @@ Keys follow diffusers' LoRA format (what ``StableDiffusionLoraLoaderMixin.save_l
 for peft adapters): ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` and ``text_encoder.<module>...``,
 plus ``embeddings.<token>`` for the placeholder tokens. The file's metadata holds ``magicapture``
 (JSON: base model, tokens, preset...) and diffusers' ``lora_adapter_metadata`` (the LoRA ranks and
-alphas). diffusers' ``load_lora_weights`` refuses a file with non-LoRA keys, so `apply_to_pipeline`
-loads the LoRA part through the same loader's per-model entry points and inserts the embeddings
-with ``load_textual_inversion``.
+alphas). diffusers' ``load_lora_weights`` refuses a file with non-LoRA keys, so the LoRA is handed
+to it as `Artefact.diffusers_state_dict` (the same weights, alpha/rank folded in); `engine.generate`
+loads it that way and `engine.export` writes it for other tools.
 
 `save_artefact` records the file's sha256 beside it (``<file>.sha256``) and `load_artefact` checks
 it, so a damaged artefact is refused before it is used; an artefact without one (written before
@@ -31,6 +31,8 @@ LORA_METADATA_KEY = "lora_adapter_metadata"
 """diffusers' key for the LoraConfig arguments (rank, alpha, targets) of each model."""
 PREFIXES = {"unet": "unet.", "text_encoder": "text_encoder.", "embeddings": "embeddings."}
 CHECKSUM_SUFFIX = ".sha256"
+TEXT_MODEL = "text_model."
+"""Prefix of the text encoder's modules in diffusers' naming (peft keys may lack it)."""
 
 
 class ArtefactError(Exception):
@@ -48,12 +50,21 @@ class Artefact:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """The LoRA tensors with diffusers' ``unet.``/``text_encoder.`` prefixes."""
-        return {
-            **{PREFIXES["unet"] + k: v for k, v in self.unet_lora.items()},
-            **{PREFIXES["text_encoder"] + k: v for k, v in self.text_lora.items()},
-        }
+    def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA in diffusers' SD 1.x naming, alpha/rank folded into ``lora_B`` (what any loader applies as is)."""
+        state = {}
+        for part, weights in (("unet", self.unet_lora), ("text_encoder", self.text_lora)):
+            scale = self._lora_scale(part, weights)
+            for key, value in weights.items():
+                name = key if part == "unet" or key.startswith(TEXT_MODEL) else TEXT_MODEL + key
+                state[f"{part}.{name}"] = (value * scale if ".lora_B." in key else value).contiguous()
+        return state
+
+    def _lora_scale(self, part: str, weights: dict[str, torch.Tensor]) -> float:
+        config = self.metadata.get("lora", {}).get(part) or {}
+        ranks = {value.shape[0] for key, value in weights.items() if ".lora_A." in key}
+        rank = config.get("r", next(iter(ranks), 1))
+        return float(config.get("lora_alpha", rank)) / float(rank)
 
     def lora_metadata(self) -> dict[str, Any]:
         """diffusers' adapter metadata: ``<model>.<LoraConfig argument>`` -> value."""
@@ -62,6 +73,16 @@ class Artefact:
             for name, config in self.metadata.get("lora", {}).items()
             for key, value in config.items()
         }
+
+    def placeholder_tokens(self) -> dict[str, str]:
+        """``{"identity": token, "style": token}``, checked against the embeddings."""
+        tokens = self.metadata.get("tokens") or {}
+        if set(tokens) != {"identity", "style"} or set(tokens.values()) != set(self.embeddings):
+            raise ArtefactError(
+                f"{self.path} does not name its identity and style tokens consistently with its "
+                "embeddings; it may come from another app or be damaged."
+            )
+        return dict(tokens)
 
 
 def save_artefact(
@@ -147,20 +168,3 @@ def load_artefact(path: Path) -> Artefact:
     except json.JSONDecodeError as error:
         raise ArtefactError(f"The metadata of {path.name} is damaged ({error}).") from error
     return Artefact(parts["unet"], parts["text_encoder"], parts["embeddings"], metadata, path)
-
-
-def apply_to_pipeline(pipe, artefact: Artefact, adapter_name: str = "magicapture") -> None:
-    """Load the artefact's LoRA (as adapter ``adapter_name``) and its tokens into a SD 1.x pipeline."""
-    state, metadata = artefact.lora_state_dict(), artefact.lora_metadata() or None
-    if artefact.unet_lora:
-        pipe.load_lora_into_unet(
-            state, None, pipe.unet, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe
-        )
-    if artefact.text_lora:
-        pipe.load_lora_into_text_encoder(
-            state, None, pipe.text_encoder, adapter_name=adapter_name, metadata=metadata, _pipeline=pipe
-        )
-    for token, embedding in artefact.embeddings.items():
-        pipe.load_textual_inversion(
-            embedding, token=token, tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder
-        )

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from filelock import FileLock
 
-from engine.store import StorageFull, atomic_write_json
+from engine.store import StorageFull, atomic_write_json, replace_folder
 
 ASSETS_ENV = "MAGICAPTURE_ASSETS"
 OFFLINE_ENVS = ("MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE")
@@ -268,6 +268,12 @@ REGISTRY: dict[str, Asset] = {
     )
 }
 
+COMMERCIAL_ALTERNATIVES = {
+    "buffalo_l": "OpenCV's YuNet and SFace replace InsightFace's detector and recogniser",
+    "codeformer": "GFPGAN replaces CodeFormer for face restoration",
+}
+"""Commercially usable replacements of the non-commercial assets, as the commercial-use setting picks them."""
+
 
 def assets_dir() -> Path:
     """The asset cache: ``$MAGICAPTURE_ASSETS``, else ``magicapture-assets`` beside the Hugging Face hub cache."""
@@ -387,16 +393,21 @@ def list_assets() -> list[AssetStatus]:
     ]
 
 
-def licence_notice(names: Iterable[str]) -> str | None:
-    """One sentence naming the non-commercial assets among ``names``, or ``None`` if there are none."""
+def licence_notice(names: Iterable[str], *, alternatives: bool = False) -> str | None:
+    """One sentence naming the non-commercial assets among ``names``, or ``None`` if there are none.
+
+    With ``alternatives``, a second sentence says what the commercial-use setting uses instead.
+    """
     restricted = [asset for asset in dict.fromkeys(map(get_asset, names)) if not asset.commercial_ok]
     if not restricted:
         return None
     listed = "; ".join(f"{asset.name} ({asset.licence})" for asset in restricted)
-    return (
+    notice = (
         f"These model weights may be used for non-commercial purposes only: {listed}; switch on the "
         "commercial-use setting to work with commercially usable models instead."
     )
+    swaps = [COMMERCIAL_ALTERNATIVES[a.name] for a in restricted if a.name in COMMERCIAL_ALTERNATIVES]
+    return f"{notice} With commercial use on, {'; '.join(swaps)}." if alternatives and swaps else notice
 
 
 def _missing_message(asset: Asset, reason: str) -> str:
@@ -628,12 +639,7 @@ def _unpack(asset: Asset, archive: Path, target: Path) -> None:
         missing = [m for m in asset.archive_members if not (staging / m).is_file()]
         if missing:
             raise AssetCorrupt(_corrupt_message(asset, f"it lacks {', '.join(missing)}"))
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(staging, target)
+        replace_folder(staging, target)
     except (zipfile.BadZipFile, zlib.error, EOFError) as error:
         archive.unlink(missing_ok=True)
         raise AssetCorrupt(_corrupt_message(asset, str(error) or type(error).__name__)) from error

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.store import StorageFull, atomic_path, atomic_write_bytes, atomic_write_json
+from engine.store import StorageFull, atomic_path, atomic_write_bytes, atomic_write_json, replace_folder
 
 if TYPE_CHECKING:
     import torch
@@ -77,13 +77,7 @@ def staging(folder: Path, step: int, kind: str = STEP) -> Path:
 
 def commit(path: Path, step: int, keep: int | None, kind: str = STEP) -> Path:
     """Move a staged checkpoint into place and delete all but the newest ``keep`` of its kind (None: keep all)."""
-    final = path.with_name(f"{kind}-{step}")
-    if final.exists():
-        old = final.with_name(f".old-{kind}-{step}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, final)
+    final = replace_folder(path, path.with_name(f"{kind}-{step}"))
     if keep is not None:
         for stale in checkpoints(path.parent, kind)[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)

@@ -113,9 +113,10 @@ def _check_base(source: str) -> None:
 
 def _licence_line(commercial: bool, restore: str | None = None) -> str | None:
     """The line saying which non-commercial weights this command uses and what replaces them, if any."""
-    from engine.preflight import licence_notice
+    from engine.assets import licence_notice
+    from engine.preflight import assets_in_use
 
-    notice = licence_notice(commercial=commercial, restore=restore)
+    notice = licence_notice(assets_in_use(commercial=commercial, restore=restore), alternatives=True)
     return f"Licence: {notice} (Pass --commercial.)" if notice else None
 
 
@@ -197,7 +198,9 @@ def cmd_projects(args: argparse.Namespace) -> None:
         store.delete(args.name)
         print(f"deleted {args.name}")
     else:
-        print(store.repair(args.name))
+        from engine.repair import repair_manifest
+
+        print(repair_manifest(store.open(args.name)))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:

@@ -135,20 +135,25 @@ def load_images(project: Project, resolution: int) -> list[TrainImage]:
 
 
 def source_identity(images: list[TrainImage]) -> torch.Tensor:
-    """The identity target: the normalised mean of the source embeddings.
+    """The identity target: `engine.identity.unit_mean` of the source embeddings, as a float32 tensor.
 
     The mean rather than one paired photo: composed pairs are random, so a single source photo says
-    nothing about the face being generated, while the mean averages out each photo's pose, light
-    and expression and gives every sample the same, steadier target.
+    nothing about the face being generated, while the mean gives every sample the same, steadier target.
     """
-    embeddings = [
-        image.embedding for image in images if image.role == "source" and image.embedding is not None
-    ]
-    if not embeddings:
+    from engine.identity import unit_mean
+
+    mean = unit_mean(
+        [
+            image.embedding.numpy()
+            for image in images
+            if image.role == "source" and image.embedding is not None
+        ]
+    )
+    if mean is None:
         raise DataError(
             "No source photo has a face embedding; re-add the source photos so they are analysed."
         )
-    return F.normalize(torch.stack(embeddings).mean(dim=0), dim=0)
+    return torch.from_numpy(mean.astype(np.float32))
 
 
 def source_framing(images: list[TrainImage]) -> Face | None:

@@ -33,29 +33,10 @@ EXPORTS = "exports"
 FORMATS = ("a1111", "diffusers")
 EMBEDDING_KEY = "emb_params"
 """AUTOMATIC1111's tensor name in a ``.safetensors`` embedding."""
-TEXT_MODEL = "text_model."
 
 
 class ExportError(Exception):
     """An export cannot be made; the message says why."""
-
-
-def _lora_scale(artefact: Artefact, part: str, weights: dict[str, torch.Tensor]) -> float:
-    config = artefact.metadata.get("lora", {}).get(part) or {}
-    ranks = {value.shape[0] for key, value in weights.items() if ".lora_A." in key}
-    rank = config.get("r", next(iter(ranks), 1))
-    return float(config.get("lora_alpha", rank)) / float(rank)
-
-
-def diffusers_state_dict(artefact: Artefact) -> dict[str, torch.Tensor]:
-    """The artefact's LoRA in diffusers' SD 1.x naming, alpha/rank folded into ``lora_B``."""
-    state = {}
-    for part, weights in (("unet", artefact.unet_lora), ("text_encoder", artefact.text_lora)):
-        scale = _lora_scale(artefact, part, weights)
-        for key, value in weights.items():
-            name = key if part == "unet" or key.startswith(TEXT_MODEL) else TEXT_MODEL + key
-            state[f"{part}.{name}"] = (value * scale if ".lora_B." in key else value).contiguous()
-    return state
 
 
 def kohya_state_dict(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,12 +73,12 @@ def _save_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
 
 def export_lora(project: Project, run: str | None = None, format: str = "a1111") -> Path:
     """Write the run's LoRA (the latest finished run by default) for AUTOMATIC1111/ComfyUI or diffusers."""
-    from engine.generate import model_name
+    from engine.outputs import model_name
 
     if format not in FORMATS:
         raise ExportError(f"Unknown LoRA format {format!r}; choose one of {', '.join(FORMATS)}.")
     artefact, run_name, folder = _run_folder(project, run)
-    state = diffusers_state_dict(artefact)
+    state = artefact.diffusers_state_dict()
     if not state:
         raise ExportError(
             f"Run {run_name} has no LoRA (it trained the token embeddings only); export its embeddings instead."
@@ -129,10 +110,8 @@ def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
 
     The file name is the prompt word in AUTOMATIC1111: ``<project>-<token without brackets>``.
     """
-    from engine.generate import placeholder_tokens
-
     artefact, _, folder = _run_folder(project, run)
-    tokens = placeholder_tokens(artefact)
+    tokens = artefact.placeholder_tokens()
     paths = []
     for role in ("identity", "style"):
         token = tokens[role]
@@ -148,7 +127,7 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
     import numpy as np
     from PIL import Image
 
-    from engine.generate import encode_image
+    from engine.outputs import encode_image
 
     if image_format not in ("png", "jpeg"):
         raise ExportError(f"Images are zipped as png or jpeg, not {image_format!r}.")

@@ -1,4 +1,4 @@
-"""Sampling portraits from a trained artefact, with their parameters in the PNG and in the manifest.
+"""Sampling portraits from a trained artefact.
 
 `generate` loads the artefact of a training run onto the base model it was trained on: the two
 placeholder embeddings go into a copy of the tokenizer and into the text encoder's table, the LoRA
@@ -8,12 +8,12 @@ training wording (the first source template plus " in the style of <style>") fol
 user's extra words. Image ``i`` of a batch uses seed
 ``seed + i`` on a CPU generator, so an image is reproduced by its seed alone, on any device.
 
-Each image is written to ``outputs/<id>.png`` with AUTOMATIC1111's ``parameters`` text chunk and
-recorded in ``manifest["outputs"]`` with its identity score: the cosine between the ArcFace
-embedding of its largest face and the mean embedding of the project's source photos.
+Each image is saved as an output (`engine.outputs`: PNG with AUTOMATIC1111's ``parameters`` text,
+manifest entry) with its identity score (`engine.identity`).
 
-The loaded base model is kept (one at a time) so that repeated generations do not reload it; a
-base passed in by the caller is restored to its original state after each call.
+The loaded base model is kept (one at a time, in a `engine.model_cache.ModelCache`) so that
+repeated generations do not reload it; a base passed in by the caller is restored to its original
+state after each call.
 """
 
 from __future__ import annotations
@@ -21,27 +21,26 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.events import Event, Finished, PhaseStarted, Status, StepDone
-from engine.store import Project, atomic_write_bytes, now
+from engine.identity import identity_score, shared_face_kit, source_embedding
+from engine.model_cache import ModelCache
+from engine.outputs import OUTPUTS, OutputRecord, add_output, format_parameters, model_name, new_output_id
+from engine.store import Project, now
 
 if TYPE_CHECKING:
     from engine.artefact import Artefact
-    from engine.faces import Face, FaceKit
+    from engine.faces import FaceKit
     from engine.models import BaseModel
 
-OUTPUTS = "outputs"
 ADAPTER = "magicapture"
 """Adapter name of the project LoRA inside diffusers/peft."""
 LORA_COMPONENTS = ["unet", "text_encoder"]
@@ -50,8 +49,6 @@ DEFAULT_NEGATIVE_PROMPT = (
     "extra limbs, watermark, text, signature, jpeg artifacts, oversaturated"
 )
 """Portrait-oriented negative prompt used unless the user gives one."""
-SAMPLER_LABELS = {"euler_a": "Euler a", "dpmpp_2m_karras": "DPM++ 2M Karras", "ddim": "DDIM"}
-"""AUTOMATIC1111's names of the samplers, for the ``parameters`` text."""
 
 
 class GenerationError(Exception):
@@ -101,35 +98,6 @@ class GenerationSettings:
                 raise GenerationError(f"{name} must be a multiple of 8 of at least 64 pixels (got {value}).")
 
 
-@dataclass
-class OutputRecord:
-    """One generated (or post-processed) image; its JSON form is the manifest entry."""
-
-    id: str
-    file: str
-    """Path of the PNG relative to the project folder."""
-    seed: int
-    params: dict[str, Any]
-    run: str | None
-    """Training run the image comes from."""
-    identity: float | None
-    """ArcFace cosine of its largest face to the mean source embedding; None without a face or recogniser."""
-    created: str
-    parent: str | None = None
-    """Id of the output this one was post-processed from."""
-    raw: str | None = None
-    """File of the unprocessed image (before restoration and upscaling), for comparisons."""
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> OutputRecord:
-        names = {item.name for item in dataclasses.fields(cls)}
-        return cls(**{key: item for key, item in value.items() if key in names})
-
-
 # Artefacts and the loaded model -----------------------------------------------------------------
 
 
@@ -156,17 +124,6 @@ def resolve_artefact(project: Project, run: str | Path | None) -> tuple[Path, st
     )
 
 
-def placeholder_tokens(artefact: Artefact) -> dict[str, str]:
-    """``{"identity": token, "style": token}`` of an artefact, checked against its embeddings."""
-    tokens = artefact.metadata.get("tokens") or {}
-    if set(tokens) != {"identity", "style"} or set(tokens.values()) != set(artefact.embeddings):
-        raise GenerationError(
-            f"{artefact.path} does not name its identity and style tokens consistently with its "
-            "embeddings; it may come from another app or be damaged."
-        )
-    return dict(tokens)
-
-
 @dataclass
 class _Installed:
     """What `_install` changed in a base model, to undo it."""
@@ -177,9 +134,24 @@ class _Installed:
     """UNet and text-encoder scales the LoRA is fused into the weights at; None while unfused."""
 
 
-_CACHE: dict[str, Any] = {}
-"""The one kept base model: ``base``, ``key`` (source, device, dtype), ``artefact`` key and ``installed``."""
-_CACHE_LOCK = threading.RLock()
+@dataclass
+class _Kept:
+    """The kept base model and the artefact loaded into it, if any."""
+
+    base: BaseModel
+    artefact: tuple[str, int, int] | None = None
+    """Path, mtime and size of the loaded artefact file."""
+    installed: _Installed | None = None
+    view: BaseModel | None = None
+
+    def release_artefact(self) -> None:
+        if self.installed is not None:
+            _uninstall(self.base, self.installed)
+        self.artefact = self.installed = self.view = None
+
+
+_BASES: ModelCache[tuple[str, str, str], _Kept] = ModelCache(capacity=1)
+"""The one kept base model, by source, device and dtype."""
 
 
 def _artefact_key(path: Path) -> tuple[str, int, int]:
@@ -191,7 +163,6 @@ def _install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed
     """Load the artefact into ``base``: returns a view with a tokenizer copy holding the tokens."""
     import torch
 
-    from engine.export import diffusers_state_dict
     from engine.models import make_pipeline
 
     tokenizer = copy.deepcopy(base.tokenizer)
@@ -213,7 +184,7 @@ def _install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed
     with torch.no_grad():
         table[ids] = rows.to(table)
     view = dataclasses.replace(base, tokenizer=tokenizer)
-    lora = diffusers_state_dict(artefact)
+    lora = artefact.diffusers_state_dict()
     try:
         if lora:
             with _quiet("transformers.integrations.peft"):
@@ -262,40 +233,23 @@ def _uninstall(base: BaseModel, installed: _Installed) -> None:
             table[index] = row
 
 
-def _release_artefact() -> None:
-    with _CACHE_LOCK:
-        if _CACHE.get("installed") is not None:
-            _uninstall(_CACHE["base"], _CACHE["installed"])
-        _CACHE.update(artefact=None, installed=None, view=None)
-
-
-def cached_base(source: str) -> BaseModel:
-    """The kept base model loaded from ``source`` with no artefact in it (loaded on first use)."""
+def _kept(source: str) -> _Kept:
+    """The kept base model loaded from ``source`` (loaded on first use); call with ``_BASES.lock`` held."""
     from engine.devices import pick_device, pick_dtype
     from engine.models import load_base
 
     device = pick_device()
     key = (str(source), str(device), str(pick_dtype(device)))
-    with _CACHE_LOCK:
-        if _CACHE.get("key") != key:
-            release_cache()
-            _CACHE.update(base=load_base(source), key=key)
-        _release_artefact()
-        return _CACHE["base"]
+    return _BASES.get(key, lambda: _Kept(load_base(source)))
 
 
-def release_cache() -> None:
-    """Forget the kept base model (frees its memory once nothing else holds it)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(Exception):
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+@contextlib.contextmanager
+def plain_base(source: str) -> Iterator[BaseModel]:
+    """The kept base model loaded from ``source``, with no artefact in it while the context is open."""
+    with _BASES.lock:
+        kept = _kept(source)
+        kept.release_artefact()
+        yield kept.base
 
 
 def _fuse(pipe: Any, installed: _Installed, unet_scale: float, text_scale: float) -> None:
@@ -334,12 +288,13 @@ def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[tuple[
             f"{artefact.path} does not record its base model; pass the base model explicitly."
         )
     key = _artefact_key(Path(artefact.path))
-    with _CACHE_LOCK:
-        if _CACHE.get("artefact") != key or _CACHE.get("key", (None,))[0] != str(source):
-            kept = cached_base(str(source))
-            view, installed = _install(kept, artefact)
-            _CACHE.update(artefact=key, installed=installed, view=view)
-        yield _CACHE["view"], _CACHE["installed"]
+    with _BASES.lock:
+        kept = _kept(str(source))
+        if kept.artefact != key:
+            kept.release_artefact()
+            kept.view, kept.installed = _install(kept.base, artefact)
+            kept.artefact = key
+        yield kept.view, kept.installed
 
 
 # Prompts -----------------------------------------------------------------------------------------
@@ -377,194 +332,23 @@ def fit_prompt(tokenizer: Any, text: str, what: str = "prompt") -> tuple[str, st
     )
 
 
-def format_parameters(params: dict[str, Any], extras: dict[str, Any] | None = None) -> str:
-    """AUTOMATIC1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``key: value`` pairs."""
-    pairs = {
-        "Steps": params["steps"],
-        "Sampler": SAMPLER_LABELS[params["sampler"]],
-        "CFG scale": params["guidance_scale"],
-        "Seed": params["seed"],
-        "Size": f"{params['width']}x{params['height']}",
-        "Model": params["model"],
-        "Lora UNet scale": params["unet_lora_scale"],
-        "Lora text encoder scale": params["text_lora_scale"],
-        **(extras or {}),
-    }
-    lines = [params["prompt"]]
-    if params["negative_prompt"]:
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
-    lines.append(a1111_pairs(pairs))
-    return "\n".join(lines)
-
-
-def a1111_pairs(pairs: dict[str, Any]) -> str:
-    """``key: value`` pairs joined by commas; a value with a comma, colon or newline is JSON-quoted (A1111's rule)."""
-    import json
-
-    items = []
-    for key, value in pairs.items():
-        text = f"{value:g}" if isinstance(value, float) else str(value)
-        if any(c in text for c in ",:\n"):
-            text = json.dumps(text, ensure_ascii=False)
-        items.append(f"{key}: {text}")
-    return ", ".join(items)
-
-
-def model_name(source: str) -> str:
-    """Short model name for the ``Model:`` field: the checkpoint or folder name without extension."""
-    return Path(str(source).rstrip("/\\")).stem or str(source)
-
-
-# Identity ----------------------------------------------------------------------------------------
-
-
-_FACE_KITS: dict[tuple[bool, str], FaceKit] = {}
-
-
-def shared_face_kit(commercial: bool = False) -> FaceKit:
-    """The face models for scoring and paste-back, loaded once per asset folder (pass a kit to use another)."""
-    from engine.assets import assets_dir
-
-    key = (commercial, str(assets_dir()))
-    if key not in _FACE_KITS:
-        from engine.faces import load_face_kit
-
-        _FACE_KITS[key] = load_face_kit(commercial=commercial)
-    return _FACE_KITS[key]
-
-
-def source_embedding(project: Project, kit: FaceKit) -> np.ndarray | None:
-    """Unit mean of the source photos' identity embeddings made by ``kit``'s recogniser, or None."""
-    if kit.scorer is None:
-        return None
-    vectors = []
-    for entry in project.manifest().get("images", []):
-        if entry.get("role") != "source" or not entry.get("embedding"):
-            continue
-        if entry.get("embedding_model") not in (None, kit.scorer.name):
-            continue
-        path = project.path(entry["embedding"])
-        if path.is_file():
-            vectors.append(np.load(path, allow_pickle=False).astype(np.float64).ravel())
-    if not vectors or len({v.size for v in vectors}) != 1:
-        return None
-    mean = np.mean(vectors, axis=0)
-    norm = float(np.linalg.norm(mean))
-    return mean / norm if norm > 0 else None
-
-
-def identity_score(
-    kit: FaceKit, image: np.ndarray, reference: np.ndarray | None, face: Face | None = None
-) -> float | None:
-    """ArcFace cosine of the largest face in ``image`` to ``reference``; None without face or reference.
-
-    A given ``face`` is scored where it lies, without detection.
-    """
-    from engine.faces.identity import cosine
-
-    if kit.scorer is None or reference is None:
-        return None
-    if face is None:
-        faces = kit.detector.detect(image)
-        if not faces:
-            return None
-        face = faces[0]
-    embedding = kit.scorer.embed(image, face)
-    if embedding.size != reference.size:
-        return None
-    return round(cosine(embedding, reference), 4)
-
-
-def sorted_outputs(project: Project) -> list[OutputRecord]:
-    """All outputs of a project, best identity score first; unscored ones last, newest first among equals.
-
-    Outputs made within one second (a post-processed copy and its original) keep their manifest
-    order, later entries first.
-    """
-    entries = project.manifest().get("outputs", [])
-    records = [OutputRecord.from_json(entry) for entry in reversed(entries)]
-    records.sort(key=lambda r: r.created, reverse=True)
-    return sorted(records, key=lambda r: -math.inf if r.identity is None else r.identity, reverse=True)
-
-
-# Saving ------------------------------------------------------------------------------------------
-
-
-def encode_image(
-    image: np.ndarray, suffix: str, *, parameters: str | None = None, dpi: int | None = None
-) -> bytes:
-    """An RGB ``uint8`` image as PNG (``parameters`` text chunk, pHYs) or JPEG (JFIF dpi, comment) bytes."""
-    import io
-
-    from PIL import Image, PngImagePlugin
-
-    options: dict[str, Any] = {"dpi": (dpi, dpi)} if dpi else {}
-    if suffix.lower() == ".png":
-        info = PngImagePlugin.PngInfo()
-        if parameters:
-            info.add_text("parameters", parameters)
-        options.update(format="PNG", pnginfo=info)
-    elif suffix.lower() in (".jpg", ".jpeg"):
-        options.update(format="JPEG", quality=95, subsampling=0)
-        if parameters:
-            options["comment"] = parameters.encode("utf-8")
-    else:
-        raise ValueError(f"Images are saved as .png or .jpg, not {suffix!r}.")
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, **options)
-    return buffer.getvalue()
-
-
-def save_image(
-    path: Path, image: np.ndarray, *, parameters: str | None = None, dpi: int | None = None
-) -> Path:
-    """Write `encode_image`'s bytes atomically; the format follows the suffix of ``path``."""
-    return atomic_write_bytes(
-        Path(path), encode_image(image, Path(path).suffix, parameters=parameters, dpi=dpi)
-    )
-
-
-def new_output_id(seed: int) -> str:
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{seed}-{secrets.token_hex(3)}"
-
-
-def add_output(
-    project: Project, image: np.ndarray, record: OutputRecord, parameters: str, dpi: int | None = None
-) -> OutputRecord:
-    """Save ``image`` at ``record.file`` and append ``record`` to the manifest (or neither, on failure)."""
-    path = save_image(project.path(record.file), image, parameters=parameters, dpi=dpi)
-    try:
-        project.update(lambda manifest: manifest.setdefault("outputs", []).append(record.to_json()))
-    except BaseException:
-        path.unlink(missing_ok=True)  # no image without its manifest entry (e.g. the disk filled up)
-        raise
-    return record
-
-
-def read_parameters(path: Path) -> str | None:
-    """The ``parameters`` text chunk of a PNG, or None."""
-    from PIL import Image
-
-    with Image.open(path) as picture:
-        return picture.info.get("parameters")
-
-
 # Sampling ----------------------------------------------------------------------------------------
 
 
-def _sample(
+def sample_image(
     pipe: Any,
     prompt: str,
     settings: GenerationSettings,
     seed: int,
-    progress: Callable[[int], None],
-    cancel: threading.Event | None,
+    progress: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> np.ndarray | None:
-    """One image as RGB ``uint8``, or None if cancelled before the last step."""
+    """One image as RGB ``uint8``, or None if cancelled before the last step; ``progress`` gets each step done."""
     import torch
 
     def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        progress(step + 1)
+        if progress is not None:
+            progress(step + 1)
         if cancel is not None and cancel.is_set():
             pipeline._interrupt = True
         return tensors
@@ -599,7 +383,7 @@ def generate(
     """Sample ``settings.count`` images from a run's artefact (or the latest finished run) and record them.
 
     ``base`` defaults to the base model recorded in the artefact (loaded once and kept); ``face_kit``
-    (for identity scores) to `shared_face_kit` (``commercial`` picks the commercially usable models).
+    (for identity scores) to `engine.identity.shared_face_kit` (``commercial`` picks the commercially usable models).
     Progress comes as `PhaseStarted` and `StepDone` events (phase 0: the whole batch, one step per
     denoising step); when ``cancel`` is set the batch stops and the images finished so far are returned.
     """
@@ -611,7 +395,7 @@ def generate(
     started = time.monotonic()
     path, run_id = resolve_artefact(project, run)
     artefact = load_artefact(path)
-    tokens = placeholder_tokens(artefact)
+    tokens = artefact.placeholder_tokens()
     face_kit = face_kit or shared_face_kit(commercial)
     reference = source_embedding(project, face_kit)
     source = base.source if base is not None else str(artefact.metadata.get("base_model"))
@@ -641,7 +425,7 @@ def generate(
                     losses={}, lr=0.0, it_per_s=done / elapsed, eta_s=elapsed / done * (total - done),
                 ))  # fmt: skip
 
-            image = _sample(pipe, prompt, sampled, seed, progress, cancel)
+            image = sample_image(pipe, prompt, sampled, seed, progress, cancel)
             if image is None:
                 emit(Status(message=f"Cancelled after {len(records)} of {settings.count} images."))
                 break
@@ -667,49 +451,3 @@ def _relative(project: Project, path: Path) -> str:
     with contextlib.suppress(ValueError):
         return Path(path).resolve().relative_to(project.root.resolve()).as_posix()
     return str(path)
-
-
-def make_references(
-    project: Project,
-    prompt: str,
-    count: int,
-    *,
-    base_model: str,
-    kit: FaceKit,
-    seed: int = 0,
-    steps: int = 30,
-    on_event: Callable[[Event], None] | None = None,
-    cancel: threading.Event | None = None,
-) -> list[Any]:
-    """Paint ``count`` style references from ``prompt`` with the plain base model and add them as reference photos.
-
-    Returns `engine.intake.add_photo`'s result per image (a picture without a usable face is refused
-    like any upload).
-    """
-    from engine.intake import add_photo
-    from engine.models import make_pipeline
-
-    emit = on_event or (lambda event: None)
-    if not prompt.strip():
-        raise GenerationError("Describe the style first, e.g. 'studio headshot, soft light, grey backdrop'.")
-    emit(Status(message=f"Loading {model_name(base_model)}…"))
-    results = []
-    with _CACHE_LOCK:
-        pipe = make_pipeline(cached_base(base_model))
-        pipe.set_progress_bar_config(disable=True)
-        settings = GenerationSettings(seed=seed, count=count, steps=steps)
-        for index in range(count):
-            emit(Status(message=f"Painting style reference {index + 1} of {count}…"))
-            image = _sample(
-                pipe,
-                f"a portrait of a person, {prompt.strip()}",
-                settings,
-                seed + index,
-                lambda step: None,
-                cancel,
-            )
-            if image is None:
-                break
-            data = encode_image(image, ".png")
-            results.append(add_photo(project, data, f"style-{seed + index}.png", "reference", kit))
-    return results

@@ -14,7 +14,6 @@ restricted unpickling for ``.pth``); CodeFormer's architecture comes from spandr
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.events import Event, Status
+from engine.identity import identity_score, shared_face_kit, source_embedding
+from engine.model_cache import ModelCache
+from engine.outputs import OUTPUTS, OutputRecord, a1111_pairs, add_output, new_output_id, read_parameters
 from engine.store import Project, now
 
 if TYPE_CHECKING:
@@ -29,7 +31,6 @@ if TYPE_CHECKING:
     from spandrel import ImageModelDescriptor
 
     from engine.faces import Face, FaceKit
-    from engine.generate import OutputRecord
     from engine.presets import Framed
 
 RESTORERS = {"gfpgan": "gfpgan_v1.4", "codeformer": "codeformer"}
@@ -76,8 +77,7 @@ def _registry() -> Any:
     return registry
 
 
-_MODELS: dict[tuple[str, int, str], Any] = {}
-_MODELS_LOCK = threading.Lock()
+_MODELS: ModelCache[tuple[str, int, str], ImageModelDescriptor] = ModelCache(capacity=MODELS_KEPT)
 
 
 def load_model(path: Path, device: torch.device | str | None = None) -> ImageModelDescriptor:
@@ -91,26 +91,18 @@ def load_model(path: Path, device: torch.device | str | None = None) -> ImageMod
 
     device = torch.device(device) if device is not None else pick_device()
     key = (str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(device))
-    with _MODELS_LOCK:
-        if key not in _MODELS:
-            try:
-                model = ModelLoader(registry=_registry()).load_from_file(str(path))
-            except (
-                UnsupportedModelError,
-                UnpicklingError,
-                ValueError,
-                RuntimeError,
-                KeyError,
-                OSError,
-            ) as error:
-                raise PostprocessError(
-                    f"{path} is not a restoration or upscaling model spandrel can load ({error})."
-                ) from error
-            dtype = torch.float16 if device.type == "cuda" and model.supports_half else torch.float32
-            while len(_MODELS) >= MODELS_KEPT:
-                _MODELS.pop(next(iter(_MODELS)))
-            _MODELS[key] = model.to(device).to(dtype).eval()
-        return _MODELS[key]
+
+    def load() -> ImageModelDescriptor:
+        try:
+            model = ModelLoader(registry=_registry()).load_from_file(str(path))
+        except (UnsupportedModelError, UnpicklingError, ValueError, RuntimeError, KeyError, OSError) as error:
+            raise PostprocessError(
+                f"{path} is not a restoration or upscaling model spandrel can load ({error})."
+            ) from error
+        dtype = torch.float16 if device.type == "cuda" and model.supports_half else torch.float32
+        return model.to(device).to(dtype).eval()
+
+    return _MODELS.get(key, load)
 
 
 def _to_tensor(image: np.ndarray, model: Any) -> torch.Tensor:
@@ -243,8 +235,6 @@ def _load_rgb(path: Path) -> np.ndarray:
 
 
 def _postprocess_text(parent: Path, extras: dict[str, Any]) -> str:
-    from engine.generate import a1111_pairs, read_parameters
-
     text = read_parameters(parent) or ""
     pairs = a1111_pairs(extras)
     return f"{text}, {pairs}" if text else pairs
@@ -269,15 +259,6 @@ def postprocess_output(
     restoration, 1: closest to the input). With ``commercial``, non-commercial weights are refused.
     """
     from engine import assets
-    from engine.generate import (
-        OUTPUTS,
-        OutputRecord,
-        add_output,
-        identity_score,
-        new_output_id,
-        shared_face_kit,
-        source_embedding,
-    )
     from engine.presets import apply_preset, get_preset
 
     emit = on_event or (lambda event: None)

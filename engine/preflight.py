@@ -590,12 +590,6 @@ def summary(found: Estimate) -> str:
 
 # Licences --------------------------------------------------------------------------------------
 
-COMMERCIAL_ALTERNATIVES = {
-    "buffalo_l": "OpenCV's YuNet and SFace replace InsightFace's detector and recogniser",
-    "codeformer": "GFPGAN replaces CodeFormer for face restoration",
-}
-"""Commercially usable replacements of the non-commercial assets, as the commercial-use setting picks them."""
-
 
 def assets_in_use(*, commercial: bool, restore: str | None = None) -> list[str]:
     """Asset names the pipeline requests: the face models, and the restorer when one is chosen."""
@@ -607,22 +601,6 @@ def assets_in_use(*, commercial: bool, restore: str | None = None) -> list[str]:
     if restore is not None:
         names.append(RESTORERS[restore])
     return names
-
-
-def licence_notice(*, commercial: bool, restore: str | None = None) -> str | None:
-    """The once-per-session notice on non-commercial weights in use, with their alternatives; None if none."""
-    from engine.assets import get_asset, licence_notice
-
-    names = assets_in_use(commercial=commercial, restore=restore)
-    notice = licence_notice(names)
-    if notice is None:
-        return None
-    swaps = [
-        COMMERCIAL_ALTERNATIVES[name]
-        for name in names
-        if name in COMMERCIAL_ALTERNATIVES and not get_asset(name).commercial_ok
-    ]
-    return f"{notice} With commercial use on, {'; '.join(swaps)}." if swaps else notice
 
 
 # Building the table ----------------------------------------------------------------------------

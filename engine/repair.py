@@ -337,7 +337,7 @@ def _disk_outputs(project: Project) -> list[dict[str, Any]]:
 
 def _output(project: Project, path: Path) -> dict[str, Any]:
     """An output's entry from its PNG and the ``parameters`` text in it (no identity score)."""
-    from engine.generate import OutputRecord
+    from engine.outputs import OutputRecord
 
     params, run = _parameters(_parameters_text(path))
     seed = params.get("seed")
@@ -366,7 +366,7 @@ def _parameters_text(path: Path) -> str:
 
 def _parameters(text: str) -> tuple[dict[str, Any], str | None]:
     """The generation parameters and run id in an AUTOMATIC1111 ``parameters`` text."""
-    from engine.generate import SAMPLER_LABELS
+    from engine.outputs import SAMPLER_LABELS
 
     lines = text.split("\n")
     if len(lines) < 2 or not _PAIR.match(lines[-1]):

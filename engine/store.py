@@ -197,6 +197,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def replace_folder(staged: Path, final: Path) -> Path:
+    """Move the complete folder ``staged`` to ``final`` (same file system), replacing a folder there.
+
+    A folder already at ``final`` is renamed aside to ``.<name>.old`` first and removed once the new
+    one is in place, so ``final`` is at any moment the old folder or the new one, never a mix.
+    """
+    staged, final = Path(staged), Path(final)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -396,15 +413,6 @@ class ProjectStore:
             trash = project.root.with_name(f".deleting-{project.root.name}")
             os.replace(project.root, trash)
         shutil.rmtree(trash, ignore_errors=True)
-
-    def repair(self, name: str) -> str:
-        """Rebuild the manifest of project ``name`` from its files; returns a one-paragraph summary.
-
-        See `engine.repair.repair_manifest`.
-        """
-        from engine.repair import repair_manifest
-
-        return repair_manifest(self.open(name))
 
 
 @contextlib.contextmanager

@@ -47,7 +47,7 @@ from engine.events import (
     Status,
     StepDone,
 )
-from engine.generate import identity_score, source_embedding
+from engine.identity import identity_score, source_embedding
 from engine.losses import masked_reconstruction
 from engine.store import Project, StorageFull, StoreError, atomic_path, now
 

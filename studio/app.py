@@ -23,6 +23,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from engine.identity import loaded_face_kit, shared_face_kit
 from engine.store import Project, ProjectStore, StoreError
 from studio import gallery, generate, photos, project, settings, train
 from studio.jobs import JobRunner, is_user_error, one_line
@@ -81,32 +82,22 @@ class Studio:
         """The latest refused photos of each project, shown in the Photos tab."""
         self.device = "Looking for a GPU…"
         """One line on the device and memory profile (filled in by the warm-up thread: it imports torch)."""
-        self._face_kit: FaceKit | None = None
-        self._face_lock = threading.Lock()
 
     @property
     def base_model(self) -> str:
         return str(self.demo.sd.folder) if self.demo is not None else self.settings.base_model
 
     def update_settings(self, new: StudioSettings) -> None:
-        if new.commercial != self.settings.commercial:
-            with self._face_lock:
-                self._face_kit = None
         self.settings = new
         new.save(self.store.root)
         _apply_pickle_choice(new)
 
     def face_kit(self) -> FaceKit:
-        """The face models (loaded once, on first use; thread-safe)."""
-        with self._face_lock:
-            if self._face_kit is None:
-                from engine.faces import load_face_kit
-
-                self._face_kit = load_face_kit(commercial=self.settings.commercial, allow_fallback=True)
-            return self._face_kit
+        """The face models of the licence setting (`engine.identity.shared_face_kit`: loaded on first use, kept)."""
+        return shared_face_kit(self.settings.commercial)
 
     def face_kit_loaded(self) -> FaceKit | None:
-        return self._face_kit
+        return loaded_face_kit(self.settings.commercial)
 
     def project(self, name: str | None) -> Project:
         """The open project, or a `gr.Error` telling the user to pick one."""
@@ -180,7 +171,8 @@ def header_html(studio: Studio) -> str:
 
 def licence_html(studio: Studio) -> str:
     """The one notice on model licences: which weights are non-commercial, or that commercial use is on."""
-    from engine.preflight import licence_notice
+    from engine.assets import licence_notice
+    from engine.preflight import assets_in_use
 
     if studio.settings.commercial:
         return (
@@ -188,7 +180,7 @@ def licence_html(studio: Studio) -> str:
             "licence allows it are used (OpenCV YuNet and SFace for faces, GFPGAN for restoration); "
             "CodeFormer is refused.</div>"
         )
-    notice = licence_notice(commercial=False, restore="codeformer")
+    notice = licence_notice(assets_in_use(commercial=False, restore="codeformer"), alternatives=True)
     return (
         f"<div class='mc-banner mc-licence' id='licence-notice'>{html.escape(notice or '')} "
         "(⚙ Settings → Commercial use.)</div>"

@@ -11,7 +11,7 @@ from engine import proofs
 from engine.store import Project
 
 if TYPE_CHECKING:
-    from engine.generate import OutputRecord
+    from engine.outputs import OutputRecord
     from studio.app import Studio
 
 EMPTY = (
@@ -108,7 +108,7 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
         )
 
     def refresh(name: str | None, request: gr.Request | None = None):
-        from engine.generate import sorted_outputs
+        from engine.outputs import sorted_outputs
 
         if not name:
             return gr.HTML(visible=True), [], [], gr.CheckboxGroup(choices=[], value=[]), ""
@@ -130,7 +130,7 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
         )
 
     def on_select(name: str | None, shown_ids: list[str], event: gr.SelectData):
-        from engine.generate import OutputRecord
+        from engine.outputs import OutputRecord
 
         project = studio.project(name)
         entries = project.manifest().get("outputs", [])

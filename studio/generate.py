@@ -16,7 +16,7 @@ from engine.presets import PRESETS
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
 
 if TYPE_CHECKING:
-    from engine.generate import OutputRecord
+    from engine.outputs import OutputRecord
     from engine.store import Project
     from studio.app import Studio
 
@@ -102,47 +102,6 @@ def submit_generation(studio: Studio, project: Project, run: str | None, request
     return studio.runner.submit(
         "generate", project.name, f"Portraits of {project.name}", work, key=f"generate:{project.name}"
     )
-
-
-def submit_references(studio: Studio, project: Project, prompt: str, count: int) -> Job:
-    """Queue the painting of style references from a text prompt with the base model."""
-    if not prompt.strip():
-        raise gr.Error("Describe the style first, e.g. 'studio headshot, soft light, grey backdrop'.")
-
-    def work(job: Job) -> list[Any]:
-        from engine.generate import make_references
-        from engine.intake import Refused
-        from studio.photos import Refusal
-
-        steps = DEMO_STEPS if studio.demo is not None else 30
-        results = make_references(
-            project,
-            prompt,
-            count,
-            base_model=studio.base_model,
-            kit=studio.face_kit(),
-            steps=steps,
-            on_event=job.emit,
-            cancel=job.cancel,
-        )
-        for index, result in enumerate(results):
-            if isinstance(result, Refused):
-                refusal = Refusal(
-                    f"painted reference {index + 1}", "reference", result.reason, result.message
-                )
-                studio.refusals.add(project.name, refusal)
-        return results
-
-    try:
-        return studio.runner.submit(
-            "references",
-            project.name,
-            f"Style references for {project.name}",
-            work,
-            key=f"references:{project.name}",
-        )
-    except JobRefused as error:
-        raise gr.Error(str(error)) from error
 
 
 def progress_html(job: Job | None) -> str:

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from studio.generate import DEMO_STEPS
+from studio.jobs import Job, JobRefused
+
 if TYPE_CHECKING:
     from engine.store import Project
     from studio.app import Studio
@@ -47,6 +50,46 @@ class RefusalLog:
     def clear(self, project: str) -> None:
         with self._lock:
             self._items.pop(project, None)
+
+
+def submit_references(studio: Studio, project: Project, prompt: str, count: int) -> Job:
+    """Queue the painting of style references from a text prompt with the base model."""
+    if not prompt.strip():
+        raise gr.Error("Describe the style first, e.g. 'studio headshot, soft light, grey backdrop'.")
+
+    def work(job: Job) -> list[Any]:
+        from engine.intake import Refused
+        from engine.references import make_references
+
+        steps = DEMO_STEPS if studio.demo is not None else 30
+        results = make_references(
+            project,
+            prompt,
+            count,
+            base_model=studio.base_model,
+            kit=studio.face_kit(),
+            steps=steps,
+            on_event=job.emit,
+            cancel=job.cancel,
+        )
+        for index, result in enumerate(results):
+            if isinstance(result, Refused):
+                refusal = Refusal(
+                    f"painted reference {index + 1}", "reference", result.reason, result.message
+                )
+                studio.refusals.add(project.name, refusal)
+        return results
+
+    try:
+        return studio.runner.submit(
+            "references",
+            project.name,
+            f"Style references for {project.name}",
+            work,
+            key=f"references:{project.name}",
+        )
+    except JobRefused as error:
+        raise gr.Error(str(error)) from error
 
 
 def photo_items(project: Project, role: str) -> tuple[list[tuple[str, str]], list[str]]:
@@ -211,8 +254,6 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
         )
 
     def on_make(name: str | None, text: str, how_many: float):
-        from studio.generate import submit_references
-
         job = submit_references(studio, studio.project(name), text, int(how_many))
         gr.Info(f"{job.title} is queued; the references appear here when it is done.")
 

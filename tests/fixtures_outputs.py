@@ -109,7 +109,7 @@ def project(lora: TinyLora, tmp_path: Path):
 
 def add_photo_output(project, image: np.ndarray, output_id: str = "photo", identity: float | None = None):
     """Record ``image`` as if it had been generated (for post-processing and export tests)."""
-    from engine.generate import OutputRecord, add_output, format_parameters
+    from engine.outputs import OutputRecord, add_output, format_parameters
 
     params = {
         "prompt": "a photo of a <sks> person in the style of <style1>",

@@ -11,15 +11,10 @@ from PIL import Image
 from engine import generate as gen
 from engine.events import Finished, PhaseStarted, StepDone
 from engine.faces import FaceKit
-from engine.generate import (
-    GenerationError,
-    GenerationSettings,
-    compose_prompt,
-    fit_prompt,
-    generate,
-    read_parameters,
-    sorted_outputs,
-)
+from engine.generate import GenerationError, GenerationSettings, compose_prompt, fit_prompt, generate
+from engine.identity import identity_score, source_embedding
+from engine.outputs import read_parameters, sorted_outputs
+from engine.references import make_references
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +82,7 @@ def test_the_lora_is_fused_while_sampling(project, no_faces):
 
     def on_event(event):
         if isinstance(event, StepDone):
-            kept = gen._CACHE["base"]
+            kept = gen._BASES.values()[0].base
             layers = [m for part in (kept.unet, kept.text_encoder) for m in part.modules()]
             layers = [m for m in layers if isinstance(m, BaseTunerLayer)]
             seen.append(bool(layers) and all(m.merged for m in layers))
@@ -106,11 +101,11 @@ def test_the_fused_lora_gives_the_image_of_the_unfused_one_at_the_same_scales(lo
         pipe.set_progress_bar_config(disable=True)
         pipe.set_adapters(gen.ADAPTER, adapter_weights={"unet": 0.6, "text_encoder": 0.9})
         prompt = compose_prompt(TOKENS)
-        unfused = gen._sample(pipe, prompt, fast(), 4, lambda step: None, None)
+        unfused = gen.sample_image(pipe, prompt, fast(), 4, lambda step: None, None)
         gen._fuse(pipe, installed, 0.6, 0.9)
-        fused = gen._sample(pipe, prompt, fast(), 4, lambda step: None, None)
+        fused = gen.sample_image(pipe, prompt, fast(), 4, lambda step: None, None)
         gen._fuse(pipe, installed, 0.0, 0.9)
-        other = gen._sample(pipe, prompt, fast(), 4, lambda step: None, None)
+        other = gen.sample_image(pipe, prompt, fast(), 4, lambda step: None, None)
     finally:
         gen._uninstall(base, installed)
     assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 1
@@ -119,14 +114,14 @@ def test_the_fused_lora_gives_the_image_of_the_unfused_one_at_the_same_scales(lo
 
 def test_the_loaded_base_is_kept_between_calls(project, no_faces, monkeypatch):
     generate(project, RUN, fast(), face_kit=no_faces)
-    kept = gen._CACHE["base"]
+    kept = gen._BASES.values()[0].base
 
     def no_reload(*args, **kwargs):
         raise AssertionError("the base model was loaded again")
 
     monkeypatch.setattr("engine.models.load_base", no_reload)
     generate(project, RUN, fast(seed=2), face_kit=no_faces)
-    assert gen._CACHE["base"] is kept
+    assert gen._BASES.values()[0].base is kept
 
 
 def test_a_base_passed_in_is_left_as_it_was(project, base, no_faces):
@@ -225,11 +220,11 @@ def test_identity_score_against_the_source_photos(face_assets, monkeypatch, tmp_
         )
 
     project.update(add_source)
-    reference = gen.source_embedding(project, kit)
-    assert gen.identity_score(kit, photo, reference) == pytest.approx(1.0, abs=1e-3)
-    other = gen.identity_score(kit, wheel_photo("Tom_Hanks_54745.png"), reference)
+    reference = source_embedding(project, kit)
+    assert identity_score(kit, photo, reference) == pytest.approx(1.0, abs=1e-3)
+    other = identity_score(kit, wheel_photo("Tom_Hanks_54745.png"), reference)
     assert other is not None and other < 0.999
-    assert gen.identity_score(kit, np.full((64, 64, 3), 128, np.uint8), reference) is None
+    assert identity_score(kit, np.full((64, 64, 3), 128, np.uint8), reference) is None
 
 
 def test_outputs_sort_best_identity_first(tmp_path):
@@ -258,14 +253,14 @@ def test_style_references_are_painted_by_the_plain_base_and_go_through_intake(ba
     from engine.store import ProjectStore
 
     project = ProjectStore(tmp_path).create("erin")
-    results = gen.make_references(
+    results = make_references(
         project, "studio headshot, grey backdrop", 2, base_model=base.source, kit=no_faces, steps=2
     )
     # The tiny model paints 64 px noise: intake refuses it as it would such an upload.
     assert [type(r) for r in results] == [Refused, Refused] and results[0].reason == "too_small"
-    assert gen._CACHE["installed"] is None  # no LoRA or placeholder rows in the base it used
+    assert gen._BASES.values()[0].installed is None  # no LoRA or placeholder rows in the base it used
     with pytest.raises(GenerationError, match="Describe the style"):
-        gen.make_references(project, "  ", 1, base_model=base.source, kit=no_faces)
+        make_references(project, "  ", 1, base_model=base.source, kit=no_faces)
 
 
 def test_the_latest_finished_run_is_the_default(lora, tmp_path):

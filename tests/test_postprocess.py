@@ -9,7 +9,7 @@ from PIL import Image
 
 from engine.faces import Face, FaceKit, face_mask
 from engine.faces.fallback import EllipseParser, HaarDetector
-from engine.generate import read_parameters
+from engine.outputs import read_parameters
 from engine.postprocess import (
     CROP_BOX,
     FFHQ_TEMPLATE,

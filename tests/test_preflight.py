@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine import preflight
+from engine.assets import licence_notice
 from engine.config import preset
 from engine.events import PhaseStarted, StepDone
 from engine.preflight import GB, DeviceInfo, Figures
@@ -436,11 +437,16 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
 
 
 def test_the_licence_notice_names_the_non_commercial_weights_and_their_replacements():
-    notice = preflight.licence_notice(commercial=False, restore="codeformer")
+    notice = licence_notice(
+        preflight.assets_in_use(commercial=False, restore="codeformer"), alternatives=True
+    )
     assert "buffalo_l" in notice and "codeformer" in notice
     assert "YuNet and SFace" in notice and "GFPGAN replaces CodeFormer" in notice
-    assert "codeformer" not in preflight.licence_notice(commercial=False, restore="gfpgan")
-    assert preflight.licence_notice(commercial=True, restore="gfpgan") is None
+    gfpgan = licence_notice(preflight.assets_in_use(commercial=False, restore="gfpgan"), alternatives=True)
+    assert "codeformer" not in gfpgan
+    assert (
+        licence_notice(preflight.assets_in_use(commercial=True, restore="gfpgan"), alternatives=True) is None
+    )
     assert set(preflight.assets_in_use(commercial=True, restore="gfpgan")) == {
         "yunet", "sface", "bisenet", "gfpgan_v1.4",
     }  # fmt: skip
@@ -461,7 +467,8 @@ def demo_assets(monkeypatch):
 @pytest.fixture
 def requested(monkeypatch) -> list[tuple[str, bool]]:
     """Every asset the code asks the registry for, with its commercial flag."""
-    from engine import assets, generate
+    from engine import assets, identity
+    from engine.model_cache import ModelCache
 
     calls: list[tuple[str, bool]] = []
     real = assets.asset_path
@@ -471,7 +478,7 @@ def requested(monkeypatch) -> list[tuple[str, bool]]:
         return real(name, **kwargs)
 
     monkeypatch.setattr(assets, "asset_path", recording)
-    monkeypatch.setattr(generate, "_FACE_KITS", {})
+    monkeypatch.setattr(identity, "_FACE_KITS", ModelCache())
     return calls
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from engine.faces import Face
-from engine.generate import save_image
+from engine.outputs import save_image
 from engine.presets import PRESETS, PresetError, apply_preset, get_preset, mm_to_px
 
 RED = (255, 0, 0)

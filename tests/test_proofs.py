@@ -21,7 +21,7 @@ PASSWORD = "client-pass-1"
 
 def add_outputs(project, count: int) -> list[str]:
     """``count`` generated-looking outputs (PNG with a parameters text chunk) in the project."""
-    from engine.generate import OutputRecord, add_output
+    from engine.outputs import OutputRecord, add_output
 
     ids = []
     for index in range(count):

@@ -455,7 +455,7 @@ def test_style_references_painted_from_a_prompt_become_photos_or_refusals(tmp_pa
     from engine.intake import photos
     from engine.store import ProjectStore
     from studio.app import Studio
-    from studio.generate import submit_references
+    from studio.photos import submit_references
 
     kit = build_demo_kit(default_kit_folder())
     for name in ("MAGICAPTURE_ASSETS", "MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE"):

@@ -11,7 +11,7 @@ from fixtures_training import demo_face_kit, tiny_face_kit
 from tiny import tiny_config
 
 from engine import checkpoint as ckpt
-from engine.artefact import apply_to_pipeline, load_artefact
+from engine.artefact import load_artefact
 from engine.config import preset
 from engine.demo.portraits import make_project
 from engine.events import (
@@ -174,20 +174,26 @@ def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isol
     )
     assert all(k.endswith((".lora_A.weight", ".lora_B.weight")) for k in artefact.unet_lora)
 
+    from engine.generate import loaded
     from engine.models import make_pipeline
 
-    pipe = make_pipeline(load_base(tiny_sd.folder))
-    pipe.set_progress_bar_config(disable=True)
-    apply_to_pipeline(pipe, artefact)
-    loaded = {k.replace(".magicapture.", "."): v for k, v in pipe.unet.state_dict().items() if "lora_" in k}
-    assert loaded.keys() == artefact.unet_lora.keys()
-    assert all(torch.equal(loaded[k], artefact.unet_lora[k]) for k in loaded)
-    ids = pipe.tokenizer("a <sks> in <style1>").input_ids
-    rows = pipe.text_encoder.get_input_embeddings().weight
-    torch.testing.assert_close(rows[ids[2]], artefact.embeddings["<sks>"])
-    image = pipe(
-        artefact.metadata["prompt"], num_inference_steps=2, height=64, width=64, output_type="np"
-    ).images[0]
+    with loaded(artefact, load_base(tiny_sd.folder)) as (view, _):
+        pipe = make_pipeline(view)
+        pipe.set_progress_bar_config(disable=True)
+        lora = {k.replace(".magicapture.", "."): v for k, v in pipe.unet.state_dict().items() if "lora_" in k}
+        expected = {
+            k.removeprefix("unet."): v
+            for k, v in artefact.diffusers_state_dict().items()
+            if k.startswith("unet.")
+        }
+        assert lora.keys() == expected.keys() == artefact.unet_lora.keys()
+        assert all(torch.equal(lora[k], expected[k]) for k in lora)
+        ids = pipe.tokenizer("a <sks> in <style1>").input_ids
+        rows = pipe.text_encoder.get_input_embeddings().weight
+        torch.testing.assert_close(rows[ids[2]], artefact.embeddings["<sks>"])
+        image = pipe(
+            artefact.metadata["prompt"], num_inference_steps=2, height=64, width=64, output_type="np"
+        ).images[0]
     assert image.shape == (64, 64, 3)
 
     optimiser = json.dumps(

@@ -326,9 +326,11 @@ def test_the_studio_views_work_on_a_damaged_manifest_and_show_the_notice(tmp_pat
 
 
 def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_kit):
-    from engine.generate import OutputRecord, add_output, format_parameters, resolve_artefact
+    from engine.generate import resolve_artefact
     from engine.intake import Accepted, add_photo, photos
     from engine.models import load_base
+    from engine.outputs import OutputRecord, add_output, format_parameters
+    from engine.repair import repair_manifest
     from engine.train import train
 
     store = ProjectStore()
@@ -358,7 +360,7 @@ def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_k
     (project.root / MANIFEST).write_bytes(b"\xff" + (project.root / MANIFEST).read_bytes()[:50])
     (project.root / PREVIOUS).write_bytes(b"")
 
-    report = store.repair("Anna-Smith")
+    report = repair_manifest(store.open("Anna-Smith"))
 
     assert "\n" not in report and "Anna-Smith" in report
     after = project.manifest()

@@ -39,7 +39,7 @@ def portrait(index: int) -> np.ndarray:
 
 
 def add_outputs(project, count: int) -> list[str]:
-    from engine.generate import OutputRecord, add_output
+    from engine.outputs import OutputRecord, add_output
 
     ids = []
     for index in range(count):
