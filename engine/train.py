@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from engine.faces import FaceKit
+    from engine.families import ModelFamily
     from engine.models import BaseModel
 
 RUNS = "trainings"
@@ -508,40 +509,49 @@ def _accelerator(config: TrainingConfig, options: Options):
     )
 
 
-def lora_configs(config: TrainingConfig, train_text_encoder: bool) -> dict[str, dict[str, Any]]:
-    """peft LoraConfig arguments of the UNet and (if trained) the text encoder."""
-    import re
+def lora_configs(
+    config: TrainingConfig, train_text_encoder: bool, family: ModelFamily | None = None
+) -> dict[str, dict[str, Any]]:
+    """peft LoraConfig arguments per component: the UNet and (if trained) the text encoders.
 
+    ``family`` (default: SD 1.x) maps the configured module names to each component's targets.
+    """
+    from engine.families import DEFAULT_FAMILY
+
+    family = family or DEFAULT_FAMILY
+    if config.lora_cross_attention_only and not any(t.startswith("to_") for t in config.lora_unet_targets):
+        raise ConfigError(
+            "lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets."
+        )
     init = "gaussian" if config.lora_init == "gaussian" else True  # peft's True: kaiming-uniform A
     common = {"r": config.lora_rank, "lora_alpha": config.lora_alpha, "init_lora_weights": init}
-    targets: Any = list(config.lora_unet_targets)
-    if config.lora_cross_attention_only:
-        projections = [re.escape(t) for t in targets if t.startswith("to_")]
-        if not projections:
-            raise ConfigError(
-                "lora_cross_attention_only needs attention projections (to_q, to_k...) in lora_unet_targets."
-            )
-        targets = rf".*attn2\.({'|'.join(projections)})"
-    configs = {"unet": {**common, "target_modules": targets}}
-    if train_text_encoder:
-        configs["text_encoder"] = {**common, "target_modules": list(config.lora_text_targets)}
-    return configs
+    targets = family.lora_target_modules(
+        config.lora_unet_targets, config.lora_text_targets, config.lora_cross_attention_only
+    )
+    trained = {"unet", *(family.text_encoders if train_text_encoder else ())}
+    return {name: {**common, "target_modules": value} for name, value in targets.items() if name in trained}
 
 
 # The trainer ------------------------------------------------------------------------------------
 
 
 class Denoiser(nn.Module):
-    """Text encoder and UNet as one module, so one DDP wrapper sees every trained parameter."""
+    """Text encoders and UNet as one module, so one DDP wrapper sees every trained parameter.
 
-    def __init__(self, text_encoder: nn.Module, unet: nn.Module):
+    Each text encoder is a submodule under its `BaseModel` name; the family turns prompts into states.
+    """
+
+    def __init__(self, base: BaseModel):
         super().__init__()
-        self.text_encoder = text_encoder
-        self.unet = unet
+        self.family = base.family
+        for name in base.family.text_encoders:
+            self.add_module(name, getattr(base, name))
+        self.unet = base.unet
 
     def forward(self, input_ids: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        states = self.text_encoder(input_ids)[0]
-        return self.unet(noisy, timesteps, states).sample
+        encoders = [getattr(self, name) for name in self.family.text_encoders]
+        states = self.family.encode_prompt(encoders, input_ids)
+        return self.unet(noisy, timesteps, states.hidden_states, added_cond_kwargs=states.added_cond).sample
 
 
 class Trainer:
@@ -569,24 +579,24 @@ class Trainer:
         if base is None:
             names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
             base = load_base(config.base_model, device=str(self.device), dtype=names[dtype])
-        for module in (base.text_encoder, base.vae, base.unet):
+        encoders = [getattr(base, name) for name in base.family.text_encoders]
+        for module in (*encoders, base.vae, base.unet):
             module.requires_grad_(False)
             if module.device != self.device or module.dtype != dtype:
                 module.to(self.device, dtype=dtype)
         self.base = base
         self.placeholders = add_placeholder_tokens(base.tokenizer, base.text_encoder, config)
         self.store = AttentionStore()
-        install_capture(base.unet, self.store)
+        install_capture(base.unet, self.store, base.family)
         if options.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
             base.vae.enable_gradient_checkpointing()
-            base.text_encoder.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            for encoder in encoders:
+                encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if options.vae_slicing:
             base.vae.enable_slicing()
-        base.text_encoder.train()
-        base.unet.train()
+        for module in (*encoders, base.unet):
+            module.train()
 
         images = load_images(self.project, config.resolution)
         self.data = TrainingData(images, config, base.tokenizer)
@@ -631,7 +641,8 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed + 1)
-            for name, arguments in lora_configs(self.config, self.options.train_text_encoder).items():
+            configs = lora_configs(self.config, self.options.train_text_encoder, self.base.family)
+            for name, arguments in configs.items():
                 module = getattr(self.base, name)
                 inject_adapter_in_model(LoraConfig(**arguments), module)
                 cast_training_params(module, torch.float32)
@@ -643,7 +654,7 @@ class Trainer:
         config, accelerator = self.config, self.accelerator
         if phase == 2:
             self.add_lora()
-        model = Denoiser(self.base.text_encoder, self.base.unet)
+        model = Denoiser(self.base)
         if restore is not None:
             self.load_trainable(
                 model,
@@ -663,11 +674,12 @@ class Trainer:
         else:
             lora = {
                 name: [p for n, p in getattr(self.base, name).named_parameters() if "lora_" in n]
-                for name in ("unet", "text_encoder")
+                for name in ("unet", *self.base.family.text_encoders)
             }
+            text = [p for name in self.base.family.text_encoders for p in lora[name]]
             groups = [
                 {"params": lora["unet"], "lr": config.phase2_unet_lr * scale},
-                {"params": lora["text_encoder"], "lr": config.phase2_text_lr * scale},
+                {"params": text, "lr": config.phase2_text_lr * scale},
                 {"params": rows, "lr": config.phase2_embedding_lr * scale},
             ]
             groups = [dict(g, weight_decay=config.phase2_weight_decay) for g in groups if g["params"]]
@@ -788,7 +800,8 @@ class Trainer:
         """Loss terms of one micro-batch: ``total`` (weighted) plus each unweighted term."""
         config, gen = self.config, self.generator
         scheduler = self.base.noise_scheduler
-        batch = self.data.batch(samples, self.base.vae.config.scaling_factor, self.identity_kinds(phase), gen)
+        scale = self.base.family.latent_scale(self.base.vae)
+        batch = self.data.batch(samples, scale, self.identity_kinds(phase), gen)
         size = len(samples)
         latents = batch.latents
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
@@ -863,7 +876,8 @@ class Trainer:
             if self.config.identity_decoder == "tiny":
                 images = self.tiny_decoder.decode(latents.to(self.tiny_decoder.dtype)).sample.float()
             else:
-                images = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
+                scale = self.base.family.latent_scale(vae)
+                images = vae.decode((latents / scale).to(vae.dtype)).sample.float()
             fallback = landmarks if self.config.identity_fallback_landmarks else None
             points, found = detect_landmarks(detector, images, fallback)
             if not found.any():
@@ -1049,7 +1063,7 @@ class Trainer:
         from engine.artefact import save_artefact
 
         config = self.config
-        configs = lora_configs(config, self.options.train_text_encoder) if with_lora else {}
+        configs = lora_configs(config, self.options.train_text_encoder, self.base.family) if with_lora else {}
         loras = {
             name: _lora_state(getattr(self.base, name)) if name in configs else {}
             for name in ("unet", "text_encoder")
@@ -1058,6 +1072,7 @@ class Trainer:
         metadata = {
             "format": 1,
             "base_model": self.base.source,
+            "family": self.base.family.name,
             "preset": config.preset,
             "run": self.run_id,
             "tokens": {"identity": config.identity_token, "style": config.style_token},
