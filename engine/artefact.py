@@ -26,6 +26,8 @@ from engine.store import atomic_path, atomic_write_text
 if TYPE_CHECKING:
     import torch
 
+    from engine.families import ModelFamily
+
 METADATA_KEY = "magicapture"
 LORA_METADATA_KEY = "lora_adapter_metadata"
 """diffusers' key for the LoraConfig arguments (rank, alpha, targets) of each model."""
@@ -49,6 +51,16 @@ class Artefact:
     """Token -> embedding row ``[hidden]``."""
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+
+    @property
+    def family(self) -> ModelFamily:
+        """The model family it was trained on (SD 1.x for artefacts written before families)."""
+        from engine.families import DEFAULT_FAMILY, UnsupportedModel, family_named
+
+        try:
+            return family_named(str(self.metadata.get("family", DEFAULT_FAMILY.name)))
+        except UnsupportedModel as error:
+            raise ArtefactError(f"{self.path}: {error}") from error
 
     def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
         """The LoRA in diffusers' SD 1.x naming, alpha/rank folded into ``lora_B`` (what any loader applies as is)."""

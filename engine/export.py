@@ -28,27 +28,32 @@ if TYPE_CHECKING:
     import torch
 
     from engine.artefact import Artefact
+    from engine.families import ModelFamily
 
 EXPORTS = "exports"
 FORMATS = ("a1111", "diffusers")
-EMBEDDING_KEY = "emb_params"
-"""AUTOMATIC1111's tensor name in a ``.safetensors`` embedding."""
+CONVERTER_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+"""The prefixes diffusers' kohya converter writes for each part (its text-encoder names are SDXL's)."""
 
 
 class ExportError(Exception):
     """An export cannot be made; the message says why."""
 
 
-def kohya_state_dict(diffusers_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers/peft LoRA names -> kohya names (``lora_unet_...``, ``lora_te_...``, with ``.alpha`` = rank)."""
+def kohya_state_dict(
+    diffusers_state: dict[str, torch.Tensor], family: ModelFamily
+) -> dict[str, torch.Tensor]:
+    """diffusers/peft LoRA names -> the family's kohya names (SD 1.x: ``lora_unet_...``, ``lora_te_...``).
+
+    Every ``.alpha`` equals the rank.
+    """
     import torch
     from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 
-    converted = convert_state_dict_to_kohya(diffusers_state)
     state = {}
-    for key, value in converted.items():
-        # SD 1.x has one text encoder, "lora_te_"; "lora_te1_" is SDXL's first one.
-        key = "lora_te_" + key[len("lora_te1_") :] if key.startswith("lora_te1_") else key
+    for key, value in convert_state_dict_to_kohya(diffusers_state).items():
+        part, prefix = next((p, s) for p, s in CONVERTER_PREFIXES.items() if key.startswith(s))
+        key = family.kohya_prefixes[part] + key[len(prefix) :]
         state[key] = value.to(torch.float32) if key.endswith(".alpha") else value
     return state
 
@@ -98,11 +103,12 @@ def export_lora(project: Project, run: str | None = None, format: str = "a1111")
         ss_network_module="networks.lora",
         ss_network_dim=str(ranks[-1]),
         ss_network_alpha=str(ranks[-1]),
-        ss_base_model_version="sd_v1",
+        ss_base_model_version=artefact.family.kohya_base_version,
         ss_sd_model_name=model_name(base),
         ss_output_name=f"{project_name}-lora",
     )
-    return _save_safetensors(folder / f"{project_name}-lora.safetensors", kohya_state_dict(state), metadata)
+    kohya = kohya_state_dict(state, artefact.family)
+    return _save_safetensors(folder / f"{project_name}-lora.safetensors", kohya, metadata)
 
 
 def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
@@ -118,7 +124,8 @@ def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
         word = f"{project.root.name}-{safe_name(token.strip('<>'))}"
         row = artefact.embeddings[token].reshape(1, -1)
         metadata = {"format": "pt", "magicapture_token": token, "magicapture_role": role}
-        paths.append(_save_safetensors(folder / f"{word}.safetensors", {EMBEDDING_KEY: row}, metadata))
+        key = artefact.family.embedding_keys["text_encoder"]
+        paths.append(_save_safetensors(folder / f"{word}.safetensors", {key: row}, metadata))
     return paths
 
 
