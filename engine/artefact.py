@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.checkpoint import file_sha256
-from engine.store import atomic_path, atomic_write_text
+from engine.store import atomic_path, atomic_write_text, file_sha256
 
 if TYPE_CHECKING:
     import torch

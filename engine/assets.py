@@ -16,7 +16,6 @@ imports of the same asset must match it.
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -34,7 +33,7 @@ from urllib.parse import urlsplit
 
 from filelock import FileLock
 
-from engine.store import StorageFull, atomic_write_json, replace_folder
+from engine.store import StorageFull, atomic_write_json, file_sha256, replace_folder
 
 ASSETS_ENV = "MAGICAPTURE_ASSETS"
 OFFLINE_ENVS = ("MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE")
@@ -604,7 +603,7 @@ def _check(asset: Asset, file: Path) -> str:
             f"{asset.filename} has {size} bytes, but it should have {asset.size}; it was not kept. "
             + _manual_hint(asset)
         )
-    digest = _sha256(file)
+    digest = file_sha256(file)
     expected, origin = asset.sha256, "expected sha256"
     if expected is None:
         expected, origin = _recorded_hash(asset), "sha256 recorded when it was first installed"
@@ -615,14 +614,6 @@ def _check(asset: Asset, file: Path) -> str:
             "The transfer may have been corrupted or the source changed: " + _manual_hint(asset)
         )
     return digest
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _unpack(asset: Asset, archive: Path, target: Path) -> None:

@@ -25,7 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.store import StorageFull, atomic_path, atomic_write_bytes, atomic_write_json, replace_folder
+from engine.store import (
+    StorageFull,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    file_sha256,
+    replace_folder,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +45,6 @@ DAMAGED = "damaged"
 STEP = "step"
 PREVIEW = "preview"
 _TENSOR = "__tensor__"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -86,15 +92,6 @@ def commit(path: Path, step: int, keep: int | None, kind: str = STEP) -> Path:
 
 def discard(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def seal(path: Path, state: dict[str, Any], folder: Path) -> None:
