@@ -10,12 +10,10 @@ from __future__ import annotations
 import functools
 import html
 import logging
-import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gradio as gr
 from starlette.exceptions import HTTPException
@@ -23,16 +21,10 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from engine.identity import loaded_face_kit, shared_face_kit
-from engine.store import Project, ProjectStore, StoreError
 from studio import gallery, generate, photos, project, settings, train
-from studio.jobs import JobRunner, is_user_error, one_line
+from studio.jobs import is_user_error, one_line
 from studio.proof import Throttle, page
-from studio.settings import StudioSettings
-
-if TYPE_CHECKING:
-    from engine.demo import DemoKit
-    from engine.faces import FaceKit
+from studio.state import Studio
 
 logger = logging.getLogger(__name__)
 
@@ -60,89 +52,6 @@ CSS = """
 .mc-refused {color: #8a1c1c;}
 .mc-queue li {margin: .15em 0;}
 """
-
-
-def _apply_pickle_choice(choice: StudioSettings) -> None:
-    """The Settings checkbox is this process's pickle opt-in (read by `engine.models.load_base`)."""
-    from engine.models import ALLOW_PICKLE_ENV
-
-    os.environ[ALLOW_PICKLE_ENV] = "1" if choice.allow_pickle else "0"
-
-
-class Studio:
-    """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
-
-    def __init__(self, store: ProjectStore, demo: DemoKit | None = None):
-        self.store = store
-        self.runner = JobRunner()
-        self.demo = demo
-        self.settings = StudioSettings.load(store.root)
-        _apply_pickle_choice(self.settings)
-        self.refusals = photos.RefusalLog()
-        """The latest refused photos of each project, shown in the Photos tab."""
-        self.device = "Looking for a GPU…"
-        """One line on the device and memory profile (filled in by the warm-up thread: it imports torch)."""
-
-    @property
-    def base_model(self) -> str:
-        return str(self.demo.sd.folder) if self.demo is not None else self.settings.base_model
-
-    def update_settings(self, new: StudioSettings) -> None:
-        self.settings = new
-        new.save(self.store.root)
-        _apply_pickle_choice(new)
-
-    def face_kit(self) -> FaceKit:
-        """The face models of the licence setting (`engine.identity.shared_face_kit`: loaded on first use, kept)."""
-        return shared_face_kit(self.settings.commercial)
-
-    def face_kit_loaded(self) -> FaceKit | None:
-        return loaded_face_kit(self.settings.commercial)
-
-    def project(self, name: str | None) -> Project:
-        """The open project, or a `gr.Error` telling the user to pick one."""
-        if not name:
-            raise gr.Error("Open or create a project first (step 1).")
-        try:
-            return self.store.open(name)
-        except StoreError as error:
-            raise gr.Error(str(error)) from error
-
-    def warm_up(self) -> None:
-        """Probe the device (and load the demo's face models) in the background, so start-up stays fast."""
-        threading.Thread(target=self._warm_up, name="studio-warm-up", daemon=True).start()
-
-    def _warm_up(self) -> None:
-        self.device = probe_device(demo=self.demo is not None)
-        print(self.device, flush=True)
-        for name, run in train.interrupted_runs(self):
-            print(
-                f"Training {run} of project {name} stopped before the end; resume it in the Train tab.",
-                flush=True,
-            )
-        if self.demo is None:
-            return  # the real face models may need a download: that waits for the first photo
-        try:
-            self.face_kit()
-        except Exception:  # shown when a photo is added; the studio runs without it
-            logger.exception("The face models could not be loaded")
-
-
-def probe_device(demo: bool = False) -> str:
-    """One line on the device training will use and its memory profile."""
-    from engine.devices import detect_profile, gpu_memory_gb, pick_device
-
-    device = pick_device()
-    if device.type == "cpu":
-        if demo:
-            return "Demo mode on the CPU (no GPU needed)."
-        return (
-            "No GPU found: training on the CPU takes hours. To try the whole flow in about a minute, "
-            "start the studio with --demo (tiny random models)."
-        )
-    memory = gpu_memory_gb(device)
-    size = f" with {memory:.0f} GB" if memory else ""
-    return f"GPU: {device.type}{size}; memory profile {detect_profile(device).name}."
 
 
 def header_html(studio: Studio) -> str:

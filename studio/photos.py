@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import html
-import threading
-from collections import defaultdict, deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,43 +10,13 @@ import gradio as gr
 
 from studio.generate import DEMO_STEPS
 from studio.jobs import Job, JobRefused
+from studio.state import Refusal, Studio, bind
 
 if TYPE_CHECKING:
     from engine.store import Project
-    from studio.app import Studio
 
 ROLES = {"source": "selfie", "reference": "style reference"}
 IMAGE_TYPES = [".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"]
-REFUSALS_KEPT = 12
-
-
-@dataclass(frozen=True)
-class Refusal:
-    filename: str
-    role: str
-    reason: str
-    """The intake's reason code, e.g. ``several_faces``."""
-    message: str
-
-
-class RefusalLog:
-    """The latest refused uploads per project, kept in the server so a reload still shows them."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, deque[Refusal]] = defaultdict(lambda: deque(maxlen=REFUSALS_KEPT))
-        self._lock = threading.Lock()
-
-    def add(self, project: str, refusal: Refusal) -> None:
-        with self._lock:
-            self._items[project].appendleft(refusal)
-
-    def get(self, project: str | None) -> list[Refusal]:
-        with self._lock:
-            return list(self._items.get(project or "", ()))
-
-    def clear(self, project: str) -> None:
-        with self._lock:
-            self._items.pop(project, None)
 
 
 def submit_references(studio: Studio, project: Project, prompt: str, count: int) -> Job:
@@ -125,9 +92,113 @@ def empty_hint(role: str, count: int) -> str:
     return "No style references yet. Add 4-6 photos in the look you want (a studio headshot, a painting…)."
 
 
+VIEWS = 3 * len(ROLES) + 1
+"""How many values `views` returns."""
+
+
+def views(studio: Studio, name: str | None) -> list[Any]:
+    """Gallery, ids, hint per role, then the refusals."""
+    values: list[Any] = []
+    project = studio.project(name) if name else None
+    for role in ROLES:
+        items, ids = photo_items(project, role) if project else ([], [])
+        values += [items, ids, empty_hint(role, len(ids)) if project else ""]
+    return [*values, refusals_html(studio.refusals.get(name))]
+
+
+def add_files(studio: Studio, name: str | None, files: list[str], role: str, progress: gr.Progress) -> int:
+    """Pass ``files`` through intake, noting each refusal; returns how many were accepted."""
+    from engine.intake import Refused, add_photo
+
+    project = studio.project(name)
+    if studio.face_kit_loaded() is None:
+        progress(0, desc="Loading the face models (the first time, this may download them)…")
+    kit = studio.face_kit()
+    accepted = 0
+    for index, file in enumerate(files):
+        path = Path(file)
+        progress(index / max(len(files), 1), desc=f"Checking {path.name}")
+        outcome = add_photo(project, path.read_bytes(), path.name, role, kit)
+        if isinstance(outcome, Refused):
+            studio.refusals.add(project.name, Refusal(path.name, role, outcome.reason, outcome.message))
+        else:
+            accepted += 1
+    return accepted
+
+
+def on_upload(
+    studio: Studio,
+    role: str,
+    name: str | None,
+    files: list[str] | None,
+    progress=gr.Progress(),  # noqa: B008 (Gradio's progress idiom)
+):
+    """Add uploaded photos of ``role``; the views, then the cleared upload box."""
+    if not files:
+        return [gr.skip()] * (VIEWS + 1)
+    studio.refusals.clear(studio.project(name).name)
+    add_files(studio, name, files, role, progress)
+    return [*views(studio, name), None]
+
+
+def on_select(ids: list[str], event: gr.SelectData) -> str | None:
+    """The id of the clicked photo."""
+    return ids[event.index] if 0 <= event.index < len(ids) else None
+
+
+def on_remove(studio: Studio, role: str, name: str | None, selected: str | None):
+    """Remove the selected photo; the views, then the cleared selection."""
+    from engine.intake import remove_photo
+
+    if not selected:
+        raise gr.Error(f"Click a {ROLES[role]} first, then remove it.")
+    remove_photo(studio.project(name), selected)
+    return [*views(studio, name), None]
+
+
+def on_replace(
+    studio: Studio,
+    role: str,
+    name: str | None,
+    selected: str | None,
+    file: str,
+    progress=gr.Progress(),  # noqa: B008 (Gradio's progress idiom)
+):
+    """Replace the selected photo with ``file``, keeping it when ``file`` is refused."""
+    from engine.intake import remove_photo
+
+    if not selected:
+        raise gr.Error(f"Click the {ROLES[role]} to replace first.")
+    if add_files(studio, name, [file], role, progress):
+        remove_photo(studio.project(name), selected)
+    else:
+        gr.Warning(
+            f"{Path(file).name} was not used, so the selected {ROLES[role]} is kept; "
+            "the reason is listed under the photos."
+        )
+    return [*views(studio, name), None]
+
+
+def on_make(studio: Studio, name: str | None, text: str, how_many: float) -> None:
+    """Queue style references painted from ``text``."""
+    job = submit_references(studio, studio.project(name), text, int(how_many))
+    gr.Info(f"{job.title} is queued; the references appear here when it is done.")
+
+
+def on_tick(studio: Studio, name: str | None, last: Any):
+    """Show the references made from a text prompt as soon as their job ends."""
+    job = studio.runner.latest(name, "references") if name else None
+    signature = [job.id, job.status] if job else None
+    if signature == last:
+        return [gr.skip()] * VIEWS + [last]
+    return [
+        *(views(studio, name) if job is not None and not job.active else [gr.skip()] * VIEWS),
+        signature,
+    ]
+
+
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, timer: gr.Timer) -> None:
     """Lay out the Photos tab and wire its events."""
-    refusals = studio.refusals
     panels: dict[str, dict[str, Any]] = {}
     with gr.Row():
         for role, title, tip in (
@@ -178,99 +249,28 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
         make = gr.Button("Make style references")
     next_step = gr.Button("Next: train →", variant="primary")
 
-    def views(name: str | None) -> list[Any]:
-        """Gallery, ids, hint per role, then the refusals."""
-        values: list[Any] = []
-        project = studio.project(name) if name else None
-        for role in ROLES:
-            items, ids = photo_items(project, role) if project else ([], [])
-            values += [items, ids, empty_hint(role, len(ids)) if project else ""]
-        return [*values, refusals_html(refusals.get(name))]
-
     outputs = [
         c for role in ROLES for c in (panels[role]["gallery"], panels[role]["ids"], panels[role]["hint"])
     ]
     outputs.append(refused)
 
-    def add_files(name: str | None, files: list[str] | None, role: str, progress: gr.Progress) -> int:
-        """Pass ``files`` through intake, noting each refusal; returns how many were accepted."""
-        from engine.intake import Refused, add_photo
-
-        project = studio.project(name)
-        files = files or []
-        if studio.face_kit_loaded() is None:
-            progress(0, desc="Loading the face models (the first time, this may download them)…")
-        kit = studio.face_kit()
-        accepted = 0
-        for index, file in enumerate(files):
-            path = Path(file)
-            progress(index / max(len(files), 1), desc=f"Checking {path.name}")
-            outcome = add_photo(project, path.read_bytes(), path.name, role, kit)
-            if isinstance(outcome, Refused):
-                refusals.add(project.name, Refusal(path.name, role, outcome.reason, outcome.message))
-            else:
-                accepted += 1
-        return accepted
-
     for role, panel in panels.items():
-
-        def on_upload(name, files, role=role, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
-            if not files:
-                return [gr.skip()] * (len(outputs) + 1)
-            refusals.clear(studio.project(name).name)
-            add_files(name, files, role, progress)
-            return [*views(name), None]
-
-        def on_select(ids: list[str], event: gr.SelectData):
-            return ids[event.index] if 0 <= event.index < len(ids) else None
-
-        def on_remove(name, selected, role=role):
-            from engine.intake import remove_photo
-
-            if not selected:
-                raise gr.Error(f"Click a {ROLES[role]} first, then remove it.")
-            remove_photo(studio.project(name), selected)
-            return [*views(name), None]
-
-        def on_replace(name, selected, file, role=role, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
-            from engine.intake import remove_photo
-
-            if not selected:
-                raise gr.Error(f"Click the {ROLES[role]} to replace first.")
-            if add_files(name, [file], role, progress):
-                remove_photo(studio.project(name), selected)
-            else:
-                gr.Warning(
-                    f"{Path(file).name} was not used, so the selected {ROLES[role]} is kept; "
-                    "the reason is listed under the photos."
-                )
-            return [*views(name), None]
-
-        panel["upload"].upload(on_upload, [current, panel["upload"]], [*outputs, panel["upload"]])
+        panel["upload"].upload(
+            bind(on_upload, studio, role), [current, panel["upload"]], [*outputs, panel["upload"]]
+        )
         panel["gallery"].select(on_select, panel["ids"], panel["selected"])
-        panel["remove"].click(on_remove, [current, panel["selected"]], [*outputs, panel["selected"]])
+        panel["remove"].click(
+            bind(on_remove, studio, role), [current, panel["selected"]], [*outputs, panel["selected"]]
+        )
         panel["replace"].upload(
-            on_replace, [current, panel["selected"], panel["replace"]], [*outputs, panel["selected"]]
+            bind(on_replace, studio, role),
+            [current, panel["selected"], panel["replace"]],
+            [*outputs, panel["selected"]],
         )
 
-    def on_make(name: str | None, text: str, how_many: float):
-        job = submit_references(studio, studio.project(name), text, int(how_many))
-        gr.Info(f"{job.title} is queued; the references appear here when it is done.")
-
-    def on_tick(name: str | None, last: Any):
-        """Show the references made from a text prompt as soon as their job ends."""
-        job = studio.runner.latest(name, "references") if name else None
-        signature = [job.id, job.status] if job else None
-        if signature == last:
-            return [gr.skip()] * len(outputs) + [last]
-        return [
-            *(views(name) if job is not None and not job.active else [gr.skip()] * len(outputs)),
-            signature,
-        ]
-
     made = gr.State(None)
-    make.click(on_make, [current, prompt, count], None)
-    timer.tick(on_tick, [current, made], [*outputs, made], show_progress="hidden")
-    current.change(views, current, outputs, show_progress="hidden")
-    tab.select(views, current, outputs, show_progress="hidden")
+    make.click(bind(on_make, studio), [current, prompt, count], None)
+    timer.tick(bind(on_tick, studio), [current, made], [*outputs, made], show_progress="hidden")
+    current.change(bind(views, studio), current, outputs, show_progress="hidden")
+    tab.select(bind(views, studio), current, outputs, show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="train"), None, tabs)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING
 
 import gradio as gr
 
 from engine.store import StoreError
 from studio.jobs import JobRefused
-
-if TYPE_CHECKING:
-    from studio.app import Studio
+from studio.state import Studio, bind
 
 
 def summary(studio: Studio, name: str | None) -> str:
@@ -47,6 +44,31 @@ def summary(studio: Studio, name: str | None) -> str:
     return f"{warning}<h3>{title}</h3><p>Created {html.escape(str(manifest.get('created', '?')))}</p><table>{cells}</table>"
 
 
+def on_create(studio: Studio, text: str):
+    """Create the project named ``text`` and open it."""
+    try:
+        project = studio.store.create(text.strip())
+    except StoreError as error:
+        raise gr.Error(str(error)) from error
+    gr.Info(f"Project {project.name} created.")
+    return gr.Dropdown(choices=studio.store.list(), value=project.name), ""
+
+
+def on_delete(studio: Studio, name: str | None, confirmed: bool):
+    """Delete the open project once confirmed, unless a job holds it."""
+    if not name:
+        raise gr.Error("Open the project to delete first.")
+    if not confirmed:
+        raise gr.Error("Tick the box to confirm; deleting a project cannot be undone.")
+    try:
+        with studio.runner.hold(name, "deleted"):
+            studio.store.delete(name)
+    except (JobRefused, StoreError) as error:
+        raise gr.Error(str(error)) from error
+    gr.Info(f"Project {name} deleted.")
+    return gr.Dropdown(choices=studio.store.list(), value=None), False
+
+
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
     """Lay out the Project tab and wire its events."""
     with gr.Row():
@@ -63,29 +85,8 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
                 confirm = gr.Checkbox(label="Yes, delete it with all its photos, trainings and portraits")
                 delete = gr.Button("Delete project", variant="stop")
 
-    def on_create(text: str):
-        try:
-            project = studio.store.create(text.strip())
-        except StoreError as error:
-            raise gr.Error(str(error)) from error
-        gr.Info(f"Project {project.name} created.")
-        return gr.Dropdown(choices=studio.store.list(), value=project.name), ""
-
-    def on_delete(name: str | None, confirmed: bool):
-        if not name:
-            raise gr.Error("Open the project to delete first.")
-        if not confirmed:
-            raise gr.Error("Tick the box to confirm; deleting a project cannot be undone.")
-        try:
-            with studio.runner.hold(name, "deleted"):
-                studio.store.delete(name)
-        except (JobRefused, StoreError) as error:
-            raise gr.Error(str(error)) from error
-        gr.Info(f"Project {name} deleted.")
-        return gr.Dropdown(choices=studio.store.list(), value=None), False
-
-    create.click(on_create, name, [current, name])
-    name.submit(on_create, name, [current, name])
-    delete.click(on_delete, [current, confirm], [current, confirm])
+    create.click(bind(on_create, studio), name, [current, name])
+    name.submit(bind(on_create, studio), name, [current, name])
+    delete.click(bind(on_delete, studio), [current, confirm], [current, confirm])
     current.change(lambda value: summary(studio, value), current, card, show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="photos"), None, tabs)

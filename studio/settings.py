@@ -2,45 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from engine.models import DEFAULT_BASE
-from engine.store import atomic_write_json
-
-if TYPE_CHECKING:
-    from studio.app import Studio
-
-SETTINGS_FILE = "settings.json"
-
-
-@dataclass
-class StudioSettings:
-    """Choices that outlive a session, saved in ``<data root>/settings.json``."""
-
-    base_model: str = DEFAULT_BASE
-    """SD 1.x base: a hub id, a diffusers folder or one .safetensors file."""
-    allow_pickle: bool = False
-    """Load pickle checkpoints (.ckpt/.bin), which can run code; off unless the user trusts the file."""
-    commercial: bool = False
-    """Use only models whose licence allows commercial use."""
-
-    @classmethod
-    def load(cls, root: Path) -> StudioSettings:
-        """The saved settings, or the defaults when there are none (or the file is unreadable)."""
-        try:
-            saved = json.loads((Path(root) / SETTINGS_FILE).read_text("utf-8"))
-        except (OSError, ValueError):
-            return cls()
-        known = {item.name for item in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
-
-    def save(self, root: Path) -> None:
-        atomic_write_json(Path(root) / SETTINGS_FILE, asdict(self))
+from studio.state import Studio, StudioSettings, bind
 
 
 def describe_base(source: str) -> str:
@@ -69,6 +35,47 @@ def assets_table() -> list[list[str]]:
         licence = ("" if status.commercial_ok else "non-commercial · ") + status.licence
         rows.append([status.name, status.description, state, size, licence])
     return rows
+
+
+def on_save(studio: Studio, source: str, allow_pickle: bool, commercial_use: bool):
+    """Save the base model and licence choices."""
+    source = source.strip()
+    if not source:
+        raise gr.Error("The base model is empty; give a Hugging Face id, a folder or a .safetensors file.")
+    studio.update_settings(StudioSettings(source, allow_pickle, commercial_use))
+    gr.Info("Settings saved.")
+    return describe_base(source)
+
+
+def on_download(studio: Studio, name: str | None, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
+    """Download a model, showing its progress."""
+    from engine.assets import AssetError, asset_path
+
+    if not name:
+        raise gr.Error("Choose a model to download first.")
+
+    def report(done: int, total: int | None) -> None:
+        if total:
+            progress(done / total, desc=f"{name}: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
+
+    try:
+        path = asset_path(name, progress=report, commercial=studio.settings.commercial)
+    except AssetError as error:
+        raise gr.Error(str(error)) from error
+    return f"✓ {name} is installed at `{path}`.", assets_table()
+
+
+def on_import(name: str | None, file: str | None):
+    """Install a model file the user downloaded themselves."""
+    from engine.assets import AssetError, import_asset
+
+    if not name or not file:
+        raise gr.Error("Choose the model in the list above and the file to import.")
+    try:
+        path = import_asset(name, file)
+    except AssetError as error:
+        raise gr.Error(str(error)) from error
+    return f"✓ {name} imported to `{path}`.", assets_table()
 
 
 def build(studio: Studio) -> None:
@@ -117,44 +124,7 @@ def build(studio: Studio) -> None:
         "`--data-dir FOLDER` (or set `MAGICAPTURE_HOME`)."
     )
 
-    def on_save(source: str, allow_pickle: bool, commercial_use: bool):
-        source = source.strip()
-        if not source:
-            raise gr.Error(
-                "The base model is empty; give a Hugging Face id, a folder or a .safetensors file."
-            )
-        studio.update_settings(StudioSettings(source, allow_pickle, commercial_use))
-        gr.Info("Settings saved.")
-        return describe_base(source)
-
-    def on_download(name: str | None, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
-        from engine.assets import AssetError, asset_path
-
-        if not name:
-            raise gr.Error("Choose a model to download first.")
-
-        def report(done: int, total: int | None) -> None:
-            if total:
-                progress(done / total, desc=f"{name}: {done / 2**20:.0f} of {total / 2**20:.0f} MB")
-
-        try:
-            path = asset_path(name, progress=report, commercial=studio.settings.commercial)
-        except AssetError as error:
-            raise gr.Error(str(error)) from error
-        return f"✓ {name} is installed at `{path}`.", assets_table()
-
-    def on_import(name: str | None, file: str | None):
-        from engine.assets import AssetError, import_asset
-
-        if not name or not file:
-            raise gr.Error("Choose the model in the list above and the file to import.")
-        try:
-            path = import_asset(name, file)
-        except AssetError as error:
-            raise gr.Error(str(error)) from error
-        return f"✓ {name} imported to `{path}`.", assets_table()
-
     base.change(describe_base, base, base_info, show_progress="hidden")
-    save.click(on_save, [base, pickle, commercial], base_info)
-    download.click(on_download, asset, [download_state, table])
+    save.click(bind(on_save, studio), [base, pickle, commercial], base_info)
+    download.click(bind(on_download, studio), asset, [download_state, table])
     import_button.click(on_import, [asset, upload], [download_state, table])

@@ -293,18 +293,6 @@ def best_checkpoint(project: Project, view: TrainingView, idle: bool) -> tuple[s
     return text, gallery, idle, idle and finished
 
 
-def interrupted_runs(studio: Studio) -> list[tuple[str, str]]:
-    """(project, run) of every stopped or crashed run that can be resumed, for the start-up notice."""
-    from engine.train import resume_available
-
-    found = []
-    for name in studio.store.list():
-        run = resume_available(studio.store.open(name))
-        if run is not None:
-            found.append((name, run))
-    return found
-
-
 def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | None]:
     """The training to show for a project: its job in this session, else its newest run on disk."""
     if not name:

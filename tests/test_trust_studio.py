@@ -4,7 +4,6 @@ nothing, user errors leave no traceback, and a project is not deleted under a jo
 from __future__ import annotations
 
 import http.client
-import inspect
 import logging
 import os
 import re
@@ -204,14 +203,6 @@ def test_a_generated_password_is_long_enough_to_share(tmp_path, monkeypatch):
 # -- 9: "Replace selected" ---------------------------------------------------------------------
 
 
-def replace_handler(blocks: gr.Blocks, role: str):
-    for block_fn in blocks.fns.values():
-        fn = block_fn.fn
-        if block_fn.name == "on_replace" and inspect.signature(fn).parameters["role"].default == role:
-            return fn
-    raise AssertionError(f"no replace handler for {role}")
-
-
 @pytest.fixture
 def three_references(tmp_path):
     """A studio whose project ``anna`` has three style references (ref0, ref1, ref2)."""
@@ -232,14 +223,14 @@ def reference_ids(project) -> list[str]:
 
 
 def test_replacing_a_reference_with_a_refused_photo_keeps_the_original(three_references, tmp_path):
-    from studio.app import build
+    from studio.photos import on_replace
 
     studio, project = three_references
     bad = tmp_path / "not-a-photo.jpg"
     bad.write_text("these are words, not pixels")
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        replace_handler(build(studio), "reference")("anna", "ref0", str(bad))
+        on_replace(studio, "reference", "anna", "ref0", str(bad))
     assert reference_ids(project) == ["ref0", "ref1", "ref2"]
     assert project.path("photos", "reference", "ref0", "crop.png").is_file()
     assert [item.filename for item in studio.refusals.get("anna")] == ["not-a-photo.jpg"]
@@ -250,7 +241,7 @@ def test_replacing_a_reference_with_an_accepted_photo_removes_the_original(
     three_references, tmp_path, monkeypatch
 ):
     import engine.intake
-    from studio.app import build
+    from studio.photos import on_replace
 
     studio, project = three_references
 
@@ -262,7 +253,7 @@ def test_replacing_a_reference_with_an_accepted_photo_removes_the_original(
     monkeypatch.setattr(engine.intake, "add_photo", accept)
     good = tmp_path / "good.jpg"
     good.write_bytes(b"accepted by the stand-in intake")
-    values = replace_handler(build(studio), "reference")("anna", "ref0", str(good))
+    values = on_replace(studio, "reference", "anna", "ref0", str(good))
     assert reference_ids(project) == ["ref1", "ref2", "new"]
     assert not project.path("photos", "reference", "ref0").exists()
     assert values[-1] is None, "the selection is cleared"
@@ -304,25 +295,25 @@ def test_a_job_failing_with_a_user_error_logs_one_line_and_a_bug_its_traceback(c
     assert bug_line.exc_info is not None and bug_line.exc_info[0] is KeyError
 
 
-def handler(blocks: gr.Blocks, name: str):
-    return next(block_fn.fn for block_fn in blocks.fns.values() if block_fn.name == name)
-
-
 def test_a_handler_user_error_shows_its_sentence_and_logs_no_traceback(tmp_path, caplog, monkeypatch):
     import engine.intake
     from engine.store import ProjectStore
-    from studio.app import Studio, build
+    from studio.app import Studio, sentences_for_users
+    from studio.photos import on_remove
+    from studio.project import on_delete
+    from studio.state import bind
 
     studio = Studio(ProjectStore(tmp_path))
     studio.store.create("anna")
-    blocks = build(studio)
+    delete = sentences_for_users(bind(on_delete, studio))
+    remove = sentences_for_users(bind(on_remove, studio, "source"))
     with caplog.at_level(logging.WARNING, logger="studio"):
         with pytest.raises(gr.Error) as refused:
-            handler(blocks, "on_delete")(None, False)
+            delete(None, False)
         assert refused.value.print_exception is False
         assert "Open the project to delete first." in refused.value.message
         with pytest.raises(gr.Error) as store_error:
-            handler(blocks, "on_remove")("anna", "no-such-photo")
+            remove("anna", "no-such-photo")
         assert store_error.value.print_exception is False
         assert "has no photo with id 'no-such-photo'" in store_error.value.message
     messages = [r.getMessage() for r in caplog.records]
@@ -335,7 +326,7 @@ def test_a_handler_user_error_shows_its_sentence_and_logs_no_traceback(tmp_path,
 
     monkeypatch.setattr(engine.intake, "remove_photo", broken)
     with pytest.raises(KeyError):
-        handler(blocks, "on_remove")("anna", "ref0")
+        remove("anna", "ref0")
 
 
 # -- 7 (studio side): no delete while a job holds the project ---------------------------------
@@ -344,18 +335,20 @@ def test_a_handler_user_error_shows_its_sentence_and_logs_no_traceback(tmp_path,
 @pytest.fixture
 def anna_studio(tmp_path):
     from engine.store import ProjectStore
-    from studio.app import Studio, build
+    from studio.app import Studio
 
     studio = Studio(ProjectStore(tmp_path))
     studio.store.create("anna")
     try:
-        yield studio, build(studio)
+        yield studio
     finally:
         studio.runner.close()
 
 
 def test_a_project_is_not_deleted_while_its_job_is_queued_or_running(anna_studio):
-    studio, blocks = anna_studio
+    from studio.project import on_delete
+
+    studio = anna_studio
     release, started = threading.Event(), threading.Event()
 
     def blocker(job):
@@ -365,18 +358,19 @@ def test_a_project_is_not_deleted_while_its_job_is_queued_or_running(anna_studio
     running = studio.runner.submit("generate", "anna", "Portraits of anna", blocker)
     queued = studio.runner.submit("references", "anna", "Style references for anna", lambda job: None)
     assert started.wait(WAIT_S)
-    delete = handler(blocks, "on_delete")
     with pytest.raises(gr.Error, match="Portraits of anna is running"):
-        delete("anna", True)
+        on_delete(studio, "anna", True)
     assert "anna" in studio.store.list()
     release.set()
     assert studio.runner.wait(running, timeout=WAIT_S) and studio.runner.wait(queued, timeout=WAIT_S)
-    delete("anna", True)
+    on_delete(studio, "anna", True)
     assert "anna" not in studio.store.list()
 
 
 def test_no_job_starts_for_a_project_while_it_is_being_deleted(anna_studio, monkeypatch):
-    studio, blocks = anna_studio
+    from studio.project import on_delete
+
+    studio = anna_studio
     deleting, release = threading.Event(), threading.Event()
     delete_files = studio.store.delete
 
@@ -386,7 +380,7 @@ def test_no_job_starts_for_a_project_while_it_is_being_deleted(anna_studio, monk
         delete_files(name)
 
     monkeypatch.setattr(studio.store, "delete", slow_delete)
-    worker = threading.Thread(target=handler(blocks, "on_delete"), args=("anna", True))
+    worker = threading.Thread(target=on_delete, args=(studio, "anna", True))
     worker.start()
     try:
         assert deleting.wait(WAIT_S)

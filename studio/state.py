@@ -1,0 +1,200 @@
+"""The studio's state, shared by every tab: the store, the job runner, settings, refusals and the device.
+
+Event handlers are module-level functions of the tab modules taking a `Studio` first; `bind` fills
+it in for Gradio. Nothing here imports torch or a tab module.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from engine.identity import loaded_face_kit, shared_face_kit
+from engine.models import DEFAULT_BASE
+from engine.store import Project, ProjectStore, StoreError, atomic_write_json
+from studio.jobs import JobRunner
+
+if TYPE_CHECKING:
+    from engine.demo import DemoKit
+    from engine.faces import FaceKit
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "settings.json"
+REFUSALS_KEPT = 12
+
+
+@dataclass
+class StudioSettings:
+    """Choices that outlive a session, saved in ``<data root>/settings.json``."""
+
+    base_model: str = DEFAULT_BASE
+    """SD 1.x base: a hub id, a diffusers folder or one .safetensors file."""
+    allow_pickle: bool = False
+    """Load pickle checkpoints (.ckpt/.bin), which can run code; off unless the user trusts the file."""
+    commercial: bool = False
+    """Use only models whose licence allows commercial use."""
+
+    @classmethod
+    def load(cls, root: Path) -> StudioSettings:
+        """The saved settings, or the defaults when there are none (or the file is unreadable)."""
+        try:
+            saved = json.loads((Path(root) / SETTINGS_FILE).read_text("utf-8"))
+        except (OSError, ValueError):
+            return cls()
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
+
+    def save(self, root: Path) -> None:
+        atomic_write_json(Path(root) / SETTINGS_FILE, asdict(self))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    filename: str
+    role: str
+    reason: str
+    """The intake's reason code, e.g. ``several_faces``."""
+    message: str
+
+
+class RefusalLog:
+    """The latest refused uploads per project, kept in the server so a reload still shows them."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, deque[Refusal]] = defaultdict(lambda: deque(maxlen=REFUSALS_KEPT))
+        self._lock = threading.Lock()
+
+    def add(self, project: str, refusal: Refusal) -> None:
+        with self._lock:
+            self._items[project].appendleft(refusal)
+
+    def get(self, project: str | None) -> list[Refusal]:
+        with self._lock:
+            return list(self._items.get(project or "", ()))
+
+    def clear(self, project: str) -> None:
+        with self._lock:
+            self._items.pop(project, None)
+
+
+def _apply_pickle_choice(choice: StudioSettings) -> None:
+    """The Settings checkbox is this process's pickle opt-in (read by `engine.models.load_base`)."""
+    from engine.models import ALLOW_PICKLE_ENV
+
+    os.environ[ALLOW_PICKLE_ENV] = "1" if choice.allow_pickle else "0"
+
+
+class Studio:
+    """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
+
+    def __init__(self, store: ProjectStore, demo: DemoKit | None = None):
+        self.store = store
+        self.runner = JobRunner()
+        self.demo = demo
+        self.settings = StudioSettings.load(store.root)
+        _apply_pickle_choice(self.settings)
+        self.refusals = RefusalLog()
+        """The latest refused photos of each project, shown in the Photos tab."""
+        self.device = "Looking for a GPU…"
+        """One line on the device and memory profile (filled in by the warm-up thread: it imports torch)."""
+
+    @property
+    def base_model(self) -> str:
+        return str(self.demo.sd.folder) if self.demo is not None else self.settings.base_model
+
+    def update_settings(self, new: StudioSettings) -> None:
+        self.settings = new
+        new.save(self.store.root)
+        _apply_pickle_choice(new)
+
+    def face_kit(self) -> FaceKit:
+        """The face models of the licence setting (`engine.identity.shared_face_kit`: loaded on first use, kept)."""
+        return shared_face_kit(self.settings.commercial)
+
+    def face_kit_loaded(self) -> FaceKit | None:
+        return loaded_face_kit(self.settings.commercial)
+
+    def project(self, name: str | None) -> Project:
+        """The open project, or a `gr.Error` telling the user to pick one."""
+        if not name:
+            raise gr.Error("Open or create a project first (step 1).")
+        try:
+            return self.store.open(name)
+        except StoreError as error:
+            raise gr.Error(str(error)) from error
+
+    def interrupted_runs(self) -> list[tuple[str, str]]:
+        """(project, run) of every stopped or crashed run that can be resumed, for the start-up notice."""
+        from engine.train import resume_available
+
+        found = []
+        for name in self.store.list():
+            run = resume_available(self.store.open(name))
+            if run is not None:
+                found.append((name, run))
+        return found
+
+    def warm_up(self) -> None:
+        """Probe the device (and load the demo's face models) in the background, so start-up stays fast."""
+        threading.Thread(target=self._warm_up, name="studio-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        self.device = probe_device(demo=self.demo is not None)
+        print(self.device, flush=True)
+        for name, run in self.interrupted_runs():
+            print(
+                f"Training {run} of project {name} stopped before the end; resume it in the Train tab.",
+                flush=True,
+            )
+        if self.demo is None:
+            return  # the real face models may need a download: that waits for the first photo
+        try:
+            self.face_kit()
+        except Exception:  # shown when a photo is added; the studio runs without it
+            logger.exception("The face models could not be loaded")
+
+
+def probe_device(demo: bool = False) -> str:
+    """One line on the device training will use and its memory profile."""
+    from engine.devices import detect_profile, gpu_memory_gb, pick_device
+
+    device = pick_device()
+    if device.type == "cpu":
+        if demo:
+            return "Demo mode on the CPU (no GPU needed)."
+        return (
+            "No GPU found: training on the CPU takes hours. To try the whole flow in about a minute, "
+            "start the studio with --demo (tiny random models)."
+        )
+    memory = gpu_memory_gb(device)
+    size = f" with {memory:.0f} GB" if memory else ""
+    return f"GPU: {device.type}{size}; memory profile {detect_profile(device).name}."
+
+
+def bind(handler: Callable[..., Any], *leading: Any) -> Callable[..., Any]:
+    """``handler`` with its first arguments (the `Studio`, a photo role...) filled in, for Gradio.
+
+    Unlike `functools.partial`, the result keeps the handler's name (Gradio's endpoint name) and
+    shows Gradio the remaining signature with its type hints, which Gradio reads to pass
+    `gr.Request`, `gr.SelectData` and `gr.Progress`.
+    """
+
+    @functools.wraps(handler)
+    def bound(*args: Any, **kwargs: Any) -> Any:
+        return handler(*leading, *args, **kwargs)
+
+    signature = inspect.signature(handler)
+    bound.__signature__ = signature.replace(parameters=list(signature.parameters.values())[len(leading) :])
+    return bound
