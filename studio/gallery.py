@@ -9,10 +9,10 @@ import gradio as gr
 
 from engine import proofs
 from engine.store import Project
+from studio.state import Studio, bind
 
 if TYPE_CHECKING:
     from engine.outputs import OutputRecord
-    from studio.app import Studio
 
 EMPTY = (
     "<div class='mc-empty'>No portraits yet. Train the project (step 3), then generate (step 4); "
@@ -65,6 +65,87 @@ def proof_status(project: Project, origin: str | None = None) -> str:
     return "\n\n".join(lines)
 
 
+def refresh(studio: Studio, name: str | None, request: gr.Request | None = None):
+    """The listing: empty state, portraits best first, their ids, the proof choices and status."""
+    from engine.outputs import sorted_outputs
+
+    if not name:
+        return gr.HTML(visible=True), [], [], gr.CheckboxGroup(choices=[], value=[]), ""
+    project = studio.project(name)
+    records = [record for record in sorted_outputs(project) if project.path(record.file).is_file()]
+    favourites = tuple(proofs.picks(project).get("favourites", []))
+    items = [(str(project.path(record.file)), caption(record, favourites)) for record in records]
+    gallery = proofs.gallery(project)
+    chosen = [output for output in (gallery.outputs if gallery else ()) if output in {r.id for r in records}]
+    choices = [(f"{caption(record, favourites)} · {record.id}", record.id) for record in records]
+    return (
+        gr.HTML(visible=not items),
+        items,
+        [record.id for record in records],
+        gr.CheckboxGroup(choices=choices, value=chosen),
+        proof_status(project, _origin(request)),
+    )
+
+
+def on_select(studio: Studio, name: str | None, shown_ids: list[str], event: gr.SelectData):
+    """The clicked portrait: before/after, its details and its file."""
+    from engine.outputs import OutputRecord
+
+    project = studio.project(name)
+    entries = project.manifest().get("outputs", [])
+    entry = next((e for e in entries if e["id"] == shown_ids[event.index]), None) if shown_ids else None
+    if entry is None:
+        raise gr.Error("That portrait is gone; the gallery was out of date.")
+    record = OutputRecord.from_json(entry)
+    after = str(project.path(record.file))
+    if record.raw:
+        compare = gr.ImageSlider(
+            (str(project.path(record.raw)), after), label="Before / after post-processing"
+        )
+    else:
+        compare = gr.ImageSlider((after, after), label="Not post-processed: the same image on both sides")
+    return compare, entry, after
+
+
+def on_export(studio: Studio, name: str | None, fmt: str) -> list[str]:
+    """Export the LoRA (and, for A1111, the embeddings)."""
+    from engine.export import export_embeddings, export_lora
+
+    project = studio.project(name)
+    files = [str(export_lora(project, None, format=fmt))]
+    if fmt == "a1111":
+        files += [str(path) for path in export_embeddings(project, None)]
+    return files
+
+
+def on_zip(studio: Studio, name: str | None, shown_ids: list[str]) -> list[str]:
+    """Zip the shown portraits."""
+    from engine.export import export_outputs_zip
+
+    if not shown_ids:
+        raise gr.Error("There are no portraits to zip yet.")
+    return [str(export_outputs_zip(studio.project(name), shown_ids))]
+
+
+def on_publish(studio: Studio, name: str | None, chosen: list[str], password: str, request: gr.Request):
+    """Publish the client gallery of the chosen portraits."""
+    project = studio.project(name)
+    try:
+        proofs.publish(project, chosen or [], password or None)
+    except proofs.ProofError as error:
+        raise gr.Error(str(error)) from error
+    gr.Info("The client gallery is published.")
+    return "", proof_status(project, _origin(request))
+
+
+def on_unpublish(studio: Studio, name: str | None, request: gr.Request) -> str:
+    """Close the client gallery link."""
+    project = studio.project(name)
+    proofs.unpublish(project)
+    gr.Info("The client gallery link is closed.")
+    return proof_status(project, _origin(request))
+
+
 def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
     """Lay out the Gallery tab and wire its events."""
     empty = gr.HTML(EMPTY, elem_id="gallery-empty")
@@ -107,85 +188,16 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
             label="Exported files", file_count="multiple", interactive=False, elem_id="export-files"
         )
 
-    def refresh(name: str | None, request: gr.Request | None = None):
-        from engine.outputs import sorted_outputs
-
-        if not name:
-            return gr.HTML(visible=True), [], [], gr.CheckboxGroup(choices=[], value=[]), ""
-        project = studio.project(name)
-        records = [record for record in sorted_outputs(project) if project.path(record.file).is_file()]
-        favourites = tuple(proofs.picks(project).get("favourites", []))
-        items = [(str(project.path(record.file)), caption(record, favourites)) for record in records]
-        gallery = proofs.gallery(project)
-        chosen = [
-            output for output in (gallery.outputs if gallery else ()) if output in {r.id for r in records}
-        ]
-        choices = [(f"{caption(record, favourites)} · {record.id}", record.id) for record in records]
-        return (
-            gr.HTML(visible=not items),
-            items,
-            [record.id for record in records],
-            gr.CheckboxGroup(choices=choices, value=chosen),
-            proof_status(project, _origin(request)),
-        )
-
-    def on_select(name: str | None, shown_ids: list[str], event: gr.SelectData):
-        from engine.outputs import OutputRecord
-
-        project = studio.project(name)
-        entries = project.manifest().get("outputs", [])
-        entry = next((e for e in entries if e["id"] == shown_ids[event.index]), None) if shown_ids else None
-        if entry is None:
-            raise gr.Error("That portrait is gone; the gallery was out of date.")
-        record = OutputRecord.from_json(entry)
-        after = str(project.path(record.file))
-        if record.raw:
-            compare = gr.ImageSlider(
-                (str(project.path(record.raw)), after), label="Before / after post-processing"
-            )
-        else:
-            compare = gr.ImageSlider((after, after), label="Not post-processed: the same image on both sides")
-        return compare, entry, after
-
-    def on_export(name: str | None, fmt: str):
-        from engine.export import export_embeddings, export_lora
-
-        project = studio.project(name)
-        files = [str(export_lora(project, None, format=fmt))]
-        if fmt == "a1111":
-            files += [str(path) for path in export_embeddings(project, None)]
-        return files
-
-    def on_zip(name: str | None, shown_ids: list[str]):
-        from engine.export import export_outputs_zip
-
-        if not shown_ids:
-            raise gr.Error("There are no portraits to zip yet.")
-        return [str(export_outputs_zip(studio.project(name), shown_ids))]
-
-    def on_publish(name: str | None, chosen: list[str], password: str, request: gr.Request):
-        project = studio.project(name)
-        try:
-            proofs.publish(project, chosen or [], password or None)
-        except proofs.ProofError as error:
-            raise gr.Error(str(error)) from error
-        gr.Info("The client gallery is published.")
-        return "", proof_status(project, _origin(request))
-
-    def on_unpublish(name: str | None, request: gr.Request):
-        project = studio.project(name)
-        proofs.unpublish(project)
-        gr.Info("The client gallery link is closed.")
-        return proof_status(project, _origin(request))
-
     listing = [empty, shown, ids, proof_choice, proof_info]
-    current.change(refresh, current, listing, show_progress="hidden")
-    tab.select(refresh, current, listing, show_progress="hidden")
-    publish.click(on_publish, [current, proof_choice, proof_password], [proof_password, proof_info])
-    unpublish.click(on_unpublish, current, proof_info)
-    shown.select(on_select, [current, ids], [compare, metadata, download])
-    export_lora.click(on_export, [current, lora_format], exported)
-    export_zip.click(on_zip, [current, ids], exported)
+    current.change(bind(refresh, studio), current, listing, show_progress="hidden")
+    tab.select(bind(refresh, studio), current, listing, show_progress="hidden")
+    publish.click(
+        bind(on_publish, studio), [current, proof_choice, proof_password], [proof_password, proof_info]
+    )
+    unpublish.click(bind(on_unpublish, studio), current, proof_info)
+    shown.select(bind(on_select, studio), [current, ids], [compare, metadata, download])
+    export_lora.click(bind(on_export, studio), [current, lora_format], exported)
+    export_zip.click(bind(on_zip, studio), [current, ids], exported)
 
 
 def _origin(request: gr.Request | None) -> str | None:
