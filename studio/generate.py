@@ -14,11 +14,11 @@ from engine.models import SAMPLERS
 from engine.postprocess import RESTORER_LABELS
 from engine.presets import PRESETS
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
+from studio.state import Studio, bind
 
 if TYPE_CHECKING:
     from engine.outputs import OutputRecord
     from engine.store import Project
-    from studio.app import Studio
 
 IDEAS = (
     "wearing a navy suit",
@@ -138,6 +138,68 @@ def result_items(studio: Studio, job: Job | None) -> list[tuple[str, str]]:
     return [(str(project.path(record.file)), f"seed {record.seed}") for record in job.result]
 
 
+def runs(studio: Studio, name: str | None):
+    """The no-training notice and the project's finished runs, newest chosen."""
+    choices = finished_runs(studio.store.open(name)) if name else []
+    return gr.HTML(visible=bool(name) and not choices), gr.Dropdown(
+        choices=choices, value=choices[0] if choices else None
+    )
+
+
+def refresh(studio: Studio, name: str | None, last: Any):
+    """The batch's progress and results, skipped while nothing changed."""
+    job = studio.runner.latest(name, "generate") if name else None
+    signature = [job.id, job.status, len(job.events)] if job else None
+    if signature == last:
+        return gr.skip(), gr.skip(), last
+    return progress_html(job), result_items(studio, job), signature
+
+
+def on_generate(
+    studio: Studio,
+    name: str | None,
+    chosen_run: str | None,
+    words: str,
+    picked: list[str] | None,
+    first_seed: float | None,
+    how_many: float,
+    restorer: str,
+    factor: float,
+    out: str,
+    method: str,
+    n: float,
+    cfg: float,
+):
+    """Queue a batch of portraits with the tab's choices."""
+    project = studio.project(name)
+    if not finished_runs(project):
+        raise gr.Error("This project has no finished training yet; train it first (step 3).")
+    request = Request(
+        prompt_extra=", ".join(part for part in [words.strip(), *(picked or [])] if part),
+        count=int(how_many),
+        seed=int(first_seed or 0),
+        sampler=method,
+        steps=int(n),
+        guidance=float(cfg),
+        restore=None if restorer == "none" else restorer,
+        upscale=int(factor),
+        preset=None if out == "none" else out,
+    )
+    try:
+        job = submit_generation(studio, project, chosen_run, request)
+    except JobRefused as error:
+        raise gr.Error(str(error)) from error
+    return progress_html(job), [], None
+
+
+def on_cancel(studio: Studio, name: str | None) -> None:
+    """Cancel the project's running generation."""
+    job = studio.runner.latest(name, "generate") if name else None
+    if job is None or not job.active:
+        raise gr.Error("No generation of this project is running.")
+    studio.runner.cancel(job.id)
+
+
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, tab: gr.Tab) -> None:
     """Lay out the Generate tab and wire its events."""
     empty = gr.HTML(
@@ -188,48 +250,6 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     next_step = gr.Button("Next: gallery →", variant="primary")
     seen = gr.State(None)
 
-    def runs(name: str | None):
-        choices = finished_runs(studio.store.open(name)) if name else []
-        return gr.HTML(visible=bool(name) and not choices), gr.Dropdown(
-            choices=choices, value=choices[0] if choices else None
-        )
-
-    def refresh(name: str | None, last: Any):
-        job = studio.runner.latest(name, "generate") if name else None
-        signature = [job.id, job.status, len(job.events)] if job else None
-        if signature == last:
-            return gr.skip(), gr.skip(), last
-        return progress_html(job), result_items(studio, job), signature
-
-    def on_generate(
-        name, chosen_run, words, picked, first_seed, how_many, restorer, factor, out, method, n, cfg
-    ):
-        project = studio.project(name)
-        if not finished_runs(project):
-            raise gr.Error("This project has no finished training yet; train it first (step 3).")
-        request = Request(
-            prompt_extra=", ".join(part for part in [words.strip(), *(picked or [])] if part),
-            count=int(how_many),
-            seed=int(first_seed or 0),
-            sampler=method,
-            steps=int(n),
-            guidance=float(cfg),
-            restore=None if restorer == "none" else restorer,
-            upscale=int(factor),
-            preset=None if out == "none" else out,
-        )
-        try:
-            job = submit_generation(studio, project, chosen_run, request)
-        except JobRefused as error:
-            raise gr.Error(str(error)) from error
-        return progress_html(job), [], None
-
-    def on_cancel(name):
-        job = studio.runner.latest(name, "generate") if name else None
-        if job is None or not job.active:
-            raise gr.Error("No generation of this project is running.")
-        studio.runner.cancel(job.id)
-
     inputs = [
         current,
         run,
@@ -244,10 +264,10 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
         steps,
         guidance,
     ]
-    go.click(on_generate, inputs, [progress, results, seen])
-    stop.click(on_cancel, current, None)
+    go.click(bind(on_generate, studio), inputs, [progress, results, seen])
+    stop.click(bind(on_cancel, studio), current, None)
     dice.click(lambda: random.randrange(2**31), None, seed)
-    timer.tick(refresh, [current, seen], [progress, results, seen], show_progress="hidden")
-    current.change(runs, current, [empty, run], show_progress="hidden")
-    tab.select(runs, current, [empty, run], show_progress="hidden")
+    timer.tick(bind(refresh, studio), [current, seen], [progress, results, seen], show_progress="hidden")
+    current.change(bind(runs, studio), current, [empty, run], show_progress="hidden")
+    tab.select(bind(runs, studio), current, [empty, run], show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="gallery"), None, tabs)
