@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.photos import photo_records
+
 if TYPE_CHECKING:
     from engine.config import TrainingConfig
     from engine.faces import Face
@@ -93,34 +95,34 @@ def load_images(project: Project, resolution: int) -> list[TrainImage]:
     from PIL import Image
 
     images = []
-    for entry in project.manifest().get("images", []):
-        if entry.get("status") != "accepted" or entry.get("role") not in ("source", "reference"):
+    for record in photo_records(project):
+        if not record.accepted or record.role not in ("source", "reference"):
             continue
         try:
-            with Image.open(project.path(entry["crop"])) as crop:
+            if record.crop is None or record.mask is None:
+                raise ValueError("its crop or mask is not recorded")
+            with Image.open(project.path(record.crop)) as crop:
                 size = crop.size
                 rgb = crop.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
-            with Image.open(project.path(entry["mask"])) as mask:
+            with Image.open(project.path(record.mask)) as mask:
                 face = mask.convert("L").resize((resolution, resolution), Image.Resampling.NEAREST)
             embedding = (
-                np.load(project.path(entry["embedding"]), allow_pickle=False)
-                if entry.get("embedding")
-                else None
+                np.load(project.path(record.embedding), allow_pickle=False) if record.embedding else None
             )
-        except (OSError, KeyError, ValueError) as error:
+        except (OSError, ValueError) as error:
             raise DataError(
-                f"Photo {entry.get('id')!r} of project {project.name!r} cannot be read ({error}); remove it and add it again."
+                f"Photo {record.id!r} of project {project.name!r} cannot be read ({error}); remove it and add it again."
             ) from error
         scale = resolution / size[0]
         pixels = torch.from_numpy(np.asarray(rgb, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
         images.append(
             TrainImage(
-                id=entry["id"],
-                role=entry["role"],
+                id=record.id,
+                role=record.role,
                 pixels=pixels,
                 face=torch.from_numpy((np.asarray(face) >= 128).astype(np.float32))[None],
-                landmarks=torch.tensor(entry["landmarks"], dtype=torch.float32).view(5, 2) * scale,
-                bbox=torch.tensor(entry["bbox"], dtype=torch.float32).view(4) * scale,
+                landmarks=torch.tensor(record.landmarks, dtype=torch.float32).view(5, 2) * scale,
+                bbox=torch.tensor(record.bbox, dtype=torch.float32).view(4) * scale,
                 embedding=None
                 if embedding is None
                 else torch.from_numpy(np.asarray(embedding, np.float32).ravel()),

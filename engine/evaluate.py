@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.photos import PhotoRecord, photo_records
+from engine.runs import get_run
 from engine.store import Project, atomic_write_json
 
 if TYPE_CHECKING:
@@ -149,20 +151,17 @@ def _cell(column: str, value: Any) -> str:
     return str(value)
 
 
-def run_settings(
-    project: Project, manifest: Mapping[str, Any], runs: Iterable[str]
-) -> dict[str, dict[str, Any]]:
+def run_settings(project: Project, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Training configuration of some runs, by run id: the one recorded in the artefact, else the preset."""
     from engine.artefact import ArtefactError, load_artefact
 
-    entries = {str(entry.get("id")): entry for entry in manifest.get("trainings", [])}
     settings = {}
-    for run in runs:
-        entry = entries.get(run, {})
-        settings[run] = {"preset": entry["preset"]} if "preset" in entry else {}
-        if entry.get("artefact"):
+    for run in run_ids:
+        record = get_run(project, run)
+        settings[run] = {"preset": record.preset} if record and record.preset is not None else {}
+        if record and record.artefact:
             with contextlib.suppress(ArtefactError):
-                settings[run] = load_artefact(project.path(entry["artefact"])).metadata.get(
+                settings[run] = load_artefact(project.path(record.artefact)).metadata.get(
                     "config", settings[run]
                 )
     return settings
@@ -185,12 +184,12 @@ def evaluate_project(
 
     manifest = project.manifest()
     outputs, notes = _pick_outputs(project, manifest, run_ids)
-    references = _photos(project, manifest, "reference")
+    references = _photos(project, "reference")
     if not references:
         raise EvaluationError(
             f"Project {project.name!r} has no reference photos, so style cannot be measured."
         )
-    sources = _photos(project, manifest, "source")
+    sources = _photos(project, "source")
 
     # 1. Models.
     if face_kit is None:
@@ -228,7 +227,7 @@ def evaluate_project(
 
     # 4. Per-run means, the saved report.
     groups = dict.fromkeys((image.run, image.post) for image in per_image)
-    settings = run_settings(project, manifest, dict.fromkeys(run for run, _ in groups))
+    settings = run_settings(project, dict.fromkeys(run for run, _ in groups))
     runs = [
         _run_score(run, post, settings[run], [i for i in per_image if (i.run, i.post) == (run, post)])
         for run, post in groups
@@ -315,12 +314,10 @@ def _pick_outputs(
     return present, [f"{missing} generated image file(s) are missing and were skipped."] if missing else []
 
 
-def _photos(project: Project, manifest: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
+def _photos(project: Project, role: str) -> list[PhotoRecord]:
     """The accepted photos of one role whose crop is on disk (what training uses)."""
-    records = [
-        r for r in manifest.get("images", []) if r.get("role") == role and r.get("status") == "accepted"
-    ]
-    return [r for r in records if project.path(r["crop"]).is_file()]
+    records = [r for r in photo_records(project, role) if r.accepted and r.crop]
+    return [r for r in records if project.path(r.crop).is_file()]
 
 
 def _load(path: Path, mode: str) -> np.ndarray:
@@ -331,21 +328,19 @@ def _load(path: Path, mode: str) -> np.ndarray:
         return np.array(image.convert(mode))
 
 
-def _source_identity(kit: FaceKit, project: Project, record: Mapping[str, Any]) -> np.ndarray:
+def _source_identity(kit: FaceKit, project: Project, record: PhotoRecord) -> np.ndarray:
     """The recogniser's embedding of the face intake found in a source crop."""
     from engine.faces import Face
 
-    face = Face(tuple(record["bbox"]), np.asarray(record["landmarks"], np.float32).reshape(5, 2), 1.0)
-    return kit.scorer.embed(_load(project.path(record["crop"]), "RGB"), face)
+    face = Face(tuple(record.bbox), np.asarray(record.landmarks, np.float32).reshape(5, 2), 1.0)
+    return kit.scorer.embed(_load(project.path(record.crop), "RGB"), face)
 
 
-def _reference_masked(project: Project, record: Mapping[str, Any]) -> np.ndarray:
+def _reference_masked(project: Project, record: PhotoRecord) -> np.ndarray:
     """A reference crop with the face region intake stored (``mask.png``) painted grey."""
     from engine.metrics import mask_out
 
-    return mask_out(
-        _load(project.path(record["crop"]), "RGB"), _load(project.path(record["mask"]), "L") > 127
-    )
+    return mask_out(_load(project.path(record.crop), "RGB"), _load(project.path(record.mask), "L") > 127)
 
 
 def _masked(kit: FaceKit, image: np.ndarray, faces: list[Face]) -> np.ndarray:

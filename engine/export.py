@@ -60,7 +60,7 @@ def kohya_state_dict(
 
 def _run_folder(project: Project, run: str | None) -> tuple[Artefact, str, Path]:
     from engine.artefact import load_artefact
-    from engine.generate import resolve_artefact
+    from engine.runs import resolve_artefact
 
     path, run_id = resolve_artefact(project, run)
     artefact = load_artefact(path)

@@ -1,7 +1,7 @@
 """Sampling portraits from a trained artefact.
 
-`generate` loads the artefact of a training run onto the base model it was trained on: the two
-placeholder embeddings go into a copy of the tokenizer and into the text encoder's table, the LoRA
+`generate` loads the artefact of a training run (`engine.runs.resolve_artefact`) onto the base
+model it was trained on: the two placeholder embeddings go into a copy of the tokenizer and into the text encoder's table, the LoRA
 into the UNet and the text encoder through diffusers (one adapter, scaled per component with
 ``set_adapters`` and fused into the weights while those scales are in use). The prompt is the
 training wording (the first source template plus " in the style of <style>") followed by the
@@ -34,6 +34,7 @@ from engine.events import Event, Finished, PhaseStarted, Status, StepDone
 from engine.identity import identity_score, shared_face_kit, source_embedding
 from engine.model_cache import ModelCache
 from engine.outputs import OUTPUTS, OutputRecord, add_output, format_parameters, model_name, new_output_id
+from engine.runs import resolve_artefact
 from engine.store import Project, now
 
 if TYPE_CHECKING:
@@ -99,29 +100,6 @@ class GenerationSettings:
 
 
 # Artefacts and the loaded model -----------------------------------------------------------------
-
-
-def resolve_artefact(project: Project, run: str | Path | None) -> tuple[Path, str | None]:
-    """The artefact file and run id of ``run``: a run id, an artefact path, or None for the latest finished run."""
-    trainings = project.manifest().get("trainings", [])
-    finished = [t for t in trainings if t.get("artefact") and project.path(t["artefact"]).is_file()]
-    if run is None:
-        if not finished:
-            raise GenerationError(f"Project {project.name!r} has no finished training yet; train it first.")
-        latest = max(reversed(finished), key=lambda t: str(t.get("updated") or t.get("started") or ""))
-        return project.path(latest["artefact"]), str(latest["id"])
-    entry = next((t for t in finished if str(t.get("id")) == str(run)), None)
-    if entry is not None:
-        return project.path(entry["artefact"]), str(entry["id"])
-    path = Path(run).expanduser()
-    if path.is_file():
-        inside = project.root.resolve() in path.resolve().parents
-        return path, path.parent.name if inside and path.parent.parent.name == "trainings" else None
-    known = ", ".join(str(t.get("id")) for t in finished) or "none"
-    raise GenerationError(
-        f"Project {project.name!r} has no finished training run {str(run)!r} (finished runs: {known}), "
-        "and no artefact file has that path."
-    )
 
 
 @dataclass

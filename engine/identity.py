@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.model_cache import ModelCache
+from engine.photos import photo_records
 
 if TYPE_CHECKING:
     from engine.faces import Face, FaceKit
@@ -58,12 +59,10 @@ def source_embedding(project: Project, kit: FaceKit) -> np.ndarray | None:
     if kit.scorer is None:
         return None
     vectors = []
-    for entry in project.manifest().get("images", []):
-        if entry.get("role") != "source" or not entry.get("embedding"):
+    for record in photo_records(project, "source"):
+        if not record.embedding or record.embedding_model not in (None, kit.scorer.name):
             continue
-        if entry.get("embedding_model") not in (None, kit.scorer.name):
-            continue
-        path = project.path(entry["embedding"])
+        path = project.path(record.embedding)
         if path.is_file():
             vectors.append(np.load(path, allow_pickle=False))
     return unit_mean(vectors)

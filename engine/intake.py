@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from engine.photos import PhotoRecord
 from engine.store import MANIFEST, Project, StoreError, atomic_write_bytes, now
 
 if TYPE_CHECKING:
@@ -111,28 +112,28 @@ def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: Fac
     photo_id = uuid.uuid4().hex[:12]
     folder = Path("photos", role, photo_id)
     placed = crop_face.to_json()
-    record = {
-        "id": photo_id,
-        "role": role,
-        "status": "accepted",
-        "filename": name,
-        "original": (folder / f"original{extension}").as_posix(),
-        "crop": (folder / "crop.png").as_posix(),
-        "mask": (folder / "mask.png").as_posix(),
-        "labels": (folder / "labels.png").as_posix(),
-        "preview": (folder / "preview.png").as_posix(),
-        "face": (folder / "face.json").as_posix(),
-        "embedding": (folder / "embedding.npy").as_posix() if embedding is not None else None,
-        "embedding_model": kit.scorer.name if kit.scorer is not None else None,
-        "landmarks": placed["landmarks"],
-        "bbox": placed["bbox"],
-        "size": [int(image.shape[1]), int(image.shape[0])],
-        "sharpness": round(sharpness, 1),
-        "sha256": digest,
-        "dhash": fingerprint,
-        "fallback": kit.is_fallback,
-        "added": now(),
-    }
+    record = PhotoRecord(
+        id=photo_id,
+        role=role,
+        status="accepted",
+        filename=name,
+        original=(folder / f"original{extension}").as_posix(),
+        crop=(folder / "crop.png").as_posix(),
+        mask=(folder / "mask.png").as_posix(),
+        labels=(folder / "labels.png").as_posix(),
+        preview=(folder / "preview.png").as_posix(),
+        face=(folder / "face.json").as_posix(),
+        embedding=(folder / "embedding.npy").as_posix() if embedding is not None else None,
+        embedding_model=kit.scorer.name if kit.scorer is not None else None,
+        landmarks=placed["landmarks"],
+        bbox=placed["bbox"],
+        size=[int(image.shape[1]), int(image.shape[0])],
+        sharpness=round(sharpness, 1),
+        sha256=digest,
+        dhash=fingerprint,
+        fallback=kit.is_fallback,
+        added=now(),
+    ).to_json()
     files = {
         record["original"]: data,
         record["crop"]: _png(crop),

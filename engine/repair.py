@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine.runs import RUNS, RunRecord
 from engine.store import MANIFEST, PREVIOUS, InvalidName, Project, atomic_write_bytes, now, parse_manifest
 
 DAMAGED = "manifest.damaged.json"
 """Where a repair keeps a manifest that did not parse."""
-RUNS = "trainings"
 FINAL = "final.safetensors"
 _PROGRESS = (
     "status",
@@ -410,7 +410,7 @@ def _summary(
         DAMAGED: "its damaged manifest (bytes that were not UTF-8 replaced) and its files",
         None: "its files alone",
     }[source]
-    finished = sum(1 for r in trainings.records if r.get("status") == "finished")
+    finished = sum(1 for r in trainings.records if RunRecord.from_json(r).finished)
     parts = [
         f"Rebuilt the manifest of project {name!r} from {origin}: {images.describe('photo')}, "
         f"{trainings.describe('training')} of which {finished} finished, and {outputs.describe('portrait')}."

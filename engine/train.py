@@ -49,6 +49,7 @@ from engine.events import (
 )
 from engine.identity import identity_score, source_embedding
 from engine.losses import masked_reconstruction
+from engine.runs import RUNS, get_run, remove_run, runs, update_run
 from engine.store import Project, StorageFull, StoreError, atomic_path, now
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ if TYPE_CHECKING:
     from engine.families import ModelFamily
     from engine.models import BaseModel
 
-RUNS = "trainings"
 ARTEFACT = "final.safetensors"
 PREVIEW_WEIGHTS = "artefact.safetensors"
 """The weights of a preview checkpoint, in the artefact format."""
@@ -134,21 +134,6 @@ def resolve_options(config: TrainingConfig) -> Options:
 # Runs -------------------------------------------------------------------------------------------
 
 
-def _runs(project: Project) -> list[dict[str, Any]]:
-    return project.manifest().get("trainings", [])
-
-
-def _set_run(project: Project, run: str, **values: Any) -> None:
-    def change(manifest: dict[str, Any]) -> None:
-        entry = next((t for t in manifest.setdefault("trainings", []) if t.get("id") == run), None)
-        if entry is None:
-            entry = {"id": run, "started": now()}
-            manifest["trainings"].append(entry)
-        entry.update(values, updated=now())
-
-    project.update(change)
-
-
 def _run_lock(project: Project, run: str):
     from filelock import FileLock
 
@@ -157,12 +142,8 @@ def _run_lock(project: Project, run: str):
 
 def _unfinished(project: Project) -> list[str]:
     """Runs that are not finished and have a checkpoint, newest first."""
-    runs = [
-        entry.get("id")
-        for entry in reversed(_runs(project))
-        if entry.get("id") and entry.get("status") != "finished"
-    ]
-    return [run for run in runs if ckpt.checkpoints(project.path(RUNS, run, "checkpoints"))]
+    ids = [record.id for record in reversed(runs(project)) if record.id and not record.finished]
+    return [run for run in ids if ckpt.checkpoints(project.path(RUNS, run, "checkpoints"))]
 
 
 def resume_available(project: Project) -> str | None:
@@ -237,8 +218,7 @@ def use_preview(project: Project, run: str, step: int | None) -> Path:
     """
     from filelock import Timeout
 
-    entry = next((t for t in _runs(project) if t.get("id") == run), None)
-    if entry is None:
+    if get_run(project, run) is None:
         raise TrainingError(f"Project {project.name!r} has no training run {run!r}.")
     lock = _run_lock(project, run)
     try:
@@ -248,8 +228,7 @@ def use_preview(project: Project, run: str, step: int | None) -> Path:
             f"Training {run} is running; choose its checkpoint once it has finished or been cancelled."
         ) from error
     try:
-        entry = next(t for t in _runs(project) if t.get("id") == run)
-        final = entry["final_artefact"] if "final_artefact" in entry else entry.get("artefact")
+        final = get_run(project, run).final_artefact
         if step is not None:
             path = artefact_from_preview(project, run, step)
         elif final is None:
@@ -259,13 +238,9 @@ def use_preview(project: Project, run: str, step: int | None) -> Path:
         else:
             path = project.path(final)
 
-        def change(manifest: dict[str, Any]) -> None:
-            target = next(t for t in manifest["trainings"] if t.get("id") == run)
-            target.update(
-                artefact=path.relative_to(project.root).as_posix(), final_artefact=final, artefact_step=step
-            )
-
-        project.update(change)  # "updated" stays: choosing a checkpoint does not make a run the newest
+        # "updated" stays: choosing a checkpoint does not make a run the newest.
+        artefact = path.relative_to(project.root).as_posix()
+        update_run(project, run, touch=False, artefact=artefact, final_artefact=final, artefact_step=step)
         return path
     finally:
         lock.release()
@@ -273,7 +248,7 @@ def use_preview(project: Project, run: str, step: int | None) -> Path:
 
 def _new_run_id(project: Project) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    taken = {t.get("id") for t in _runs(project)}
+    taken = {record.id for record in runs(project)}
     run, suffix = f"run-{stamp}", 1
     while run in taken or project.path(RUNS, run).exists():
         suffix += 1
@@ -368,12 +343,12 @@ def train(
         if accelerator.is_main_process:
             for item in damaged:
                 emit(Status(message=_set_aside_damaged(item, run, start)))
-            _set_run(project, run, status="running", preset=config.preset, error=None)
+            update_run(project, run, status="running", preset=config.preset, error=None)
         trainer = Trainer(project, run, config, options, accelerator, emit, cancel)
         return trainer.run(start, base, face_kit)
     except TrainingCancelled:
         if accelerator.is_main_process:
-            _set_run(project, run, status="stopped")
+            update_run(project, run, status="stopped")
         raise
     except BaseException as error:
         message = _failure_message(error, options, run)
@@ -387,7 +362,7 @@ def train(
                 emit(Failed(message=message, error=type(error).__name__, checkpoint=checkpoint))
             if not abandoned:
                 with contextlib.suppress(OSError, StoreError):
-                    _set_run(project, run, status="failed", error=message)
+                    update_run(project, run, status="failed", error=message)
         if isinstance(error, torch.OutOfMemoryError):
             traceback.clear_frames(error.__traceback__)  # let the models' memory go with the frames
             raise TrainingError(message) from error
@@ -461,11 +436,8 @@ def _forget_run(project: Project, run: str) -> None:
     """Remove a run's folder and manifest entry (a new run that failed with nothing to resume)."""
     import shutil
 
-    def drop(manifest: dict[str, Any]) -> None:
-        manifest["trainings"] = [t for t in manifest.get("trainings", []) if t.get("id") != run]
-
     with contextlib.suppress(OSError, StoreError):
-        project.update(drop)
+        remove_run(project, run)
     shutil.rmtree(project.path(RUNS, run), ignore_errors=True)
 
 
@@ -932,7 +904,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         self.emit(CheckpointSaved(global_step=global_step, path=str(path)))
         if accelerator.is_main_process:
-            _set_run(self.project, self.run_id, step=global_step, total_steps=self.total_steps)
+            update_run(self.project, self.run_id, step=global_step, total_steps=self.total_steps)
         return path
 
     def load_trainable(self, model: Denoiser, path: Path, strict: bool) -> None:
@@ -1099,7 +1071,7 @@ class Trainer:
         if accelerator.is_main_process:
             self.save_weights(path, bool(self.config.phase2_steps), step=self.total_steps)
             relative = str(path.relative_to(self.project.root))
-            _set_run(
+            update_run(
                 self.project,
                 self.run_id,
                 status="finished",

@@ -223,7 +223,7 @@ def test_run_settings_come_from_the_artefact_else_the_preset(project):
     project.update(add_runs)
     project.path("trainings", "damaged").mkdir(parents=True)
     project.path("trainings", "damaged", "final.safetensors").write_bytes(b"not a safetensors file")
-    settings = run_settings(project, project.manifest(), ["r1", "stopped", "damaged", "unknown"])
+    settings = run_settings(project, ["r1", "stopped", "damaged", "unknown"])
     assert settings == {
         "r1": CONFIGS["r1"],
         "stopped": {"preset": "fast"},

@@ -15,6 +15,7 @@ from engine.generate import GenerationError, GenerationSettings, compose_prompt,
 from engine.identity import identity_score, source_embedding
 from engine.outputs import read_parameters, sorted_outputs
 from engine.references import make_references
+from engine.runs import UnknownRun, resolve_artefact
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,7 @@ def test_settings_and_runs_are_checked(project, no_faces):
         GenerationSettings(sampler="plms")
     with pytest.raises(GenerationError, match="multiple of 8"):
         GenerationSettings(width=500)
-    with pytest.raises(GenerationError, match="no finished training run 'nope'"):
+    with pytest.raises(UnknownRun, match="no finished training run 'nope'"):
         generate(project, "nope", fast(), face_kit=no_faces)
 
 
@@ -284,6 +285,6 @@ def test_the_latest_finished_run_is_the_default(lora, tmp_path):
         )
 
     project.update(add_runs)
-    assert gen.resolve_artefact(project, None) == (newer, "run-2")
-    assert gen.resolve_artefact(project, RUN)[1] == RUN
-    assert gen.resolve_artefact(project, str(newer)) == (newer, "run-2")
+    assert resolve_artefact(project, None) == (newer, "run-2")
+    assert resolve_artefact(project, RUN)[1] == RUN
+    assert resolve_artefact(project, str(newer)) == (newer, "run-2")

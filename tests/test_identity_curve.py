@@ -16,9 +16,10 @@ from engine.artefact import load_artefact
 from engine.data import load_images
 from engine.demo.portraits import make_project
 from engine.events import PreviewSaved, StepDone, event_from_dict, identity_curve, read_events
-from engine.generate import GenerationSettings, generate, resolve_artefact
+from engine.generate import GenerationSettings, generate
 from engine.identity import identity_score
 from engine.models import load_base
+from engine.runs import resolve_artefact
 from engine.train import (
     TrainingError,
     artefact_from_preview,

@@ -326,11 +326,11 @@ def test_the_studio_views_work_on_a_damaged_manifest_and_show_the_notice(tmp_pat
 
 
 def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_kit):
-    from engine.generate import resolve_artefact
     from engine.intake import Accepted, add_photo, photos
     from engine.models import load_base
     from engine.outputs import OutputRecord, add_output, format_parameters
     from engine.repair import repair_manifest
+    from engine.runs import resolve_artefact
     from engine.train import train
 
     store = ProjectStore()
