@@ -52,6 +52,10 @@ class Job:
     error: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     events: deque = field(default_factory=lambda: deque(maxlen=MAX_EVENTS), repr=False)
+    history: list[Any] = field(default_factory=list, repr=False)
+    """Events from before the job, shown ahead of its own (a resumed training's run so far)."""
+    estimate: Any = None
+    """The pre-flight estimate of the job's work (`engine.preflight.Estimate`), refined while it runs."""
 
     def emit(self, event: Any) -> None:
         """Record an engine event (called from the worker thread)."""

@@ -13,7 +13,7 @@ import functools
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gradio as gr
 import pandas as pd
@@ -34,10 +34,10 @@ from engine.events import (
 )
 from engine.preflight import duration
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobRefused
+from studio.state import Studio, bind
 
 if TYPE_CHECKING:
     from engine.store import Project
-    from studio.app import Studio
 
 PRESET_HELP = {
     "released": "the settings of the authors' released code; the best results.",
@@ -141,7 +141,7 @@ def fold(events: list[Any]) -> TrainingView:
 
 def refined(view: TrainingView, job: Job | None) -> TrainingView:
     """The view with the pre-flight estimate of the job's run corrected by its steps so far."""
-    found = _estimates.get(job.id) if job is not None else None
+    found = job.estimate if job is not None else None
     if found is None or view.state != "running":
         return view
     first = found.steps[0]
@@ -220,8 +220,6 @@ def estimate_text(config: TrainingConfig) -> str:
 
 # -- runs on disk --------------------------------------------------------------------------
 
-_replays: dict[Path, tuple[int, int, TrainingView]] = {}
-
 
 def replay(events_file: Path) -> TrainingView:
     """The view of a run from its ``events.jsonl`` (cached until the file changes)."""
@@ -229,11 +227,12 @@ def replay(events_file: Path) -> TrainingView:
         stat = events_file.stat()
     except FileNotFoundError:
         return fold([])
-    cached = _replays.get(events_file)
-    if cached is None or cached[:2] != (stat.st_mtime_ns, stat.st_size):
-        cached = (stat.st_mtime_ns, stat.st_size, fold(read_events(events_file)))
-        _replays[events_file] = cached
-    return copy.deepcopy(cached[2])
+    return copy.deepcopy(_replayed(events_file, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _replayed(events_file: Path, mtime_ns: int, size: int) -> TrainingView:
+    return fold(read_events(events_file))
 
 
 def disk_view(project: Project) -> TrainingView:
@@ -300,7 +299,7 @@ def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | N
     job = studio.runner.latest(name, "train")
     if job is None:
         return disk_view(studio.store.open(name)), None
-    view = fold([*_history.get(job.id, ()), *job.event_list()])
+    view = fold([*job.history, *job.event_list()])
     if job.status == FAILED and view.state != "failed":
         view.state, view.message = "failed", job.error or "The training failed."
     elif job.status == CANCELLED and view.state not in ("cancelled", "failed"):
@@ -338,12 +337,6 @@ def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[s
         raise gr.Error(str(error)) from error
 
 
-_estimates: dict[str, preflight.Estimate] = {}
-"""The pre-flight estimate of each training job of this session, refined while it runs."""
-_history: dict[str, list[Any]] = {}
-"""Each resume job's run history before it (its steps, losses and previews), ahead of its own events."""
-
-
 def submit_training(studio: Studio, project: Project, config: TrainingConfig, *, resume: bool = False) -> Job:
     """Queue a training of ``project``; a second one for the same project is refused with a reason.
 
@@ -371,10 +364,9 @@ def submit_training(studio: Studio, project: Project, config: TrainingConfig, *,
     job = studio.runner.submit(
         "train", project.name, f"{verb} of {project.name}", work, key=f"train:{project.name}"
     )
-    if history:
-        _history[job.id] = history
+    job.history = history
     with contextlib.suppress(preflight.PreflightError):
-        _estimates[job.id] = preflight.estimate(config)
+        job.estimate = preflight.estimate(config)
     return job
 
 
@@ -409,6 +401,134 @@ def queue_html(studio: Studio) -> str:
     if not items:
         return "<i>The queue is empty. One GPU job runs at a time; others wait here.</i>"
     return f"<ul class='mc-queue'>{''.join(items)}</ul>"
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+class LiveView(NamedTuple):
+    """The Train tab's live view, in the order of its outputs (values from `refresh`, components in `build`)."""
+
+    ready: Any
+    progress: Any
+    plot: Any
+    identity_plot: Any
+    previews: Any
+    attention: Any
+    best_text: Any
+    best_images: Any
+    use_best: Any
+    use_final: Any
+    resume: Any
+    queue: Any
+    seen: Any
+
+
+def refresh(studio: Studio, name: str | None, last: Any, force: bool = False) -> LiveView:
+    """The live view of the project's training; all but the queue skipped while it has not changed."""
+    if name not in studio.store.list():
+        name = None
+    view, job = latest_view(studio, name)
+    view = refined(view, job)
+    status = readiness(studio, name)
+    signature = [
+        name,
+        status,
+        job.id if job else None,
+        job.status if job else None,
+        view.state,
+        view.step,
+        view.warnings,
+        view.identity,
+        [path for path, _ in view.previews],
+    ]
+    if not force and signature == last:
+        skipped = [gr.skip()] * len(LiveView._fields)
+        return LiveView(*skipped)._replace(queue=queue_html(studio))
+    idle = job is None or not job.active
+    resumable = idle and view.state in ("interrupted", "cancelled", "failed") and can_resume(studio, name)
+    best = best_checkpoint(studio.store.open(name), view, idle) if name else ("", [], False, False)
+    return LiveView(
+        ready=status,
+        progress=progress_html(view, job),
+        plot=loss_frame(view),
+        identity_plot=identity_frame(view),
+        previews=view.previews,
+        attention=view.attention,
+        best_text=best[0],
+        best_images=gr.Gallery(best[1], visible=bool(best[1])),
+        use_best=gr.Button(visible=best[2]),
+        use_final=gr.Button(visible=best[3]),
+        resume=gr.Button(visible=resumable),
+        queue=queue_html(studio),
+        seen=signature,
+    )
+
+
+def on_run(
+    studio: Studio, name: str | None, preset_name: str, profile_name: str, *values: Any, resume: bool = False
+) -> LiveView:
+    """Queue a training (or the resume of the project's stopped run) with the tab's settings."""
+    project = studio.project(name)
+    if not resume and not photos_ready(project):
+        raise gr.Error("Training needs at least one selfie and one style reference; add them in step 2.")
+    config = make_config(studio, preset_name, profile_name, advanced_values(values))
+    try:
+        job = submit_training(studio, project, config, resume=resume)
+    except JobRefused as error:
+        raise gr.Error(str(error)) from error
+    for warning in job.estimate.warnings if job.estimate else ():
+        gr.Warning(warning)
+    gr.Info(
+        f"{job.title} is queued behind the running job." if job.status == QUEUED else f"{job.title} started."
+    )
+    return refresh(studio, name, None, force=True)
+
+
+def on_cancel(studio: Studio, name: str | None) -> None:
+    """Ask the project's running training to stop."""
+    job = studio.runner.latest(name, "train") if name else None
+    if job is None or not job.active:
+        raise gr.Error("No training of this project is running.")
+    studio.runner.cancel(job.id)
+    gr.Info("Cancelling… the run stops after the current step and keeps its last checkpoint.")
+
+
+def on_use(studio: Studio, name: str | None, best: bool) -> LiveView:
+    """Make generation use the best preview checkpoint (``best``) or the final weights."""
+    from engine.train import TrainingError, best_preview, use_preview
+
+    project = studio.project(name)
+    runs = project.manifest().get("trainings", [])
+    chosen = best_preview(project, runs[-1]["id"]) if runs and best else None
+    try:
+        if not runs or (best and chosen is None):
+            raise TrainingError("This project has no scored preview checkpoint to choose yet.")
+        use_preview(project, runs[-1]["id"], chosen.step if chosen else None)
+    except TrainingError as error:
+        gr.Warning(str(error))
+    else:
+        gr.Info(
+            f"Generation now uses the checkpoint of step {chosen.step}."
+            if chosen
+            else "Generation now uses the final weights."
+        )
+    return refresh(studio, name, None, force=True)
+
+
+def on_preset(studio: Studio, name: str) -> list[Any]:
+    """The preset's help, then the values the Advanced fields start from."""
+    values = start_values(studio, name)
+    return [preset_help(name)] + [getattr(values, key) for key in ADVANCED]
+
+
+def on_estimate(studio: Studio, preset_name: str, profile_name: str, *values: Any) -> str:
+    """The pre-flight estimate of the tab's settings."""
+    try:
+        config = make_config(studio, preset_name, profile_name, advanced_values(values))
+    except gr.Error as error:
+        return f"Pre-flight estimate unavailable: {error.message}"
+    return estimate_text(config)
 
 
 # -- layout --------------------------------------------------------------------------------
@@ -512,130 +632,40 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     next_step = gr.Button("Next: generate →", variant="primary")
     seen = gr.State(None)
 
-    outputs = [
-        ready,
-        progress,
-        plot,
-        identity_plot,
-        previews,
-        attention,
-        best_text,
-        best_images,
-        use_best,
-        use_final,
-        resume,
-        queue,
-        seen,
-    ]
-
-    def refresh(name: str | None, last: Any, force: bool = False) -> list[Any]:
-        if name not in studio.store.list():
-            name = None
-        view, job = latest_view(studio, name)
-        view = refined(view, job)
-        status = readiness(studio, name)
-        signature = [
-            name,
-            status,
-            job.id if job else None,
-            job.status if job else None,
-            view.state,
-            view.step,
-            view.warnings,
-            view.identity,
-        ]
-        signature.append([path for path, _ in view.previews])
-        if not force and signature == last:
-            return [gr.skip()] * (len(outputs) - 2) + [queue_html(studio), gr.skip()]
-        idle = job is None or not job.active
-        resumable = idle and view.state in ("interrupted", "cancelled", "failed") and can_resume(studio, name)
-        best = best_checkpoint(studio.store.open(name), view, idle) if name else ("", [], False, False)
-        return [
-            status,
-            progress_html(view, job),
-            loss_frame(view),
-            identity_frame(view),
-            view.previews,
-            view.attention,
-            best[0],
-            gr.Gallery(best[1], visible=bool(best[1])),
-            gr.Button(visible=best[2]),
-            gr.Button(visible=best[3]),
-            gr.Button(visible=resumable),
-            queue_html(studio),
-            signature,
-        ]
-
-    def on_run(name, preset_name, profile_name, *values, resume=False):
-        project = studio.project(name)
-        if not resume and not photos_ready(project):
-            raise gr.Error("Training needs at least one selfie and one style reference; add them in step 2.")
-        config = make_config(studio, preset_name, profile_name, advanced_values(values))
-        try:
-            job = submit_training(studio, project, config, resume=resume)
-        except JobRefused as error:
-            raise gr.Error(str(error)) from error
-        found = _estimates.get(job.id)
-        for warning in found.warnings if found else ():
-            gr.Warning(warning)
-        gr.Info(
-            f"{job.title} is queued behind the running job."
-            if job.status == QUEUED
-            else f"{job.title} started."
+    outputs = list(
+        LiveView(
+            ready=ready,
+            progress=progress,
+            plot=plot,
+            identity_plot=identity_plot,
+            previews=previews,
+            attention=attention,
+            best_text=best_text,
+            best_images=best_images,
+            use_best=use_best,
+            use_final=use_final,
+            resume=resume,
+            queue=queue,
+            seen=seen,
         )
-        return refresh(name, None, force=True)
-
-    def on_cancel(name):
-        job = studio.runner.latest(name, "train") if name else None
-        if job is None or not job.active:
-            raise gr.Error("No training of this project is running.")
-        studio.runner.cancel(job.id)
-        gr.Info("Cancelling… the run stops after the current step and keeps its last checkpoint.")
-
-    def on_use(name: str | None, best: bool):
-        from engine.train import TrainingError, best_preview, use_preview
-
-        project = studio.project(name)
-        runs = project.manifest().get("trainings", [])
-        chosen = best_preview(project, runs[-1]["id"]) if runs and best else None
-        try:
-            if not runs or (best and chosen is None):
-                raise TrainingError("This project has no scored preview checkpoint to choose yet.")
-            use_preview(project, runs[-1]["id"], chosen.step if chosen else None)
-        except TrainingError as error:
-            gr.Warning(str(error))
-        else:
-            gr.Info(
-                f"Generation now uses the checkpoint of step {chosen.step}."
-                if chosen
-                else "Generation now uses the final weights."
-            )
-        return refresh(name, None, force=True)
-
-    def on_preset(name: str):
-        values = start_values(studio, name)
-        return [preset_help(name)] + [getattr(values, key) for key in ADVANCED]
-
-    def on_estimate(preset_name: str, profile_name: str, *values):
-        try:
-            config = make_config(studio, preset_name, profile_name, advanced_values(values))
-        except gr.Error as error:
-            return f"Pre-flight estimate unavailable: {error.message}"
-        return estimate_text(config)
-
+    )
     settings = [current, preset_choice, profile, *advanced]
     for control in (preset_choice, profile, *advanced):
-        control.change(on_estimate, settings[1:], estimate_box, show_progress="hidden")
-    current.change(lambda name, *rest: on_estimate(*rest), settings, estimate_box, show_progress="hidden")
-    start.click(on_run, settings, outputs)
-    resume.click(functools.partial(on_run, resume=True), settings, outputs)
-    cancel.click(on_cancel, current, None)
-    use_best.click(functools.partial(on_use, best=True), current, outputs)
-    use_final.click(functools.partial(on_use, best=False), current, outputs)
-    preset_choice.change(on_preset, preset_choice, [help_text, *advanced])
-    timer.tick(refresh, [current, seen], outputs, show_progress="hidden")
+        control.change(bind(on_estimate, studio), settings[1:], estimate_box, show_progress="hidden")
+    current.change(
+        lambda name, *rest: on_estimate(studio, *rest), settings, estimate_box, show_progress="hidden"
+    )
+    start.click(bind(on_run, studio), settings, outputs)
+    resume.click(lambda *values: on_run(studio, *values, resume=True), settings, outputs)
+    cancel.click(bind(on_cancel, studio), current, None)
+    use_best.click(lambda name: on_use(studio, name, best=True), current, outputs)
+    use_final.click(lambda name: on_use(studio, name, best=False), current, outputs)
+    preset_choice.change(bind(on_preset, studio), preset_choice, [help_text, *advanced])
+    timer.tick(bind(refresh, studio), [current, seen], outputs, show_progress="hidden")
     for changed in (current.change, tab.select):  # the photo counts change in step 2
-        changed(functools.partial(refresh, last=None, force=True), current, outputs, show_progress="hidden")
+        changed(
+            lambda name: refresh(studio, name, None, force=True), current, outputs, show_progress="hidden"
+        )
     next_step.click(lambda: gr.Tabs(selected="generate"), None, tabs)
 
 

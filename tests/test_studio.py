@@ -479,7 +479,7 @@ def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpo
     from engine.store import ProjectStore
     from engine.train import PreviewCheckpoint, TrainingError
     from studio.app import Studio, build
-    from studio.train import IDENTITY_TITLE
+    from studio.train import IDENTITY_TITLE, on_use
 
     studio = Studio(ProjectStore(tmp_path))
     project = studio.store.create("anna")
@@ -516,29 +516,25 @@ def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpo
     by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}
     assert IDENTITY_TITLE in by_id["identity-curve-heading"].value
 
-    def clicked(elem_id: str):
-        block_fn = next(f for f in blocks.fns.values() if (by_id[elem_id]._id, "click") in f.targets)
-        return dict(zip([o.elem_id for o in block_fn.outputs], block_fn.fn("anna"), strict=True))
-
-    shown = clicked("use-best")
+    shown = on_use(studio, "anna", best=True)
     assert calls == [("run-1", 6)]
-    frame = shown["identity-plot"]
+    frame = shown.identity_plot
     assert frame["step"].tolist() == [3, 6, 12] and frame["identity"].tolist() == pytest.approx(
         [0.2, 0.6, 0.4]
     )
-    assert "step 6, identity 0.600" in shown["best-checkpoint-text"]
-    assert "uses **the checkpoint of step 6**" in shown["best-checkpoint-text"]
-    assert shown["best-checkpoint-images"].visible
-    assert [item["image"]["path"] for item in shown["best-checkpoint-images"].value] == [
+    assert "step 6, identity 0.600" in shown.best_text
+    assert "uses **the checkpoint of step 6**" in shown.best_text
+    assert shown.best_images.visible
+    assert [item["image"]["path"] for item in shown.best_images.value] == [
         str(tmp_path / f"step-6-seed-{i}.png") for i in (0, 1)
     ]
-    shown = clicked("use-final")
+    shown = on_use(studio, "anna", best=False)
     assert calls[-1] == ("run-1", None)
-    assert "uses **the final weights**" in shown["best-checkpoint-text"]
+    assert "uses **the final weights**" in shown.best_text
     best = PreviewCheckpoint(12, 0.4, tmp_path)
     with pytest.warns(UserWarning, match="is running"):
-        shown = clicked("use-best")
-    assert "uses **the final weights**" in shown["best-checkpoint-text"]
+        shown = on_use(studio, "anna", best=True)
+    assert "uses **the final weights**" in shown.best_text
 
 
 @pytest.mark.slow
