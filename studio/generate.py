@@ -14,7 +14,7 @@ from engine.models import SAMPLERS
 from engine.postprocess import RESTORER_LABELS
 from engine.presets import PRESETS
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
-from studio.state import Studio, bind
+from studio.state import DEMO_STEPS, Studio, bind
 
 if TYPE_CHECKING:
     from engine.outputs import OutputRecord
@@ -33,7 +33,6 @@ IDEAS = (
     "oil painting",
 )
 """Style and outfit ideas offered as clickable words."""
-DEMO_STEPS = 4
 
 
 @dataclass(frozen=True)

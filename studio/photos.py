@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from studio.generate import DEMO_STEPS
 from studio.jobs import Job, JobRefused
-from studio.state import Refusal, Studio, bind
+from studio.state import DEMO_STEPS, Refusal, Studio, bind
 
 if TYPE_CHECKING:
     from engine.store import Project

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
+DEMO_STEPS = 4
+"""Sampling steps of the demo's tiny model (portraits and painted style references)."""
 REFUSALS_KEPT = 12
 
 
