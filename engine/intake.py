@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from engine.photos import PhotoRecord
+from engine.photos import IMAGES, PhotoRecord, photo_records
 from engine.store import MANIFEST, Project, StoreError, atomic_write_bytes, now
 
 if TYPE_CHECKING:
@@ -68,8 +68,7 @@ _FORMAT_NAMES = "JPEG, PNG, WebP or HEIC"
 
 @dataclass(frozen=True)
 class Accepted:
-    record: dict[str, Any]
-    """The manifest entry (paths relative to the project folder)."""
+    record: PhotoRecord
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,7 @@ def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: Fac
         embedding = kit.scorer.embed(crop, crop_face) if kit.scorer is not None else None
         digest = hashlib.sha256(data).hexdigest()
         fingerprint = _difference_hash(crop)
-        _check_duplicates(
-            project, role, name, digest, fingerprint, embedding, _photos(project.manifest(), role)
-        )
+        _check_duplicates(project, role, name, digest, fingerprint, embedding, photo_records(project, role))
     except _Refusal as refusal:
         return refusal.refused
     photo_id = uuid.uuid4().hex[:12]
@@ -133,16 +130,16 @@ def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: Fac
         dhash=fingerprint,
         fallback=kit.is_fallback,
         added=now(),
-    ).to_json()
+    )
     files = {
-        record["original"]: data,
-        record["crop"]: _png(crop),
-        record["mask"]: _png(mask.astype(np.uint8) * 255),
-        record["labels"]: _png(labels),
-        record["preview"]: _png(_preview(crop, mask)),
+        record.original: data,
+        record.crop: _png(crop),
+        record.mask: _png(mask.astype(np.uint8) * 255),
+        record.labels: _png(labels),
+        record.preview: _png(_preview(crop, mask)),
     }
     if embedding is not None:
-        files[record["embedding"]] = _npy(embedding)
+        files[record.embedding] = _npy(embedding)
     details = {
         "face_in_crop": placed,
         "face_in_original": face.to_json(),
@@ -151,7 +148,7 @@ def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: Fac
         "parser": kit.parser.name,
         "fallbacks": list(kit.fallbacks),
     }
-    files[record["face"]] = json.dumps(details, indent=2).encode("utf-8")
+    files[record.face] = json.dumps(details, indent=2).encode("utf-8")
     try:
         _store(project, record, files, embedding)
     except _Refusal as refusal:  # a duplicate stored by a concurrent upload
@@ -213,31 +210,22 @@ def _too_large_message(path: str | Path) -> str:
     return f"{path} is larger than {MAX_BYTES // 2**20} MB, the most a photo may be; choose a smaller file."
 
 
-def photos(project: Project, role: Role | None = None) -> list[dict[str, Any]]:
-    """The manifest entries of the project's photos, of one role or all."""
-    return _photos(project.manifest(), role)
-
-
-def remove_photo(project: Project, photo_id: str) -> dict[str, Any]:
-    """Delete a photo's entry and files; returns the removed entry."""
+def remove_photo(project: Project, photo_id: str) -> PhotoRecord:
+    """Delete a photo's entry and files; returns the removed record."""
 
     def change(manifest: dict[str, Any]) -> dict[str, Any]:
-        for index, record in enumerate(manifest.get("images", [])):
-            if record.get("id") == photo_id:
-                return manifest["images"].pop(index)
+        for index, entry in enumerate(manifest.get(IMAGES, [])):
+            if entry.get("id") == photo_id:
+                return manifest[IMAGES].pop(index)
         raise StoreError(f"Project {project.name!r} has no photo with id {photo_id!r}.")
 
-    record = project.update(change)
-    folder = project.path("photos", record["role"], record["id"])
+    record = PhotoRecord.from_json(project.update(change))
+    folder = project.path("photos", record.role, record.id)
     if folder.exists():
-        trash = folder.with_name(f".removing-{record['id']}")
+        trash = folder.with_name(f".removing-{record.id}")
         os.replace(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return record
-
-
-def _photos(manifest: dict[str, Any], role: str | None) -> list[dict[str, Any]]:
-    return [record for record in manifest.get("images", []) if role is None or record.get("role") == role]
 
 
 def _display_name(filename: str) -> str:
@@ -457,17 +445,17 @@ def _check_duplicates(
     digest: str,
     fingerprint: str,
     embedding: np.ndarray | None,
-    existing: list[dict[str, Any]],
+    existing: list[PhotoRecord],
 ) -> None:
     from engine.faces.identity import cosine
 
     for record in existing:
-        same = record.get("sha256") == digest
-        if not same and record.get("dhash"):
-            same = bin(int(record["dhash"], 16) ^ int(fingerprint, 16)).count("1") <= DUPLICATE_HASH_BITS
-        if not same and embedding is not None and record.get("embedding"):
+        same = record.sha256 == digest
+        if not same and record.dhash:
+            same = bin(int(record.dhash, 16) ^ int(fingerprint, 16)).count("1") <= DUPLICATE_HASH_BITS
+        if not same and embedding is not None and record.embedding:
             try:
-                other = np.load(project.path(record["embedding"]), allow_pickle=False)
+                other = np.load(project.path(record.embedding), allow_pickle=False)
             except (OSError, ValueError):
                 other = None
             same = (
@@ -478,37 +466,32 @@ def _check_duplicates(
         if same:
             raise _Refusal(
                 "duplicate",
-                f"{name} is nearly the same photo as {record.get('filename', 'one')} already among this "
+                f"{name} is nearly the same photo as {record.filename or 'one'} already among this "
                 f"project's {role} photos; upload a different photo.",
             )
 
 
 def _store(
-    project: Project, record: dict[str, Any], files: dict[str, bytes], embedding: np.ndarray | None
+    project: Project, record: PhotoRecord, files: dict[str, bytes], embedding: np.ndarray | None
 ) -> None:
     """Write the files into a hidden folder, rename it into place, then add the manifest entry.
 
     The duplicate check runs again under the manifest lock, for uploads racing each other.
     """
-    folder = project.path(record["crop"]).parent
-    staging = folder.with_name(f".incoming-{record['id']}")
+    folder = project.path(record.crop).parent
+    staging = folder.with_name(f".incoming-{record.id}")
     try:
         for relative, payload in files.items():
             atomic_write_bytes(staging / Path(relative).name, payload)
         os.replace(staging, folder)
 
         def add(manifest: dict[str, Any]) -> None:
-            existing = _photos(manifest, record["role"])
+            entries = manifest.setdefault(IMAGES, [])
+            existing = [PhotoRecord.from_json(e) for e in entries if e.get("role") == record.role]
             _check_duplicates(
-                project,
-                record["role"],
-                record["filename"],
-                record["sha256"],
-                record["dhash"],
-                embedding,
-                existing,
+                project, record.role, record.filename, record.sha256, record.dhash, embedding, existing
             )
-            manifest.setdefault("images", []).append(record)
+            entries.append(record.to_json())
 
         project.update(add)
     except BaseException:

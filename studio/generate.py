@@ -13,6 +13,7 @@ from engine.events import Failed, Status, StepDone
 from engine.models import SAMPLERS
 from engine.postprocess import RESTORER_LABELS
 from engine.presets import PRESETS
+from engine.runs import runs as run_records
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
 from studio.state import DEMO_STEPS, Studio, bind
 
@@ -56,8 +57,7 @@ class Request:
 
 def finished_runs(project: Project) -> list[str]:
     """Ids of the project's finished training runs, newest first."""
-    runs = project.manifest().get("trainings", [])
-    return [run["id"] for run in reversed(runs) if run.get("status") == "finished"]
+    return [record.id for record in reversed(run_records(project)) if record.finished]
 
 
 def submit_generation(studio: Studio, project: Project, run: str | None, request: Request) -> Job:

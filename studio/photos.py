@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from engine.photos import photo_records
 from studio.jobs import Job, JobRefused
 from studio.state import DEMO_STEPS, Refusal, Studio, bind
 
@@ -60,15 +61,13 @@ def submit_references(studio: Studio, project: Project, prompt: str, count: int)
 
 def photo_items(project: Project, role: str) -> tuple[list[tuple[str, str]], list[str]]:
     """Gallery items (preview image, caption) and the matching photo ids, in upload order."""
-    from engine.intake import photos
-
     items, ids = [], []
-    for record in photos(project, role):
-        picture = record.get("preview") or record.get("crop")
+    for record in photo_records(project, role):
+        picture = record.preview or record.crop
         if not picture:
             continue
-        items.append((str(project.path(picture)), record.get("filename", record["id"])))
-        ids.append(record["id"])
+        items.append((str(project.path(picture)), record.filename or record.id))
+        ids.append(record.id)
     return items, ids
 
 

@@ -6,6 +6,8 @@ import html
 
 import gradio as gr
 
+from engine.photos import photo_records
+from engine.runs import runs
 from engine.store import StoreError
 from studio.jobs import JobRefused
 from studio.state import Studio, bind
@@ -25,15 +27,11 @@ def summary(studio: Studio, name: str | None) -> str:
         manifest, notice = opened.manifest(), opened.manifest_notice()
     except StoreError as error:
         return f"<div class='mc-empty mc-refused'>{html.escape(str(error))}</div>"
-    images = manifest.get("images", [])
-    sources = sum(1 for image in images if image.get("role") == "source")
-    references = sum(1 for image in images if image.get("role") == "reference")
-    trainings = manifest.get("trainings", [])
     outputs = manifest.get("outputs", [])
     rows = [
-        ("Selfies", sources, "4-6 recommended"),
-        ("Style references", references, "4-6 recommended"),
-        ("Trainings", len(trainings), ""),
+        ("Selfies", len(photo_records(opened, "source")), "4-6 recommended"),
+        ("Style references", len(photo_records(opened, "reference")), "4-6 recommended"),
+        ("Trainings", len(runs(opened)), ""),
         ("Portraits", len(outputs), ""),
     ]
     cells = "".join(

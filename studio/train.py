@@ -32,7 +32,9 @@ from engine.events import (
     identity_curve,
     read_events,
 )
+from engine.photos import photo_records
 from engine.preflight import duration
+from engine.runs import RUNS, RunRecord, runs
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, Job, JobRefused
 from studio.state import Studio, bind
 
@@ -235,21 +237,23 @@ def _replayed(events_file: Path, mtime_ns: int, size: int) -> TrainingView:
     return fold(read_events(events_file))
 
 
+def newest_run(project: Project) -> RunRecord | None:
+    """The project's run started last, or None."""
+    return next(reversed(runs(project)), None)
+
+
 def disk_view(project: Project) -> TrainingView:
     """The project's newest run as recorded on disk (by this studio before a restart, or the CLI)."""
     from engine.train import resume_available
 
-    runs = project.manifest().get("trainings", [])
-    if not runs:
+    run = newest_run(project)
+    if run is None:
         return TrainingView()
-    entry = runs[-1]
-    view = replay(project.path("trainings", entry["id"], "events.jsonl"))
-    if entry.get("status") != "finished" and resume_available(project) == entry["id"]:
+    view = replay(project.path(RUNS, run.id, "events.jsonl"))
+    if not run.finished and resume_available(project) == run.id:
         view.state = "interrupted"
-        view.message = (
-            f"Training {entry['id']} stopped before the end; resume continues from its last checkpoint."
-        )
-    elif entry.get("status") == "finished":
+        view.message = f"Training {run.id} stopped before the end; resume continues from its last checkpoint."
+    elif run.finished:
         view.state = "done"
     return view
 
@@ -262,26 +266,24 @@ def best_checkpoint(project: Project, view: TrainingView, idle: bool) -> tuple[s
     """
     from engine.train import RUNS, best_preview
 
-    runs = project.manifest().get("trainings", [])
-    best = best_preview(project, runs[-1]["id"]) if runs else None
-    if best is None:
+    run = newest_run(project)
+    best = best_preview(project, run.id) if run else None
+    if run is None or best is None:
         return (
             "**Best checkpoint:** none yet; it appears once a preview with a face has been scored.",
             [],
             False,
             False,
         )
-    entry = runs[-1]
     images = view.preview_images.get(best.step)
     if images is None:  # a resumed run's job only holds the events since the resume
-        images = replay(project.path(RUNS, entry["id"], "events.jsonl")).preview_images.get(best.step, [])
-    finished = entry.get("status") == "finished"
-    chosen = entry.get("artefact_step")
+        images = replay(project.path(RUNS, run.id, "events.jsonl")).preview_images.get(best.step, [])
+    chosen = run.artefact_step
     in_use = (
         f"the checkpoint of step {chosen}"
         if chosen is not None
         else "the final weights"
-        if finished
+        if run.finished
         else "nothing yet (the run has not finished)"
     )
     text = (
@@ -289,7 +291,7 @@ def best_checkpoint(project: Project, view: TrainingView, idle: bool) -> tuple[s
         f"Generation uses **{in_use}**."
     )
     gallery = [(path, f"step {best.step} · seed {i}") for i, path in enumerate(images)]
-    return text, gallery, idle, idle and finished
+    return text, gallery, idle, idle and run.finished
 
 
 def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | None]:
@@ -379,10 +381,8 @@ def can_resume(studio: Studio, name: str | None) -> bool:
 def readiness(studio: Studio, name: str | None) -> str:
     if not name:
         return "Open or create a project first (step 1)."
-    from engine.intake import photos
-
     project = studio.store.open(name)
-    sources, references = len(photos(project, "source")), len(photos(project, "reference"))
+    sources, references = len(photo_records(project, "source")), len(photo_records(project, "reference"))
     notes = [f"**{sources}** selfie(s) and **{references}** style reference(s)."]
     if not sources or not references:
         notes.append("⚠ Training needs at least one of each; add them in step 2.")
@@ -499,12 +499,12 @@ def on_use(studio: Studio, name: str | None, best: bool) -> LiveView:
     from engine.train import TrainingError, best_preview, use_preview
 
     project = studio.project(name)
-    runs = project.manifest().get("trainings", [])
-    chosen = best_preview(project, runs[-1]["id"]) if runs and best else None
+    run = newest_run(project)
+    chosen = best_preview(project, run.id) if run and best else None
     try:
-        if not runs or (best and chosen is None):
+        if run is None or (best and chosen is None):
             raise TrainingError("This project has no scored preview checkpoint to choose yet.")
-        use_preview(project, runs[-1]["id"], chosen.step if chosen else None)
+        use_preview(project, run.id, chosen.step if chosen else None)
     except TrainingError as error:
         gr.Warning(str(error))
     else:
@@ -670,9 +670,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
 
 
 def photos_ready(project: Project) -> bool:
-    from engine.intake import photos
-
-    return bool(photos(project, "source")) and bool(photos(project, "reference"))
+    return bool(photo_records(project, "source")) and bool(photo_records(project, "reference"))
 
 
 def advanced_values(values: tuple) -> dict[str, str | int | float]:

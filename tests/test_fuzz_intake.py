@@ -221,20 +221,20 @@ def check_intake(data: bytes, filename: str, role: str, kit: FaceKit) -> Accepte
             return result
         assert isinstance(result, Accepted), result
         record = result.record
-        folder = f"projects/client/photos/{role}/{record['id']}"
+        folder = f"projects/client/photos/{role}/{record.id}"
         added = sorted(
             set(after) - set(before) - {"projects/client/photos", f"projects/client/photos/{role}"}
         )
-        original = Path(record["original"]).name
+        original = Path(record.original).name
         assert added == sorted([folder, *(f"{folder}/{name}" for name in STORED | {original})])
         assert after[f"{folder}/{original}"] == data
         assert Path(original).suffix in set(EXTENSIONS.values())
-        assert "/" not in record["filename"] and "\\" not in record["filename"]
+        assert "/" not in record.filename and "\\" not in record.filename
         crop = Image.open(io.BytesIO(after[f"{folder}/crop.png"]))
         mask = np.asarray(Image.open(io.BytesIO(after[f"{folder}/mask.png"])))
         assert crop.size == (512, 512) and crop.mode == "RGB" and mask.shape == (512, 512)
         assert 0 < (mask > 0).mean() < 1
-        assert store.open("client").manifest()["images"] == [record]
+        assert store.open("client").manifest()["images"] == [record.to_json()]
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)

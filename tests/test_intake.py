@@ -18,7 +18,8 @@ from PIL import Image
 from engine import intake
 from engine.faces import FaceKit
 from engine.faces.fallback import EllipseParser
-from engine.intake import Accepted, Refused, add_photo, decode_image, photos, remove_photo
+from engine.intake import Accepted, Refused, add_photo, decode_image, remove_photo
+from engine.photos import photo_records
 from engine.store import Project, ProjectStore, StorageFull, StoreError
 
 FORMATS = "JPEG, PNG, WebP or HEIC"
@@ -61,40 +62,36 @@ def test_portrait_is_cropped_parsed_embedded_and_stored(project: Project, demo_k
     result = add_photo(project, data, "uploads/astronaut.jpg", "source", demo_kit)
     assert isinstance(result, Accepted)
     record = result.record
-    assert (
-        record["filename"] == "astronaut.jpg"
-        and record["role"] == "source"
-        and record["status"] == "accepted"
-    )
-    assert record["fallback"] is True  # demo mode detects with Haar cascades
-    assert project.manifest()["images"] == [record]
-    assert photos(project, "source") == [record] and photos(project, "reference") == []
+    assert record.filename == "astronaut.jpg" and record.role == "source" and record.status == "accepted"
+    assert record.fallback is True  # demo mode detects with Haar cascades
+    assert project.manifest()["images"] == [record.to_json()]
+    assert photo_records(project, "source") == [record] and photo_records(project, "reference") == []
 
-    folder = project.path("photos", "source", record["id"])
+    folder = project.path("photos", "source", record.id)
     assert sorted(p.name for p in folder.iterdir()) == [
         "crop.png", "embedding.npy", "face.json", "labels.png", "mask.png", "original.jpg", "preview.png"
     ]  # fmt: skip
-    assert project.path(record["original"]).read_bytes() == data
-    crop = np.asarray(Image.open(project.path(record["crop"])))
-    mask = np.asarray(Image.open(project.path(record["mask"])))
-    labels = np.asarray(Image.open(project.path(record["labels"])))
-    preview = np.asarray(Image.open(project.path(record["preview"])))
+    assert project.path(record.original).read_bytes() == data
+    crop = np.asarray(Image.open(project.path(record.crop)))
+    mask = np.asarray(Image.open(project.path(record.mask)))
+    labels = np.asarray(Image.open(project.path(record.labels)))
+    preview = np.asarray(Image.open(project.path(record.preview)))
     assert crop.shape == preview.shape == (512, 512, 3) and mask.shape == labels.shape == (512, 512)
     assert set(np.unique(mask)) <= {0, 255} and labels.max() < 19
     np.testing.assert_array_equal(mask == 255, np.isin(labels, range(1, 14)))
     assert not np.array_equal(preview, crop)
 
-    landmarks = np.array(record["landmarks"])
-    x1, y1, x2, y2 = record["bbox"]
+    landmarks = np.array(record.landmarks)
+    x1, y1, x2, y2 = record.bbox
     assert 0 <= x1 < x2 <= 512 and 0 <= y1 < y2 <= 512
     assert (landmarks[:, 0] > x1).all() and (landmarks[:, 0] < x2).all()
     assert landmarks[0, 1] < landmarks[2, 1] < landmarks[3, 1]  # eyes above nose above mouth
     assert 0.3 < (y1 + y2) / 2 / 512 < 0.6  # portrait framing
-    embedding = np.load(project.path(record["embedding"]))
+    embedding = np.load(project.path(record.embedding))
     assert embedding.shape == (512,) and np.isclose(np.linalg.norm(embedding), 1, atol=1e-5)
-    details = json.loads(project.path(record["face"]).read_text())
+    details = json.loads(project.path(record.face).read_text())
     assert details["detector"] == "haar" and details["parser"] == "bisenet"
-    assert details["face_in_crop"]["landmarks"] == record["landmarks"]
+    assert details["face_in_crop"]["landmarks"] == record.landmarks
     assert not any(name.startswith(".incoming") for name in listing(project.root))
 
 
@@ -104,9 +101,9 @@ def test_fallback_kit_stores_an_elliptical_mask_and_no_embedding(
     result = add_photo(project, encode(astronaut(), "PNG"), "astronaut.png", "reference", fallback_kit)
     assert isinstance(result, Accepted)
     record = result.record
-    assert record["fallback"] is True and record["embedding"] is None and record["original"].endswith(".png")
-    mask = np.asarray(Image.open(project.path(record["mask"]))) > 0
-    x1, y1, x2, y2 = record["bbox"]
+    assert record.fallback is True and record.embedding is None and record.original.endswith(".png")
+    mask = np.asarray(Image.open(project.path(record.mask))) > 0
+    x1, y1, x2, y2 = record.bbox
     assert 0.6 < mask.sum() / ((x2 - x1) * (y2 - y1)) < 1.6
     ys, xs = np.nonzero(mask)
     assert x1 < xs.mean() < x2 and y1 < ys.mean() < y2
@@ -129,7 +126,7 @@ def test_exif_orientation_is_applied(project: Project, fallback_kit: FaceKit) ->
     Image.fromarray(np.rot90(astronaut(), k=1).copy()).save(buffer, format="JPEG", exif=exif)
     result = add_photo(project, buffer.getvalue(), "rotated.jpg", "source", fallback_kit)
     assert isinstance(result, Accepted)
-    landmarks = np.array(result.record["landmarks"])
+    landmarks = np.array(result.record.landmarks)
     assert landmarks[0, 1] < landmarks[3, 1] and landmarks[0, 0] < landmarks[1, 0]
     # The same pixels without the tag hold no upright face.
     plain = encode(np.rot90(astronaut(), k=1).copy())
@@ -383,8 +380,8 @@ def test_decoding_the_test_photos() -> None:
 
 def test_remove_photo_deletes_entry_and_files(project: Project, fallback_kit: FaceKit) -> None:
     record = add_photo(project, encode(astronaut()), "a.jpg", "source", fallback_kit).record
-    assert remove_photo(project, record["id"]) == record
-    assert photos(project) == [] and not project.path("photos", "source", record["id"]).exists()
+    assert remove_photo(project, record.id) == record
+    assert photo_records(project) == [] and not project.path("photos", "source", record.id).exists()
     with pytest.raises(StoreError, match="has no photo with id 'nope'"):
         remove_photo(project, "nope")
 
@@ -424,7 +421,7 @@ def test_concurrent_uploads_of_the_same_photo_store_it_once(project: Project, fa
         thread.join()
     assert sorted(type(r).__name__ for r in results) == ["Accepted", "Refused"]
     assert [r.reason for r in results if isinstance(r, Refused)] == ["duplicate"]
-    assert len(photos(project)) == 1 and len(list(project.path("photos", "source").iterdir())) == 1
+    assert len(photo_records(project)) == 1 and len(list(project.path("photos", "source").iterdir())) == 1
 
 
 def test_unknown_role_is_a_programming_error(project: Project, fallback_kit: FaceKit) -> None:

@@ -24,7 +24,8 @@ from engine import checkpoint as ckpt
 from engine.demo.portraits import make_project
 from engine.faces import FaceKit
 from engine.faces.fallback import EllipseParser
-from engine.intake import Accepted, add_photo, photos, remove_photo
+from engine.intake import Accepted, add_photo, remove_photo
+from engine.photos import photo_records
 from engine.store import ProjectStore, StorageFull, StoreError
 
 DRIVER = Path(__file__).with_name("fixtures_reliability.py")
@@ -300,16 +301,16 @@ def test_uploads_and_deletes_from_two_tabs_keep_the_manifest_and_the_files_in_st
             for seed in range(first, first + 6):
                 result = add_photo(project, noise_photo(seed), f"{seed}.png", "source", kit)
                 assert isinstance(result, Accepted), result
-                added.append(result.record["id"])
+                added.append(result.record.id)
         except BaseException as error:  # reported below
             errors.append(error)
 
     def delete() -> None:
         try:
-            while uploading.is_set() or photos(project):
-                for record in photos(project):
+            while uploading.is_set() or photo_records(project):
+                for record in photo_records(project):
                     with contextlib.suppress(StoreError):  # the other tab deleted it first
-                        removed.append(remove_photo(project, record["id"])["id"])
+                        removed.append(remove_photo(project, record.id).id)
         except BaseException as error:
             errors.append(error)
 

@@ -55,7 +55,7 @@ def test_an_upload_name_cannot_place_a_file_outside_its_photo_folder(
     result = add_photo(project, portrait, filename, "source", fallback_kit)
     assert isinstance(result, Accepted)
     record = result.record
-    folder = f"home/projects/client/photos/source/{record['id']}"
+    folder = f"home/projects/client/photos/source/{record.id}"
     new = listing(tmp_path) - before
     assert new and all(
         name == folder or name.startswith(f"{folder}/") or name in ("home/projects/client/photos",
@@ -63,8 +63,8 @@ def test_an_upload_name_cannot_place_a_file_outside_its_photo_folder(
         for name in new
     ), sorted(new)  # fmt: skip
     for key in ("original", "crop", "mask", "labels", "preview", "face"):
-        assert project.path(record[key]).parent == project.path("photos", "source", record["id"])
-    assert "/" not in record["filename"] and "\\" not in record["filename"]
+        assert project.path(getattr(record, key)).parent == project.path("photos", "source", record.id)
+    assert "/" not in record.filename and "\\" not in record.filename
     assert not any((tmp_path / "outside").iterdir())
 
 

@@ -452,7 +452,7 @@ def test_every_refresh_returns_one_value_per_output(tmp_path):
 @pytest.mark.slow
 def test_style_references_painted_from_a_prompt_become_photos_or_refusals(tmp_path, monkeypatch):
     from engine.demo import build_demo_kit, default_kit_folder, use_demo_kit
-    from engine.intake import photos
+    from engine.photos import photo_records
     from engine.store import ProjectStore
     from studio.app import Studio
     from studio.photos import submit_references
@@ -469,7 +469,7 @@ def test_style_references_painted_from_a_prompt_become_photos_or_refusals(tmp_pa
     assert studio.runner.wait(job, timeout=300)
     assert job.status == DONE, job.error
     assert len(job.result) == 2
-    shown = len(photos(project, "reference")) + len(studio.refusals.get("anna"))
+    shown = len(photo_records(project, "reference")) + len(studio.refusals.get("anna"))
     assert shown == 2, "each painted reference is either added or listed with the reason it was refused"
 
 

@@ -326,9 +326,10 @@ def test_the_studio_views_work_on_a_damaged_manifest_and_show_the_notice(tmp_pat
 
 
 def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_kit):
-    from engine.intake import Accepted, add_photo, photos
+    from engine.intake import Accepted, add_photo
     from engine.models import load_base
     from engine.outputs import OutputRecord, add_output, format_parameters
+    from engine.photos import photo_records
     from engine.repair import repair_manifest
     from engine.runs import resolve_artefact
     from engine.train import train
@@ -369,10 +370,11 @@ def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_k
     image_keys = ("id", "role", "status", "original", "crop", "mask", "labels", "preview", "face",
                   "embedding", "landmarks", "bbox", "sha256", "dhash", "fallback")  # fmt: skip
     rebuilt = {image["id"]: image for image in after["images"]}
-    assert {key: rebuilt[accepted.record["id"]][key] for key in image_keys} == {
-        key: accepted.record[key] for key in image_keys
+    assert {key: rebuilt[accepted.record.id][key] for key in image_keys} == {
+        key: getattr(accepted.record, key) for key in image_keys
     }
-    assert [image["id"] for image in photos(project)] == [accepted.record["id"]]  # demo photos lack face.json
+    # demo photos lack face.json
+    assert [image.id for image in photo_records(project)] == [accepted.record.id]
     assert "face.json" in report
     run_keys = (
         "id",

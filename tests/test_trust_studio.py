@@ -217,9 +217,9 @@ def three_references(tmp_path):
 
 
 def reference_ids(project) -> list[str]:
-    from engine.intake import photos
+    from engine.photos import photo_records
 
-    return [record["id"] for record in photos(project, "reference")]
+    return [record.id for record in photo_records(project, "reference")]
 
 
 def test_replacing_a_reference_with_a_refused_photo_keeps_the_original(three_references, tmp_path):
@@ -241,13 +241,14 @@ def test_replacing_a_reference_with_an_accepted_photo_removes_the_original(
     three_references, tmp_path, monkeypatch
 ):
     import engine.intake
+    from engine.photos import PhotoRecord
     from studio.photos import on_replace
 
     studio, project = three_references
 
     def accept(project, data, filename, role, kit):
-        record = {"id": "new", "role": role, "status": "accepted", "filename": filename}
-        project.update(lambda manifest: manifest["images"].append(record))
+        record = PhotoRecord(id="new", role=role, filename=filename)
+        project.update(lambda manifest: manifest["images"].append(record.to_json()))
         return engine.intake.Accepted(record)
 
     monkeypatch.setattr(engine.intake, "add_photo", accept)
