@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> dict:
     from engine.demo.portraits import make_project
     from engine.demo.sd import build_tiny_sd
     from engine.models import load_base
-    from engine.train import train
+    from engine.training import train
 
     released = preset("released")
     per_seed: dict[int, dict[str, dict[str, float]]] = {}

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from bench.settings import Sizes
-    from engine.train import Trainer
+    from engine.training import Trainer
 
 GOAL = 1.3
 WARMUP_SEED = 1_000

@@ -1,11 +1,12 @@
 """One phase-2 step of the real trainer, and the plain DreamBooth-LoRA step it is compared with.
 
-Both steps run on one prepared `engine.train.Trainer` (phase 2 set up: LoRA on the UNet and,
-per profile, the text encoder, plus the two embeddings; same optimiser), on the same sample (a
-composed one: every term of the objective is active), at the same resolution:
+Both steps run on one trainer from `engine.training.phase_two_trainer` (phase 2 set up: LoRA on
+the UNet and, per profile, the text encoder, plus the two embeddings; same optimiser), on the same
+sample (a composed one: every term of the objective is active), at the same resolution:
 
-- ``full``: `Trainer.losses` (masked reconstruction, Attention Refocusing from the captured maps,
-  identity loss on the decoded one-step estimate), backward, clipping, optimiser step.
+- ``full``: the trainer's `engine.training.Objective` (masked reconstruction, Attention
+  Refocusing from the captured maps, identity loss on the decoded one-step estimate), backward,
+  clipping, optimiser step.
 - ``plain``: noise, text encoder and UNet with SDPA in every layer, MSE against the noise,
   backward, clipping, optimiser step; no capture, no decode, no recogniser.
 - ``mix``: the full step on samples drawn as a training run draws them (the task mix of source,
@@ -14,7 +15,8 @@ composed one: every term of the objective is active), at the same resolution:
 
 The two speed options of the training issue (``identity_reuse_pass`` and
 ``identity_face_window``) and the identity decoder (``identity_decoder``: the VAE, or TAESD) are
-read by `Trainer.losses` on every step, so they are switched on the same trainer between steps.
+read by the objective on every step, so each full kind steps with a copy of the trainer's objective
+that has them set (`dataclasses.replace`), on the same models, optimiser and generator.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 
 if TYPE_CHECKING:
     from bench.workbench import Workbench
-    from engine.train import Trainer
+    from engine.training import Trainer
 
 PHASE2_STEPS = 100
 """Length of the phase the steps pretend to be in (only sets the learning-rate schedule)."""
@@ -67,12 +69,9 @@ def make_trainer(bench: Workbench, profile: str = "auto", identity: bool = True)
     Without ``identity`` the face models are not loaded (a plain DreamBooth-LoRA process has none);
     with it the tiny decoder is loaded too, so that a step kind can switch to it.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
-
     from engine.config import preset
     from engine.faces import load_face_kit
-    from engine.train import Trainer, resolve_options
+    from engine.training import phase_two_trainer
 
     config = preset(
         "released", base_model=str(bench.base), resolution=bench.resolution, phase1_steps=0,
@@ -80,14 +79,9 @@ def make_trainer(bench: Workbench, profile: str = "auto", identity: bool = True)
         tiny_decoder_model=str(bench.tiny_decoder),
         **({"identity_decoder": "tiny"} if identity else {"identity_weight": 0.0}),
     )  # fmt: skip
-    options = resolve_options(config)
-    if PartialState._shared_state:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=options.mixed_precision, cpu=options.device.type == "cpu")
-    trainer = Trainer(bench.project(), "bench", config, options, accelerator, lambda event: None, None)
-    trainer.setup(None, load_face_kit() if identity else None)
-    trainer.setup_phase(2, None)
-    return trainer
+    return phase_two_trainer(
+        bench.project(), config, face_kit=load_face_kit() if identity else None, run="bench"
+    )
 
 
 def composed_sample(trainer: Trainer):
@@ -113,16 +107,16 @@ def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
         identity_face_window=kind.identity_face_window,
     )
     config = dataclasses.replace(trainer.config, identity_decoder=kind.identity_decoder)
+    objective = dataclasses.replace(trainer.objective, options=options, config=config)
     samples = [composed_sample(trainer)]
 
     def run(seed: int) -> None:
         trainer.generator.manual_seed(seed)
         if kind.full:
-            trainer.options, trainer.config = options, config
             if kind.drawn:
                 rng = random.Random(seed)
-                samples[:] = [trainer.data.draw(rng, 2) for _ in range(trainer.config.train_batch_size)]
-            optimise(trainer, trainer.losses(2, 0, PHASE2_STEPS, samples)["total"])
+                samples[:] = [trainer.data.draw(rng, 2) for _ in range(config.train_batch_size)]
+            optimise(trainer, objective(2, 0, PHASE2_STEPS, samples)["total"])
             return
         unet = trainer.base.unet
         unet.set_attn_processor(AttnProcessor2_0())
@@ -147,7 +141,7 @@ def plain_loss(trainer: Trainer, samples: list) -> torch.Tensor:
 
 
 def optimise(trainer: Trainer, loss: torch.Tensor) -> None:
-    """Backward, clipping and the optimiser step, as `Trainer.run_phase` does them."""
+    """Backward, clipping and the optimiser step, as `Trainer.optimisation_step` does them."""
     accelerator = trainer.accelerator
     accelerator.backward(loss)
     if trainer.config.max_grad_norm > 0:
@@ -173,6 +167,6 @@ def timed(run: Callable[[int], None], seed: int, device: torch.device) -> float:
 
 def save_artefact(trainer: Trainer) -> Path:
     """Write the trainer's current weights as its run's artefact file (what `engine.generate` loads)."""
-    from engine.train import ARTEFACT
+    from engine.training import ARTEFACT, save_weights
 
-    return trainer.save_weights(trainer.folder / ARTEFACT, with_lora=True)
+    return save_weights(trainer, trainer.folder / ARTEFACT, with_lora=True)

@@ -39,8 +39,8 @@ USER_ERRORS = frozenset({
     "engine.data.DataError",
     "engine.tokens.TokenError",
     "engine.faces.detect.FaceModelError",
-    "engine.train.TrainingError",
-    "engine.train.TrainingCancelled",
+    "engine.training.errors.TrainingError",
+    "engine.training.errors.TrainingCancelled",
     "engine.artefact.ArtefactError",
     "engine.runs.UnknownRun",
     "engine.generate.GenerationError",
@@ -276,7 +276,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     except preflight.PreflightError as error:
         estimate = f"Pre-flight estimate unavailable: {error}"
     from engine.faces import load_face_kit
-    from engine.train import train
+    from engine.training import train
 
     kit = load_face_kit(commercial=True) if args.commercial else None
     notes = [_licence_line(args.commercial), estimate]

@@ -139,7 +139,7 @@ class Studio:
 
     def interrupted_runs(self) -> list[tuple[str, str]]:
         """(project, run) of every stopped or crashed run that can be resumed, for the start-up notice."""
-        from engine.train import resume_available
+        from engine.training import resume_available
 
         found = []
         for name in self.store.list():

@@ -244,7 +244,7 @@ def newest_run(project: Project) -> RunRecord | None:
 
 def disk_view(project: Project) -> TrainingView:
     """The project's newest run as recorded on disk (by this studio before a restart, or the CLI)."""
-    from engine.train import resume_available
+    from engine.training import resume_available
 
     run = newest_run(project)
     if run is None:
@@ -264,7 +264,8 @@ def best_checkpoint(project: Project, view: TrainingView, idle: bool) -> tuple[s
     Its text (best step, score, what generation uses), the best preview's images, and whether the
     buttons "use this checkpoint" and "use the final weights" are offered (only while no job trains it).
     """
-    from engine.train import RUNS, best_preview
+    from engine.runs import RUNS
+    from engine.training import best_preview
 
     run = newest_run(project)
     best = best_preview(project, run.id) if run else None
@@ -344,14 +345,15 @@ def submit_training(studio: Studio, project: Project, config: TrainingConfig, *,
 
     A resume job's view starts with its run's history, read here before the job appends to it.
     """
-    from engine.train import RUNS, resume_available
+    from engine.runs import RUNS
+    from engine.training import resume_available
 
     run = resume_available(project) if resume else None
     past = read_events(project.path(RUNS, run, "events.jsonl")) if run else []
     history = [event for event in past if not isinstance(event, (Finished, Cancelled, Failed))]
 
     def work(job: Job) -> Path:
-        from engine.train import train
+        from engine.training import train
 
         return train(
             project,
@@ -373,7 +375,7 @@ def submit_training(studio: Studio, project: Project, config: TrainingConfig, *,
 
 
 def can_resume(studio: Studio, name: str | None) -> bool:
-    from engine.train import resume_available
+    from engine.training import resume_available
 
     return bool(name) and resume_available(studio.store.open(name)) is not None
 
@@ -496,7 +498,7 @@ def on_cancel(studio: Studio, name: str | None) -> None:
 
 def on_use(studio: Studio, name: str | None, best: bool) -> LiveView:
     """Make generation use the best preview checkpoint (``best``) or the final weights."""
-    from engine.train import TrainingError, best_preview, use_preview
+    from engine.training import TrainingError, best_preview, use_preview
 
     project = studio.project(name)
     run = newest_run(project)

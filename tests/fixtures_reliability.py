@@ -142,7 +142,7 @@ def main(project_root: str, base_folder: str, fault: str) -> None:
         return
     from fixtures_training import tiny_face_kit
 
-    from engine.train import resume_available, train
+    from engine.training import resume_available, train
 
     _record_reads(scratch(project.root) / READS)
     resume = resume_available(project) is not None

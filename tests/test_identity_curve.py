@@ -11,7 +11,6 @@ from fixtures_training import demo_face_kit
 from tiny import tiny_config
 
 from engine import checkpoint as ckpt
-from engine import train as training
 from engine.artefact import load_artefact
 from engine.data import load_images
 from engine.demo.portraits import make_project
@@ -20,7 +19,8 @@ from engine.generate import GenerationSettings, generate
 from engine.identity import identity_score
 from engine.models import load_base
 from engine.runs import resolve_artefact
-from engine.train import (
+from engine.training import (
+    PREVIEW_WEIGHTS,
     TrainingError,
     artefact_from_preview,
     best_preview,
@@ -126,7 +126,7 @@ def test_previews_are_scored_kept_and_the_best_becomes_the_runs_artefact(
             return 0.2
         return next(script)
 
-    monkeypatch.setattr(training, "identity_score", scored)
+    monkeypatch.setattr("engine.training.previews.identity_score", scored)
     config = tiny_config(
         tiny_sd.folder, phase1_steps=1, phase2_steps=3, preview_every=2, preview_steps=2,
         checkpoint_every=1, keep_checkpoints=1,
@@ -155,7 +155,7 @@ def test_previews_are_scored_kept_and_the_best_becomes_the_runs_artefact(
     assert ckpt.read_json(folder / "preview-2" / ckpt.STATE)["identity"] == [0.6, 0.2]
 
     # The last preview holds the final weights; earlier ones hold their own step's weights.
-    weights = {p.step: load_artefact(p.path / training.PREVIEW_WEIGHTS) for p in kept}
+    weights = {p.step: load_artefact(p.path / PREVIEW_WEIGHTS) for p in kept}
     finished = load_artefact(final)
     assert _equal(_lora(weights[4]), _lora(finished)) and finished.unet_lora
     assert not _equal(_lora(weights[2]), _lora(finished))

@@ -314,7 +314,7 @@ from pathlib import Path
 from engine.config import preset
 from engine.events import PhaseStarted, StepDone
 from engine.store import ProjectStore
-from engine.train import train
+from engine.training import train
 from bench.workbench import PROJECT
 
 def status(field):

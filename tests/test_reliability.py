@@ -245,7 +245,7 @@ def test_a_disk_that_fills_up_during_training_stops_it_clearly_and_it_resumes_af
 
     from engine.events import StepDone
     from engine.models import load_base
-    from engine.train import resume_available, train
+    from engine.training import resume_available, train
 
     project = make_project(isolated_home)
     with disk_full(isolated_home) as disk:

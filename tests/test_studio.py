@@ -194,7 +194,7 @@ def test_a_resumed_run_replaces_the_repeated_steps_in_the_loss_curve():
 
 
 def test_a_resume_job_shows_its_run_history_before_its_own_steps(tmp_path, monkeypatch):
-    import engine.train
+    import engine.training
     from engine.config import preset
     from engine.events import EventLog, Failed
     from engine.store import ProjectStore
@@ -215,8 +215,8 @@ def test_a_resume_job_shows_its_run_history_before_its_own_steps(tmp_path, monke
             on_event(event)
         return tmp_path / "final.safetensors"
 
-    monkeypatch.setattr(engine.train, "resume_available", lambda project: "run-1")
-    monkeypatch.setattr(engine.train, "train", train)
+    monkeypatch.setattr(engine.training, "resume_available", lambda project: "run-1")
+    monkeypatch.setattr(engine.training, "train", train)
     monkeypatch.setattr(Studio, "face_kit", lambda self: None)
     job = submit_training(studio, project, preset("fast"), resume=True)
     assert studio.runner.wait(job, timeout=10)
@@ -474,10 +474,10 @@ def test_style_references_painted_from_a_prompt_become_photos_or_refusals(tmp_pa
 
 
 def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpoint(tmp_path, monkeypatch):
-    import engine.train
+    import engine.training
     from engine.events import EventLog
     from engine.store import ProjectStore
-    from engine.train import PreviewCheckpoint, TrainingError
+    from engine.training import PreviewCheckpoint, TrainingError
     from studio.app import Studio, build
     from studio.train import IDENTITY_TITLE, on_use
 
@@ -509,8 +509,10 @@ def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpo
         return tmp_path
 
     best = PreviewCheckpoint(6, 0.6, tmp_path)
-    monkeypatch.setattr(engine.train, "best_preview", lambda project, run: best if run == "run-1" else None)
-    monkeypatch.setattr(engine.train, "use_preview", use_preview)
+    monkeypatch.setattr(
+        engine.training, "best_preview", lambda project, run: best if run == "run-1" else None
+    )
+    monkeypatch.setattr(engine.training, "use_preview", use_preview)
 
     blocks = build(studio)
     by_id = {getattr(b, "elem_id", None): b for b in blocks.blocks.values()}

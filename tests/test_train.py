@@ -26,7 +26,7 @@ from engine.events import (
 )
 from engine.models import load_base
 from engine.store import StorageFull
-from engine.train import (
+from engine.training import (
     PREVIEW_WEIGHTS,
     TrainingCancelled,
     TrainingError,
@@ -295,16 +295,16 @@ def test_stopped_and_resumed_runs_end_like_an_uninterrupted_one(project, tiny_sd
 
 @pytest.mark.slow
 def test_out_of_memory_stops_cleanly_and_suggests_a_smaller_profile(project, tiny_sd, monkeypatch):
-    from engine.train import Trainer
+    from engine.training import Objective
 
-    original = Trainer.losses
+    original = Objective.__call__
 
     def losses(self, phase, step, steps, samples):
         if phase == 2:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return original(self, phase, step, steps, samples)
 
-    monkeypatch.setattr(Trainer, "losses", losses)
+    monkeypatch.setattr(Objective, "__call__", losses)
     config = tiny_config(tiny_sd.folder, phase1_steps=1, vram_profile="8gb", checkpoint_every=1)
     events = []
     with pytest.raises(TrainingError, match="'6gb'") as failure:
@@ -401,7 +401,7 @@ from fixtures_training import tiny_face_kit
 from engine.config import preset
 from engine.models import load_base
 from engine.store import Project
-from engine.train import train
+from engine.training import train
 
 config = preset(
     "released", base_model=sys.argv[2], resolution=64, phase1_steps=2, phase2_steps=2, checkpoint_every=1000,
@@ -464,18 +464,12 @@ def test_two_processes_train_in_step_under_accelerate_launch(project, tiny_sd, t
 
 def _phase_two_trainer(project, tiny_sd, **overrides):
     """A trainer set up for phase 2 on the tiny base, as a run has it before its first phase-2 step."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    from engine.train import Trainer
+    from engine.training import phase_two_trainer
 
     config = tiny_config(tiny_sd.folder, phase1_steps=0, identity_max_timestep=1000, **overrides)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(cpu=True)
-    trainer = Trainer(project, "t", config, resolve_options(config), accelerator, lambda event: None, None)
-    trainer.setup(load_base(tiny_sd.folder), tiny_face_kit())
-    trainer.setup_phase(2, None)
-    return trainer
+    return phase_two_trainer(
+        project, config, base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(), run="t"
+    )
 
 
 @pytest.mark.parametrize("decoder", ["vae", "tiny"])
@@ -491,17 +485,16 @@ def test_the_identity_branch_decodes_with_the_chosen_decoder_and_trains_the_lora
         tiny_decoder_model=str(tiny_decoder),
         gradient_checkpointing=decoder == "tiny",
     )
-    assert (trainer.tiny_decoder is not None) == (decoder == "tiny")
-    if trainer.tiny_decoder is not None:
-        assert trainer.tiny_decoder.decoder.gradient_checkpointing
+    tiny_decoder = trainer.identity.tiny_decoder
+    assert (tiny_decoder is not None) == (decoder == "tiny")
+    if tiny_decoder is not None:
+        assert tiny_decoder.decoder.gradient_checkpointing
     calls = {"vae": 0, "tiny": 0}
     trainer.base.vae.decoder.register_forward_hook(lambda *_: calls.__setitem__("vae", calls["vae"] + 1))
-    if trainer.tiny_decoder is not None:
-        trainer.tiny_decoder.decoder.register_forward_hook(
-            lambda *_: calls.__setitem__("tiny", calls["tiny"] + 1)
-        )
+    if tiny_decoder is not None:
+        tiny_decoder.decoder.register_forward_hook(lambda *_: calls.__setitem__("tiny", calls["tiny"] + 1))
     sample = Sample("composed", trainer.data.by_role["reference"][0], 0, 0)
-    terms = trainer.losses(2, 0, 2, [sample])
+    terms = trainer.objective(2, 0, 2, [sample])
     assert calls == {"vae": int(decoder == "vae"), "tiny": int(decoder == "tiny")}
     terms["identity"].backward()
     lora = [p for n, p in trainer.base.unet.named_parameters() if "lora_B" in n]  # A gets none while B is 0

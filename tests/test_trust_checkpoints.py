@@ -25,7 +25,7 @@ from engine.export import export_lora
 from engine.generate import generate
 from engine.models import ModelLoadError, load_base
 from engine.store import Project, ProjectStore
-from engine.train import TrainingCancelled, TrainingError, resume_available, train
+from engine.training import TrainingCancelled, TrainingError, resume_available, train
 
 EVERY_STEP = dict(phase2_steps=1, checkpoint_every=1, keep_checkpoints=2)
 """Two phase-1 steps and one phase-2 step, a checkpoint after every step."""

@@ -159,7 +159,7 @@ def test_the_studio_opens_projects_by_the_names_it_lists(tmp_path):
 
 def test_a_project_is_not_deleted_while_it_trains(tiny_sd):
     from engine.models import load_base
-    from engine.train import TrainingCancelled, train
+    from engine.training import TrainingCancelled, train
 
     store = ProjectStore()
     project = make_project(store.root, name="Anna Smith")
@@ -332,7 +332,7 @@ def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_k
     from engine.photos import photo_records
     from engine.repair import repair_manifest
     from engine.runs import resolve_artefact
-    from engine.train import train
+    from engine.training import train
 
     store = ProjectStore()
     project = make_project(store.root, name="Anna Smith")  # demo photos: crops and masks, no face.json

@@ -273,7 +273,7 @@ def failing(error: BaseException):
 def test_a_job_failing_with_a_user_error_logs_one_line_and_a_bug_its_traceback(caplog):
     from engine.config import ConfigError
     from engine.store import StorageFull
-    from engine.train import TrainingError
+    from engine.training import TrainingError
 
     runner = JobRunner()
     user_errors = [
