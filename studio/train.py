@@ -264,7 +264,6 @@ def best_checkpoint(project: Project, view: TrainingView, idle: bool) -> tuple[s
     Its text (best step, score, what generation uses), the best preview's images, and whether the
     buttons "use this checkpoint" and "use the final weights" are offered (only while no job trains it).
     """
-    from engine.runs import RUNS
     from engine.training import best_preview
 
     run = newest_run(project)
@@ -345,7 +344,6 @@ def submit_training(studio: Studio, project: Project, config: TrainingConfig, *,
 
     A resume job's view starts with its run's history, read here before the job appends to it.
     """
-    from engine.runs import RUNS
     from engine.training import resume_available
 
     run = resume_available(project) if resume else None
