@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import sys
 import time
 import traceback
@@ -51,7 +50,6 @@ USER_ERRORS = frozenset({
     "engine.evaluate.EvaluationError",
 })  # fmt: skip
 """Exceptions whose message is a sentence for the user, by qualified name (no import needed to tell)."""
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 class CommandError(Exception):
@@ -94,14 +92,6 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             overrides[key.strip()] = raw
     return overrides
-
-
-def _check_device(name: str) -> None:
-    """Refuse a device torch would not know, before torch is imported."""
-    from engine.config import ConfigError
-
-    if not _DEVICE.fullmatch(name):
-        raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {name!r}).")
 
 
 def _check_base(source: str) -> None:
@@ -268,7 +258,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.profile:
         overrides["vram_profile"] = args.profile
     config = preset(args.preset, **overrides)
-    _check_device(config.device)
     project = _project(args.project)
     _check_base(config.base_model)
     try:

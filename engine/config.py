@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.models import DEFAULT_BASE, TINY_DECODER
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""The devices torch trains on that a setting may name."""
 
 PROFILE_NAMES = ("auto", "cpu", "6gb", "8gb", "12gb", "24gb")
 MEMORY_FIELDS = (
@@ -212,6 +216,8 @@ class TrainingConfig:
             _check(item, getattr(self, item.name))
         if self.resolution % 8:
             raise ConfigError(f"resolution must be a multiple of 8 (got {self.resolution}).")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r}).")
         if self.phase1_steps + self.phase2_steps == 0:
             raise ConfigError("phase1_steps and phase2_steps are both 0; at least one phase needs steps.")
         for name in ("identity_token", "style_token", "identity_init_word"):

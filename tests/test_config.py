@@ -79,3 +79,10 @@ def test_every_field_is_documented_and_presets_name_real_fields():
     assert all(item.metadata.get("help", "").endswith(".") for item in fields.values())
     assert all(set(values) <= fields.keys() for values in PRESETS.values())
     assert set(MEMORY_FIELDS) <= fields.keys()
+
+
+def test_an_unknown_device_is_refused_by_the_config_itself():
+    """The studio and the API build configs too: the device is checked where every setting is."""
+    with pytest.raises(ConfigError, match=r"device must be auto, cpu, cuda, cuda:N or mps \(got 'quantum'\)"):
+        preset(device="quantum")
+    assert preset(device="cuda:1").device == "cuda:1"
