@@ -12,7 +12,6 @@ gallery) comes back only from such a manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -22,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from engine.runs import RUNS, RunRecord
-from engine.store import MANIFEST, PREVIOUS, InvalidName, Project, atomic_write_bytes, now, parse_manifest
+from engine.store import (
+    MANIFEST,
+    PREVIOUS,
+    InvalidName,
+    Project,
+    atomic_write_bytes,
+    file_sha256,
+    now,
+    parse_manifest,
+)
 
 DAMAGED = "manifest.damaged.json"
 """Where a repair keeps a manifest that did not parse."""
@@ -218,7 +226,7 @@ def _photo(project: Project, role: str, folder: Path) -> dict[str, Any] | None:
         "embedding_model": None,
         "landmarks": landmarks,
         "bbox": bbox,
-        "sha256": hashlib.sha256(original.read_bytes()).hexdigest() if original else None,
+        "sha256": file_sha256(original) if original else None,
         "dhash": _difference_hash(pixels),
         "fallback": bool(details.get("fallbacks")),
         "added": _iso((folder / "crop.png").stat().st_mtime),

@@ -106,7 +106,7 @@ def views(studio: Studio, name: str | None) -> list[Any]:
 
 def add_files(studio: Studio, name: str | None, files: list[str], role: str, progress: gr.Progress) -> int:
     """Pass ``files`` through intake, noting each refusal; returns how many were accepted."""
-    from engine.intake import Refused, add_photo
+    from engine.intake import Refused, add_photo, read_photo
 
     project = studio.project(name)
     if studio.face_kit_loaded() is None:
@@ -116,7 +116,7 @@ def add_files(studio: Studio, name: str | None, files: list[str], role: str, pro
     for index, file in enumerate(files):
         path = Path(file)
         progress(index / max(len(files), 1), desc=f"Checking {path.name}")
-        outcome = add_photo(project, path.read_bytes(), path.name, role, kit)
+        outcome = add_photo(project, read_photo(path), path.name, role, kit)
         if isinstance(outcome, Refused):
             studio.refusals.add(project.name, Refusal(path.name, role, outcome.reason, outcome.message))
         else:
