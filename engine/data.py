@@ -207,6 +207,7 @@ class Sample:
     image: int
     template: int
     view: int
+    """Index of the cached view; with ``latent_cache_variants=0`` the seed of the view made for it."""
 
 
 @dataclass
@@ -262,34 +263,60 @@ class TrainingData:
 
     @torch.no_grad()
     def build_cache(self, vae, device: torch.device, dtype: torch.dtype, chunk: int = 4) -> None:
-        """Encode ``latent_cache_variants`` augmented views of every image (deterministic in the seed)."""
+        """Encode ``latent_cache_variants`` augmented views of every image (deterministic in the seed).
+
+        With ``latent_cache_variants=0`` nothing is cached: the VAE is kept and each sample's view
+        is augmented and encoded when its batch is made (`draw` gives each sample its own view seed).
+        """
         count, config = self.config.latent_cache_variants, self.config
+        self.encoder = (vae, device, dtype)
         flipped = [(v + 0.5) / count > 1 - config.flip_probability for v in range(count)]
-        jobs = []
-        for index, image in enumerate(self.images):
-            for view in range(count):
-                rng = random.Random(f"{config.seed}/{index}/{view}")
-                factors = [1 + rng.uniform(-config.color_jitter, config.color_jitter) for _ in range(3)]
-                pixels, face, landmarks, bbox = (
-                    jitter(image.pixels, *factors),
-                    image.face,
-                    image.landmarks,
-                    image.bbox,
-                )
-                if flipped[view]:
-                    pixels, face = pixels.flip(-1), face.flip(-1)
-                    landmarks, bbox = flip_points(landmarks, bbox, pixels.shape[-1])
-                jobs.append((flipped[view], pixels, face, landmarks, bbox))
-        views: list[View] = []
-        for start in range(0, len(jobs), chunk):
-            part = jobs[start : start + chunk]
-            pixels = torch.stack([job[1] for job in part]).to(device, dtype)
-            dist = vae.encode(pixels).latent_dist
-            for job, mean, std in zip(part, dist.mean.float(), dist.std.float(), strict=True):
-                flip, _, face, landmarks, bbox = job
-                face = F.interpolate(face[None], size=mean.shape[-2:], mode="nearest")[0].to(device)
-                views.append(View(flip, mean, std, face, landmarks, bbox))
+        jobs = [
+            self._augment(index, view, flipped[view])
+            for index in range(len(self.images))
+            for view in range(count)
+        ]
+        views = [
+            view for start in range(0, len(jobs), chunk) for view in self._encode(jobs[start : start + chunk])
+        ]
         self.views = [views[i * count : (i + 1) * count] for i in range(len(self.images))]
+
+    def _augment(self, index: int, view: int, flip: bool | None = None) -> tuple:
+        """Pixels, face mask, landmarks and box of view ``view`` of image ``index`` (flip drawn when None)."""
+        config, image = self.config, self.images[index]
+        rng = random.Random(f"{config.seed}/{index}/{view}")
+        factors = [1 + rng.uniform(-config.color_jitter, config.color_jitter) for _ in range(3)]
+        if flip is None:
+            flip = rng.random() < config.flip_probability
+        pixels, face, landmarks, bbox = (
+            jitter(image.pixels, *factors),
+            image.face,
+            image.landmarks,
+            image.bbox,
+        )
+        if flip:
+            pixels, face = pixels.flip(-1), face.flip(-1)
+            landmarks, bbox = flip_points(landmarks, bbox, pixels.shape[-1])
+        return flip, pixels, face, landmarks, bbox
+
+    @torch.no_grad()
+    def _encode(self, jobs: list[tuple]) -> list[View]:
+        """VAE-encode augmented views (one VAE call)."""
+        vae, device, dtype = self.encoder
+        pixels = torch.stack([job[1] for job in jobs]).to(device, dtype)
+        dist = vae.encode(pixels).latent_dist
+        views = []
+        for job, mean, std in zip(jobs, dist.mean.float(), dist.std.float(), strict=True):
+            flip, _, face, landmarks, bbox = job
+            face = F.interpolate(face[None], size=mean.shape[-2:], mode="nearest")[0].to(device)
+            views.append(View(flip, mean, std, face, landmarks, bbox))
+        return views
+
+    def view(self, sample: Sample) -> View:
+        """The sample's view: from the cache, or (``latent_cache_variants=0``) augmented and encoded now."""
+        if self.config.latent_cache_variants:
+            return self.views[sample.image][sample.view]
+        return self._encode([self._augment(sample.image, sample.view)])[0]
 
     def draw(self, rng: random.Random, phase: int) -> Sample:
         """One sample: kind (1:1 in phase 1, ``task_mix`` in phase 2), image, template and view."""
@@ -297,7 +324,8 @@ class TrainingData:
         kind = rng.choices(KINDS, weights=weights)[0]
         image = rng.choice(self.by_role["source" if kind == "source" else "reference"])
         template = rng.randrange(len(self.prompts[kind]))
-        view = rng.randrange(len(self.views[image]))
+        count = self.config.latent_cache_variants
+        view = rng.randrange(count) if count else rng.getrandbits(32)
         return Sample(kind, image, template, view)
 
     def batch(
@@ -309,7 +337,7 @@ class TrainingData:
     ) -> Batch:
         """Tensors for ``samples``; latents are drawn from the cached distributions with ``generator``."""
         identity_id, style_id = self.token_ids.values()
-        views = [self.views[s.image][s.view] for s in samples]
+        views = [self.view(s) for s in samples]
         mean = torch.stack([v.mean for v in views])
         noise = torch.randn(mean.shape, generator=generator, device=mean.device)
         latents = (mean + torch.stack([v.std for v in views]) * noise) * scaling_factor

@@ -140,3 +140,22 @@ def test_cache_and_batches_follow_the_method(project, tokenizer, tiny_sd):
     torch.testing.assert_close(batch.landmarks[1], data.views[reference][0].landmarks)
     again = data.batch(samples, 0.18215, (), torch.Generator().manual_seed(0))
     torch.testing.assert_close(again.latents, batch.latents)  # the latent draw follows the generator
+
+
+def test_no_latent_cache_encodes_a_fresh_augmented_view_per_sample(project, tokenizer, tiny_sd):
+    """``latent_cache_variants=0`` is documented as "encode every step"; it used to crash in `draw`."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd.folder / "vae")
+    config = preset(resolution=64, latent_cache_variants=0, flip_probability=0.5)
+    data = TrainingData(load_images(project, 64), config, tokenizer)
+    data.build_cache(vae, torch.device("cpu"), torch.float32)
+    rng = random.Random(0)
+    samples = [data.draw(rng, 2) for _ in range(24)]
+    assert len({s.view for s in samples}) == 24  # each sample its own view
+    views = [data.view(s) for s in samples]
+    assert {v.flip for v in views} == {False, True}
+    assert data.view(samples[0]).mean.equal(views[0].mean)  # a view follows its seed
+    batch = data.batch(samples[:3], 0.18215, ("source", "composed"), torch.Generator().manual_seed(0))
+    assert batch.latents.shape == (3, 4, 8, 8)
+    assert not batch.latents[0].equal(batch.latents[1])

@@ -96,11 +96,9 @@ class Trainer:
 
         images = load_images(self.project, config.resolution)
         self.data = TrainingData(images, config, base.tokenizer)
-        self.emit(
-            Status(
-                message=f"Encoding {len(images) * config.latent_cache_variants} augmented views of {len(images)} photos."
-            )
-        )
+        if config.latent_cache_variants:
+            views = len(images) * config.latent_cache_variants
+            self.emit(Status(message=f"Encoding {views} augmented views of {len(images)} photos."))
         self.data.build_cache(base.vae, self.device, dtype)
         self.setup_identity(images, face_kit)
 

@@ -135,6 +135,8 @@ def noised(objective: Objective, phase: int, batch: Any) -> Noised:
     """Noise the batch's latents at random timesteps; identity rows reuse a row when its timestep is low enough.
 
     Otherwise (or with ``identity_reuse_pass`` off) an identity row gets an extra, less noised row.
+    Either way the identity timesteps are uniform below ``identity_max_timestep``, also when
+    ``phase2_max_timestep`` is lower.
     """
     config, gen, device = objective.config, objective.generator, objective.device
     scheduler = objective.base.noise_scheduler
@@ -148,9 +150,17 @@ def noised(objective: Objective, phase: int, batch: Any) -> Noised:
     identity_rows = batch.identity_rows.to(device)
     if not len(identity_rows):
         return Noised(noisy, timesteps, input_ids, noise, identity_rows, None)
-    reusable = timesteps[identity_rows] < config.identity_max_timestep
-    fresh = identity_rows[~reusable] if objective.options.identity_reuse_pass else identity_rows
-    extra_t = torch.randint(0, config.identity_max_timestep, (len(fresh),), generator=gen, device=device)
+    # Identity timesteps are U[0, identity_max_timestep) with or without reuse: each row draws one,
+    # and reuses its reconstruction row when that row's timestep is in range and the draw falls
+    # where reconstruction timesteps lie (always, unless phase2_max_timestep is the lower bound).
+    drawn = torch.randint(
+        0, config.identity_max_timestep, (len(identity_rows),), generator=gen, device=device
+    )
+    reusable = (timesteps[identity_rows] < config.identity_max_timestep) & (drawn < high)
+    if not objective.options.identity_reuse_pass:
+        reusable = torch.zeros_like(reusable)
+    fresh = identity_rows[~reusable]
+    extra_t = drawn[~reusable]
     extra_noise = torch.randn((len(fresh), *latents.shape[1:]), generator=gen, device=device)
     noisy = torch.cat([noisy, scheduler.add_noise(latents[fresh], extra_noise, extra_t)])
     timesteps = torch.cat([timesteps, extra_t])

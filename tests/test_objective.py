@@ -1,0 +1,63 @@
+"""The phase-2 objective's pieces, on plain tensors (no model)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from engine.config import preset
+from engine.training.objective import noised
+
+
+def _objective(reuse: bool, **config):
+    from diffusers import DDPMScheduler
+
+    return SimpleNamespace(
+        config=preset(**config),
+        options=SimpleNamespace(identity_reuse_pass=reuse),
+        generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+        base=SimpleNamespace(noise_scheduler=DDPMScheduler(num_train_timesteps=1000)),
+    )
+
+
+def _identity_timesteps(objective, draws: int = 400) -> torch.Tensor:
+    batch = SimpleNamespace(
+        latents=torch.zeros(2, 4, 2, 2),
+        input_ids=torch.zeros(2, 3, dtype=torch.long),
+        identity_rows=torch.tensor([0, 1]),
+    )
+    found = []
+    for _ in range(draws):
+        rows = noised(objective, 2, batch)
+        found.append(rows.timesteps[rows.source_rows])
+    return torch.cat(found).float()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_identity_timesteps_span_their_whole_range_when_phase_two_stops_lower(reuse):
+    """With reuse and phase2_max_timestep 400 < identity_max_timestep 800, identity timesteps used to stop at 400."""
+    timesteps = _identity_timesteps(_objective(reuse, phase2_max_timestep=400, identity_max_timestep=800))
+    assert timesteps.max() >= 700
+    assert 0.4 < (timesteps < 400).float().mean() < 0.6  # uniform on [0, 800): half below 400
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_identity_timesteps_are_uniform_below_their_limit(reuse):
+    timesteps = _identity_timesteps(_objective(reuse, phase2_max_timestep=800, identity_max_timestep=400))
+    assert timesteps.max() < 400
+    assert 0.4 < (timesteps < 200).float().mean() < 0.6
+
+
+def test_reuse_takes_the_reconstruction_row_when_it_can():
+    objective = _objective(True, phase2_max_timestep=800, identity_max_timestep=800)
+    batch = SimpleNamespace(
+        latents=torch.zeros(2, 4, 2, 2),
+        input_ids=torch.zeros(2, 3, dtype=torch.long),
+        identity_rows=torch.tensor([0, 1]),
+    )
+    rows = noised(objective, 2, batch)
+    assert len(rows.noisy) == 2  # every reconstruction timestep is below 800: no extra UNet rows
+    assert rows.source_rows.tolist() == [0, 1]
