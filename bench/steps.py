@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -91,12 +91,17 @@ def composed_sample(trainer: Trainer):
     return Sample("composed", trainer.data.by_role["reference"][0], 0, 0)
 
 
-def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
+def step_function(
+    trainer: Trainer, kind: StepKind, optimiser: Callable[[Trainer, torch.Tensor], Any] | None = None
+) -> Callable[[int], Any]:
     """A function running one optimiser step of ``kind``; its argument seeds the noise, timesteps and draws.
 
     The plain step runs with SDPA in every attention layer (no capture), the full step with the
-    trainer's processors (capture on the AR layers).
+    trainer's processors (capture on the AR layers). ``optimiser`` (default `optimise`) takes the
+    loss through backward and the optimiser step; the function returns what it returns
+    (`checked_optimise`: the step's `StepHealth`).
     """
+    optimiser = optimiser or optimise
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from engine.attention import install_capture
@@ -116,12 +121,11 @@ def step_function(trainer: Trainer, kind: StepKind) -> Callable[[int], None]:
             if kind.drawn:
                 rng = random.Random(seed)
                 samples[:] = [trainer.data.draw(rng, 2) for _ in range(config.train_batch_size)]
-            optimise(trainer, objective(2, 0, PHASE2_STEPS, samples)["total"])
-            return
+            return optimiser(trainer, objective(2, 0, PHASE2_STEPS, samples)["total"])
         unet = trainer.base.unet
         unet.set_attn_processor(AttnProcessor2_0())
         try:  # the backward recomputes checkpointed blocks: they must see the same processors
-            optimise(trainer, plain_loss(trainer, samples))
+            return optimiser(trainer, plain_loss(trainer, samples))
         finally:
             install_capture(unet, trainer.store)
 
@@ -149,6 +153,48 @@ def optimise(trainer: Trainer, loss: torch.Tensor) -> None:
     trainer.optimizer.step()
     trainer.scheduler.step()
     trainer.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class StepHealth:
+    """What one optimiser step did with its numbers (`checked_optimise`)."""
+
+    loss: float
+    loss_finite: bool
+    nonfinite_grads: int
+    """Gradient values of the trainable parameters that are NaN or inf after backward (before clipping)."""
+    skipped: bool
+    """The gradient scaler skipped the optimiser step (fp16: inf or NaN in the scaled gradients)."""
+    loss_scale: float | None
+    """The gradient scaler's scale after the step; None without a scaler (fp32, bf16)."""
+
+
+def checked_optimise(trainer: Trainer, loss: torch.Tensor) -> StepHealth:
+    """`optimise` that also reports the step's `StepHealth`, as `Trainer.optimisation_step` steps.
+
+    Unlike `optimise` (the other benchmarks' step, unchanged), the learning-rate schedule steps only
+    when the optimiser did (``accelerator.optimizer_step_was_skipped``), as a training run does.
+    """
+    accelerator = trainer.accelerator
+    value = loss.detach().float()
+    accelerator.backward(loss)
+    grads = [p.grad for p in trainer.trainable if p.grad is not None]
+    nonfinite = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).sum() if grads else torch.tensor(0)
+    if trainer.config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(trainer.trainable, trainer.config.max_grad_norm)
+    trainer.optimizer.step()
+    skipped = bool(accelerator.optimizer_step_was_skipped)
+    if not skipped:
+        trainer.scheduler.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    scaler = getattr(accelerator, "scaler", None)
+    return StepHealth(
+        loss=float(value.item()),
+        loss_finite=bool(torch.isfinite(value).item()),
+        nonfinite_grads=int(nonfinite.item()),
+        skipped=skipped,
+        loss_scale=float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else None,
+    )
 
 
 def synchronise(device: torch.device) -> None:
