@@ -162,7 +162,9 @@ def outside_mass(maps: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Share of a token's attention that falls outside its target region, per pair ``[n]``.
 
     ``maps [n, k, h, w]`` are probabilities at attention resolution; the mean map is upsampled to
-    the target size and normalised to sum 1 before the share is taken.
+    the target size and normalised to sum 1 before the share is taken. Differentiable: with
+    ``ar_loss="outside_share"`` it is the AR loss, whose value a uniform shrink of the map leaves
+    unchanged (its minimum is all mass inside the region, not a collapse).
     """
     mean = F.interpolate(
         maps.float().mean(dim=1, keepdim=True), size=target.shape[-2:], mode="bilinear", align_corners=False

@@ -139,8 +139,21 @@ class TrainingConfig:
     ar_weight: float = _field(2.5, "Weight of the Attention Refocusing loss (phase 2).", range=(0.0, 100.0))
     ar_detach_range: bool = _field(
         True,
-        "Detach each map's min and max in the AR rescaling (paper, released). Off, the gradient also "
-        "flows through them, so the loss cannot be lowered by shrinking the token's attention everywhere.",
+        "Detach each map's min and max in the AR rescaling (paper, released; ar_loss=rescaled). Off, the "
+        "gradient also flows through them, so the loss cannot be lowered by shrinking the token's attention everywhere.",
+    )
+    ar_loss: str = _field(
+        "rescaled",
+        "Form of the AR loss: rescaled (METHOD.md: min-max rescaled maps penalised outside the "
+        "region; its minimum includes a collapsed map) or outside_share (the share of the token's "
+        "attention mass outside its region: blind to scale, so shrinking attention does not lower it).",
+        choices=("rescaled", "outside_share"),
+    )
+    ar_collapse_fraction: float = _field(
+        0.1,
+        "Warn when a token's mean attention falls below this fraction of its level at the start of "
+        "phase 2 (0: never).",
+        range=(0.0, 1.0),
     )
     identity_weight: float = _field(
         0.25, "Weight of the identity loss (phase 2); 0 turns it off.", range=(0.0, 100.0)

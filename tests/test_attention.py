@@ -186,3 +186,15 @@ def test_ar_gradient_reaches_lora_with_gradient_checkpointing(unet):
     assert checkpointed.keys() == plain.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-7)
+
+
+def test_outside_share_loss_is_blind_to_a_uniform_shrink_and_pulls_mass_inside():
+    maps = torch.tensor([[[[0.1, 0.5, 0.2], [0.3, 0.9, 0.05], [0.4, 0.6, 0.8]]]])
+    target = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    scale = torch.tensor(1.0, requires_grad=True)
+    outside_mass(scale * maps, target).sum().backward()
+    assert scale.grad.item() == pytest.approx(0.0, abs=1e-6)  # no reward for collapsing
+    live = maps.clone().requires_grad_(True)
+    outside_mass(live, target).sum().backward()
+    inside, outside = live.grad[0, 0][target[0] > 0], live.grad[0, 0][target[0] == 0]
+    assert (inside < 0).all() and (outside > 0).all()  # descent moves attention into the region

@@ -61,3 +61,25 @@ def test_reuse_takes_the_reconstruction_row_when_it_can():
     rows = noised(objective, 2, batch)
     assert len(rows.noisy) == 2  # every reconstruction timestep is below 800: no extra UNet rows
     assert rows.source_rows.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("form", "expected"), [("rescaled", "refocusing_loss"), ("outside_share", "outside_mass")]
+)
+def test_the_config_chooses_the_ar_loss_form(form, expected):
+    from engine import attention
+    from engine.attention import AttentionStore
+    from engine.training.objective import attention_term
+
+    store = AttentionStore()
+    store.start()
+    store.record("layer", torch.rand(1, 2, 16, 3, generator=torch.Generator().manual_seed(0)).softmax(-1))
+    store.stop()
+    target = torch.zeros(4, 4)
+    target[1:3, 1:3] = 1
+    batch = SimpleNamespace(
+        kinds=["source"], ar_rows=torch.tensor([0]), ar_positions=torch.tensor([1]), ar_targets=target[None]
+    )
+    loss = attention_term(store, batch, preset(ar_loss=form), torch.device("cpu"))
+    maps = store.token_maps(torch.tensor([1]), torch.tensor([0]))
+    assert loss.item() == pytest.approx(getattr(attention, expected)(maps, target[None]).item())

@@ -119,7 +119,7 @@ class Objective:
         reconstruction, total = reconstruction_term(eps[:size], rows.noise, batch.recon_masks, weights)
         terms = {"reconstruction": reconstruction}
         if use_ar:
-            terms["attention"] = attention_term(self.store, batch, config.ar_detach_range, self.device)
+            terms["attention"] = attention_term(self.store, batch, config, self.device)
             total = total + config.ar_weight * terms["attention"]
         if rows.source_rows is not None:
             source = rows.source_rows
@@ -191,13 +191,17 @@ def reconstruction_term(
 
 
 def attention_term(
-    store: AttentionStore, batch: Any, detach_range: bool, device: torch.device
+    store: AttentionStore, batch: Any, config: TrainingConfig, device: torch.device
 ) -> torch.Tensor:
-    """AR loss averaged over each sample's tokens, then over samples."""
-    from engine.attention import refocusing_loss
+    """AR loss (of the config's ``ar_loss`` form) averaged over each sample's tokens, then over samples."""
+    from engine.attention import outside_mass, refocusing_loss
 
     maps = store.token_maps(batch.ar_positions, batch.ar_rows)
-    pairs = refocusing_loss(maps, batch.ar_targets.to(device), detach_range)
+    targets = batch.ar_targets.to(device)
+    if config.ar_loss == "outside_share":
+        pairs = outside_mass(maps, targets)
+    else:
+        pairs = refocusing_loss(maps, targets, config.ar_detach_range)
     rows = batch.ar_rows.to(device)
     count = torch.zeros(len(batch.kinds), device=device).index_add_(0, rows, torch.ones_like(pairs))
     per_sample = torch.zeros_like(count).index_add_(0, rows, pairs) / count.clamp_min(1)
