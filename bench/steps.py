@@ -101,10 +101,11 @@ def step_function(
     loss through backward and the optimiser step; the function returns what it returns
     (`checked_optimise`: the step's `StepHealth`).
     """
-    optimiser = optimiser or optimise
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from engine.attention import install_capture
+
+    optimiser = optimiser or optimise
 
     options = dataclasses.replace(
         trainer.options,
