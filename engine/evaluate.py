@@ -9,6 +9,14 @@ Post-processed outputs (restored, upscaled: entries with a ``parent``) are avera
 raw ones, as in the paper's "MagiCapture + post-processing" row. Each evaluation is saved as
 ``<project>/evaluations/<timestamp>.json``.
 
+Identity is measured twice, each in its own labelled column: by the recogniser the identity loss
+trains against (ArcFace; SFace in commercial mode), whose score training pushes up directly and so
+flatters the run, and by a second, independent recogniser (the other of the two). A recogniser
+whose weights are missing or refused (commercial mode refuses ArcFace's licence) leaves its column
+marked unavailable, with the reason among the report's notes. Artefacts do not record which
+recogniser their run trained against, so the kit's mode says it: evaluate runs trained with
+``--commercial`` with ``--commercial`` too.
+
 Protocol details: only the largest face of an image counts. A generated image in which no face
 is detected scores CSIM 0 (its identity is not recognisable) and counts against the ``faces``
 column; its style embedding is then taken with nothing masked. Source identities come from the
@@ -35,18 +43,42 @@ if TYPE_CHECKING:
     import torch
 
     from engine.faces import Face, FaceKit
+    from engine.faces.identity import Scorer
     from engine.metrics import Clip
 
 EVALUATIONS = "evaluations"
 NO_RUN = "none"
 """Run label of outputs that do not come from a training run."""
 METRIC_COLUMNS = ("n", "faces", "csim", "style", "aesthetic")
+"""The metrics of a run, in table order; "csim" stands for the identity columns (`IdentityColumn`)."""
+TRAINED = "trained against"
+INDEPENDENT = "independent"
+UNAVAILABLE = "unavailable"
 BATCH = 16
 """Output images loaded and embedded at a time."""
 
 
 class EvaluationError(Exception):
     """The project cannot be evaluated; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class IdentityColumn:
+    """One CSIM column: the recogniser that measured it, its role, and why it was not measured if it was not."""
+
+    recogniser: str
+    """`engine.faces.identity.Scorer.name`: "arcface" or "sface"."""
+    role: str
+    """`TRAINED` (the identity loss's own network) or `INDEPENDENT`."""
+    field: str
+    """The attribute of `ImageScore` and `RunScore` holding its numbers: "csim" or "csim_independent"."""
+    unavailable: str | None = None
+
+    @property
+    def label(self) -> str:
+        from engine.faces import RECOGNISER_LABELS
+
+        return f"CSIM ({RECOGNISER_LABELS[self.recogniser]}, {self.role})"
 
 
 @dataclass(frozen=True)
@@ -58,9 +90,13 @@ class ImageScore:
     face: bool
     """Whether a face was detected in the generated image."""
     csim: float | None
-    """Mean cosine to the source faces (0 without a detected face); None when identity is not measured."""
+    """Mean cosine to the source faces (0 without a detected face); None when identity is not measured.
+
+    Measured by the recogniser the identity loss trains against."""
     style: float
     aesthetic: float
+    csim_independent: float | None = None
+    """The same, measured by the independent recogniser."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +112,7 @@ class RunScore:
     csim: float | None
     style: float
     aesthetic: float
+    csim_independent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +125,8 @@ class EvalReport:
     images: list[ImageScore]
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
+    identity: tuple[IdentityColumn, ...] = ()
+    """The CSIM columns: the trained-against recogniser's, then the independent one's."""
 
     def compared_settings(self) -> list[str]:
         """Settings whose values differ between the runs (``preset`` first when present).
@@ -103,16 +142,27 @@ class EvalReport:
             differing = ["preset", *(k for k in differing if k != "preset")]
         return differing
 
+    def metric_columns(self) -> dict[str, str]:
+        """The metric columns of the table, label -> `RunScore` attribute (one column per recogniser for CSIM)."""
+        columns = {}
+        for metric in METRIC_COLUMNS:
+            if metric == "csim" and self.identity:
+                columns |= {column.label: column.field for column in self.identity}
+            else:
+                columns[metric] = metric
+        return columns
+
     def table(self) -> list[dict[str, Any]]:
         """One row per run (and per raw/post-processed): run, [post,] the compared settings, the metrics."""
         settings = self.compared_settings()
         post = any(run.post for run in self.runs)
+        metrics = self.metric_columns()
         return [
             {
                 "run": run.run,
                 **({"post": "yes" if run.post else "no"} if post else {}),
                 **{key: run.settings.get(key) for key in settings},
-                **{column: getattr(run, column) for column in METRIC_COLUMNS},
+                **{label: getattr(run, attribute) for label, attribute in metrics.items()},
             }
             for run in self.runs
         ]
@@ -120,13 +170,23 @@ class EvalReport:
     def markdown(self) -> str:
         rows = self.table()
         columns = list(rows[0])
+        metrics = self.metric_columns()
+        unavailable = {column.label for column in self.identity if column.unavailable}
         lines = [
             f"Evaluation of {self.project} ({self.created}); CLIP: {self.models['clip']}, faces: {self.models['faces']}",
             "",
             "| " + " | ".join(columns) + " |",
             "|" + "|".join("---" for _ in columns) + "|",
         ]
-        lines += ["| " + " | ".join(_cell(column, row[column]) for column in columns) + " |" for row in rows]
+        lines += [
+            "| "
+            + " | ".join(
+                UNAVAILABLE if column in unavailable else _cell(column in metrics, row[column])
+                for column in columns
+            )
+            + " |"
+            for row in rows
+        ]
         lines += ["", *(f"- {note}" for note in self.notes)] if self.notes else []
         return "\n".join(lines) + "\n"
 
@@ -135,6 +195,7 @@ class EvalReport:
             "project": self.project,
             "created": self.created,
             "models": self.models,
+            "identity": [asdict(column) | {"label": column.label} for column in self.identity],
             "table": self.table(),
             "runs": [asdict(run) for run in self.runs],
             "images": [asdict(image) for image in self.images],
@@ -142,12 +203,12 @@ class EvalReport:
         }
 
 
-def _cell(column: str, value: Any) -> str:
+def _cell(metric: bool, value: Any) -> str:
     """Metrics with three decimals, settings as short as they read (2.5, 0.0001), missing as n/a."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.3f}" if column in METRIC_COLUMNS else f"{value:g}"
+        return f"{value:.3f}" if metric else f"{value:g}"
     return str(value)
 
 
@@ -178,7 +239,8 @@ def evaluate_project(
     """Score the outputs of ``run_ids`` (default: every run with outputs), save and return the report.
 
     Models not passed in are loaded: the face kit (with its offline fallback), CLIP ViT-L/14 and the
-    LAION aesthetic head (both downloaded on first use).
+    LAION aesthetic head (both downloaded on first use). The independent recogniser (see the module
+    docstring) always comes from the asset registry, downloaded on first use, in the kit's mode.
     """
     from engine import metrics
 
@@ -209,21 +271,24 @@ def evaluate_project(
             f"Approximate offline face models in use ({', '.join(face_kit.fallbacks)}); numbers are rough."
         )
 
-    # 2. The project's photos: source identities, masked reference embeddings.
-    source_faces = []
-    if face_kit.scorer is None:
-        notes.append("No face recogniser is installed, so CSIM was not measured.")
-    elif not sources:
-        notes.append("The project has no source photos, so CSIM was not measured.")
-    else:
-        source_faces = [_source_identity(face_kit, project, record) for record in sources]
+    # 2. The project's photos: source identities (per recogniser), masked reference embeddings.
+    columns, scorers = _identity_columns(face_kit, bool(sources))
+    notes += [
+        f"{column.label} {UNAVAILABLE}: {column.unavailable}" for column in columns if column.unavailable
+    ]
+    identities = [
+        (scorer, np.stack([_source_identity(scorer, project, record) for record in sources]))
+        if scorer is not None
+        else None
+        for scorer in scorers
+    ]
     reference_embeds = metrics.clip_embeddings(clip, [_reference_masked(project, r) for r in references])
 
     # 3. The outputs, a batch at a time.
     per_image: list[ImageScore] = []
     for start in range(0, len(outputs), BATCH):
         batch = outputs[start : start + BATCH]
-        per_image += _score_batch(project, batch, face_kit, clip, aesthetic, source_faces, reference_embeds)
+        per_image += _score_batch(project, batch, face_kit, clip, aesthetic, identities, reference_embeds)
 
     # 4. Per-run means, the saved report.
     groups = dict.fromkeys((image.run, image.post) for image in per_image)
@@ -240,13 +305,52 @@ def evaluate_project(
         "faces": ", ".join(
             p.name for p in (face_kit.detector, face_kit.parser, face_kit.scorer) if p is not None
         ),
+        "independent": scorers[1].name if scorers[1] is not None else UNAVAILABLE,
     }
     path = _report_path(project, created)
     report = EvalReport(
-        project.name, created.isoformat(timespec="seconds"), models, runs, per_image, notes, path
+        project=project.name,
+        created=created.isoformat(timespec="seconds"),
+        models=models,
+        runs=runs,
+        images=per_image,
+        notes=notes,
+        path=path,
+        identity=columns,
     )
     atomic_write_json(path, report.to_json())
     return report
+
+
+def _identity_columns(
+    kit: FaceKit, has_sources: bool
+) -> tuple[tuple[IdentityColumn, IdentityColumn], tuple[Scorer | None, Scorer | None]]:
+    """The two CSIM columns (trained against, independent) and the scorer of each (None where unavailable)."""
+    from engine import assets
+    from engine.faces import RECOGNISER_ASSETS, FaceModelError, load_recogniser, trained_recogniser
+
+    trained = trained_recogniser(kit)
+    other = "arcface" if trained == "sface" else "sface"
+    why_trained = why_other = None
+    scorer = independent = None
+    if not has_sources:
+        why_trained = why_other = "the project has no source photos."
+    else:
+        scorer = kit.scorer
+        if scorer is None:
+            why_trained = (
+                "no face recogniser is installed; run "
+                f"`magicapture models download {RECOGNISER_ASSETS[trained]}` and evaluate again."
+            )
+        try:
+            independent = load_recogniser(other, commercial=kit.commercial)
+        except (assets.AssetError, FaceModelError) as error:
+            why_other = str(error)
+    columns = (
+        IdentityColumn(trained, TRAINED, "csim", why_trained),
+        IdentityColumn(other, INDEPENDENT, "csim_independent", why_other),
+    )
+    return columns, (scorer, independent)
 
 
 def _score_batch(
@@ -255,7 +359,7 @@ def _score_batch(
     kit: FaceKit,
     clip: Clip,
     aesthetic: torch.nn.Module,
-    source_faces: list[np.ndarray],
+    identities: list[tuple[Scorer, np.ndarray] | None],
     reference_embeds: np.ndarray,
 ) -> list[ImageScore]:
     """Detect faces, then score identity, masked style and aesthetic of some output images."""
@@ -268,23 +372,30 @@ def _score_batch(
     beauty = metrics.aesthetic_score(metrics.clip_embeddings(clip, images), aesthetic)
     scores = []
     for index, (entry, image, found) in enumerate(zip(entries, images, faces, strict=True)):
-        identity = None
-        if source_faces:
-            identity = (
-                metrics.csim(kit.scorer.embed(image, found[0]), np.stack(source_faces)) if found else 0.0
-            )
+        trained, independent = (_identity(pair, image, found) for pair in identities)
         scores.append(
             ImageScore(
                 output=str(entry["id"]),
                 run=_run_of(entry),
                 post=bool(entry.get("parent")),
                 face=bool(found),
-                csim=identity,
+                csim=trained,
                 style=float(style[index]),
                 aesthetic=float(beauty[index]),
+                csim_independent=independent,
             )
         )
     return scores
+
+
+def _identity(pair: tuple[Scorer, np.ndarray] | None, image: np.ndarray, faces: list[Face]) -> float | None:
+    """CSIM of the largest face by one recogniser (0 without a face); None when that recogniser is unavailable."""
+    from engine import metrics
+
+    if pair is None:
+        return None
+    scorer, sources = pair
+    return metrics.csim(scorer.embed(image, faces[0]), sources) if faces else 0.0
 
 
 def _run_of(entry: Mapping[str, Any]) -> str:
@@ -328,12 +439,12 @@ def _load(path: Path, mode: str) -> np.ndarray:
         return np.array(image.convert(mode))
 
 
-def _source_identity(kit: FaceKit, project: Project, record: PhotoRecord) -> np.ndarray:
-    """The recogniser's embedding of the face intake found in a source crop."""
+def _source_identity(scorer: Scorer, project: Project, record: PhotoRecord) -> np.ndarray:
+    """A recogniser's embedding of the face intake found in a source crop."""
     from engine.faces import Face
 
     face = Face(tuple(record.bbox), np.asarray(record.landmarks, np.float32).reshape(5, 2), 1.0)
-    return kit.scorer.embed(_load(project.path(record.crop), "RGB"), face)
+    return scorer.embed(_load(project.path(record.crop), "RGB"), face)
 
 
 def _reference_masked(project: Project, record: PhotoRecord) -> np.ndarray:
@@ -351,17 +462,23 @@ def _masked(kit: FaceKit, image: np.ndarray, faces: list[Face]) -> np.ndarray:
     return mask_out(image, face_mask(kit.parser.parse(image, faces[0])) if faces else None)
 
 
+def _mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None, None if there are none."""
+    present = [value for value in values if value is not None]
+    return float(np.mean(present)) if present else None
+
+
 def _run_score(run: str, post: bool, settings: dict[str, Any], images: list[ImageScore]) -> RunScore:
-    identities = [image.csim for image in images if image.csim is not None]
     return RunScore(
         run=run,
         post=post,
         settings=settings,
         n=len(images),
         faces=sum(image.face for image in images),
-        csim=float(np.mean(identities)) if identities else None,
+        csim=_mean(image.csim for image in images),
         style=float(np.mean([image.style for image in images])),
         aesthetic=float(np.mean([image.aesthetic for image in images])),
+        csim_independent=_mean(image.csim_independent for image in images),
     )
 
 

@@ -92,11 +92,13 @@ def test_the_command_prepares_trains_generates_exports_and_evaluates(magicapture
     assert paths[0].suffix == ".safetensors"
 
     report = magicapture("eval", "anna").stdout
-    assert "| faces | csim | style | aesthetic |" in report, report
+    identity = "CSIM (ArcFace, trained against) | CSIM (SFace, independent)"
+    assert f"| faces | {identity} | style | aesthetic |" in report, report
     [row] = [line for line in report.splitlines() if line.startswith("| run-")]
-    n, faces, csim, style, aesthetic = row.strip("| ").split(" | ")[2:]
+    n, faces, csim, independent, style, aesthetic = row.strip("| ").split(" | ")[2:]
     assert n == "2" and 0 <= int(faces) <= 2, row
-    assert -1.0 <= float(csim) <= 1.0 and -1.0 <= float(style) <= 1.0 and 0.0 <= float(aesthetic) <= 10.0, row
+    assert all(-1.0 <= float(value) <= 1.0 for value in (csim, independent, style)), row
+    assert 0.0 <= float(aesthetic) <= 10.0, row
 
 
 def test_a_missing_project_is_a_clear_error_and_exit_code_2(magicapture) -> None:

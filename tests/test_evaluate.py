@@ -3,7 +3,8 @@
 The face kit is the real detector and recogniser code on the demo kit's stand-in weights: the SCRFD
 stand-in finds a "face" at a bright square on a dark image, the ArcFace stand-in embeds it, and the
 elliptical fallback parser gives the face region. So each expected number below is known by
-construction (same pixels, same face -> cosine 1; no bright square -> no face -> CSIM 0).
+construction (same pixels, same face -> cosine 1; no bright square -> no face -> CSIM 0). The
+independent recogniser (SFace) comes from the demo kit's asset folder, offline.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from engine.faces.fallback import EllipseParser
 from engine.faces.identity import ArcFaceScorer
 from engine.store import Project, ProjectStore
 
+TRAINED = "CSIM (ArcFace, trained against)"
+INDEPENDENT = "CSIM (SFace, independent)"
 CONFIGS = {
     "r1": {"preset": "paper", "ar_weight": 2.5, "seed": 0, "device": "cuda"},
     "r2": {"preset": "paper", "ar_weight": 0.0, "seed": 0, "device": "cpu"},
@@ -38,6 +41,14 @@ def face_image(seed: int) -> np.ndarray:
     image = pattern(seed) // 2
     image[40:72, 48:80] = 255
     return image
+
+
+@pytest.fixture(autouse=True)
+def stand_in_assets(face_assets, monkeypatch):
+    """The demo kit's asset folder, offline: where the independent recogniser (SFace) is found."""
+    monkeypatch.setenv("MAGICAPTURE_ASSETS", str(face_assets))
+    monkeypatch.setenv("MAGICAPTURE_OFFLINE", "1")
+    return face_assets
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +158,12 @@ def test_the_table_compares_runs_by_the_settings_that_differ(project, kit, model
 
     rows = report.table()
     assert [list(row) for row in rows] == [
-        ["run", "preset", "ar_weight", "n", "faces", "csim", "style", "aesthetic"]
+        ["run", "preset", "ar_weight", "n", "faces", TRAINED, INDEPENDENT, "style", "aesthetic"]
     ] * 2
     assert [(row["run"], row["ar_weight"]) for row in rows] == [("r1", 2.5), ("r2", 0.0)]
     text = report.markdown()
-    assert "| run | preset | ar_weight | n | faces | csim | style | aesthetic |" in text
-    assert "| r1 | paper | 2.5 | 2 | 1 | 0.500 |" in text
+    assert f"| run | preset | ar_weight | n | faces | {TRAINED} | {INDEPENDENT} | style | aesthetic |" in text
+    assert "| r1 | paper | 2.5 | 2 | 1 | 0.500 | 0.500 |" in text
     assert "| r2 | paper | 0 | 1 | 1 |" in text and "CLIP: " in text
 
 
@@ -199,10 +210,11 @@ def test_missing_files_and_a_kit_without_recogniser_are_reported(project, kit, m
 
     assert [run.n for run in report.runs] == [1, 1]
     assert all(run.csim is None for run in report.runs)
+    assert all(run.csim_independent is not None for run in report.runs)  # SFace still measures
     assert any("1 generated image file(s) are missing" in note for note in report.notes)
-    assert any("No face recogniser" in note for note in report.notes)
+    assert f"{TRAINED} unavailable: no face recogniser is installed" in "\n".join(report.notes)
     assert any("Approximate offline face models" in note for note in report.notes)
-    assert "| n/a |" in report.markdown()
+    assert "| r1 | paper | 2.5 | 1 | 1 | unavailable | 1.000 |" in report.markdown()
 
 
 def test_a_head_for_another_clip_is_refused(project, kit, models):
@@ -266,7 +278,6 @@ def test_loads_every_model_from_the_asset_cache_in_demo_mode(tmp_path, monkeypat
     build_face_assets(assets)
     build_scoring_assets(assets)
     monkeypatch.setenv("MAGICAPTURE_ASSETS", str(assets))
-    monkeypatch.setenv("MAGICAPTURE_OFFLINE", "1")
     portrait = data.astronaut()  # the demo kit detects with Haar cascades, which need a real face
     project = ProjectStore().create("demo")
     kit = load_face_kit()
@@ -286,6 +297,85 @@ def test_loads_every_model_from_the_asset_cache_in_demo_mode(tmp_path, monkeypat
     assert run.csim == pytest.approx(0.5, abs=1e-5)
     assert -1 <= run.style <= 1 and np.isfinite(run.aesthetic)
     assert report.models["clip"] == str(assets / metrics.CLIP_FOLDER)
-    assert report.models["faces"] == "haar, bisenet, arcface"
+    assert run.csim_independent == pytest.approx(0.5, abs=1e-5)
+    assert (report.models["faces"], report.models["independent"]) == ("haar, bisenet, arcface", "sface")
     assert report.notes == ["Approximate offline face models in use (detector); numbers are rough."]
-    assert "| run-1 | 2 | 1 | 0.500 |" in report.markdown()
+    assert "| run-1 | 2 | 1 | 0.500 | 0.500 |" in report.markdown()
+
+
+def test_identity_is_scored_by_the_trained_and_an_independent_recogniser(project, kit, models, face_assets):
+    """ArcFace is what the identity loss trains against; SFace (from the asset cache) scores apart."""
+    from engine.faces.identity import SFaceScorer
+
+    clip, head = models
+    report = evaluate_project(project, face_kit=kit, clip=clip, aesthetic=head)
+
+    rows = report.table()
+    assert list(rows[0]) == [
+        "run",
+        "preset",
+        "ar_weight",
+        "n",
+        "faces",
+        TRAINED,
+        INDEPENDENT,
+        "style",
+        "aesthetic",
+    ]
+    by_id = {image.output: image for image in report.images}
+    assert by_id["o1"].csim_independent == pytest.approx(1.0, abs=1e-5)  # the source face itself
+    assert by_id["o2"].csim_independent == 0.0  # no face
+    sface = SFaceScorer(face_assets / "face_recognition_sface_2021dec.onnx")
+    source, other = face_image(1), face_image(2)
+    face_a, face_r = kit.detector.detect(source)[0], kit.detector.detect(other)[0]
+    expected = metrics.csim(sface.embed(other, face_r), sface.embed(source, face_a)[None])
+    assert by_id["o3"].csim_independent == pytest.approx(expected, abs=1e-5)
+    assert by_id["o3"].csim_independent != pytest.approx(by_id["o3"].csim, abs=1e-3)  # another network
+    assert rows[0][INDEPENDENT] == pytest.approx(0.5, abs=1e-5)
+    text = report.markdown()
+    assert f"| n | faces | {TRAINED} | {INDEPENDENT} | style | aesthetic |" in text
+    assert report.models["independent"] == "sface"
+    saved = report.to_json()
+    assert saved["table"][1][INDEPENDENT] == pytest.approx(expected, abs=1e-5)
+    assert [(c["label"], c["unavailable"]) for c in saved["identity"]] == [
+        (TRAINED, None),
+        (INDEPENDENT, None),
+    ]
+
+
+def test_a_missing_independent_recogniser_is_reported_not_fatal(project, kit, models, tmp_path, monkeypatch):
+    monkeypatch.setenv("MAGICAPTURE_ASSETS", str(tmp_path / "no-assets"))  # empty, and offline
+    clip, head = models
+    report = evaluate_project(project, face_kit=kit, clip=clip, aesthetic=head)
+
+    assert report.table()[0][TRAINED] == pytest.approx(0.5, abs=1e-5)  # the trained one still measures
+    assert all(row[INDEPENDENT] is None for row in report.table())
+    (note,) = [note for note in report.notes if note.startswith(INDEPENDENT)]
+    assert "unavailable" in note and "offline mode is on" in note  # the registry's reason
+    assert "| r1 | paper | 2.5 | 2 | 1 | 0.500 | unavailable |" in report.markdown()
+    assert report.models["independent"] == "unavailable"
+
+
+def test_in_commercial_mode_sface_is_trained_against_and_arcface_is_refused(
+    project, kit, models, face_assets
+):
+    """The commercial kit's loss trains against SFace; the independent one would be non-commercial ArcFace.
+
+    The asset folder holds the buffalo_l stand-in, but its licence forbids commercial use.
+    """
+    from engine.faces.identity import SFaceScorer
+
+    clip, head = models
+    commercial = FaceKit(
+        detector=kit.detector,
+        parser=kit.parser,
+        scorer=SFaceScorer(face_assets / "face_recognition_sface_2021dec.onnx"),
+        commercial=True,
+    )
+    report = evaluate_project(project, face_kit=commercial, clip=clip, aesthetic=head)
+
+    row = report.table()[0]
+    assert "CSIM (SFace, trained against)" in row and row["CSIM (ArcFace, independent)"] is None
+    assert row["CSIM (SFace, trained against)"] == pytest.approx(0.5, abs=1e-5)
+    (note,) = [n for n in report.notes if n.startswith("CSIM (ArcFace, independent)")]
+    assert "non-commercial use only" in note

@@ -37,6 +37,7 @@ __all__ = [
     "FaceModelMissing",
     "face_mask",
     "load_face_kit",
+    "load_recogniser",
     "warp_to_arcface",
 ]
 
@@ -46,6 +47,12 @@ FACE_PACK = "buffalo_l"
 PARSER_ASSET = "bisenet"
 COMMERCIAL_DETECTOR = "yunet"
 COMMERCIAL_RECOGNISER = "sface"
+ARCFACE_MEMBER = "w600k_r50.onnx"
+"""buffalo_l's ArcFace recogniser, a file of the pack."""
+RECOGNISER_LABELS = {"arcface": "ArcFace", "sface": "SFace"}
+"""Recogniser name (`Scorer.name`) -> how reports name it."""
+RECOGNISER_ASSETS = {"arcface": FACE_PACK, "sface": COMMERCIAL_RECOGNISER}
+"""Recogniser name -> the asset holding its weights."""
 STANDIN_MARKER = "DEMO_STANDIN"
 """JSON file in the assets folder: ``{"detectors": {path relative to the folder: sha256}}``."""
 
@@ -128,7 +135,7 @@ def load_face_kit(
     else:
         pack = fetch(FACE_PACK)
         detector_file = pack / "det_10g.onnx" if pack else None
-        recogniser_file = pack / "w600k_r50.onnx" if pack else None
+        recogniser_file = pack / ARCFACE_MEMBER if pack else None
     parser_file = fetch(PARSER_ASSET)
 
     if detector_file is not None and _is_standin(assets.assets_dir(), detector_file):
@@ -150,6 +157,40 @@ def load_face_kit(
     return FaceKit(
         detector=detector, parser=parser, scorer=scorer, commercial=commercial, fallbacks=tuple(fallbacks)
     )
+
+
+def trained_recogniser(kit: FaceKit) -> str:
+    """The name of the recogniser the identity loss trains against with ``kit``: its scorer's, else its mode's."""
+    if kit.scorer is not None:
+        return kit.scorer.name
+    return "sface" if kit.commercial else "arcface"
+
+
+def load_recogniser(
+    name: str,
+    *,
+    commercial: bool = False,
+    download: bool = True,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Scorer:
+    """The recogniser ``name`` ("arcface": buffalo_l's ArcFace, "sface": OpenCV's SFace), with no fallback.
+
+    Raises the registry's `engine.assets.AssetError` when its weights are absent and cannot be
+    fetched, or refused by ``commercial`` (then without asking the registry for them), and
+    `FaceModelError` when they do not load.
+    """
+    from engine import assets
+
+    if name not in RECOGNISER_ASSETS:
+        raise ValueError(f"Unknown face recogniser {name!r}; choose {' or '.join(RECOGNISER_ASSETS)}.")
+    asset = assets.get_asset(RECOGNISER_ASSETS[name])
+    if commercial and not asset.commercial_ok:
+        raise assets.NonCommercialAsset(
+            f"{asset.description} is licensed for non-commercial use only ({asset.licence}), "
+            "and commercial use is switched on."
+        )
+    path = assets.asset_path(asset.name, download=download, progress=progress, commercial=commercial)
+    return _scorer(path / ARCFACE_MEMBER if name == "arcface" else path, commercial=name == "sface")
 
 
 def _detector(path: Path | None, commercial: bool) -> Detector:
@@ -177,6 +218,7 @@ def _parser(path: Path | None) -> Parser:
 
 
 def _scorer(path: Path | None, commercial: bool) -> Scorer | None:
+    """SFace's scorer for ``commercial``, else ArcFace's; None without a file."""
     if path is None:
         return None
     if commercial:
