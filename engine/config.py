@@ -163,8 +163,9 @@ class TrainingConfig:
     )
     identity_max_timestep: int = _field(800, "Identity loss only from timesteps below this.", range=(1, 1000))
     identity_fallback_landmarks: bool = _field(
-        True,
-        "When the detector finds no face in the estimate, use the training image's landmarks (else skip).",
+        False,
+        "When the detector finds no face in the estimate, use the training image's landmarks instead of "
+        "skipping the identity loss (METHOD.md skips; the released code fell back).",
     )
     identity_window_margin: float = _field(
         0.3, "Margin around the face box of the decoded window, in box sizes.", range=(0.0, 4.0)

@@ -75,6 +75,38 @@ class PreviewSaved(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class MethodReport(Event):
+    """What the method did since the last report (each preview and the end of phase 2): `engine.training.monitor`."""
+
+    phase: int
+    global_step: int
+    attention: dict[str, float] = field(default_factory=dict)
+    """Token -> its mean attention probability on the AR layers over this report's steps (phase 2)."""
+    outside_share: dict[str, float] = field(default_factory=dict)
+    """Token -> share of its attention mass outside its target region over this report's steps."""
+    attention_start: dict[str, float] = field(default_factory=dict)
+    """Token -> its mean attention over the first phase-2 steps (what the collapse guard compares with)."""
+    face_found: dict[str, list[int]] = field(default_factory=dict)
+    """``"<kind> t<low>-<high>"`` -> [identity estimates with a face found, estimates tried], run so far."""
+    detection_rate: float | None = None
+    """Share of all identity estimates so far in which the detector found a face (None before any)."""
+    skipped_steps: int = 0
+    """Optimiser steps the fp16 gradient scaler skipped so far (their gradients were not finite)."""
+    steps: int = 0
+    """Optimiser steps counted so far."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodWarning(Event):
+    """Something the run watches about its method went wrong; ``message`` names the setting to change."""
+
+    check: str
+    """``attention_collapse <token>``, ``identity_detection`` or ``skipped_steps``."""
+    global_step: int
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckpointSaved(Event):
     global_step: int
     path: str
@@ -104,7 +136,18 @@ class Failed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
-    for cls in (Status, PhaseStarted, StepDone, PreviewSaved, CheckpointSaved, Finished, Cancelled, Failed)
+    for cls in (
+        Status,
+        PhaseStarted,
+        StepDone,
+        PreviewSaved,
+        MethodReport,
+        MethodWarning,
+        CheckpointSaved,
+        Finished,
+        Cancelled,
+        Failed,
+    )
 }
 
 

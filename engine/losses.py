@@ -52,28 +52,20 @@ def identity_loss(
     return 1 - torch.nn.functional.cosine_similarity(embedding, target, dim=-1)
 
 
-def detect_landmarks(
-    detector: Detector, images: torch.Tensor, fallback: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def detect_landmarks(detector: Detector, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Landmarks ``[B, 5, 2]`` of the largest face in each image, found on a detached uint8 copy.
 
-    Where no face is found the row comes from ``fallback`` (the training image's known landmarks)
-    when given; ``found [B]`` says which rows are usable.
+    ``found [B]`` says in which images a face was found (the others' rows are zeros).
     """
     pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
     rows, found = [], []
-    for index, image in enumerate(pixels):
+    for image in pixels:
         faces = detector.detect(np.ascontiguousarray(image))
-        if faces:
-            rows.append(torch.as_tensor(np.asarray(faces[0].landmarks, dtype=np.float32)))
-            found.append(True)
-        elif fallback is not None:
-            rows.append(fallback[index].detach().float().cpu())
-            found.append(True)
-        else:
-            rows.append(torch.zeros(5, 2))
-            found.append(False)
+        rows.append(
+            torch.as_tensor(np.asarray(faces[0].landmarks, dtype=np.float32)) if faces else torch.zeros(5, 2)
+        )
+        found.append(bool(faces))
     return torch.stack(rows).to(images.device), torch.tensor(found, device=images.device)
 
 

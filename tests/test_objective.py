@@ -83,3 +83,36 @@ def test_the_config_chooses_the_ar_loss_form(form, expected):
     loss = attention_term(store, batch, preset(ar_loss=form), torch.device("cpu"))
     maps = store.token_maps(torch.tensor([1]), torch.tensor([0]))
     assert loss.item() == pytest.approx(getattr(attention, expected)(maps, target[None]).item())
+
+
+def test_under_fp16_the_identity_branch_runs_in_fp32_on_a_copy_of_the_decoder(tiny_sd):
+    """Item 4: the identity decode and its backward ran in fp16 (overflow -> silently skipped steps)."""
+    from diffusers import AutoencoderKL
+
+    from engine.training.objective import IdentityBranch, identity_vae
+    from engine.training.options import Options
+
+    options = Options("8gb", torch.device("cpu"), "fp16", False, True, True, True, True, True)
+    assert options.identity_dtype == torch.float32  # no bf16 here: fp32
+    assert (
+        Options("8gb", torch.device("cpu"), "bf16", False, True, True, True, True, True).identity_dtype
+        is None
+    )
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd.folder / "vae").half()
+    copy = identity_vae(vae, options.identity_dtype)
+    assert copy.dtype == torch.float32 and copy.encoder is None and vae.encoder is not None
+    assert vae.dtype == torch.float16
+    latents = torch.randn(1, 4, 8, 8)
+    images = copy.decode(latents).sample
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    assert identity_vae(vae, None) is None and identity_vae(vae.float(), torch.float32) is None
+
+    accelerator = SimpleNamespace(
+        device=torch.device("cpu"), autocast=lambda: torch.autocast("cpu", torch.bfloat16)
+    )
+    branch = IdentityBranch(torch.zeros(4), None, torch.nn.Identity(), None, copy, torch.float32)
+    with accelerator.autocast(), branch.precision(accelerator):
+        assert not torch.is_autocast_enabled("cpu")
+    with IdentityBranch(torch.zeros(4), None, torch.nn.Identity()).precision(accelerator):
+        assert torch.is_autocast_enabled("cpu")  # otherwise the run's own precision

@@ -19,6 +19,7 @@ from engine.events import (
     CheckpointSaved,
     Failed,
     Finished,
+    MethodReport,
     PhaseStarted,
     PreviewSaved,
     StepDone,
@@ -162,7 +163,9 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
 @pytest.mark.slow
 def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isolated_home, tiny_sd, tmp_path):
     project = make_project(isolated_home, embedding_dim=512)
-    config = tiny_config(tiny_sd.folder, preview_every=2, preview_steps=2, checkpoint_every=2)
+    config = tiny_config(
+        tiny_sd.folder, preview_every=2, preview_steps=2, checkpoint_every=2, identity_fallback_landmarks=True
+    )
     events = []
     kit = demo_face_kit(tmp_path)  # the production recogniser path: ONNX ArcFace converted to torch
     path = train(project, config, base=load_base(tiny_sd.folder), face_kit=kit, on_event=events.append)
@@ -218,6 +221,14 @@ def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isol
     steps = [e for e in events if isinstance(e, StepDone)]
     assert [s.global_step for s in steps] == [1, 2, 3, 4] and all(s.it_per_s > 0 for s in steps)
     assert any("identity" in s.losses for s in steps if s.phase == 2)
+    reports = [e for e in events if isinstance(e, MethodReport)]
+    assert [(r.phase, r.global_step, r.steps) for r in reports] == [(1, 2, 2), (2, 4, 4)]
+    assert reports[0].attention == {} and set(reports[1].attention) == {"<sks>", "<style1>"}
+    assert all(0 < level < 1 for level in reports[1].attention.values())
+    assert all(0 <= share <= 1 for share in reports[1].outside_share.values())
+    tried = sum(tries for _, tries in reports[1].face_found.values())
+    assert tried >= 1 and all(key.split()[0] in ("source", "composed") for key in reports[1].face_found)
+    assert reports[1].detection_rate is not None and reports[1].skipped_steps == 0
     assert [e.global_step for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
     entry = project.manifest()["trainings"][-1]
     assert entry["status"] == "finished" and entry["artefact"].endswith("final.safetensors")
@@ -482,6 +493,7 @@ def test_the_identity_branch_decodes_with_the_chosen_decoder_and_trains_the_lora
         project,
         tiny_sd,
         identity_decoder=decoder,
+        identity_fallback_landmarks=True,  # the random tiny model draws no face the detector finds
         tiny_decoder_model=str(tiny_decoder),
         gradient_checkpointing=decoder == "tiny",
     )

@@ -7,6 +7,7 @@ Attention Refocusing). Steps run under accelerate (one process or data parallel)
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from pathlib import Path
@@ -16,12 +17,13 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.data import TrainingData, load_images, source_framing, source_identity
-from engine.events import Cancelled, Event, Finished, PhaseStarted, Status, StepDone
+from engine.events import Cancelled, Event, Finished, MethodWarning, PhaseStarted, Status, StepDone
 from engine.identity import source_embedding
 from engine.runs import RUNS, update_run
 from engine.store import Project
 from engine.training.errors import TrainingCancelled
-from engine.training.objective import Denoiser, IdentityBranch, Objective
+from engine.training.monitor import MethodMonitor
+from engine.training.objective import Denoiser, IdentityBranch, Objective, identity_vae
 from engine.training.options import Options, lora_configs, make_accelerator, resolve_options
 from engine.training.previews import preview
 from engine.training.state import load_optimisation, load_rng, load_trainable, save_checkpoint
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from engine.models import BaseModel
 
 PHASES = {1: "token embeddings", 2: "LoRA and embeddings"}
+LOG = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -100,6 +103,11 @@ class Trainer:
             views = len(images) * config.latent_cache_variants
             self.emit(Status(message=f"Encoding {views} augmented views of {len(images)} photos."))
         self.data.build_cache(base.vae, self.device, dtype)
+        self.monitor = MethodMonitor(
+            tokens={token_id: token for token, token_id in self.data.token_ids.items()},
+            collapse_fraction=config.ar_collapse_fraction,
+            fallback_landmarks=config.identity_fallback_landmarks,
+        )
         self.setup_identity(images, face_kit)
 
     def setup_identity(self, images: list, face_kit: FaceKit | None) -> None:
@@ -125,12 +133,18 @@ class Trainer:
             from engine.models import load_tiny_decoder
 
             self.emit(Status(message=f"Loading the tiny identity decoder {config.tiny_decoder_model}."))
-            tiny_decoder = load_tiny_decoder(config.tiny_decoder_model, self.device, options.weight_dtype)
+            dtype = (
+                options.identity_dtype if options.identity_dtype == torch.float32 else options.weight_dtype
+            )
+            tiny_decoder = load_tiny_decoder(config.tiny_decoder_model, self.device, dtype)
             if options.vae_slicing:
                 tiny_decoder.enable_slicing()
             if options.gradient_checkpointing:
                 tiny_decoder.enable_gradient_checkpointing()
-        self.identity = IdentityBranch(target, detector, recogniser, tiny_decoder)
+        vae = identity_vae(self.base.vae, options.identity_dtype) if tiny_decoder is None else None
+        self.identity = IdentityBranch(
+            target, detector, recogniser, tiny_decoder, vae, options.identity_dtype
+        )
 
     def add_lora(self) -> None:
         """Inject the LoRA adapters (fp32), initialised from the seed whatever the RNG state."""
@@ -204,6 +218,7 @@ class Trainer:
             self.accelerator,
             self.generator,
             self.identity,
+            self.monitor,
         )
 
     def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -232,6 +247,7 @@ class Trainer:
             self.setup_phase(phase, start)
             if start is not None:
                 load_rng(start, self.accelerator.process_index, self.generator, self.rng)
+                self.monitor.restore(ckpt.read_json(start / ckpt.STATE).get("monitor", {}))
                 start = None
             self.run_phase(phase, first, steps[phase])
         return self.finish()
@@ -269,6 +285,8 @@ class Trainer:
             last = step + 1 == steps
             if config.preview_every and (global_step % config.preview_every == 0 or (last and phase == 2)):
                 preview(self, phase, global_step)
+            if (config.preview_every and global_step % config.preview_every == 0) or last:
+                self.report(phase, global_step)
             if global_step % config.checkpoint_every == 0 or last:
                 save_checkpoint(self, phase, step + 1, global_step)
 
@@ -285,12 +303,21 @@ class Trainer:
                     if config.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
                     self.optimizer.step()
-                    if not accelerator.optimizer_step_was_skipped:
+                    skipped = accelerator.optimizer_step_was_skipped
+                    self.monitor.record_step(skipped)
+                    if not skipped:
                         self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
             for name, value in terms.items():
                 totals[name] = totals.get(name, 0.0) + value.item() / config.gradient_accumulation_steps
         return totals
+
+    def report(self, phase: int, global_step: int) -> None:
+        """Emit the method's report since the last one and any new warning (also to the log)."""
+        for event in self.monitor.report(phase, global_step):
+            if isinstance(event, MethodWarning):
+                LOG.warning("Training %s, step %d: %s", self.run_id, global_step, event.message)
+            self.emit(event)
 
     def stop_if_cancelled(self, phase: int, step: int, global_step: int) -> None:
         """Before a step: on cancel, make sure the state so far is checkpointed and raise `TrainingCancelled`."""

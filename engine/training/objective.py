@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from engine.config import TrainingConfig
     from engine.data import Sample, TrainingData
     from engine.models import BaseModel
+    from engine.training.monitor import MethodMonitor
     from engine.training.options import Options
 
 
@@ -57,6 +58,32 @@ class IdentityBranch:
     """The identity network, in torch."""
     tiny_decoder: Any | None = None
     """TAESD, loaded when the config chose ``identity_decoder="tiny"``."""
+    vae: Any | None = None
+    """The VAE the branch decodes with when it is not the base's (an fp32 copy under fp16: `identity_vae`)."""
+    dtype: torch.dtype | None = None
+    """The branch's precision when it is not the run's (`Options.identity_dtype`)."""
+
+    def precision(self, accelerator: Accelerator) -> Any:
+        """The autocast context of the branch: the run's, bf16, or none (fp32)."""
+        if self.dtype is None:
+            return accelerator.autocast()
+        device = accelerator.device.type
+        if self.dtype == torch.float32:
+            return torch.autocast(device, enabled=False)
+        return torch.autocast(device, dtype=self.dtype)
+
+
+def identity_vae(vae: Any, dtype: torch.dtype | None) -> Any | None:
+    """An fp32 copy of ``vae``'s decoding half when the branch runs in fp32 on lower-precision weights; else None."""
+    import copy
+
+    if dtype != torch.float32 or vae.dtype == torch.float32:
+        return None
+    encoder, vae.encoder = vae.encoder, None
+    try:
+        return copy.deepcopy(vae).float()
+    finally:
+        vae.encoder = encoder
 
 
 class Noised(NamedTuple):
@@ -91,6 +118,8 @@ class Objective:
     accelerator: Accelerator
     generator: torch.Generator
     identity: IdentityBranch | None = None
+    monitor: MethodMonitor | None = None
+    """Receives the attention levels and face detections of each call (`engine.training.monitor`)."""
 
     @property
     def device(self) -> torch.device:
@@ -119,7 +148,7 @@ class Objective:
         reconstruction, total = reconstruction_term(eps[:size], rows.noise, batch.recon_masks, weights)
         terms = {"reconstruction": reconstruction}
         if use_ar:
-            terms["attention"] = attention_term(self.store, batch, config, self.device)
+            terms["attention"] = attention_term(self.store, batch, config, self.device, self.monitor)
             total = total + config.ar_weight * terms["attention"]
         if rows.source_rows is not None:
             source = rows.source_rows
@@ -191,13 +220,28 @@ def reconstruction_term(
 
 
 def attention_term(
-    store: AttentionStore, batch: Any, config: TrainingConfig, device: torch.device
+    store: AttentionStore,
+    batch: Any,
+    config: TrainingConfig,
+    device: torch.device,
+    monitor: MethodMonitor | None = None,
 ) -> torch.Tensor:
-    """AR loss (of the config's ``ar_loss`` form) averaged over each sample's tokens, then over samples."""
+    """AR loss (of the config's ``ar_loss`` form) averaged over each sample's tokens, then over samples.
+
+    ``monitor`` gets each pair's token, mean attention and share outside its region (detached).
+    """
     from engine.attention import outside_mass, refocusing_loss
 
     maps = store.token_maps(batch.ar_positions, batch.ar_rows)
     targets = batch.ar_targets.to(device)
+    if monitor is not None:
+        with torch.no_grad():
+            token_ids = batch.input_ids[
+                batch.ar_rows.to(batch.input_ids.device), batch.ar_positions.to(batch.input_ids.device)
+            ]
+            monitor.record_attention(
+                token_ids.cpu(), maps.float().mean(dim=(1, 2, 3)).cpu(), outside_mass(maps, targets).cpu()
+            )
     if config.ar_loss == "outside_share":
         pairs = outside_mass(maps, targets)
     else:
@@ -222,14 +266,21 @@ def identity_term(
         side, corners = face_windows(boxes, latents.shape[-2:], 8, config.identity_window_margin)
         latents = crop_windows(latents, side, corners)
         landmarks = landmarks - (corners * 8).to(landmarks).unsqueeze(1)
-    with objective.accelerator.autocast():
+    with branch.precision(objective.accelerator):
         if config.identity_decoder == "tiny":
             images = branch.tiny_decoder.decode(latents.to(branch.tiny_decoder.dtype)).sample.float()
         else:
             scale = base.family.latent_scale(vae)
-            images = vae.decode((latents / scale).to(vae.dtype)).sample.float()
-        fallback = landmarks if config.identity_fallback_landmarks else None
-        points, found = detect_landmarks(branch.detector, images, fallback)
+            decoder = branch.vae or vae
+            images = decoder.decode((latents / scale).to(decoder.dtype)).sample.float()
+        points, detected = detect_landmarks(branch.detector, images)
+        if objective.monitor is not None:
+            kinds = [batch.kinds[row] for row in batch.identity_rows.tolist()]
+            objective.monitor.record_faces(kinds, timesteps.tolist(), detected.tolist())
+        found = detected
+        if config.identity_fallback_landmarks:  # where no face is found, the training image's landmarks
+            points = torch.where(detected.view(-1, 1, 1), points, landmarks.to(points))
+            found = torch.ones_like(detected)
         if not found.any():
             return None
         return identity_loss(images[found], points[found], branch.recogniser, branch.target).mean()

@@ -33,6 +33,19 @@ class Options:
     def weight_dtype(self) -> torch.dtype:
         return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mixed_precision, torch.float32)
 
+    @property
+    def identity_dtype(self) -> torch.dtype | None:
+        """Precision of the identity branch (decode and recogniser); None: the run's own.
+
+        Under fp16 the decoder's backward overflows and the gradient scaler then skips the whole
+        step, so the branch runs in bf16 where the GPU has it, else in fp32.
+        """
+        if self.mixed_precision != "fp16":
+            return None
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+
 
 def resolve_options(config: TrainingConfig) -> Options:
     """The options of a run of ``config``: each option the config leaves unset comes from its VRAM profile."""

@@ -9,6 +9,8 @@ faithful one, `use_preview` makes it the run's artefact.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -115,12 +117,40 @@ def use_preview(project: Project, run: str, step: int | None) -> Path:
         lock.release()
 
 
+@contextlib.contextmanager
+def lora_scales(trainer: Trainer, unet: float, text: float) -> Iterator[None]:
+    """The live LoRA layers at generation's strengths (UNet, text encoders) while the block runs, then reset."""
+    from peft.tuners.lora import LoraLayer
+
+    base = trainer.base
+    scaled = [
+        (layer, scale)
+        for name, scale in (("unet", unet), *((encoder, text) for encoder in base.family.text_encoders))
+        for layer in getattr(base, name).modules()
+        if isinstance(layer, LoraLayer)
+    ]
+    for layer, scale in scaled:
+        layer.scale_layer(scale)
+    try:
+        yield
+    finally:
+        for layer, _ in scaled:
+            layer.unscale_layer()  # back to exactly alpha / rank: training goes on unchanged
+
+
 @torch.no_grad()
 def preview(trainer: Trainer, phase: int, global_step: int) -> None:
-    """Composed-prompt samples at fixed seeds plus attention overlays of both tokens (main process)."""
+    """Composed-prompt samples at fixed seeds plus attention overlays of both tokens (main process).
+
+    They are sampled as generation samples by default (its LoRA strengths and negative prompt), so
+    that the preview scores, and the checkpoint chosen by them, judge what generation will give.
+    """
     if not trainer.accelerator.is_main_process:
         return
+    from engine.generate import GenerationSettings
     from engine.models import make_pipeline
+
+    settings = GenerationSettings()
 
     config, device, store = trainer.config, trainer.device, trainer.store
     prompt = composed_prompt(config.identity_token, config.style_token)
@@ -128,11 +158,16 @@ def preview(trainer: Trainer, phase: int, global_step: int) -> None:
     pipe = make_pipeline(trainer.base, "euler_a")
     pipe.set_progress_bar_config(disable=True)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), trainer.accelerator.autocast():
+    with (
+        torch.random.fork_rng(devices=devices),
+        trainer.accelerator.autocast(),
+        lora_scales(trainer, settings.unet_lora_scale, settings.text_lora_scale),
+    ):
         store.start(accumulate=True)
         try:
             images = pipe(
                 [prompt] * len(seeds),
+                negative_prompt=[settings.negative_prompt] * len(seeds),
                 height=config.resolution,
                 width=config.resolution,
                 num_inference_steps=config.preview_steps,

@@ -168,6 +168,7 @@ def save_checkpoint(trainer: Trainer, phase: int, step: int, global_step: int) -
                 "scheduler": trainer.scheduler.state_dict(),
                 "saved": now(),
                 "processes": accelerator.num_processes,
+                "monitor": trainer.monitor.to_json(),
             }
             ckpt.seal(staged, state, folder)
             ckpt.commit(staged, global_step, trainer.config.keep_checkpoints)
