@@ -29,11 +29,11 @@ LOG_LIMIT = 2**20
 USER_ERRORS = frozenset({
     "engine.cli.CommandError",
     "engine.store.StoreError",
-    "engine.assets.AssetError",
+    "engine.assets.errors.AssetError",
     "engine.models.ModelLoadError",
     "engine.families.UnsupportedModel",
     "engine.config.ConfigError",
-    "engine.preflight.PreflightError",
+    "engine.preflight.table.PreflightError",
     "engine.intake.PhotoFileError",
     "engine.data.DataError",
     "engine.tokens.TokenError",

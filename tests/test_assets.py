@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from engine import assets
-from engine.assets import Asset
+from engine.assets import Asset, download
 
 PAYLOAD = bytes(range(256)) * 800  # 204,800 bytes
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -175,7 +175,7 @@ def make_zip(files: dict[str, bytes]) -> bytes:
 def test_good_download_is_verified_and_cached(cache, server, monkeypatch):
     server.routes["/tiny.bin"] = serving(PAYLOAD)
     register(monkeypatch, server.url("/tiny.bin"))
-    monkeypatch.setattr(assets, "CHUNK", 16_384)
+    monkeypatch.setattr(download, "CHUNK", 16_384)
     seen: list[tuple[int, int | None]] = []
 
     path = assets.asset_path("tiny", progress=lambda done, total: seen.append((done, total)))
@@ -194,7 +194,7 @@ def test_interrupted_transfer_keeps_the_partial_file_and_resumes(cache, server, 
     cut = 70_000
     server.routes["/tiny.bin"] = cut_once(PAYLOAD, cut, stall=stall)
     register(monkeypatch, server.url("/tiny.bin"))
-    monkeypatch.setattr(assets, "TIMEOUT_S", 0.3)
+    monkeypatch.setattr(download, "TIMEOUT_S", 0.3)
 
     with pytest.raises(assets.AssetInterrupted, match="run the download again to resume") as caught:
         assets.asset_path("tiny")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -191,9 +192,9 @@ def test_spill_is_possible_on_windows_and_wsl(monkeypatch):
     monkeypatch.setattr(sys, "platform", "win32")
     assert preflight.spill_possible()
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(preflight.platform, "release", lambda: "5.15.90.1-microsoft-standard-WSL2")
+    monkeypatch.setattr(platform, "release", lambda: "5.15.90.1-microsoft-standard-WSL2")
     assert preflight.spill_possible()
-    monkeypatch.setattr(preflight.platform, "release", lambda: "6.8.0-generic")
+    monkeypatch.setattr(platform, "release", lambda: "6.8.0-generic")
     assert not preflight.spill_possible()
 
 

@@ -1,0 +1,7 @@
+"""``python -m engine.preflight build RESULTS...``: add bench results to the figures table."""
+
+import sys
+
+from engine.preflight.table import main
+
+sys.exit(main())

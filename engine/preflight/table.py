@@ -1,0 +1,146 @@
+"""The figures table, ``assets/preflight.json``: measured peak memory and step times per model
+size, device type, VRAM profile and resolution, built from ``python -m bench`` results files
+(``python -m engine.preflight build``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TABLE_FILE = Path(__file__).resolve().parents[2] / "assets" / "preflight.json"
+GB = 2**30
+DESCRIPTION = "Pre-flight checks of a training run: expected peak memory and time, and the licences in play."
+
+
+class PreflightError(ValueError):
+    """The figures table is missing or damaged; the message says how to make it again."""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One measured row of the table."""
+
+    model: str
+    """"tiny" (the demo kit) or "sd15" (any SD 1.x)."""
+    device: str
+    """"cpu" or "cuda"."""
+    profile: str
+    resolution: int
+    peak_bytes: int | None
+    """Peak of a full phase-2 step, models resident (CPU: process resident set; CUDA: allocated)."""
+    resident_bytes: int | None
+    """Memory in use before the steps (models, caches, optimiser)."""
+    plain_peak_bytes: int | None
+    phase1_step_s: float | None
+    phase2_step_s: float | None
+    phase1_from: str
+    """What ``phase1_step_s`` measured: a phase-1 step, or the plain step standing in for one."""
+    measured: str
+    """Where and how: machine, date, command."""
+
+
+def load_table(path: Path = TABLE_FILE) -> list[Figures]:
+    """The rows of the figures table."""
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+        return [Figures(**row) for row in data["rows"]]
+    except FileNotFoundError as error:
+        raise PreflightError(
+            f"The pre-flight figures {path} are missing; run `python -m bench` and "
+            "`python -m engine.preflight build bench/results.json` to make them."
+        ) from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise PreflightError(
+            f"The pre-flight figures {path} are damaged ({error}); make them again with "
+            "`python -m engine.preflight build bench/results.json`."
+        ) from error
+
+
+def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
+    """Table rows from one ``python -m bench`` results file (its memory and speed benchmarks)."""
+    machine = results["machine"]
+    device = "cuda" if machine.get("gpu") else "cpu"
+    model, resolution = results["sizes"]["model"], int(results["sizes"]["resolution"])
+    where = machine.get("gpu") or (
+        f"{machine['cpu']} ({machine['cores_logical']} cores, torch threads: {machine.get('torch_threads', '?')})"
+    )
+    measured = f"{where}, torch {machine['torch']}, {results['created'][:10]}, `{results['command']}`"
+    benchmarks = results.get("benchmarks", {})
+    values: dict[str, dict[str, Any]] = {}
+    memory = benchmarks.get("phase2_memory", {})
+    for profile, entry in (memory.get("profiles") or {}).items():
+        resident = entry["resident_before_steps_gb"]
+        if isinstance(resident, Mapping):  # per step kind in newer results
+            resident = resident["full"]
+        values[profile] = {
+            "peak_bytes": round(entry["full_peak_gb"] * GB),
+            "plain_peak_bytes": round(entry["plain_peak_gb"] * GB),
+            "resident_bytes": round(resident * GB),
+        }
+    speed = benchmarks.get("phase2_speed", {})
+    if "median_seconds" in speed:
+        median = speed["median_seconds"]
+        phase1 = "phase1" if "phase1" in median else "plain"
+        values.setdefault(speed["profile"], {}).update(
+            phase1_step_s=median[phase1],
+            phase2_step_s=median.get("mix", median["full"]),
+            phase1_from="a phase-1 step" if phase1 == "phase1" else "the plain step, standing in for phase 1",
+        )
+    empty = {
+        **dict.fromkeys(
+            ("peak_bytes", "resident_bytes", "plain_peak_bytes", "phase1_step_s", "phase2_step_s")
+        ),
+        "phase1_from": "",
+    }
+    return [
+        Figures(model=model, device=device, profile=profile, resolution=resolution, measured=measured,
+                **{**empty, **found})
+        for profile, found in values.items()
+    ]  # fmt: skip
+
+
+def build_table(results: Sequence[Mapping[str, Any]], keep: Sequence[Figures] = ()) -> dict[str, Any]:
+    """The table's JSON from results files and rows to ``keep``; a later row replaces an earlier one's."""
+    rows: dict[tuple, Figures] = {(r.model, r.device, r.profile, r.resolution): r for r in keep}
+    for item in results:
+        for row in rows_from_results(item):
+            rows[(row.model, row.device, row.profile, row.resolution)] = row
+    return {
+        "about": (
+            "Peak memory and step times of MagiCapture training steps, measured by `python -m bench` "
+            "(benchmarks phase2_memory and phase2_speed) and collected by "
+            "`python -m engine.preflight build RESULTS...`. peak_bytes: one full phase-2 step "
+            "(reconstruction, composed prompt, identity, Attention Refocusing) with the models resident; "
+            "on the CPU the process's peak resident set, on CUDA torch.cuda.max_memory_allocated. "
+            "resident_bytes: in use before the steps (models, caches, optimiser). phase2_step_s: median "
+            "seconds of a full phase-2 step on samples drawn as a run draws them (where older results "
+            "lack that, of the composed step); phase1_step_s: median seconds of a phase-1 step, or, where the "
+            "benchmarks did not time one, of a plain DreamBooth-LoRA step (phase1_from says which)."
+        ),
+        "rows": [row.__dict__ for row in rows.values()],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m engine.preflight", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser(
+        "build", help="add the figures of bench results files to the table (same settings: replaced)"
+    )
+    build.add_argument("results", nargs="+", type=Path, help="results files of `python -m bench`, in order")
+    build.add_argument("--out", type=Path, default=TABLE_FILE)
+    build.add_argument("--fresh", action="store_true", help="drop the rows already in the table")
+    args = parser.parse_args(argv)
+    from engine.store import atomic_write_text
+
+    results = [json.loads(path.read_text("utf-8")) for path in args.results]
+    keep = [] if args.fresh or not args.out.exists() else load_table(args.out)
+    table = build_table(results, keep)
+    atomic_write_text(args.out, json.dumps(table, indent=2) + "\n")
+    print(f"{len(table['rows'])} rows written to {args.out}")
+    return 0
