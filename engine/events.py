@@ -94,6 +94,13 @@ class MethodReport(Event):
     """Optimiser steps the fp16 gradient scaler skipped so far (their gradients were not finite)."""
     steps: int = 0
     """Optimiser steps counted so far."""
+    window_pixel_error: float | None = None
+    """Phase-2 start: mean absolute difference (0-255) inside the face between the identity branch's
+    face-window decode and a full decode (None: not checked, e.g. the window is off)."""
+    window_edge_error: float | None = None
+    """The same in the window's outer ring (one latent wide), where zero padding reaches."""
+    window_identity_cosine: float | None = None
+    """Cosine of the recogniser's embeddings of the window decode and the full decode."""
 
 
 @dataclass(frozen=True, kw_only=True)

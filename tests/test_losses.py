@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.faces.align import ARCFACE_TEMPLATE
 from engine.losses import (
@@ -104,3 +105,32 @@ def test_face_windows_cover_the_box_inside_the_latent():
     torch.testing.assert_close(windows[1], latents[1, :, y : y + 6, x : x + 6])
     big_side, _ = face_windows(torch.tensor([[0.0, 0.0, 64.0, 64.0]]), (8, 8), 8, margin=0.5)
     assert big_side == 8
+
+
+def _recogniser():
+    from fixtures_training import TinyScorer
+
+    return TinyScorer().identity_model()
+
+
+def test_window_fidelity_is_exact_for_a_local_decoder_and_sees_global_statistics():
+    """Item 5: the face window was never compared with a full decode."""
+    from engine.losses import window_fidelity
+
+    def local(z):  # each pixel from its own latent: the window decodes exactly as the whole
+        return torch.tanh(F.interpolate(z[:, :3], scale_factor=8, mode="nearest"))
+
+    def normalised(z):  # GroupNorm-like: statistics of whatever it is given
+        image = local(z)
+        return (image - image.mean(dim=(-2, -1), keepdim=True)).clamp(-1, 1)
+
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[40.0, 40.0, 80.0, 80.0], [60.0, 30.0, 100.0, 70.0]])
+    landmarks = torch.tensor([[[50.0, 52], [70, 52], [60, 60], [52, 70], [68, 70]]]).repeat(2, 1, 1)
+    landmarks[1] += torch.tensor([20.0, -10])
+    # a margin wide enough that the recogniser's aligned crop lies inside the window
+    exact = window_fidelity(local, latents, boxes, landmarks, 1.0, _recogniser())
+    assert exact.pixel_error == 0 and exact.edge_error == 0
+    assert exact.identity_cosine == pytest.approx(1.0, abs=1e-5)
+    shifted = window_fidelity(normalised, latents, boxes, landmarks, 1.0, _recogniser())
+    assert shifted.pixel_error > 1 and shifted.identity_cosine < 1

@@ -79,4 +79,7 @@ def test_the_identity_loss_follows_the_spec_by_default_and_skips_and_counts_are_
     assert report.detection_rate == 0.0 and report.face_found
     assert all(found == 0 and tries > 0 for found, tries in report.face_found.values())
     assert (report.skipped_steps, report.steps) == (4, 4)
+    assert (
+        report.window_identity_cosine is not None and report.window_pixel_error >= 0
+    )  # item 5, checked once
     assert "skipped_steps" in [e.check for e in events if isinstance(e, MethodWarning)]

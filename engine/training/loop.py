@@ -221,6 +221,30 @@ class Trainer:
             self.monitor,
         )
 
+    def check_face_window(self) -> None:
+        """At phase-2 start, compare the identity branch's face-window decode with a full decode (up to two source photos)."""
+        from engine.data import Sample
+        from engine.losses import window_fidelity
+
+        branch, config = self.identity, self.config
+        if branch is None or not self.options.identity_face_window or not self.accelerator.is_main_process:
+            return
+        views = [self.data.view(Sample("source", index, 0, 0)) for index in self.data.by_role["source"][:2]]
+        # The views hold unscaled latents: what the VAE decodes; TAESD decodes scaled ones.
+        tiny = config.identity_decoder == "tiny"
+        decoder = branch.tiny_decoder if tiny else branch.vae or self.base.vae
+        scale = self.base.family.latent_scale(self.base.vae) if tiny else 1.0
+        latents = torch.stack([view.mean for view in views]).to(self.device, decoder.dtype) * scale
+        with branch.precision(self.accelerator):
+            self.monitor.face_window = window_fidelity(
+                lambda z: decoder.decode(z).sample,
+                latents,
+                torch.stack([view.bbox for view in views]).to(self.device).float(),
+                torch.stack([view.landmarks for view in views]).to(self.device).float(),
+                config.identity_window_margin,
+                branch.recogniser,
+            )
+
     def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         if self.options.use_8bit_adam:
             import bitsandbytes as bnb
@@ -245,6 +269,8 @@ class Trainer:
             if phase == 1 and first >= steps[1] and steps[2]:
                 continue  # phase 2's setup loads the finished phase-1 rows from the checkpoint
             self.setup_phase(phase, start)
+            if phase == 2 and first == 0:
+                self.check_face_window()
             if start is not None:
                 load_rng(start, self.accelerator.process_index, self.generator, self.rng)
                 self.monitor.restore(ckpt.read_json(start / ckpt.STATE).get("monitor", {}))

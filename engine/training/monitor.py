@@ -4,7 +4,7 @@ The objective records detached numbers into a `MethodMonitor` on every step (no 
 each placeholder token's mean attention on the AR layers and the share of it outside the token's
 target region, whether the detector found a face in each identity estimate (by sample kind and
 timestep bucket), and each optimiser step the fp16 gradient scaler skipped. At every preview and
-at the end of phase 2 the loop turns them into a `MethodReport` and, once per kind of trouble, a
+at the end of each phase the loop turns them into a `MethodReport` and, once per kind of trouble, a
 `MethodWarning` that names the setting to change. The counts survive a resume (checkpoint state).
 In data-parallel runs each process counts its own samples; the main process reports its own.
 """
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from engine.events import Event, MethodReport, MethodWarning
+from engine.losses import WindowFidelity
 
 START_STEPS = 10
 """Phase-2 steps with AR whose mean attention is each token's reference level."""
@@ -25,6 +26,8 @@ TIMESTEP_BUCKET = 200
 DETECTION_FLOOR = 0.2
 """Warn when the detector finds a face in fewer of the identity estimates than this (after `DETECTION_MIN_TRIES`)."""
 DETECTION_MIN_TRIES = 20
+WINDOW_COSINE_FLOOR = 0.9
+"""Warn when the recogniser's embeddings of the window decode and the full decode agree less than this."""
 SKIP_SHARE = 0.02
 """Warn when the gradient scaler has skipped more than this share of the steps (and at least 3)."""
 
@@ -45,7 +48,9 @@ class MethodMonitor:
     skipped_steps: int = 0
     steps: int = 0
     warned: list[str] = field(default_factory=list)
-    window: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    face_window: WindowFidelity | None = None
+    """The face window's check against a full decode (`engine.losses.window_fidelity`), made at phase-2 start."""
+    attention_window: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     """Token -> (mean attention, share outside) of each step since the last report."""
     early: dict[str, list[float]] = field(default_factory=dict)
     """Token -> mean attention of the first phase-2 steps, until `START_STEPS` make its start level."""
@@ -55,7 +60,7 @@ class MethodMonitor:
         for label in {self.tokens[int(i)] for i in token_ids}:
             chosen = torch.tensor([self.tokens[int(i)] == label for i in token_ids])
             mean, share = float(means[chosen].mean()), float(outside[chosen].mean())
-            self.window.setdefault(label, []).append((mean, share))
+            self.attention_window.setdefault(label, []).append((mean, share))
             if label not in self.attention_start:
                 early = self.early.setdefault(label, [])
                 early.append(mean)
@@ -82,9 +87,9 @@ class MethodMonitor:
 
     def report(self, phase: int, global_step: int) -> list[Event]:
         """The report of the steps since the last one, then any new warning; starts a new window."""
-        attention = {label: _mean([m for m, _ in rows]) for label, rows in self.window.items()}
-        outside = {label: _mean([s for _, s in rows]) for label, rows in self.window.items()}
-        self.window = {}
+        attention = {label: _mean([m for m, _ in rows]) for label, rows in self.attention_window.items()}
+        outside = {label: _mean([s for _, s in rows]) for label, rows in self.attention_window.items()}
+        self.attention_window = {}
         events: list[Event] = [
             MethodReport(
                 phase=phase,
@@ -96,6 +101,9 @@ class MethodMonitor:
                 detection_rate=self.detection_rate(),
                 skipped_steps=self.skipped_steps,
                 steps=self.steps,
+                window_pixel_error=self.face_window.pixel_error if self.face_window else None,
+                window_edge_error=self.face_window.edge_error if self.face_window else None,
+                window_identity_cosine=self.face_window.identity_cosine if self.face_window else None,
             )
         ]
         for check, message in self._troubles(attention):
@@ -117,6 +125,15 @@ class MethodMonitor:
                         "everywhere. Set ar_loss=outside_share (or ar_detach_range=false), or lower ar_weight.",
                     )
                 )
+        if self.face_window is not None and self.face_window.identity_cosine < WINDOW_COSINE_FLOOR:
+            found.append(
+                (
+                    "face_window",
+                    f"Decoding only the face window changes what the recogniser sees (cosine "
+                    f"{self.face_window.identity_cosine:.3f} to a full decode; {self.face_window.pixel_error:.1f} grey levels "
+                    "in the face). Set a larger identity_window_margin, or identity_face_window=false (slower).",
+                )
+            )
         rate = self.detection_rate()
         tried = sum(tries for _, tries in self.face_found.values())
         if rate is not None and tried >= DETECTION_MIN_TRIES and rate < DETECTION_FLOOR:
@@ -152,6 +169,7 @@ class MethodMonitor:
             "skipped_steps": self.skipped_steps,
             "steps": self.steps,
             "warned": self.warned,
+            "face_window": self.face_window._asdict() if self.face_window else None,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -161,6 +179,7 @@ class MethodMonitor:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.steps = int(state.get("steps", 0))
         self.warned = list(state.get("warned", []))
+        self.face_window = WindowFidelity(**state["face_window"]) if state.get("face_window") else None
 
 
 def _mean(values: list[float]) -> float:
