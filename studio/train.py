@@ -25,6 +25,8 @@ from engine.events import (
     CheckpointSaved,
     Failed,
     Finished,
+    MethodReport,
+    MethodWarning,
     PhaseStarted,
     PreviewSaved,
     Status,
@@ -60,6 +62,7 @@ ADVANCED = (
 )
 """Settings shown under "Advanced" (a menu for a setting with choices); the rest keep the preset's values."""
 IDENTITY_TITLE = "Identity (ArcFace similarity of the previews to the selfies)"
+ATTENTION_TITLE = "Token attention (mean, on the layers Attention Refocusing reads)"
 MAX_PLOT_POINTS = 600
 """Loss points per term sent to the browser; longer runs are thinned evenly."""
 DEMO_DEFAULTS = {"phase1_steps": 6, "phase2_steps": 6, "checkpoint_every": 3, "preview_every": 6}
@@ -92,6 +95,24 @@ class TrainingView:
     step_seconds: dict[int, list[float]] = field(default_factory=dict)
     """Seconds each step took, per phase (for the refined estimate and the slowdown warning)."""
     warnings: list[str] = field(default_factory=list)
+    attention_levels: list[tuple[int, str, float]] = field(default_factory=list)
+    """(global step, token, mean attention) of each phase-2 method report."""
+    method: str = ""
+    """The latest method report in words: attention outside the regions, faces found, skipped steps."""
+    method_warnings: list[str] = field(default_factory=list)
+
+
+def method_summary(report: MethodReport) -> str:
+    """One line of what the method did: share of each token's attention outside its region, faces found, skips."""
+    parts = [
+        f"{token} {share:.0%} outside its region" for token, share in sorted(report.outside_share.items())
+    ]
+    if report.detection_rate is not None:
+        tried = sum(tries for _, tries in report.face_found.values())
+        parts.append(f"faces found in {report.detection_rate:.0%} of {tried} identity estimates")
+    if report.skipped_steps:
+        parts.append(f"{report.skipped_steps} of {report.steps} steps skipped (fp16 overflow)")
+    return " · ".join(parts)
 
 
 def fold(events: list[Any]) -> TrainingView:
@@ -120,6 +141,15 @@ def fold(events: list[Any]) -> TrainingView:
                 for token, paths in event.attention_maps.items()
                 for path in paths
             ]
+        elif isinstance(event, MethodReport):
+            view.attention_levels = [row for row in view.attention_levels if row[0] < event.global_step]
+            view.attention_levels.extend(
+                (event.global_step, t, v) for t, v in sorted(event.attention.items())
+            )
+            view.method = method_summary(event)
+        elif isinstance(event, MethodWarning):
+            if event.message not in view.method_warnings:
+                view.method_warnings.append(event.message)
         elif isinstance(event, CheckpointSaved):
             view.checkpoint = f"Checkpoint saved at step {event.global_step}."
         elif isinstance(event, Finished):
@@ -138,6 +168,7 @@ def fold(events: list[Any]) -> TrainingView:
     jump = preflight.step_time_jump(view.step_seconds.get(view.phase, []))
     if jump is not None and view.state == "running":
         view.warnings.append(preflight.jump_warning(jump))
+    view.warnings.extend(view.method_warnings)
     return view
 
 
@@ -180,6 +211,8 @@ def progress_html(view: TrainingView, job: Job | None) -> str:
     details = " · ".join(p for p in parts if p)
     message = html.escape(view.message)
     checkpoint = f"<br><small>{html.escape(view.checkpoint)}</small>" if view.checkpoint else ""
+    if view.method:
+        checkpoint += f"<br><small class='mc-method'>{html.escape(view.method)}</small>"
     warnings = "".join(
         f"<div class='mc-refused mc-train-warning'>⚠ {html.escape(warning)}</div>"
         for warning in view.warnings
@@ -209,6 +242,13 @@ def identity_frame(view: TrainingView) -> pd.DataFrame | None:
     if not view.identity:
         return None
     return pd.DataFrame(view.identity, columns=["step", "identity"])
+
+
+def attention_frame(view: TrainingView) -> pd.DataFrame | None:
+    """Each token's mean attention per report (step, token, attention); None before the first (see `loss_frame`)."""
+    if not view.attention_levels:
+        return None
+    return pd.DataFrame(view.attention_levels, columns=["step", "token", "attention"])
 
 
 def estimate_text(config: TrainingConfig) -> str:
@@ -413,6 +453,7 @@ class LiveView(NamedTuple):
     progress: Any
     plot: Any
     identity_plot: Any
+    attention_plot: Any
     previews: Any
     attention: Any
     best_text: Any
@@ -440,6 +481,8 @@ def refresh(studio: Studio, name: str | None, last: Any, force: bool = False) ->
         view.step,
         view.warnings,
         view.identity,
+        view.method,
+        len(view.attention_levels),
         [path for path, _ in view.previews],
     ]
     if not force and signature == last:
@@ -453,6 +496,7 @@ def refresh(studio: Studio, name: str | None, last: Any, force: bool = False) ->
         progress=progress_html(view, job),
         plot=loss_frame(view),
         identity_plot=identity_frame(view),
+        attention_plot=attention_frame(view),
         previews=view.previews,
         attention=view.attention,
         best_text=best[0],
@@ -599,6 +643,21 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
                 height=280,
                 elem_id="identity-plot",
             )
+    with gr.Row(elem_id="attention-curve-row"):
+        gr.Markdown(
+            f"**{ATTENTION_TITLE}**: a point per preview in phase 2. A token whose line falls toward zero "
+            "has stopped looking at the picture (a warning above says which setting to change).",
+            elem_id="attention-curve-heading",
+        )
+        attention_plot = gr.LinePlot(
+            attention_frame(TrainingView()),
+            x="step",
+            y="attention",
+            color="token",
+            title=ATTENTION_TITLE,
+            height=220,
+            elem_id="attention-plot",
+        )
     with gr.Row():
         previews = gr.Gallery(
             fit_columns=False,
@@ -638,6 +697,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
             progress=progress,
             plot=plot,
             identity_plot=identity_plot,
+            attention_plot=attention_plot,
             previews=previews,
             attention=attention,
             best_text=best_text,

@@ -572,3 +572,31 @@ def test_the_tiny_identity_decoder_is_offered_under_advanced_and_a_demo_run_trai
     run = project.manifest()["trainings"][-1]["id"]
     settings = load_artefact(project.path("trainings", run, "final.safetensors")).metadata["config"]
     assert settings["identity_decoder"] == "tiny"
+
+
+def test_the_training_view_plots_token_attention_and_shows_the_methods_warnings():
+    """Issue 15 item 1: the tokens' attention level was logged nowhere; a collapse went unseen."""
+    from engine.events import MethodReport, MethodWarning
+    from studio.train import attention_frame, fold, progress_html
+
+    events = [
+        PhaseStarted(phase=2, steps=20, description="LoRA and embeddings"),
+        MethodReport(
+            phase=2, global_step=10, attention={"<sks>": 0.02, "<style1>": 0.03},
+            outside_share={"<sks>": 0.5, "<style1>": 0.25}, face_found={"composed t0-199": [3, 4]},
+            detection_rate=0.75, skipped_steps=2, steps=10,
+        ),
+        MethodReport(phase=2, global_step=20, attention={"<sks>": 0.001, "<style1>": 0.03}),
+        MethodWarning(check="attention_collapse <sks>", global_step=20, message="Set ar_loss=outside_share."),
+        Finished(artefact="final.safetensors", seconds=3.0),
+    ]  # fmt: skip
+    view = fold(events)
+    frame = attention_frame(view)
+    assert frame.values.tolist() == [
+        [10, "<sks>", 0.02], [10, "<style1>", 0.03], [20, "<sks>", 0.001], [20, "<style1>", 0.03]
+    ]  # fmt: skip
+    assert "Set ar_loss=outside_share." in view.warnings  # shown after the run too
+    shown = progress_html(fold(events[:2]), None)
+    assert "&lt;sks&gt; 50% outside its region" in shown
+    assert "faces found in 75% of 4 identity estimates" in shown and "2 of 10 steps skipped" in shown
+    assert "Set ar_loss=outside_share." in progress_html(view, None)
