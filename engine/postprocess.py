@@ -1,11 +1,13 @@
 """Post-processing: background upscaling, face restoration pasted back through the parsing mask, presets.
 
-Order (METHOD.md section 7): the whole image is upscaled with Real-ESRGAN (x2 or x4, in
-overlapping tiles, so a 2048 px result fits in 8 GB), then each face is aligned to the 512x512
-FFHQ crop the restorers were trained on, restored (GFPGAN v1.4 or CodeFormer with its fidelity
-weight), and pasted back through the face-parsing mask of the restored crop with a feathered edge.
-An output preset (passport, headshot) frames the result last. Every step is optional, and the
-original is kept: the result is a new output that names its parent.
+Order (METHOD.md section 7): faces are detected on the original image, and each is aligned to the
+512x512 FFHQ crop the restorers were trained on, taken from the original, and restored (GFPGAN
+v1.4 or CodeFormer with its fidelity weight): the restorer sees the generated face, never Real-
+ESRGAN's rendering of it. The whole image is upscaled with Real-ESRGAN as the background (x2 or
+x4, in overlapping tiles, so a 2048 px result fits in 8 GB), and each restored face is pasted into
+it through the face-parsing mask of the restored crop with a feathered edge, at its landmarks
+scaled to the upscaled frame. An output preset (passport, headshot) frames the result last. Every
+step is optional, and the original is kept: the result is a new output that names its parent.
 
 Weights are assets of the registry, loaded by spandrel's `ModelLoader` (``weights_only``-style
 restricted unpickling for ``.pth``); CodeFormer's architecture comes from spandrel_extra_arches.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,16 +146,22 @@ def upscale_image(
     return out
 
 
-def align_face(image: np.ndarray, face: Face, size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The ``size`` square FFHQ-aligned crop of ``face`` and the ``2x3`` affine from image to crop."""
-    import cv2
+def alignment_matrix(face: Face, size: int = FACE_SIZE) -> np.ndarray:
+    """The ``2x3`` similarity taking ``face``'s landmarks onto the FFHQ template of a ``size`` crop."""
     import torch
 
     from engine.faces.align import similarity_matrices
 
     template = torch.from_numpy(FFHQ_TEMPLATE * (size / FACE_SIZE))
     landmarks = torch.as_tensor(np.asarray(face.landmarks, dtype=np.float32))[None]
-    matrix = similarity_matrices(landmarks, template)[0].double().numpy()
+    return similarity_matrices(landmarks, template)[0].double().numpy()
+
+
+def align_face(image: np.ndarray, face: Face, size: int = FACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The ``size`` square FFHQ-aligned crop of ``face`` and the ``2x3`` affine from image to crop."""
+    import cv2
+
+    matrix = alignment_matrix(face, size)
     crop = cv2.warpAffine(
         image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
     )
@@ -213,18 +222,31 @@ def paste_face(image: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np
 
 
 def restore_faces(
-    image: np.ndarray, faces: list[Face], model: Any, parser: Any, *, fidelity: float = FIDELITY
+    image: np.ndarray,
+    faces: list[Face],
+    model: Any,
+    parser: Any,
+    *,
+    fidelity: float = FIDELITY,
+    background: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Restore every face of ``image`` and paste it back through the face-parsing mask of the restored crop."""
+    """Restore every face of ``image`` from ``image`` itself and paste it into ``background``.
+
+    ``background`` (default: ``image``) is ``image`` upscaled by a whole factor, e.g. by
+    Real-ESRGAN; each restored crop is pasted there through the face-parsing mask of the restored
+    crop, at the face's landmarks scaled to that frame. ``faces`` are in ``image``'s coordinates.
+    """
     from engine.faces import Face, face_mask
 
+    background = image if background is None else background
+    scale = background.shape[1] / image.shape[1]
     crop_face = Face(CROP_BOX, FFHQ_TEMPLATE.copy(), 1.0)
     for face in faces:
-        crop, matrix = align_face(image, face)
+        crop, _ = align_face(image, face)
         restored = restore_crop(model, crop, fidelity=fidelity)
         mask = feather_mask(face_mask(parser.parse(restored, crop_face)))
-        image = paste_face(image, restored, matrix, mask)
-    return image
+        background = paste_face(background, restored, alignment_matrix(face.transformed(scale)), mask)
+    return background
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -238,6 +260,106 @@ def _postprocess_text(parent: Path, extras: dict[str, Any]) -> str:
     text = read_parameters(parent) or ""
     pairs = a1111_pairs(extras)
     return f"{text}, {pairs}" if text else pairs
+
+
+def _check_request(restore: str | None, upscale: int, preset: str | None, fidelity: float) -> None:
+    """Refuse a request that cannot run, before any work."""
+    from engine.presets import get_preset
+
+    if restore is not None and restore not in RESTORERS:
+        raise PostprocessError(
+            f"Unknown face restorer {restore!r}; choose {' or '.join(RESTORERS)}, or none."
+        )
+    if upscale not in (1, *UPSCALERS):
+        raise PostprocessError(f"Upscaling is x1, x2 or x4, not x{upscale}.")
+    if preset is not None:
+        get_preset(preset)
+    if restore is None and upscale == 1 and preset is None:
+        raise PostprocessError(
+            "Nothing to do: choose a face restorer, an upscale factor or an output preset."
+        )
+    if not 0.0 <= fidelity <= 1.0:
+        raise PostprocessError(f"The fidelity weight must lie between 0 and 1 (got {fidelity}).")
+
+
+def _parent_output(project: Project, output_id: str) -> OutputRecord:
+    entry = next((e for e in project.manifest().get("outputs", []) if e.get("id") == output_id), None)
+    if entry is None or not project.path(entry["file"]).is_file():
+        raise PostprocessError(
+            f"Project {project.name!r} has no output image {output_id!r}; refresh the gallery."
+        )
+    return OutputRecord.from_json(entry)
+
+
+@dataclass
+class _Result:
+    """The image as post-processing leaves it, its faces in its frame, and what was done."""
+
+    image: np.ndarray
+    faces: list[Face]
+    steps: dict[str, Any] = field(default_factory=dict)
+    """Recorded in the output's ``params["postprocess"]``."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """A1111 ``parameters`` pairs."""
+    warnings: list[str] = field(default_factory=list)
+    dpi: int | None = None
+
+
+def _weights(restore: str | None, upscale: int, commercial: bool) -> tuple[Path | None, Path | None]:
+    """The upscaler's and the restorer's weights files (None where not asked for), fetched on first use."""
+    from engine import assets
+
+    upscaler = assets.asset_path(UPSCALERS[upscale], commercial=commercial) if upscale > 1 else None
+    restorer = assets.asset_path(RESTORERS[restore], commercial=commercial) if restore is not None else None
+    return upscaler, restorer
+
+
+def _restore_and_upscale(
+    result: _Result,
+    restore: str | None,
+    upscale: int,
+    weights: tuple[Path | None, Path | None],
+    *,
+    parser: Any,
+    fidelity: float,
+    emit: Callable[[Event], None],
+) -> None:
+    """Restore the faces from the original, upscale the background, paste the faces into it (module docstring)."""
+    upscaler, restorer = weights
+    original, background = result.image, result.image
+    if upscaler is not None:
+        emit(Status(message=f"Upscaling x{upscale} with Real-ESRGAN…"))
+        background = upscale_image(original, load_model(upscaler))
+        result.steps["upscale"] = upscale
+        result.extras.update(
+            {"Postprocess upscale by": upscale, "Postprocess upscaler": f"RealESRGAN x{upscale}plus"}
+        )
+    if restorer is not None:
+        if result.faces:
+            emit(Status(message=f"Restoring {len(result.faces)} face(s) with {RESTORER_LABELS[restore]}…"))
+            background = restore_faces(
+                original, result.faces, load_model(restorer), parser, fidelity=fidelity, background=background
+            )
+        else:
+            result.warnings.append("No face was found in the image, so no face was restored.")
+        result.steps["restore"] = restore
+        result.extras["Face restoration"] = RESTORER_LABELS[restore]
+        if restore == "codeformer":
+            result.steps["fidelity"] = result.extras["CodeFormer weight"] = fidelity
+    result.image, result.faces = background, [face.transformed(float(upscale)) for face in result.faces]
+
+
+def _frame(result: _Result, preset: str) -> None:
+    """Apply an output preset around the largest face."""
+    from engine.presets import apply_preset
+
+    framed: Framed = apply_preset(result.image, result.faces[0], preset)
+    result.image, result.dpi = framed.image, framed.preset.dpi
+    result.warnings.extend(framed.warnings)
+    result.steps.update(
+        preset=preset, eye_line=round(framed.eye_line, 4), head_height=round(framed.head_height, 4)
+    )
+    result.extras["Output preset"] = preset
 
 
 def postprocess_output(
@@ -258,72 +380,24 @@ def postprocess_output(
     `engine.presets.PRESETS` or None. ``fidelity`` is CodeFormer's weight (0: strongest
     restoration, 1: closest to the input). With ``commercial``, non-commercial weights are refused.
     """
-    from engine import assets
-    from engine.presets import apply_preset, get_preset
-
     emit = on_event or (lambda event: None)
-    if restore is not None and restore not in RESTORERS:
-        raise PostprocessError(
-            f"Unknown face restorer {restore!r}; choose {' or '.join(RESTORERS)}, or none."
-        )
-    if upscale not in (1, *UPSCALERS):
-        raise PostprocessError(f"Upscaling is x1, x2 or x4, not x{upscale}.")
-    if preset is not None:
-        get_preset(preset)
-    if restore is None and upscale == 1 and preset is None:
-        raise PostprocessError(
-            "Nothing to do: choose a face restorer, an upscale factor or an output preset."
-        )
-    if not 0.0 <= fidelity <= 1.0:
-        raise PostprocessError(f"The fidelity weight must lie between 0 and 1 (got {fidelity}).")
-    entry = next((e for e in project.manifest().get("outputs", []) if e.get("id") == output_id), None)
-    if entry is None or not project.path(entry["file"]).is_file():
-        raise PostprocessError(
-            f"Project {project.name!r} has no output image {output_id!r}; refresh the gallery."
-        )
-    parent = OutputRecord.from_json(entry)
-    upscaler = assets.asset_path(UPSCALERS[upscale], commercial=commercial) if upscale > 1 else None
-    restorer = assets.asset_path(RESTORERS[restore], commercial=commercial) if restore is not None else None
+    _check_request(restore, upscale, preset, fidelity)
+    parent = _parent_output(project, output_id)
+    weights = _weights(restore, upscale, commercial)
     image = _load_rgb(project.path(parent.file))
     face_kit = face_kit or shared_face_kit(commercial)
-    faces = face_kit.detector.detect(image)
-    if preset is not None and not faces:
+    result = _Result(image, face_kit.detector.detect(image))
+    if preset is not None and not result.faces:
         raise PostprocessError(
             f"No face was found in output {output_id!r}, so the {preset} preset cannot place it."
         )
-    steps: dict[str, Any] = {}
-    extras: dict[str, Any] = {}
-    warnings: list[str] = []
-    if upscaler is not None:
-        emit(Status(message=f"Upscaling x{upscale} with Real-ESRGAN…"))
-        image = upscale_image(image, load_model(upscaler))
-        faces = [face.transformed(float(upscale)) for face in faces]
-        steps["upscale"] = upscale
-        extras.update(
-            {"Postprocess upscale by": upscale, "Postprocess upscaler": f"RealESRGAN x{upscale}plus"}
-        )
-    if restorer is not None:
-        if faces:
-            emit(Status(message=f"Restoring {len(faces)} face(s) with {RESTORER_LABELS[restore]}…"))
-            image = restore_faces(image, faces, load_model(restorer), face_kit.parser, fidelity=fidelity)
-        else:
-            warnings.append("No face was found in the image, so no face was restored.")
-        steps["restore"] = restore
-        extras["Face restoration"] = RESTORER_LABELS[restore]
-        if restore == "codeformer":
-            steps["fidelity"] = extras["CodeFormer weight"] = fidelity
-    dpi = None
+    _restore_and_upscale(
+        result, restore, upscale, weights, parser=face_kit.parser, fidelity=fidelity, emit=emit
+    )
     if preset is not None:
-        framed: Framed = apply_preset(image, faces[0], preset)
-        image, dpi = framed.image, framed.preset.dpi
-        warnings.extend(framed.warnings)
-        steps.update(
-            preset=preset, eye_line=round(framed.eye_line, 4), head_height=round(framed.head_height, 4)
-        )
-        extras["Output preset"] = preset
+        _frame(result, preset)
     emit(Status(message="Scoring identity…"))
-    identity = identity_score(face_kit, image, source_embedding(project, face_kit))
-    steps["identity_before"] = parent.identity
+    identity = identity_score(face_kit, result.image, source_embedding(project, face_kit))
     new_id = new_output_id(parent.seed)
     record = OutputRecord(
         id=new_id,
@@ -331,15 +405,16 @@ def postprocess_output(
         seed=parent.seed,
         params={
             **parent.params,
-            "postprocess": steps,
-            "width": int(image.shape[1]),
-            "height": int(image.shape[0]),
+            "postprocess": {**result.steps, "identity_before": parent.identity},
+            "width": int(result.image.shape[1]),
+            "height": int(result.image.shape[0]),
         },
         run=parent.run,
         identity=identity,
         created=now(),
         parent=parent.id,
         raw=parent.raw or parent.file,
-        warnings=warnings,
+        warnings=result.warnings,
     )
-    return add_output(project, image, record, _postprocess_text(project.path(parent.file), extras), dpi)
+    text = _postprocess_text(project.path(parent.file), result.extras)
+    return add_output(project, result.image, record, text, result.dpi)

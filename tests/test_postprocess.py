@@ -113,7 +113,7 @@ def test_codeformer_restores_an_aligned_crop_through_spandrel(restore_assets):
 
 
 @pytest.mark.slow
-def test_upscale_then_gfpgan_keeps_the_original_and_changes_only_the_face(project, assets, kit):
+def test_gfpgan_with_upscaling_keeps_the_original_and_changes_only_the_face(project, assets, kit):
     photo = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
     add_photo_output(project, photo, "photo", identity=0.42)
     record = postprocess_output(project, "photo", restore="gfpgan", upscale=2, face_kit=kit)
@@ -138,6 +138,35 @@ def test_upscale_then_gfpgan_keeps_the_original_and_changes_only_the_face(projec
     weight = warped_mask(upscaled.shape, face)
     assert np.array_equal(result[weight == 0], upscaled[weight == 0])
     assert np.any(result[weight > 0.5] != upscaled[weight > 0.5])
+
+
+def test_faces_are_restored_from_the_original_then_pasted_into_the_upscaled_image(
+    project, assets, kit, monkeypatch
+):
+    """The restorer sees the original's aligned face, not Real-ESRGAN's; the paste lands in the upscaled frame."""
+    from engine import postprocess
+
+    photo = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    add_photo_output(project, photo, "photo")
+    seen = []
+
+    def restorer(model, crop, *, fidelity):
+        seen.append(crop.copy())
+        return 255 - crop  # a "restoration" whose paste-back is easy to recognise
+
+    monkeypatch.setattr(postprocess, "restore_crop", restorer)
+    record = postprocess_output(project, "photo", restore="gfpgan", upscale=2, face_kit=kit)
+
+    face = kit.detector.detect(photo)[0]
+    (crop,) = seen
+    assert np.array_equal(crop, align_face(photo, face)[0])  # the original's face
+    upscaled = upscale_image(photo, load_model(assets.realesrgan_x2))
+    _, matrix = align_face(upscaled, face.transformed(2.0))  # the landmarks scaled to the upscaled frame
+    mask = feather_mask(face_mask(EllipseParser().parse(crop, Face(CROP_BOX, FFHQ_TEMPLATE.copy(), 1.0))))
+    expected = paste_face(upscaled, 255 - crop, matrix, mask)
+    result = np.asarray(Image.open(project.path(record.file)))
+    assert result.shape == upscaled.shape
+    assert np.abs(result.astype(int) - expected).max() <= 1
 
 
 def test_passport_preset_from_an_output(project, assets, kit):
