@@ -254,33 +254,16 @@ def evaluate_project(
     sources = _photos(project, "source")
 
     # 1. Models.
-    if face_kit is None:
-        from engine.faces import load_face_kit
-
-        face_kit = load_face_kit()
-    clip = clip or metrics.load_clip()
-    aesthetic = aesthetic if aesthetic is not None else metrics.load_aesthetic_head()
-    head_width = aesthetic["layers"][0].in_features
-    if head_width != clip.dim:
-        raise EvaluationError(
-            f"The aesthetic head expects {head_width}-wide CLIP embeddings but {clip.source} gives {clip.dim}; "
-            f"use {metrics.DEFAULT_CLIP}, the CLIP the head was trained on."
-        )
+    face_kit, clip, aesthetic = _models(face_kit, clip, aesthetic)
     if face_kit.is_fallback:
         notes.append(
             f"Approximate offline face models in use ({', '.join(face_kit.fallbacks)}); numbers are rough."
         )
 
     # 2. The project's photos: source identities (per recogniser), masked reference embeddings.
-    columns, scorers = _identity_columns(face_kit, bool(sources))
+    columns, identities = _identities(face_kit, project, sources)
     notes += [
         f"{column.label} {UNAVAILABLE}: {column.unavailable}" for column in columns if column.unavailable
-    ]
-    identities = [
-        (scorer, np.stack([_source_identity(scorer, project, record) for record in sources]))
-        if scorer is not None
-        else None
-        for scorer in scorers
     ]
     reference_embeds = metrics.clip_embeddings(clip, [_reference_masked(project, r) for r in references])
 
@@ -305,7 +288,7 @@ def evaluate_project(
         "faces": ", ".join(
             p.name for p in (face_kit.detector, face_kit.parser, face_kit.scorer) if p is not None
         ),
-        "independent": scorers[1].name if scorers[1] is not None else UNAVAILABLE,
+        "independent": identities[1][0].name if identities[1] is not None else UNAVAILABLE,
     }
     path = _report_path(project, created)
     report = EvalReport(
@@ -320,6 +303,41 @@ def evaluate_project(
     )
     atomic_write_json(path, report.to_json())
     return report
+
+
+def _models(
+    face_kit: FaceKit | None, clip: Clip | None, aesthetic: torch.nn.Module | None
+) -> tuple[FaceKit, Clip, torch.nn.Module]:
+    """The models passed in, the others loaded; an aesthetic head for another CLIP is refused."""
+    from engine import metrics
+
+    if face_kit is None:
+        from engine.faces import load_face_kit
+
+        face_kit = load_face_kit()
+    clip = clip or metrics.load_clip()
+    aesthetic = aesthetic if aesthetic is not None else metrics.load_aesthetic_head()
+    head_width = aesthetic["layers"][0].in_features
+    if head_width != clip.dim:
+        raise EvaluationError(
+            f"The aesthetic head expects {head_width}-wide CLIP embeddings but {clip.source} gives {clip.dim}; "
+            f"use {metrics.DEFAULT_CLIP}, the CLIP the head was trained on."
+        )
+    return face_kit, clip, aesthetic
+
+
+def _identities(
+    kit: FaceKit, project: Project, sources: list[PhotoRecord]
+) -> tuple[tuple[IdentityColumn, IdentityColumn], list[tuple[Scorer, np.ndarray] | None]]:
+    """The two CSIM columns and, for each, its scorer with the source embeddings (None where unavailable)."""
+    columns, scorers = _identity_columns(kit, bool(sources))
+    identities = [
+        (scorer, np.stack([_source_identity(scorer, project, record) for record in sources]))
+        if scorer is not None
+        else None
+        for scorer in scorers
+    ]
+    return columns, identities
 
 
 def _identity_columns(
