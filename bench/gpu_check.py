@@ -1,0 +1,870 @@
+"""``python -m bench.gpu_check``: the prepared GPU check, one command and one JSON file.
+
+On a CUDA machine with no internet it builds SD 1.5-shaped models with random weights
+(`bench.workbench`, model ``sd15``) and, in fp16 at 512 px, within `FULL.total_seconds`:
+
+- per VRAM profile (`engine.devices.PROFILES`), the full phase-2 step and the plain DreamBooth-LoRA
+  step (`bench.steps`), each in a fresh worker process so that peaks do not mix (as
+  `bench.memory`): peak ``torch.cuda.max_memory_allocated``, steps per second, non-finite losses
+  and gradients, gradient-scaler skips (`bench.steps.checked_optimise`);
+- the identity branch's windowed VAE decode (`engine.losses.face_windows`, `crop_windows`) against
+  the same region of a full decode, and TAESD (``identity_decoder="tiny"``) against the VAE on the
+  same latents, in 8-bit pixel levels;
+- with ``--base PATH`` (a real SD 1.5: diffusers folder or ``.safetensors``), the same decodes on
+  it and a short real training on the demo project (`engine.demo.portraits.make_project`), with
+  the run's attention level and face-detection rate.
+
+It writes `DEFAULT_OUT` (``--out`` to change). ``--reduced`` runs the same parts on the CPU on the
+demo kit's tiny model in fp32 with few steps and two profiles (the test suite's check).
+``--table`` renders the README rows from the JSON. Every part runs under a time budget (a
+worker's timeout and its step budget); progress goes to stderr. README.md ("GPU check") documents
+each key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.workbench import Workbench
+
+SCHEMA = 1
+DEFAULT_OUT = Path(__file__).resolve().parent / "gpu_check.json"
+KINDS = ("full", "plain")
+HEADLINE_PROFILE = "8gb"
+GOAL_GB = 8.0
+STRETCH_GB = 6.0
+EDGE_PX = 16
+"""Width of the band inside the decoded window's border (its sides inside the image) compared on its own."""
+TRAIN_PROFILE = "8gb"
+DEMO_PROJECT = "gpu-check-demo"
+PENDING = (
+    "pending: the run emitted no MethodReport event (engine/events.py, engine/training/monitor.py), "
+    "so its attention level and face-detection rate are unknown"
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much one mode measures and how long each part may take (seconds)."""
+
+    mode: str
+    model: str
+    profiles: tuple[str, ...]
+    """In the order they run: the headline profile first."""
+    max_steps: int
+    warmup_steps: int
+    """Untimed steps at the start of each worker (their peak, losses and skips still count)."""
+    step_seconds: float
+    """A worker stops stepping after this long (once it has a timed step)."""
+    step_timeout: float
+    decode_timeout: float
+    train_timeout: float
+    minimum: float
+    """A worker is skipped when less than this is left for it (the training: ``train_minimum``)."""
+    train_minimum: float
+    total_seconds: float
+    parallel: int
+    """Workers running at once (1 on a GPU, so that steps per second are the step's own)."""
+    train_steps: tuple[int, int]
+    preview_steps: int
+
+
+FULL = Plan(
+    mode="full", model="sd15", profiles=("8gb", "6gb", "12gb", "24gb"), max_steps=12, warmup_steps=2,
+    step_seconds=8, step_timeout=60, decode_timeout=60, train_timeout=150, minimum=25, train_minimum=60,
+    total_seconds=450, parallel=1, train_steps=(10, 20), preview_steps=10,
+)  # fmt: skip
+REDUCED = Plan(
+    mode="reduced", model="tiny", profiles=("8gb", "24gb"), max_steps=2, warmup_steps=1,
+    step_seconds=20, step_timeout=240, decode_timeout=180, train_timeout=240, minimum=10, train_minimum=10,
+    total_seconds=600, parallel=2, train_steps=(2, 2), preview_steps=2,
+)  # fmt: skip
+
+
+class Budget:
+    """The whole check's time: each part gets what it wants, less what the parts after it need."""
+
+    def __init__(self, total: float):
+        self.total = total
+        self.began = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.began
+
+    def allot(self, wanted: float, reserve: float) -> float:
+        return max(0.0, min(wanted, self.total - self.elapsed() - reserve))
+
+
+def progress(budget: Budget | None, message: str) -> None:
+    stamp = f"[{budget.elapsed():5.0f} s] " if budget else ""
+    print(f"gpu_check: {stamp}{message}", file=sys.stderr, flush=True)
+
+
+# Workers (each in a fresh process) -----------------------------------------------------------
+
+
+def measure_steps(
+    bench: Workbench, profile: str, kind: str, max_steps: int, warmup: int, seconds: float, deadline: float
+) -> dict[str, Any]:
+    """Steps of ``kind`` with ``profile``'s options: peak, speed and the numbers' health."""
+    from bench.memory import current_bytes, peak_bytes, reset_peak
+    from bench.steps import KINDS as STEP_KINDS
+    from bench.steps import checked_optimise, make_trainer, step_function, synchronise
+
+    trainer = make_trainer(bench, profile, identity=kind != "plain")
+    run = step_function(trainer, STEP_KINDS[kind], checked_optimise)
+    device, options = trainer.device, trainer.options
+    resident = current_bytes(device)
+    method = reset_peak(device)
+    healths, times = [], []
+    began = time.perf_counter()
+    for seed in range(max_steps):
+        synchronise(device)
+        start = time.perf_counter()
+        healths.append(run(seed))
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+        enough = len(times) > warmup
+        if enough and (time.perf_counter() - began > seconds or time.time() > deadline):
+            break
+    peak = peak_bytes(device, method)
+    timed = times[warmup:] or times[-1:]
+    scales = [h.loss_scale for h in healths if h.loss_scale is not None]
+    return {
+        "profile": profile,
+        "kind": kind,
+        "peak_bytes": peak,
+        "peak_gb": _gb(peak),
+        "resident_gb": _gb(resident),
+        "method": method,
+        "steps": len(healths),
+        "timed_steps": len(timed),
+        "steps_per_second": round(len(timed) / sum(timed), 4),
+        "median_step_seconds": round(statistics.median(timed), 4),
+        "first_step_seconds": round(times[0], 3),
+        "nonfinite_loss_steps": sum(not h.loss_finite for h in healths),
+        "nonfinite_grad_steps": sum(h.nonfinite_grads > 0 for h in healths),
+        "nonfinite_grad_values": sum(h.nonfinite_grads for h in healths),
+        "scaler_skips": sum(h.skipped for h in healths),
+        "loss_scale": scales[-1] if scales else None,
+        "losses": [h.loss if math.isfinite(h.loss) else None for h in healths],
+        "options": {
+            "mixed_precision": options.mixed_precision,
+            "weight_dtype": str(options.weight_dtype).removeprefix("torch."),
+            "use_8bit_adam": options.use_8bit_adam,
+            "gradient_checkpointing": options.gradient_checkpointing,
+            "vae_slicing": options.vae_slicing,
+            "train_text_encoder": options.train_text_encoder,
+            "identity_face_window": options.identity_face_window,
+            "identity_reuse_pass": options.identity_reuse_pass,
+        },
+    }
+
+
+def _difference(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, Any] | None:
+    """Max and mean absolute difference of two decodes ``[B, 3, H, W]`` in 8-bit levels, over ``mask [B, 1, H, W]``.
+
+    Non-finite values are left out (``nonfinite_values`` counts them); None when nothing is left.
+    """
+    import torch
+
+    levels = (a.float().clamp(-1, 1) - b.float().clamp(-1, 1)).abs() * 127.5
+    keep = torch.isfinite(levels)
+    if mask is not None:
+        keep &= mask.expand_as(levels)
+    if not keep.any():
+        return None
+    levels = levels[keep]
+    return {"max": round(float(levels.max()), 3), "mean": round(float(levels.mean()), 4)}
+
+
+def _box_mask(
+    boxes: torch.Tensor, shape: tuple[int, ...], offsets: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[B, 1, H, W]`` True inside each box (pixels; shifted by ``offsets [B, 2]`` x, y)."""
+    import torch
+
+    height, width = shape[-2:]
+    mask = torch.zeros((len(boxes), 1, height, width), dtype=torch.bool)
+    for index, box in enumerate(boxes.tolist()):
+        dx, dy = offsets[index].tolist() if offsets is not None else (0, 0)
+        x1, y1 = max(0, math.floor(box[0] - dx)), max(0, math.floor(box[1] - dy))
+        x2, y2 = min(width, math.ceil(box[2] - dx)), min(height, math.ceil(box[3] - dy))
+        mask[index, 0, y1:y2, x1:x2] = True
+    return mask
+
+
+def _edge_mask(corners: torch.Tensor, side_px: int, image: tuple[int, int], band: int) -> torch.Tensor:
+    """``[B, 1, S, S]`` True within ``band`` px of the window's sides that lie inside the image."""
+    import torch
+
+    height, width = image
+    mask = torch.zeros((len(corners), 1, side_px, side_px), dtype=torch.bool)
+    for index, (x, y) in enumerate((corners * 8).tolist()):
+        if x > 0:
+            mask[index, 0, :, :band] = True
+        if x + side_px < width:
+            mask[index, 0, :, side_px - band :] = True
+        if y > 0:
+            mask[index, 0, :band, :] = True
+        if y + side_px < height:
+            mask[index, 0, side_px - band :, :] = True
+    return mask
+
+
+def measure_decodes(
+    bench: Workbench, model: str, tiny_decoder: str | None, resolution: int
+) -> dict[str, Any]:
+    """The identity branch's windowed VAE decode against a full decode, and TAESD against the VAE.
+
+    The latents are the VAE encodings (distribution means) of the benchmark project's photos at
+    ``resolution``; the windows come from their face boxes as the objective makes them.
+    """
+    import contextlib
+
+    import torch
+
+    from engine.config import preset
+    from engine.data import load_images
+    from engine.devices import pick_device
+    from engine.losses import crop_windows, face_windows
+    from engine.models import load_base, load_tiny_decoder
+
+    device = pick_device()
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    base = load_base(model, device=str(device), dtype="fp16" if device.type == "cuda" else "fp32")
+    vae, scale = base.vae, base.family.latent_scale(base.vae)
+    images = load_images(bench.project(), resolution)
+    pixels = torch.stack([image.pixels for image in images]).to(device, dtype)
+    boxes = torch.stack([image.bbox for image in images])
+    margin = preset("released").identity_window_margin
+    autocast = (
+        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    with torch.no_grad(), autocast:
+        latents = vae.encode(pixels).latent_dist.mean * scale
+        side, corners = face_windows(boxes.to(device), latents.shape[-2:], 8, margin)
+        window = crop_windows(latents, side, corners)
+        full = vae.decode((latents / scale).to(vae.dtype)).sample.float().cpu()
+        windowed = vae.decode((window / scale).to(vae.dtype)).sample.float().cpu()
+        tiny = tiny_window = None
+        if tiny_decoder is not None:
+            decoder = load_tiny_decoder(tiny_decoder, device, dtype)
+            tiny = decoder.decode(latents.to(decoder.dtype)).sample.float().cpu()
+            tiny_window = decoder.decode(window.to(decoder.dtype)).sample.float().cpu()
+    corners = corners.cpu()
+    side_px = side * 8
+    region = torch.stack(
+        [
+            f[:, y * 8 : y * 8 + side_px, x * 8 : x * 8 + side_px]
+            for f, (x, y) in zip(full, corners.tolist(), strict=True)
+        ]
+    )
+    face_in_window = _box_mask(boxes, windowed.shape, corners * 8)
+    edge = _edge_mask(corners, side_px, full.shape[-2:], EDGE_PX)
+    decodes = [full, windowed, *((tiny, tiny_window) if tiny is not None else ())]
+    result: dict[str, Any] = {
+        "model": str(model),
+        "dtype": str(dtype).removeprefix("torch."),
+        "resolution": resolution,
+        "images": len(images),
+        "latents": "VAE encodings (means) of the benchmark project's photos",
+        "window": {"side_latents": side, "side_px": side_px, "corners": corners.tolist(), "margin": margin},
+        "unit": "8-bit pixel levels (0-255) of decodes clamped to [-1, 1]",
+        "edge_band_px": EDGE_PX,
+        "nonfinite_values": int(sum((~torch.isfinite(d)).sum() for d in decodes)),
+        "window_vs_full": {
+            "face_box": _difference(windowed, region, face_in_window),
+            "window_edge": _difference(windowed, region, edge),
+            "window": _difference(windowed, region),
+        },
+        "tiny_decoder": tiny_decoder,
+        "tiny_vs_vae": None,
+    }
+    if tiny is not None:
+        result["tiny_vs_vae"] = {
+            "image": _difference(tiny, full),
+            "face_box": _difference(tiny, full, _box_mask(boxes, full.shape)),
+            "window_face_box": _difference(tiny_window, region, face_in_window),
+        }
+    return result
+
+
+def real_training(
+    bench: Workbench, base: str, plan_name: str, resolution: int, seconds: float
+) -> dict[str, Any]:
+    """A short training of ``base`` on the demo project; stopped (checkpointed) when ``seconds`` run out."""
+    from engine.config import preset
+    from engine.demo.portraits import make_project
+    from engine.events import PreviewSaved, StepDone
+    from engine.store import ProjectStore
+    from engine.training import TrainingCancelled, train
+
+    plan = FULL if plan_name == "full" else REDUCED
+    phase1, phase2 = plan.train_steps
+    store = ProjectStore(bench.home)
+    if DEMO_PROJECT in store.list():
+        store.delete(DEMO_PROJECT)
+    project = make_project(bench.home, name=DEMO_PROJECT, embedding_dim=512)
+    config = preset(
+        "released", base_model=str(base), resolution=resolution, phase1_steps=phase1,
+        phase2_steps=phase2, preview_every=phase1 + phase2, preview_steps=plan.preview_steps,
+        checkpoint_every=100_000, latent_cache_variants=1, vram_profile=TRAIN_PROFILE,
+    )  # fmt: skip
+    events: list = []
+    cancel = threading.Event()
+    timer = threading.Timer(seconds, cancel.set)
+    timer.daemon = True
+    began = time.perf_counter()
+    timer.start()
+    try:
+        train(project, config, on_event=events.append, cancel=cancel)
+        status = "finished"
+    except TrainingCancelled:
+        status = f"stopped at its time budget ({seconds:.0f} s)"
+    finally:
+        timer.cancel()
+    steps = [e for e in events if isinstance(e, StepDone)]
+    previews = [e for e in events if isinstance(e, PreviewSaved)]
+    framed = [flag for e in previews for flag in e.identity_framed]
+    result: dict[str, Any] = {
+        "base": str(base),
+        "project": "engine.demo.portraits.make_project (drawn portraits, exact masks)",
+        "profile": TRAIN_PROFILE,
+        "resolution": resolution,
+        "steps": {"phase1": phase1, "phase2": phase2},
+        "steps_done": len(steps),
+        "status": status,
+        "seconds": round(time.perf_counter() - began, 1),
+        "steps_per_second": {
+            str(phase): round(last.it_per_s, 4)
+            for phase in (1, 2)
+            for last in [e for e in steps if e.phase == phase][-1:]
+        },
+        "nonfinite_loss_steps": sum(not all(math.isfinite(v) for v in e.losses.values()) for e in steps),
+        "last_losses": steps[-1].losses if steps else None,
+        "preview_identity": previews[-1].identity_mean if previews else None,
+        "preview_faces_detected": round(1 - sum(framed) / len(framed), 4) if framed else None,
+        **method_signals(events),
+    }
+    return result
+
+
+def method_signals(events: list) -> dict[str, Any]:
+    """The run's attention level and face-detection rate from its last ``MethodReport`` event.
+
+    Looked up by name: the event type is new (`engine.training.monitor`); without one the keys are
+    null and ``pending`` says why.
+    """
+    reports = [e for e in events if type(e).__name__ == "MethodReport"]
+    warnings = [e for e in events if type(e).__name__ == "MethodWarning"]
+    last = reports[-1] if reports else None
+    attention = dict(getattr(last, "attention", None) or {})
+    signals: dict[str, Any] = {
+        "attention_level": round(statistics.fmean(attention.values()), 8) if attention else None,
+        "attention": attention or None,
+        "attention_start": dict(getattr(last, "attention_start", None) or {}) or None,
+        "outside_share": dict(getattr(last, "outside_share", None) or {}) or None,
+        "face_detection_rate": getattr(last, "detection_rate", None),
+        "face_found": dict(getattr(last, "face_found", None) or {}) or None,
+        "run_scaler_skips": getattr(last, "skipped_steps", None),
+        "method_warnings": [getattr(w, "check", "") for w in warnings],
+        "method_report": last.to_dict() if last is not None else None,
+    }
+    if last is None:
+        signals["pending"] = PENDING
+    return signals
+
+
+def worker_main(argv: list[str]) -> None:
+    from bench.workbench import Workbench
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gpu_check --worker", description="One part (worker)."
+    )
+    parser.add_argument("--worker", choices=("steps", "decode", "train"), required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--assets", type=Path, required=True)
+    parser.add_argument("--tiny-decoder", type=Path, required=True)
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--profile")
+    parser.add_argument("--kind", choices=KINDS)
+    parser.add_argument("--max-steps", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--deadline", type=float, default=math.inf)
+    parser.add_argument("--source", help="model to decode or train (default: the workbench's)")
+    parser.add_argument("--source-tiny-decoder", help="TAESD folder to compare (decode; 'none': skip)")
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--plan", choices=("full", "reduced"), default="full")
+    args = parser.parse_args(argv)
+    bench = Workbench(
+        model=args.model, base=args.base, assets=args.assets, tiny_decoder=args.tiny_decoder, home=args.home
+    )
+    bench.activate()
+    resolution = args.resolution or bench.resolution
+    if args.worker == "steps":
+        result = measure_steps(
+            bench, args.profile, args.kind, args.max_steps, args.warmup, args.seconds, args.deadline
+        )
+    elif args.worker == "decode":
+        tiny = args.source_tiny_decoder or str(bench.tiny_decoder)
+        result = measure_decodes(
+            bench, args.source or str(bench.base), None if tiny == "none" else tiny, resolution
+        )
+    else:
+        result = real_training(bench, args.source, args.plan, resolution, args.seconds)
+    print(json.dumps(result), flush=True)
+
+
+# The check -----------------------------------------------------------------------------------
+
+
+def run_worker(bench: Workbench, arguments: list[str], timeout: float) -> dict[str, Any]:
+    """A worker in a fresh Python process; its JSON line is the last line it prints."""
+    command = [sys.executable, "-m", "bench.gpu_check", *arguments, *bench.to_args()]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    began = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s (its time budget)"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-6:]
+        return {"error": f"exit {done.returncode}: {' | '.join(tail)}"}
+    return {**json.loads(lines[-1]), "worker_seconds": round(time.perf_counter() - began, 1)}
+
+
+def profile_entry(pair: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A profile's two steps and their ratios (None where a step failed)."""
+    full, plain = pair.get("full", {}), pair.get("plain", {})
+    ok = bool(full and plain) and "error" not in full and "error" not in plain
+    entry: dict[str, Any] = {
+        "options": full.get("options") or plain.get("options"),
+        "full": {k: v for k, v in full.items() if k not in ("options", "profile", "kind")} or None,
+        "plain": {k: v for k, v in plain.items() if k not in ("options", "profile", "kind")} or None,
+        "peak_ratio": round(full["peak_bytes"] / plain["peak_bytes"], 3) if ok else None,
+        "step_time_ratio": (round(plain["steps_per_second"] / full["steps_per_second"], 3) if ok else None),
+    }
+    return entry
+
+
+def headline(results: dict[str, Any]) -> dict[str, Any]:
+    """The 8 GB profile's full-step peak against the goal (8 GB) and the stretch goal (6 GB)."""
+    profile = results["profiles"].get(HEADLINE_PROFILE) or {}
+    full = profile.get("full") or {}
+    peak = full.get("peak_gb")
+    measured = results["device"] == "cuda" and (profile.get("options") or {}).get("mixed_precision") == "fp16"
+    judged = peak is not None and measured and results["resolution"] == 512
+    return {
+        "profile": HEADLINE_PROFILE,
+        "full_peak_gb": peak,
+        "plain_peak_gb": (profile.get("plain") or {}).get("peak_gb"),
+        "goal_gb": GOAL_GB,
+        "stretch_gb": STRETCH_GB,
+        "meets_goal": peak < GOAL_GB if judged else None,
+        "meets_stretch": peak < STRETCH_GB if judged else None,
+        "note": None
+        if judged
+        else "not judged: the goals are for a CUDA GPU in fp16 at 512 px (this run: "
+        f"{results['device']}, {results['resolution']} px)",
+    }
+
+
+@dataclass(frozen=True)
+class Part:
+    """One worker of the check."""
+
+    name: str
+    """``<profile>/<kind>`` for steps; ``decode``, ``decode_base`` or ``train``."""
+    worker: str
+    wanted: float
+    """Its timeout when the budget allows."""
+    minimum: float
+    """Skipped when less than this is left for it."""
+    profile: str | None = None
+    kind: str | None = None
+
+
+def plan_parts(plan: Plan, base: Path | None) -> list[Part]:
+    """The parts in the order they start: the profiles (headline first), the decodes, the training."""
+    parts = [
+        Part(f"{profile}/{kind}", "steps", plan.step_timeout, plan.minimum, profile, kind)
+        for profile in plan.profiles
+        for kind in KINDS
+    ]
+    parts.append(Part("decode", "decode", plan.decode_timeout, plan.minimum))
+    if base is not None:
+        parts += [
+            Part("decode_base", "decode", plan.decode_timeout, plan.minimum),
+            Part("train", "train", plan.train_timeout, plan.train_minimum),
+        ]
+    return parts
+
+
+def part_arguments(
+    part: Part, plan: Plan, args: argparse.Namespace, resolution: int, seconds: float
+) -> list[str]:
+    """The worker's command-line arguments (the workbench's are added by `run_worker`)."""
+    if part.worker == "steps":
+        return [
+            "--worker", "steps", "--profile", str(part.profile), "--kind", str(part.kind),
+            "--max-steps", str(plan.max_steps), "--warmup", str(plan.warmup_steps),
+            "--seconds", str(min(plan.step_seconds, seconds / 3)), "--deadline", str(time.time() + seconds - 5),
+        ]  # fmt: skip
+    if part.name == "decode":
+        return ["--worker", "decode"]
+    sized = ["--source", str(args.base), "--resolution", str(resolution)]
+    if part.worker == "decode":
+        tiny = str(args.tiny_decoder) if args.tiny_decoder else "none"
+        return ["--worker", "decode", *sized, "--source-tiny-decoder", tiny]
+    # The run is cancelled (a checkpoint, its events kept) well before the worker's timeout.
+    return ["--worker", "train", *sized, "--plan", plan.mode, "--seconds", str(max(1.0, seconds * 0.8 - 10))]
+
+
+def allotment(parts: list[Part], index: int, plan: Plan, budget: Budget) -> float:
+    """Seconds for ``parts[index]`` starting now: what it wants, less the minimums of the parts after it.
+
+    The later parts' minimums are shared among the ``plan.parallel`` workers.
+    """
+    reserve = sum(later.minimum for later in parts[index + 1 :]) / plan.parallel
+    return budget.allot(parts[index].wanted, reserve)
+
+
+def run_parts(
+    parts: list[Part], plan: Plan, budget: Budget, bench: Workbench, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Each part in its own worker process (``plan.parallel`` at a time), each within its `allotment`.
+
+    A part is skipped when its allotment is under its minimum.
+    """
+
+    def one(part: Part) -> dict[str, Any]:
+        seconds = allotment(parts, parts.index(part), plan, budget)
+        if seconds < part.minimum:
+            outcome = {"error": f"skipped: {seconds:.0f} s left of the {budget.total:.0f} s budget"}
+            progress(budget, f"{part.name}: {outcome['error']}")
+            return outcome
+        progress(budget, f"{part.name}: running (up to {seconds:.0f} s)")
+        outcome = run_worker(bench, part_arguments(part, plan, args, bench.resolution, seconds), seconds)
+        progress(budget, f"{part.name}: {summary(outcome)}")
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        return list(pool.map(one, parts))
+
+
+def run_check(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    from bench.machine import describe
+    from bench.workbench import prepare
+    from engine.devices import pick_device
+
+    plan = REDUCED if args.reduced else FULL
+    budget = Budget(args.budget or plan.total_seconds)
+    results: dict[str, Any] = {
+        "schema": SCHEMA,
+        "command": " ".join(["python -m bench.gpu_check", *argv]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": plan.mode,
+        "device": pick_device().type,
+        "machine": describe(),
+        "model": plan.model,
+        "resolution": None,
+        "budget_seconds": budget.total,
+        "parallel_workers": plan.parallel,
+        "profiles": {},
+        "decode": None,
+        "base": None,
+        "errors": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="magicapture-gpu-check-") as scratch:
+        progress(budget, f"preparing the {plan.model} workbench (random weights; cached after the first run)")
+        bench = prepare(plan.model, Path(scratch))
+        results["resolution"] = bench.resolution
+        results["prepare_seconds"] = round(budget.elapsed(), 1)
+        parts = plan_parts(plan, args.base)
+        outcomes = dict(
+            zip([part.name for part in parts], run_parts(parts, plan, budget, bench, args), strict=True)
+        )
+    results["errors"] = [
+        f"{name}: {outcome['error']}" for name, outcome in outcomes.items() if "error" in outcome
+    ]
+    results["profiles"] = {
+        name: profile_entry({kind: outcomes[f"{name}/{kind}"] for kind in KINDS})
+        for name in ("6gb", "8gb", "12gb", "24gb")
+        if name in plan.profiles
+    }
+    results["decode"] = outcomes["decode"]
+    if args.base is not None:
+        results["base"] = {
+            "path": str(args.base),
+            "decode": outcomes["decode_base"],
+            "training": outcomes["train"],
+        }
+    results["headline"] = headline(results)
+    results["wall_seconds"] = round(budget.elapsed(), 1)
+    progress(budget, f"done ({len(results['errors'])} part(s) failed or skipped)")
+    return results
+
+
+def summary(outcome: dict[str, Any]) -> str:
+    """One progress line for a worker's result."""
+    if "error" in outcome:
+        return f"failed: {outcome['error']}"
+    if "peak_gb" in outcome:
+        return (
+            f"peak {outcome['peak_gb']:.2f} GB, {outcome['steps_per_second']:.3g} steps/s over "
+            f"{outcome['timed_steps']} timed of {outcome['steps']} steps, {outcome['scaler_skips']} scaler "
+            f"skip(s), {outcome['nonfinite_loss_steps']} non-finite loss(es) ({outcome['worker_seconds']} s)"
+        )
+    if "window_vs_full" in outcome:
+        face = outcome["window_vs_full"]["face_box"] or {}
+        return f"window vs full decode in the face box: max {face.get('max')}, mean {face.get('mean')}"
+    return f"{outcome.get('status')}, {outcome.get('steps_done')} steps ({outcome.get('worker_seconds')} s)"
+
+
+# Table ---------------------------------------------------------------------------------------
+
+HEADER = ("Figure", "Measured", "Goal", "Context")
+
+
+def _pair(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "n/a"
+    return f"max {entry['max']:.1f}, mean {entry['mean']:.2f}"
+
+
+def _decode_rows(decode: dict[str, Any] | None, label: str) -> list[tuple[str, ...]]:
+    if not decode:
+        return []
+    if "error" in decode:
+        return [(f"Decodes ({label})", "failed", "", decode["error"])]
+    window, diff = decode["window"], decode["window_vs_full"]
+    rows = [
+        (
+            f"Windowed vs full VAE decode, face box ({label})",
+            _pair(diff["face_box"]),
+            "",
+            f"window edge ({decode['edge_band_px']} px band): {_pair(diff['window_edge'])}; whole window: "
+            f"{_pair(diff['window'])}; {window['side_px']} px window, {decode['dtype']}, 8-bit levels",
+        )
+    ]
+    tiny = decode.get("tiny_vs_vae")
+    if tiny:
+        rows.append(
+            (
+                f"TAESD vs VAE decode, same latents ({label})",
+                _pair(tiny["image"]),
+                "",
+                f"face box: {_pair(tiny['face_box'])}; TAESD window vs VAE full, face box: "
+                f"{_pair(tiny['window_face_box'])}",
+            )
+        )
+    return rows
+
+
+def _gb(value: int) -> float:
+    return round(value / 2**30, 3)
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Markdown for the README: a line naming the run and machine, then one row per figure."""
+    machine = results["machine"]
+    device = f"{machine['gpu']} ({machine['gpu_memory_gb']} GB)" if machine.get("gpu") else machine["device"]
+    model = "SD 1.5-shaped, random weights" if results["model"] == "sd15" else "tiny demo model"
+    precision = "fp16 mixed precision" if results["device"] == "cuda" else "fp32"
+    lines = [
+        f"Measured {results['created'][:10]} by `{results['command']}` on {device}, torch "
+        f"{machine['torch']}; {model} at {results['resolution']} px, {precision}, "
+        f"{results['wall_seconds']:.0f} s in all.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
+    rows: list[tuple[str, ...]] = []
+    head = results["headline"]
+    if head["full_peak_gb"] is not None:
+        if head["meets_goal"] is None:
+            goal = f"< {head['goal_gb']:g} GB, stretch < {head['stretch_gb']:g} GB (not judged off a GPU)"
+        else:
+            goal = (
+                f"< {head['goal_gb']:g} GB ({'met' if head['meets_goal'] else 'not met'}); stretch "
+                f"< {head['stretch_gb']:g} GB ({'met' if head['meets_stretch'] else 'not met'})"
+            )
+        plain = head["plain_peak_gb"]
+        rows.append(
+            (
+                f"Peak memory of the full phase-2 step, profile {head['profile']} (headline)",
+                f"{head['full_peak_gb']:.2f} GB",
+                goal,
+                f"plain step {plain:.2f} GB" if plain is not None else "plain step failed",
+            )
+        )
+    for name, entry in results["profiles"].items():
+        full, plain = entry.get("full") or {}, entry.get("plain") or {}
+        if "error" in full or "error" in plain or not full or not plain:
+            rows.append(
+                (f"Profile {name}", "failed", "", full.get("error") or plain.get("error") or "no result")
+            )
+            continue
+        rows.append(
+            (
+                f"Peak memory, full vs plain step (profile {name})",
+                f"{full['peak_gb']:.2f} GB vs {plain['peak_gb']:.2f} GB ({entry['peak_ratio']:.2f}x)",
+                "",
+                _options(entry.get("options") or {}),
+            )
+        )
+        health = "; ".join(
+            f"{kind}: {step['nonfinite_loss_steps']} non-finite loss, {step['nonfinite_grad_steps']} "
+            f"non-finite gradient, {step['scaler_skips']} scaler skip(s) in {step['steps']} steps"
+            + (f" (scale {step['loss_scale']:g})" if step.get("loss_scale") is not None else "")
+            for kind, step in (("full", full), ("plain", plain))
+        )
+        rows.append(
+            (
+                f"Steps per second, full vs plain step (profile {name})",
+                f"{full['steps_per_second']:.2f} vs {plain['steps_per_second']:.2f} "
+                f"(step time {entry['step_time_ratio']:.2f}x)",
+                "",
+                health,
+            )
+        )
+    rows += _decode_rows(results.get("decode"), "random weights")
+    base = results.get("base")
+    if base:
+        rows += _decode_rows(base.get("decode"), f"--base {Path(base['path']).name}")
+        rows += _training_rows(base.get("training"), Path(base["path"]).name)
+    for error in results.get("errors", []):
+        if not any(error.split(":", 1)[0] in " ".join(row) for row in rows):
+            rows.append(("Part not measured", "failed", "", error))
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _training_rows(training: dict[str, Any] | None, name: str) -> list[tuple[str, ...]]:
+    if not training:
+        return []
+    figure = f"Short training on {name} (demo project, profile {training.get('profile', TRAIN_PROFILE)})"
+    if "error" in training:
+        return [(figure, "failed", "", training["error"])]
+
+    def value(key: str) -> str:
+        number = training.get(key)
+        return "pending" if number is None else f"{number:.3g}"
+
+    speeds = ", ".join(f"phase {k} {v:.2f} steps/s" for k, v in training["steps_per_second"].items())
+    context = (
+        f"{training['steps_done']} of {sum(training['steps'].values())} steps, {training['status']}; {speeds}; "
+        f"{training['nonfinite_loss_steps']} non-finite loss step(s); preview identity "
+        f"{training['preview_identity']}, faces detected in previews {training['preview_faces_detected']}; "
+        f"scaler skips {training.get('run_scaler_skips')}; warnings: {', '.join(training['method_warnings']) or 'none'}"
+    )
+    measured = (
+        f"attention level {value('attention_level')}, face-detection rate {value('face_detection_rate')}"
+    )
+    return [(figure, measured, "", context)]
+
+
+def _options(options: dict[str, Any]) -> str:
+    names = {
+        "use_8bit_adam": "8-bit Adam",
+        "gradient_checkpointing": "checkpointing",
+        "vae_slicing": "VAE slicing",
+        "train_text_encoder": "text-encoder LoRA",
+    }
+    on = [label for key, label in names.items() if options.get(key)]
+    mixed = options.get("mixed_precision")
+    precision = f"{mixed} mixed precision" if mixed not in (None, "no") else "fp32"
+    return f"{precision}; " + (", ".join(on) or "no memory options")
+
+
+def _cell(value: str) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+# Command line --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--reduced", action="store_true", help="tiny model on the CPU, fp32, few steps, two profiles (tests)"
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        help="a real SD 1.5 (diffusers folder or .safetensors): its decodes and a short training",
+    )
+    parser.add_argument(
+        "--tiny-decoder", type=Path, help="a real TAESD folder to compare with --base's VAE (optional)"
+    )
+    parser.add_argument("--out", type=Path, help=f"JSON file (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--budget", type=float, help="total seconds (default: 450; --reduced: 600, a guard for a loaded CPU)"
+    )
+    parser.add_argument(
+        "--table", action="store_true", help="print the README rows of the JSON file and exit"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" in argv:
+        worker_main(argv)
+        return 0
+    args = parse_args(argv)
+    args.base = args.base.resolve() if args.base else None
+    args.tiny_decoder = args.tiny_decoder.resolve() if args.tiny_decoder else None
+    out = args.out or DEFAULT_OUT
+    if args.table:
+        print(render_table(json.loads(Path(out).read_text("utf-8"))))
+        return 0
+    import torch
+
+    if not args.reduced and not torch.cuda.is_available():
+        print(
+            "gpu_check: no CUDA device here; the check measures fp16 at 512 px on a GPU. "
+            "Run it with --reduced for the CPU smoke check.",
+            file=sys.stderr,
+        )
+        return 2
+    for path in (args.base, args.tiny_decoder):
+        if path is not None and not path.exists():
+            print(f"gpu_check: {path} does not exist.", file=sys.stderr)
+            return 2
+    try:
+        results = run_check(args, argv)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    from engine.store import atomic_write_text
+
+    atomic_write_text(Path(out), json.dumps(results, indent=2) + "\n")
+    progress(None, f"wrote {out}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
