@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.events import MethodReport
 from engine.photos import PhotoRecord, photo_records
 from engine.runs import get_run
 from engine.store import Project, atomic_write_json
@@ -127,6 +128,8 @@ class EvalReport:
     path: Path | None = None
     identity: tuple[IdentityColumn, ...] = ()
     """The CSIM columns: the trained-against recogniser's, then the independent one's."""
+    training: dict[str, MethodReport] = field(default_factory=dict)
+    """Run -> the last report of what its method did (`engine.training.monitor`), for runs that have one."""
 
     def compared_settings(self) -> list[str]:
         """Settings whose values differ between the runs (``preset`` first when present).
@@ -187,6 +190,9 @@ class EvalReport:
             + " |"
             for row in rows
         ]
+        if self.training:
+            lines += ["", "How each run's method went (its last report):"]
+            lines += [f"- {run}: {training_summary(report)}" for run, report in self.training.items()]
         lines += ["", *(f"- {note}" for note in self.notes)] if self.notes else []
         return "\n".join(lines) + "\n"
 
@@ -200,7 +206,40 @@ class EvalReport:
             "runs": [asdict(run) for run in self.runs],
             "images": [asdict(image) for image in self.images],
             "notes": self.notes,
+            "training": {run: report.to_dict() for run, report in self.training.items()},
         }
+
+
+def training_summary(report: MethodReport) -> str:
+    """Each token's attention at the end against the start of phase 2 and its share outside; faces found; skips."""
+    parts = []
+    for token, level in sorted(report.attention.items()):
+        start = report.attention_start.get(token)
+        kept = f" ({level / start:.0%} of its phase-2 start {start:.2e})" if start else ""
+        share = report.outside_share.get(token)
+        outside = f", {share:.0%} of it outside its region" if share is not None else ""
+        parts.append(f"{token} attention {level:.2e}{kept}{outside}")
+    if report.detection_rate is not None:
+        tried = sum(tries for _, tries in report.face_found.values())
+        parts.append(f"faces found in {report.detection_rate:.0%} of {tried} identity estimates")
+    if report.skipped_steps:
+        parts.append(f"{report.skipped_steps} of {report.steps} steps skipped by the fp16 scaler")
+    return "; ".join(parts) or "no attention or identity figures (phase 2 did not run)"
+
+
+def last_method_reports(project: Project, run_ids: Iterable[str]) -> dict[str, MethodReport]:
+    """Each run's last `MethodReport` from its event log (runs without one are left out)."""
+    from engine.events import read_events
+    from engine.runs import RUNS
+
+    found = {}
+    for run in run_ids:
+        reports = [
+            e for e in read_events(project.path(RUNS, run, "events.jsonl")) if isinstance(e, MethodReport)
+        ]
+        if reports:
+            found[run] = reports[-1]
+    return found
 
 
 def _cell(metric: bool, value: Any) -> str:
@@ -300,6 +339,7 @@ def evaluate_project(
         notes=notes,
         path=path,
         identity=columns,
+        training=last_method_reports(project, dict.fromkeys(run for run, _ in groups if run != NO_RUN)),
     )
     atomic_write_json(path, report.to_json())
     return report

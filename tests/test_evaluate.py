@@ -379,3 +379,27 @@ def test_in_commercial_mode_sface_is_trained_against_and_arcface_is_refused(
     assert row["CSIM (SFace, trained against)"] == pytest.approx(0.5, abs=1e-5)
     (note,) = [n for n in report.notes if n.startswith("CSIM (ArcFace, independent)")]
     assert "non-commercial use only" in note
+
+
+def test_the_report_says_how_each_runs_method_went(project, kit, models):
+    """Issue 15 item 1: `magicapture eval` said nothing of the tokens' attention or the detector's hits."""
+    from engine.events import EventLog, MethodReport
+
+    log = EventLog(project.path("trainings", "r1", "events.jsonl"))
+    log.append(MethodReport(phase=2, global_step=5, attention={"<sks>": 0.5}))
+    log.append(
+        MethodReport(
+            phase=2, global_step=10, attention={"<sks>": 0.004}, attention_start={"<sks>": 0.02},
+            outside_share={"<sks>": 0.25}, face_found={"composed t0-199": [3, 4]}, detection_rate=0.75,
+        )
+    )  # fmt: skip
+    clip, head = models
+    report = evaluate_project(project, face_kit=kit, clip=clip, aesthetic=head)
+    assert list(report.training) == ["r1"] and report.training["r1"].global_step == 10
+    text = report.markdown()
+    assert (
+        "- r1: <sks> attention 4.00e-03 (20% of its phase-2 start 2.00e-02), 25% of it outside its region"
+        in text
+    )
+    assert "faces found in 75% of 4 identity estimates" in text
+    assert report.to_json()["training"]["r1"]["detection_rate"] == 0.75
