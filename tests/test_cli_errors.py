@@ -22,6 +22,7 @@ import pytest
 from filelock import FileLock
 
 from engine import cli, preflight
+from engine.cli import commands
 from engine.config import preset
 from engine.models import ModelLoadError
 from engine.store import ProjectStore
@@ -243,7 +244,7 @@ def test_a_bug_is_one_line_that_names_the_log(
     def broken(args: object) -> None:
         raise RuntimeError("an internal mistake")
 
-    monkeypatch.setattr(cli, "cmd_projects", broken)
+    monkeypatch.setattr(commands, "cmd_projects", broken)
     with pytest.raises(SystemExit) as stopped:
         cli.main(["projects", "list"])
     assert stopped.value.code not in (0, 2, None)

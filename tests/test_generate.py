@@ -11,7 +11,7 @@ from PIL import Image
 from engine import generate as gen
 from engine.events import Finished, PhaseStarted, StepDone
 from engine.faces import FaceKit
-from engine.generate import GenerationError, GenerationSettings, compose_prompt, fit_prompt, generate
+from engine.generate import GenerationError, GenerationSettings, compose_prompt, fit_prompt, generate, loading
 from engine.identity import identity_score, source_embedding
 from engine.outputs import read_parameters, sorted_outputs
 from engine.references import make_references
@@ -83,7 +83,7 @@ def test_the_lora_is_fused_while_sampling(project, no_faces):
 
     def on_event(event):
         if isinstance(event, StepDone):
-            kept = gen._BASES.values()[0].base
+            kept = loading._BASES.values()[0].base
             layers = [m for part in (kept.unet, kept.text_encoder) for m in part.modules()]
             layers = [m for m in layers if isinstance(m, BaseTunerLayer)]
             seen.append(bool(layers) and all(m.merged for m in layers))
@@ -96,33 +96,33 @@ def test_the_fused_lora_gives_the_image_of_the_unfused_one_at_the_same_scales(lo
     from engine.artefact import load_artefact
     from engine.models import make_pipeline
 
-    view, installed = gen._install(base, load_artefact(lora.path))
+    view, installed = loading.install(base, load_artefact(lora.path))
     try:
         pipe = make_pipeline(view)
         pipe.set_progress_bar_config(disable=True)
         pipe.set_adapters(gen.ADAPTER, adapter_weights={"unet": 0.6, "text_encoder": 0.9})
         prompt = compose_prompt(TOKENS)
         unfused = gen.sample_image(pipe, prompt, fast(), 4, lambda step: None, None)
-        gen._fuse(pipe, installed, 0.6, 0.9)
+        loading.fuse(pipe, installed, 0.6, 0.9)
         fused = gen.sample_image(pipe, prompt, fast(), 4, lambda step: None, None)
-        gen._fuse(pipe, installed, 0.0, 0.9)
+        loading.fuse(pipe, installed, 0.0, 0.9)
         other = gen.sample_image(pipe, prompt, fast(), 4, lambda step: None, None)
     finally:
-        gen._uninstall(base, installed)
+        loading._uninstall(base, installed)
     assert np.abs(fused.astype(int) - unfused.astype(int)).max() <= 1
     assert not np.array_equal(fused, other)
 
 
 def test_the_loaded_base_is_kept_between_calls(project, no_faces, monkeypatch):
     generate(project, RUN, fast(), face_kit=no_faces)
-    kept = gen._BASES.values()[0].base
+    kept = loading._BASES.values()[0].base
 
     def no_reload(*args, **kwargs):
         raise AssertionError("the base model was loaded again")
 
     monkeypatch.setattr("engine.models.load_base", no_reload)
     generate(project, RUN, fast(seed=2), face_kit=no_faces)
-    assert gen._BASES.values()[0].base is kept
+    assert loading._BASES.values()[0].base is kept
 
 
 def test_a_base_passed_in_is_left_as_it_was(project, base, no_faces):
@@ -259,7 +259,7 @@ def test_style_references_are_painted_by_the_plain_base_and_go_through_intake(ba
     )
     # The tiny model paints 64 px noise: intake refuses it as it would such an upload.
     assert [type(r) for r in results] == [Refused, Refused] and results[0].reason == "too_small"
-    assert gen._BASES.values()[0].installed is None  # no LoRA or placeholder rows in the base it used
+    assert loading._BASES.values()[0].installed is None  # no LoRA or placeholder rows in the base it used
     with pytest.raises(GenerationError, match="Describe the style"):
         make_references(project, "  ", 1, base_model=base.source, kit=no_faces)
 

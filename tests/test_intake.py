@@ -15,10 +15,9 @@ import pytest
 from fixtures_faces import ScriptedDetector, astronaut, encode, face_at, insightface_image_path, wheel_photo
 from PIL import Image
 
-from engine import intake
 from engine.faces import FaceKit
 from engine.faces.fallback import EllipseParser
-from engine.intake import Accepted, Refused, add_photo, decode_image, remove_photo
+from engine.intake import Accepted, Refused, add_photo, decode_image, remove_photo, storing
 from engine.photos import photo_records
 from engine.store import Project, ProjectStore, StorageFull, StoreError
 
@@ -390,7 +389,7 @@ def test_a_full_disk_leaves_nothing_behind(
     project: Project, fallback_kit: FaceKit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written = []
-    real_write = intake.atomic_write_bytes
+    real_write = storing.atomic_write_bytes
 
     def failing_write(path: Path, data: bytes) -> Path:
         if len(written) == 3:
@@ -398,7 +397,7 @@ def test_a_full_disk_leaves_nothing_behind(
         written.append(path)
         return real_write(path, data)
 
-    monkeypatch.setattr(intake, "atomic_write_bytes", failing_write)
+    monkeypatch.setattr(storing, "atomic_write_bytes", failing_write)
     before = listing(project.root)
     with pytest.raises(StorageFull):
         add_photo(project, encode(astronaut()), "a.jpg", "source", fallback_kit)

@@ -19,6 +19,7 @@ import pytest
 import torch
 from fixtures_faces import ScriptedDetector, astronaut, encode, face_at
 from fixtures_reliability import PAUSED, READS, disk_full, scratch
+from tiny import tiny_config
 
 from engine import checkpoint as ckpt
 from engine.demo.portraits import make_project
@@ -229,16 +230,6 @@ def test_a_full_disk_while_updating_the_manifest_keeps_the_previous_one():
     assert listing(store.root) == before
 
 
-def tiny_training(tiny_sd, **overrides):
-    from engine.config import preset
-
-    values = dict(
-        base_model=str(tiny_sd.folder), resolution=64, phase1_steps=2, phase2_steps=2, checkpoint_every=1,
-        preview_every=0, latent_cache_variants=2, device="cpu", vram_profile="cpu", use_8bit_adam=True,
-    )  # fmt: skip
-    return preset("released", **{**values, **overrides})
-
-
 @pytest.mark.slow
 def test_a_disk_that_fills_up_during_training_stops_it_clearly_and_it_resumes_after(isolated_home, tiny_sd):
     from fixtures_training import tiny_face_kit
@@ -256,7 +247,7 @@ def test_a_disk_that_fills_up_during_training_stops_it_clearly_and_it_resumes_af
 
         with pytest.raises(StorageFull) as full:
             train(
-                project, tiny_training(tiny_sd), base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(),
+                project, tiny_config(tiny_sd.folder, checkpoint_every=1), base=load_base(tiny_sd.folder), face_kit=tiny_face_kit(),
                 on_event=fill_up,
             )  # fmt: skip
     run = project.manifest()["trainings"][-1]["id"]
@@ -270,7 +261,7 @@ def test_a_disk_that_fills_up_during_training_stops_it_clearly_and_it_resumes_af
 
     path = train(
         reopened,
-        tiny_training(tiny_sd),
+        tiny_config(tiny_sd.folder, checkpoint_every=1),
         base=load_base(tiny_sd.folder),
         face_kit=tiny_face_kit(),
         resume=True,
@@ -332,17 +323,17 @@ def test_uploads_and_deletes_from_two_tabs_keep_the_manifest_and_the_files_in_st
 def test_an_upload_into_a_project_deleted_meanwhile_fails_clearly_and_leaves_nothing(
     fallback_kit, monkeypatch
 ):
-    from engine import intake
+    from engine.intake import storing
 
     store = ProjectStore()
     project = store.create("client")
-    real_store = intake._store
+    real_store = storing._store
 
     def delete_first(*args):  # the other tab deletes the project while this upload is being checked
         store.delete("client")
         return real_store(*args)
 
-    monkeypatch.setattr(intake, "_store", delete_first)
+    monkeypatch.setattr(storing, "_store", delete_first)
     with pytest.raises(StoreError, match="no manifest"):
         add_photo(project, encode(astronaut()), "a.jpg", "source", fallback_kit)
     assert store.list() == [] and listing(store.projects_dir) == []

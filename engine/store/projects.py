@@ -1,28 +1,13 @@
-"""Projects on disk: safe names, atomic writes and a locked JSON manifest.
-
-Every file the app writes goes through this module. A project is a folder under the data root
-holding ``manifest.json`` plus sub-folders (``photos/``, ``trainings/``, ``outputs/``...).
-Writes land in a temporary file in the same folder and are moved into place with ``os.replace``,
-so a reader never sees half a file; manifest updates hold a file lock so two browser tabs or two
-processes cannot interleave. Each update keeps the manifest it replaces as ``manifest.prev.json``,
-which is read (with a `ManifestRecovered` warning) when ``manifest.json`` does not parse.
-
-A project is opened by the name it was created with (kept in the manifest), never by another name
-that happens to give the same folder: ``"a b"`` does not open project ``"a-b"``.
-"""
+"""Projects: a folder under the data root with a locked JSON manifest (the previous one kept), and the
+store that creates, opens, lists and deletes them by the name they were created with."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
-import tempfile
-import unicodedata
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,46 +18,21 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from engine.store.errors import (
+    InvalidName,
+    ManifestRecovered,
+    NameTaken,
+    ProjectBusy,
+    StorageFull,
+    StoreError,
+)
+from engine.store.files import atomic_write_bytes, atomic_write_json, json_bytes
+from engine.store.names import inside, safe_name, same_name, typed_name
+
 MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 """The manifest as it was before the last update: read when ``manifest.json`` does not parse."""
 HOME_ENV = "MAGICAPTURE_HOME"
-_WINDOWS_RESERVED = {
-    "CON",
-    "PRN",
-    "AUX",
-    "NUL",
-    *(f"COM{i}" for i in range(1, 10)),
-    *(f"LPT{i}" for i in range(1, 10)),
-}
-MAX_NAME = 80
-"""Most characters of a name's folder form; longer names are refused, never cut."""
-_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
-"""How Rust libraries (safetensors) write the OS error behind an I/O failure into their message."""
-
-
-class StoreError(Exception):
-    """A project-store operation failed; the message is meant for the user."""
-
-
-class InvalidName(StoreError):
-    """A name cannot become a file or folder name."""
-
-
-class NameTaken(StoreError):
-    """A name gives the same folder as another project's name."""
-
-
-class ProjectBusy(StoreError):
-    """A project cannot be deleted while one of its trainings runs."""
-
-
-class StorageFull(StoreError):
-    """The disk holding a folder ran out of space."""
-
-
-class ManifestRecovered(UserWarning):
-    """A manifest did not parse, so the previous one is used."""
 
 
 def data_root() -> Path:
@@ -83,154 +43,6 @@ def data_root() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("magicapture-studio", appauthor=False).resolve()
-
-
-def safe_name(name: str) -> str:
-    """Turn a user-given name into one path component, or raise `InvalidName`.
-
-    Keeps letters, digits, ``-``, ``_``, ``.`` and spaces (folded to ``-``); refuses empty names,
-    ``.``/``..``, NUL, path separators, Windows reserved device names and names longer than
-    `MAX_NAME` characters.
-    """
-    if not isinstance(name, str) or "\x00" in name:
-        raise InvalidName("Names may not contain NUL characters.")
-    if "/" in name or "\\" in name:
-        raise InvalidName(f"Names may not contain path separators: {name!r}.")
-    text = unicodedata.normalize("NFKC", name).strip()
-    text = re.sub(r"\s+", "-", text)
-    text = re.sub(r"[^\w.\-]", "", text, flags=re.UNICODE).strip(".-")
-    if not text:
-        raise InvalidName(f"{name!r} has no usable characters; use letters, digits, '-' or '_'.")
-    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
-        raise InvalidName(f"{name!r} is a reserved device name on Windows; choose another.")
-    if len(text) > MAX_NAME:
-        raise InvalidName(
-            f"Names may have at most {MAX_NAME} characters (letters, digits, '-', '_' and '.'); "
-            f"{name[:40]!r}... has {len(text)}. Choose a shorter name."
-        )
-    return text
-
-
-def same_name(first: str, second: str) -> bool:
-    """Whether two names are the same as typed (Unicode composition and outer spaces aside)."""
-    return _typed(first) == _typed(second)
-
-
-def _typed(name: str) -> str:
-    return unicodedata.normalize("NFC", name).strip()
-
-
-def inside(root: Path, *parts: str) -> Path:
-    """Join ``parts`` under ``root`` and refuse any result that escapes it."""
-    root = Path(root).resolve()
-    path = root.joinpath(*parts).resolve()
-    if path != root and root not in path.parents:
-        raise InvalidName(f"Path {'/'.join(parts)!r} leaves {root}.")
-    return path
-
-
-def _os_error(error: BaseException) -> OSError | None:
-    """The OS error behind ``error``: itself, or the one safetensors reports in its message."""
-    if isinstance(error, OSError):
-        return error
-    from safetensors import SafetensorError
-
-    found = _RUST_OS_ERROR.search(str(error)) if isinstance(error, SafetensorError) else None
-    if found is None:
-        return None
-    code = int(found.group(1))
-    translated = OSError(code, f"{os.strerror(code)} ({error})")
-    translated.__cause__ = error
-    return translated
-
-
-def _raise_if_full(error: BaseException, folder: Path) -> None:
-    cause = _os_error(error)
-    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise StorageFull(f"The disk holding {folder} is full; free some space and try again.") from cause
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        handle.write(data)
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, value: Any) -> Path:
-    return atomic_write_bytes(path, _json_bytes(value))
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and move it into place.
-
-    Use it for writers that take a file name (``save_file``, ``Image.save``). On any error the
-    temporary file is removed and ``path`` is untouched; a full disk raises `StorageFull` whose
-    ``__cause__`` is the `OSError` (also when safetensors reports it as a ``SafetensorError``).
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as error:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-        _raise_if_full(error, path.parent)
-        raise
-
-
-def replace_folder(staged: Path, final: Path) -> Path:
-    """Move the complete folder ``staged`` to ``final`` (same file system), replacing a folder there.
-
-    A folder already at ``final`` is renamed aside to ``.<name>.old`` first and removed once the new
-    one is in place, so ``final`` is at any moment the old folder or the new one, never a mix.
-    """
-    staged, final = Path(staged), Path(final)
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staged, final)
-    _fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def now() -> str:
@@ -388,7 +200,7 @@ class ProjectStore:
             )
         folder.mkdir(parents=True, exist_ok=True)
         manifest = {
-            "name": _typed(name),
+            "name": typed_name(name),
             "created": now(),
             "updated": now(),
             "images": [],
@@ -397,7 +209,7 @@ class ProjectStore:
         }
         project = Project(folder)
         try:
-            project.save_manifest(manifest, previous=_json_bytes(manifest))
+            project.save_manifest(manifest, previous=json_bytes(manifest))
         except StorageFull:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -1,0 +1,257 @@
+"""The commands: each a thin call into the engine, with heavy imports inside it so that
+``magicapture --help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.cli.progress import progress_printer
+
+if TYPE_CHECKING:
+    from engine.faces import FaceKit
+    from engine.store import Project, ProjectStore
+
+
+class CommandError(Exception):
+    """A mistake in the command line that the user can fix; the message says how."""
+
+
+def _project(name: str) -> Project:
+    from engine.store import ProjectStore
+
+    return ProjectStore().open(name)
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON where they parse, else as text."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise CommandError(f"--set takes key=value (got {pair!r}); for example --set phase1_steps=400.")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def _check_base(source: str) -> None:
+    """Refuse a local single-file base whose safetensors header is damaged, before any slow work."""
+    from engine.models import safetensors_header
+
+    path = Path(source).expanduser()
+    if path.suffix == ".safetensors" and path.is_file():
+        safetensors_header(path)
+
+
+def _licence_line(commercial: bool, restore: str | None = None) -> str | None:
+    """The line saying which non-commercial weights this command uses and what replaces them, if any."""
+    from engine.assets import licence_notice
+    from engine.preflight import assets_in_use
+
+    notice = licence_notice(assets_in_use(commercial=commercial, restore=restore), alternatives=True)
+    return f"Licence: {notice} (Pass --commercial.)" if notice else None
+
+
+def _licence_notice(commercial: bool, restore: str | None = None) -> None:
+    """Say once, on stderr, which non-commercial weights this command uses and what replaces them."""
+    line = _licence_line(commercial, restore)
+    if line:
+        print(line, file=sys.stderr)
+
+
+def cmd_projects(args: argparse.Namespace) -> None:
+    from engine.store import ProjectStore, data_root
+
+    store = ProjectStore()
+    if args.action == "list":
+        print(f"projects in {data_root() / 'projects'}:")
+        for name in store.list():
+            print(f"  {name}")
+        return
+    if not args.name:
+        raise CommandError(
+            f"projects {args.action} needs a project name: magicapture projects {args.action} NAME."
+        )
+    if args.action == "create":
+        print(store.create(args.name).root)
+    elif args.action == "delete":
+        store.delete(args.name)
+        print(f"deleted {args.name}")
+    else:
+        from engine.repair import repair_manifest
+
+        print(repair_manifest(store.open(args.name)))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from engine.faces import load_face_kit
+    from engine.intake import check_photo_file
+    from engine.store import ProjectStore, StoreError
+
+    paths = [Path(photo) for photo in args.photos]
+    for path in paths:
+        check_photo_file(path)
+    store = ProjectStore()
+    try:
+        project, created = store.open(args.project), False
+    except StoreError:
+        project, created = store.create(args.project), True
+    try:
+        _licence_notice(args.commercial)
+        kit = load_face_kit(commercial=args.commercial)
+        if kit.is_fallback:
+            print("Using the offline fallback face detector (approximate masks).", file=sys.stderr)
+        accepted = _add_photos(project, paths, args.role, kit)
+    finally:
+        if created:
+            _discard_if_empty(store, args.project)
+    if not accepted:
+        outcome = "was not created" if created else "is unchanged"
+        raise CommandError(
+            f"No photo was accepted (reasons above), so project {args.project!r} {outcome}; choose other photos."
+        )
+
+
+def _add_photos(project: Project, paths: Sequence[Path], role: str, kit: FaceKit) -> int:
+    """Add each photo to ``project``, saying on stdout which were accepted; returns how many were."""
+    from engine.intake import Refused, add_photo, read_photo
+
+    accepted = 0
+    for path in paths:
+        result = add_photo(project, read_photo(path), path.name, role, kit)
+        if isinstance(result, Refused):
+            print(f"refused {path.name}: {result.message}")
+        else:
+            accepted += 1
+            print(f"accepted {path.name}")
+    return accepted
+
+
+def _discard_if_empty(store: ProjectStore, name: str) -> None:
+    """Delete project ``name``, which this command created, if it holds no photo."""
+    from engine.store import StoreError
+
+    with contextlib.suppress(StoreError):
+        if not store.open(name).manifest()["images"]:
+            store.delete(name)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from engine import preflight
+    from engine.config import preset
+
+    overrides = _parse_overrides(args.set)
+    if args.base:
+        overrides["base_model"] = args.base
+    if args.profile:
+        overrides["vram_profile"] = args.profile
+    config = preset(args.preset, **overrides)
+    project = _project(args.project)
+    _check_base(config.base_model)
+    try:
+        estimate = f"Pre-flight estimate: {preflight.summary(preflight.estimate(config))}"
+    except preflight.PreflightError as error:
+        estimate = f"Pre-flight estimate unavailable: {error}"
+    from engine.faces import load_face_kit
+    from engine.training import train
+
+    kit = load_face_kit(commercial=True) if args.commercial else None
+    notes = [_licence_line(args.commercial), estimate]
+    artefact = train(project, config, on_event=progress_printer(notes), resume=args.resume, face_kit=kit)
+    print(artefact)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from engine.assets import NonCommercialAsset, get_asset
+    from engine.generate import GenerationSettings, generate
+    from engine.postprocess import RESTORERS, postprocess_output
+
+    project = _project(args.project)
+    if args.commercial and args.restore and not get_asset(RESTORERS[args.restore]).commercial_ok:
+        raise NonCommercialAsset(
+            f"The {args.restore} face restorer is licensed for non-commercial use only; with --commercial "
+            "use --restore gfpgan instead."
+        )
+    settings = GenerationSettings(
+        prompt_extra=args.prompt_extra,
+        count=args.n,
+        seed=args.seed,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_scale=args.cfg,
+    )
+    notes = [_licence_line(args.commercial, args.restore)]
+    records = generate(
+        project, args.run, settings, commercial=args.commercial, on_event=progress_printer(notes)
+    )
+    for record in records:
+        if args.restore or args.upscale > 1 or args.preset:
+            record = postprocess_output(
+                project,
+                record.id,
+                restore=args.restore,
+                upscale=args.upscale,
+                preset=args.preset,
+                commercial=args.commercial,
+            )
+        print(project.path(record.file))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from engine.export import export_embeddings, export_lora
+
+    project = _project(args.project)
+    print(export_lora(project, args.run, format=args.format))
+    for path in export_embeddings(project, args.run):
+        print(path)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from engine.evaluate import evaluate_project
+    from engine.faces import load_face_kit
+
+    project = _project(args.project)
+    _licence_notice(args.commercial)
+    report = evaluate_project(project, args.runs or None, face_kit=load_face_kit(commercial=args.commercial))
+    print(report.markdown())
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from engine import assets
+
+    if args.action == "list":
+        rows = assets.list_assets()
+        for row in rows:
+            mark = "present" if row.present else "missing"
+            print(f"{row.name:20} {mark:8} {row.licence:32} {row.path}")
+        notice = assets.licence_notice([row.name for row in rows if row.present])
+        if notice:
+            print(notice)
+    elif args.action == "download":
+        for name in args.names or list(assets.REGISTRY):
+            print(assets.download_asset(name))
+    else:
+        if len(args.names) != 2:
+            raise CommandError(
+                f"models import takes NAME PATH (got {' '.join(args.names) or 'nothing'}); "
+                "for example magicapture models import bisenet ~/Downloads/79999_iter.pth."
+            )
+        print(assets.import_asset(args.names[0], args.names[1]))
+
+
+def cmd_demo_models(args: argparse.Namespace) -> None:
+    from engine.demo import build_demo_kit
+
+    kit = build_demo_kit(Path(args.folder))
+    print(
+        f"tiny SD 1.x folder: {kit.sd.folder}\nsingle file: {kit.sd.single_file}\n"
+        f"tiny decoder: {kit.tiny_decoder}\nassets: {kit.assets}"
+    )

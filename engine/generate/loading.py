@@ -1,0 +1,197 @@
+"""A trained artefact loaded into a base model: the placeholder embeddings into a tokenizer copy and the
+text encoder's table, the LoRA into the UNet and text encoder as one diffusers adapter (fused into the
+weights at the scales in use), all undone afterwards; the one kept base model."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.generate.settings import GenerationError
+from engine.model_cache import ModelCache
+
+if TYPE_CHECKING:
+    from engine.artefact import Artefact
+    from engine.models import BaseModel
+
+ADAPTER = "magicapture"
+"""Adapter name of the project LoRA inside diffusers/peft."""
+LORA_COMPONENTS = ["unet", "text_encoder"]
+
+
+@dataclass
+class _Installed:
+    """What `install` changed in a base model, to undo it."""
+
+    table_size: int
+    overwritten: dict[int, Any]
+    fused: tuple[float, float] | None = None
+    """UNet and text-encoder scales the LoRA is fused into the weights at; None while unfused."""
+
+
+@dataclass
+class _Kept:
+    """The kept base model and the artefact loaded into it, if any."""
+
+    base: BaseModel
+    artefact: tuple[str, int, int] | None = None
+    """Path, mtime and size of the loaded artefact file."""
+    installed: _Installed | None = None
+    view: BaseModel | None = None
+
+    def release_artefact(self) -> None:
+        if self.installed is not None:
+            _uninstall(self.base, self.installed)
+        self.artefact = self.installed = self.view = None
+
+
+_BASES: ModelCache[tuple[str, str, str], _Kept] = ModelCache(capacity=1)
+"""The one kept base model, by source, device and dtype."""
+
+
+def _artefact_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed]:
+    """Load the artefact into ``base``: returns a view with a tokenizer copy holding the tokens."""
+    import torch
+
+    from engine.models import make_pipeline
+
+    tokenizer = copy.deepcopy(base.tokenizer)
+    tokens = list(artefact.embeddings)
+    tokenizer.add_tokens(tokens)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    text_encoder = base.text_encoder
+    table_size = text_encoder.get_input_embeddings().num_embeddings
+    rows = torch.stack([artefact.embeddings[token] for token in tokens])
+    if rows.shape[1] != text_encoder.get_input_embeddings().embedding_dim:
+        raise GenerationError(
+            f"{artefact.path} was trained on a base with {rows.shape[1]}-wide token embeddings, but "
+            f"{base.source} has {text_encoder.get_input_embeddings().embedding_dim}; use the base model it was trained on."
+        )
+    if len(tokenizer) > table_size:
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    table = text_encoder.get_input_embeddings().weight
+    installed = _Installed(table_size, {i: table[i].detach().clone() for i in ids if i < table_size})
+    with torch.no_grad():
+        table[ids] = rows.to(table)
+    view = dataclasses.replace(base, tokenizer=tokenizer)
+    lora = artefact.diffusers_state_dict()
+    try:
+        if lora:
+            with _quiet("transformers.integrations.peft"):
+                make_pipeline(view).load_lora_weights(lora, adapter_name=ADAPTER)
+    except BaseException:
+        _uninstall(base, installed)
+        raise
+    return view, installed
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence a logger below errors (transformers reports the frozen base weights as "missing" from a LoRA)."""
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _uninstall(base: BaseModel, installed: _Installed) -> None:
+    """Undo `install`: remove the LoRA layers, the added token rows and restore overwritten rows."""
+    import torch
+
+    from engine.models import make_pipeline
+
+    pipe = make_pipeline(base)
+    if installed.fused is not None:
+        pipe.unfuse_lora(components=LORA_COMPONENTS)
+        installed.fused = None
+    adapters = {name for names in pipe.get_list_adapters().values() for name in names}
+    if adapters == {ADAPTER}:
+        pipe.unload_lora_weights()  # removes the LoRA layers themselves
+    elif ADAPTER in adapters:
+        pipe.delete_adapters(ADAPTER)  # the base holds adapters of its own: keep those
+    text_encoder = base.text_encoder
+    if text_encoder.get_input_embeddings().num_embeddings != installed.table_size:
+        text_encoder.resize_token_embeddings(installed.table_size, mean_resizing=False)
+    table = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for index, row in installed.overwritten.items():
+            table[index] = row
+
+
+def _kept(source: str) -> _Kept:
+    """The kept base model loaded from ``source`` (loaded on first use); call with ``_BASES.lock`` held."""
+    from engine.devices import pick_device, pick_dtype
+    from engine.models import load_base
+
+    device = pick_device()
+    key = (str(source), str(device), str(pick_dtype(device)))
+    return _BASES.get(key, lambda: _Kept(load_base(source)))
+
+
+@contextlib.contextmanager
+def plain_base(source: str) -> Iterator[BaseModel]:
+    """The kept base model loaded from ``source``, with no artefact in it while the context is open."""
+    with _BASES.lock:
+        kept = _kept(source)
+        kept.release_artefact()
+        yield kept.base
+
+
+def fuse(pipe: Any, installed: _Installed, unet_scale: float, text_scale: float) -> None:
+    """Fuse the project LoRA into the weights at these scales, so that sampling costs what the bare model does.
+
+    The fusion stays while the scales stay (the same seed then gives the same image again); other
+    scales unfuse it first.
+    """
+    scales = (unet_scale, text_scale)
+    if not pipe.get_list_adapters() or installed.fused == scales:
+        return
+    if installed.fused is not None:
+        pipe.unfuse_lora(components=LORA_COMPONENTS)
+    pipe.set_adapters(ADAPTER, adapter_weights={"unet": unet_scale, "text_encoder": text_scale})
+    pipe.fuse_lora(components=LORA_COMPONENTS, adapter_names=[ADAPTER])
+    installed.fused = scales
+
+
+@contextlib.contextmanager
+def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[tuple[BaseModel, _Installed]]:
+    """The base model with ``artefact`` loaded, as a `BaseModel` view whose tokenizer knows the tokens.
+
+    Without ``base``, the artefact's own base model is loaded and kept for later calls; a given
+    ``base`` is changed only while the context is open.
+    """
+    if base is not None:
+        view, installed = install(base, artefact)
+        try:
+            yield view, installed
+        finally:
+            _uninstall(base, installed)
+        return
+    source = artefact.metadata.get("base_model")
+    if not source:
+        raise GenerationError(
+            f"{artefact.path} does not record its base model; pass the base model explicitly."
+        )
+    key = _artefact_key(Path(artefact.path))
+    with _BASES.lock:
+        kept = _kept(str(source))
+        if kept.artefact != key:
+            kept.release_artefact()
+            kept.view, kept.installed = install(kept.base, artefact)
+            kept.artefact = key
+        yield kept.view, kept.installed
