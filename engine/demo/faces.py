@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,6 +172,104 @@ def yunet_standin() -> onnx.ModelProto:
     return _model(nodes, [image], ordered, weights, "yunet-standin")
 
 
+@dataclass
+class _Graph:
+    """The nodes and initialisers of an ONNX graph being built, and the generator of its random weights."""
+
+    rng: np.random.Generator
+    nodes: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+
+    def conv_bn(self, name: str, source: str, cin: int, cout: int, stride: int) -> str:
+        """A 3x3 convolution (He-initialised) and a batch norm with random statistics; returns its output."""
+        from onnx import helper
+
+        fan_in = cin * 9
+        rng = self.rng
+        self.weights += [
+            _tensor(f"{name}_w", rng.normal(0, np.sqrt(2 / fan_in), (cout, cin, 3, 3)).astype(np.float32)),
+            _tensor(f"{name}_gamma", rng.uniform(0.8, 1.2, cout).astype(np.float32)),
+            _tensor(f"{name}_beta", rng.normal(0, 0.1, cout).astype(np.float32)),
+            _tensor(f"{name}_mean", rng.normal(0, 0.1, cout).astype(np.float32)),
+            _tensor(f"{name}_var", rng.uniform(0.8, 1.2, cout).astype(np.float32)),
+        ]
+        self.nodes += [
+            helper.make_node(
+                "Conv", [source, f"{name}_w"], [f"{name}_c"], kernel_shape=[3, 3], strides=[stride, stride],
+                pads=[1, 1, 1, 1], name=f"Conv_{name}",
+            ),
+            helper.make_node(
+                "BatchNormalization",
+                [f"{name}_c", f"{name}_gamma", f"{name}_beta", f"{name}_mean", f"{name}_var"],
+                [f"{name}_bn"], epsilon=1e-5, name=f"BatchNormalization_{name}",
+            ),
+        ]  # fmt: skip
+        return f"{name}_bn"
+
+    def prelu(self, name: str, source: str, channels: int) -> str:
+        from onnx import helper
+
+        self.weights.append(_tensor(f"{name}_slope", np.full((channels, 1, 1), 0.25, np.float32)))
+        self.nodes.append(helper.make_node("PRelu", [source, f"{name}_slope"], [name], name=f"PRelu_{name}"))
+        return name
+
+
+def _normalised_pixels(graph: _Graph, source: str) -> str:
+    """SFace-style: the graph itself maps raw 0-255 pixels to ``(x - 127.5) / 128``."""
+    from onnx import helper
+
+    graph.weights += [
+        _tensor("norm_mean", np.array(127.5, np.float32)),
+        _tensor("norm_scale", np.array(1 / 128, np.float32)),
+    ]
+    graph.nodes += [
+        helper.make_node("Sub", [source, "norm_mean"], ["centred"], name="Sub_0"),
+        helper.make_node("Mul", ["centred", "norm_scale"], ["normalised"], name="Mul_1"),
+    ]
+    return "normalised"
+
+
+def _residual_trunk(graph: _Graph, source: str) -> str:
+    """112x112 pixels down to 16 feature maps of 7x7: strided conv-BN-PReLU blocks, one residual."""
+    from onnx import helper
+
+    stem = graph.prelu("act1", graph.conv_bn("conv1", source, 3, 8, 2), 8)  # 56x56
+    residual = graph.conv_bn("conv2", stem, 8, 8, 1)
+    graph.nodes.append(helper.make_node("Add", [stem, residual], ["sum2"], name="Add_2"))
+    current = graph.prelu("act2", "sum2", 8)
+    current = graph.prelu("act3", graph.conv_bn("conv3", current, 8, 16, 2), 16)  # 28x28
+    current = graph.prelu("act4", graph.conv_bn("conv4", current, 16, 16, 2), 16)  # 14x14
+    return graph.conv_bn("conv5", current, 16, 16, 2)  # 7x7
+
+
+def _embedding_layer(graph: _Graph, source: str, dim: int, final_bn: bool) -> str:
+    """Flatten and a fully connected layer to ``dim`` (then an identity batch norm, ArcFace-style)."""
+    from onnx import helper
+
+    features = 16 * 7 * 7
+    graph.nodes.append(helper.make_node("Flatten", [source], ["flat"], axis=1, name="Flatten_5"))
+    graph.weights += [
+        _tensor("fc_w", graph.rng.normal(0, np.sqrt(1 / features), (dim, features)).astype(np.float32)),
+        _tensor("fc_b", np.zeros(dim, np.float32)),
+    ]
+    output = "fc1" if not final_bn else "fc1_pre"
+    graph.nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [output], transB=1, name="Gemm_6"))
+    if final_bn:
+        graph.weights += [
+            _tensor("feat_gamma", np.ones(dim, np.float32)),
+            _tensor("feat_beta", np.zeros(dim, np.float32)),
+            _tensor("feat_mean", np.zeros(dim, np.float32)),
+            _tensor("feat_var", np.ones(dim, np.float32)),
+        ]
+        graph.nodes.append(
+            helper.make_node(
+                "BatchNormalization", ["fc1_pre", "feat_gamma", "feat_beta", "feat_mean", "feat_var"], ["fc1"],
+                epsilon=1e-5, name="BatchNormalization_7",
+            )
+        )  # fmt: skip
+    return "fc1"
+
+
 def _recogniser(
     input_name: str,
     batch: str | int,
@@ -183,83 +282,12 @@ def _recogniser(
     """A small residual conv net ``[batch, 3, 112, 112] -> [batch, dim]`` with random weights."""
     from onnx import TensorProto, helper
 
-    nodes, weights = [], []
-    current = input_name
-    if embedded_norm:  # SFace-style: the graph normalises raw 0-255 pixels itself
-        weights += [
-            _tensor("norm_mean", np.array(127.5, np.float32)),
-            _tensor("norm_scale", np.array(1 / 128, np.float32)),
-        ]
-        nodes += [
-            helper.make_node("Sub", [current, "norm_mean"], ["centred"], name="Sub_0"),
-            helper.make_node("Mul", ["centred", "norm_scale"], ["normalised"], name="Mul_1"),
-        ]
-        current = "normalised"
-
-    def conv_bn(name: str, source: str, cin: int, cout: int, stride: int) -> str:
-        fan_in = cin * 9
-        weights.extend(
-            [
-                _tensor(
-                    f"{name}_w", rng.normal(0, np.sqrt(2 / fan_in), (cout, cin, 3, 3)).astype(np.float32)
-                ),
-                _tensor(f"{name}_gamma", rng.uniform(0.8, 1.2, cout).astype(np.float32)),
-                _tensor(f"{name}_beta", rng.normal(0, 0.1, cout).astype(np.float32)),
-                _tensor(f"{name}_mean", rng.normal(0, 0.1, cout).astype(np.float32)),
-                _tensor(f"{name}_var", rng.uniform(0.8, 1.2, cout).astype(np.float32)),
-            ]
-        )
-        nodes.extend(
-            [
-                helper.make_node(
-                    "Conv", [source, f"{name}_w"], [f"{name}_c"], kernel_shape=[3, 3], strides=[stride, stride],
-                    pads=[1, 1, 1, 1], name=f"Conv_{name}",
-                ),
-                helper.make_node(
-                    "BatchNormalization",
-                    [f"{name}_c", f"{name}_gamma", f"{name}_beta", f"{name}_mean", f"{name}_var"],
-                    [f"{name}_bn"], epsilon=1e-5, name=f"BatchNormalization_{name}",
-                ),
-            ]
-        )  # fmt: skip
-        return f"{name}_bn"
-
-    def prelu(name: str, source: str, channels: int) -> str:
-        weights.append(_tensor(f"{name}_slope", np.full((channels, 1, 1), 0.25, np.float32)))
-        nodes.append(helper.make_node("PRelu", [source, f"{name}_slope"], [name], name=f"PRelu_{name}"))
-        return name
-
-    stem = prelu("act1", conv_bn("conv1", current, 3, 8, 2), 8)  # 56x56
-    residual = conv_bn("conv2", stem, 8, 8, 1)
-    nodes.append(helper.make_node("Add", [stem, residual], ["sum2"], name="Add_2"))
-    current = prelu("act2", "sum2", 8)
-    current = prelu("act3", conv_bn("conv3", current, 8, 16, 2), 16)  # 28x28
-    current = prelu("act4", conv_bn("conv4", current, 16, 16, 2), 16)  # 14x14
-    current = conv_bn("conv5", current, 16, 16, 2)  # 7x7
-    features = 16 * 7 * 7
-    nodes.append(helper.make_node("Flatten", [current], ["flat"], axis=1, name="Flatten_5"))
-    weights += [
-        _tensor("fc_w", rng.normal(0, np.sqrt(1 / features), (dim, features)).astype(np.float32)),
-        _tensor("fc_b", np.zeros(dim, np.float32)),
-    ]
-    output = "fc1" if not final_bn else "fc1_pre"
-    nodes.append(helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], [output], transB=1, name="Gemm_6"))
-    if final_bn:
-        weights += [
-            _tensor("feat_gamma", np.ones(dim, np.float32)),
-            _tensor("feat_beta", np.zeros(dim, np.float32)),
-            _tensor("feat_mean", np.zeros(dim, np.float32)),
-            _tensor("feat_var", np.ones(dim, np.float32)),
-        ]
-        nodes.append(
-            helper.make_node(
-                "BatchNormalization", ["fc1_pre", "feat_gamma", "feat_beta", "feat_mean", "feat_var"], ["fc1"],
-                epsilon=1e-5, name="BatchNormalization_7",
-            )
-        )  # fmt: skip
+    graph = _Graph(rng)
+    pixels = _normalised_pixels(graph, input_name) if embedded_norm else input_name
+    output = _embedding_layer(graph, _residual_trunk(graph, pixels), dim, final_bn)
     image = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, 112, 112])
-    embedding = helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [batch, dim])
-    return _model(nodes, [image], [embedding], weights, "recogniser-standin")
+    embedding = helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, dim])
+    return _model(graph.nodes, [image], [embedding], graph.weights, "recogniser-standin")
 
 
 def arcface_standin(seed: int = 0) -> onnx.ModelProto:
