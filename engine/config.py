@@ -171,9 +171,10 @@ class TrainingConfig:
         0.3, "Margin around the face box of the decoded window, in box sizes.", range=(0.0, 4.0)
     )
     identity_decoder: str = _field(
-        "vae",
-        "Decoder of the identity branch: the base model's VAE, or tiny (TAESD, a 1.2 M-weight "
-        "approximation of the VAE decoder: a faster, lighter phase-2 step).",
+        "tiny",
+        "Decoder of the identity branch: tiny (TAESD, a 1.2 M-weight approximation of the VAE decoder: "
+        "the phase-2 step costs what a plain LoRA step does; each run checks it against the VAE on your "
+        "photos and warns if they disagree) or vae (the base model's VAE, as METHOD.md: slower, more memory).",
         choices=("vae", "tiny"),
     )
     tiny_decoder_model: str = _field(

@@ -101,6 +101,11 @@ class MethodReport(Event):
     """The same in the window's outer ring (one latent wide), where zero padding reaches."""
     window_identity_cosine: float | None = None
     """Cosine of the recogniser's embeddings of the window decode and the full decode."""
+    decoder_pixel_error: float | None = None
+    """Phase-2 start, with ``identity_decoder="tiny"``: mean absolute difference (0-255) inside the face
+    between TAESD's and the VAE's decode of the source photos (None: not checked)."""
+    decoder_identity_cosine: float | None = None
+    """Cosine of the recogniser's embeddings of TAESD's and the VAE's decode of the same latents."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -150,3 +150,35 @@ def window_fidelity(
         edge_error=float(difference[:, ring].mean()),
         identity_cosine=float(cosine.mean()),
     )
+
+
+class DecoderAgreement(NamedTuple):
+    """How a second decoder's image of the same latents differs from the VAE's, where the recogniser looks."""
+
+    pixel_error: float
+    """Mean absolute difference inside the face boxes, in 0-255 pixel units."""
+    identity_cosine: float
+    """Mean cosine of the recogniser's embeddings of the two images."""
+
+
+@torch.no_grad()
+def decoder_agreement(
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    boxes: torch.Tensor,
+    landmarks: torch.Tensor,
+    recogniser: torch.nn.Module,
+) -> DecoderAgreement:
+    """Compare ``images`` with ``reference`` (both ``[B, 3, H, W]`` in [-1, 1], the same frame) inside the faces."""
+    from engine.faces.align import warp_to_arcface
+
+    difference = (images.float() - reference.float()).abs().mean(dim=1) * 127.5
+    inside = []
+    for error, box in zip(difference, boxes.round().long().tolist(), strict=True):
+        x1, y1, x2, y2 = (min(max(v, 0), error.shape[-1]) for v in box)
+        inside.append(error[y1:y2, x1:x2].mean() if x2 > x1 and y2 > y1 else error.mean())
+    points = landmarks.to(images.device).float()
+    first = recogniser(warp_to_arcface(images.float(), points)).float()
+    second = recogniser(warp_to_arcface(reference.float(), points)).float()
+    cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1)
+    return DecoderAgreement(float(torch.stack(inside).mean()), float(cosine.mean()))

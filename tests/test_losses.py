@@ -134,3 +134,18 @@ def test_window_fidelity_is_exact_for_a_local_decoder_and_sees_global_statistics
     assert exact.identity_cosine == pytest.approx(1.0, abs=1e-5)
     shifted = window_fidelity(normalised, latents, boxes, landmarks, 1.0, _recogniser())
     assert shifted.pixel_error > 1 and shifted.identity_cosine < 1
+
+
+def test_decoder_agreement_compares_two_decodes_where_the_recogniser_looks():
+    from engine.losses import decoder_agreement
+
+    images = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    boxes = torch.tensor([[32.0, 32.0, 96.0, 96.0]])
+    landmarks = torch.tensor([[[50.0, 55], [78, 55], [64, 70], [52, 84], [76, 84]]])
+    same = decoder_agreement(images, images.clone(), boxes, landmarks, _recogniser())
+    assert same.pixel_error == 0 and same.identity_cosine == pytest.approx(1.0, abs=1e-5)
+    outside = images.clone()
+    outside[..., :16, :] = 0  # a change outside the face box leaves the face's pixels alone
+    assert decoder_agreement(outside, images, boxes, landmarks, _recogniser()).pixel_error == 0
+    darker = decoder_agreement((images - 0.5).clamp(-1, 1), images, boxes, landmarks, _recogniser())
+    assert darker.pixel_error > 10

@@ -83,3 +83,13 @@ def test_the_identity_loss_follows_the_spec_by_default_and_skips_and_counts_are_
         report.window_identity_cosine is not None and report.window_pixel_error >= 0
     )  # item 5, checked once
     assert "skipped_steps" in [e.check for e in events if isinstance(e, MethodWarning)]
+
+
+def test_a_tiny_decoder_that_disagrees_with_the_vae_is_warned_about():
+    from engine.losses import DecoderAgreement
+
+    monitor = _monitor()
+    monitor.decoder = DecoderAgreement(pixel_error=40.0, identity_cosine=0.5)
+    report, warning = monitor.report(2, 1)
+    assert report.decoder_identity_cosine == 0.5 and report.decoder_pixel_error == 40.0
+    assert warning.check == "tiny_decoder" and "identity_decoder=vae" in warning.message

@@ -345,7 +345,8 @@ def on_event(event):
             found["peak"] = status("VmHWM")
 
 config = preset("released", base_model=base, resolution=64, phase1_steps=phase1, phase2_steps=phase2,
-                latent_cache_variants=1, preview_every=0, checkpoint_every=1000, device="cpu", vram_profile="cpu")
+                latent_cache_variants=1, preview_every=0, checkpoint_every=1000, device="cpu", vram_profile="cpu",
+                tiny_decoder_model=sys.argv[5])
 train(ProjectStore(home).open(PROJECT), config, on_event=on_event)
 print(json.dumps(found))
 """
@@ -394,10 +395,17 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
     """
     from engine.demo import build_demo_kit, default_kit_folder
 
-    base = str(build_demo_kit(default_kit_folder()).sd.folder)
+    kit = build_demo_kit(default_kit_folder())
     figures, run = run_scripts(
         (MEASURE_FIGURES, str(tmp_path / "bench"), str(PHASE2_STEPS)),
-        (TRAIN_AND_MEASURE, str(tmp_path / "run"), base, "3", str(PHASE2_STEPS)),
+        (
+            TRAIN_AND_MEASURE,
+            str(tmp_path / "run"),
+            str(kit.sd.folder),
+            "3",
+            str(PHASE2_STEPS),
+            str(kit.tiny_decoder),
+        ),
     )
     results = {
         "command": "test", "created": "2025-01-01T00:00:00", "sizes": {"model": "tiny", "resolution": 64},
@@ -413,7 +421,7 @@ def test_the_estimate_is_within_a_quarter_of_a_tiny_training_on_the_cpu(tmp_path
     }  # fmt: skip
     table = [Figures(**r) for r in preflight.build_table([results])["rows"]]
     config = preset(
-        "released", base_model=base, resolution=64, phase1_steps=3, phase2_steps=PHASE2_STEPS, device="cpu",
+        "released", base_model=str(kit.sd.folder), resolution=64, phase1_steps=3, phase2_steps=PHASE2_STEPS, device="cpu",
         vram_profile="cpu",
     )  # fmt: skip
     found = preflight.estimate(config, CPU, table)
@@ -518,7 +526,8 @@ def test_the_commercial_flag_keeps_every_command_off_non_commercial_weights(
     main([
         "train", "anna", "--commercial", "--base", str(demo_assets.sd.folder), "--profile", "cpu",
         *[f"--set={pair}" for pair in ("resolution=64", "phase1_steps=1", "phase2_steps=2", "device=cpu",
-                                       "preview_every=0", "latent_cache_variants=1")],
+                                       "preview_every=0", "latent_cache_variants=1",
+                                       f"tiny_decoder_model={demo_assets.tiny_decoder}")],
     ])  # fmt: skip
     main(
         [

@@ -161,10 +161,18 @@ def test_phase_two_changes_lora_and_the_two_rows_only(project, tiny_sd):
 
 
 @pytest.mark.slow
-def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isolated_home, tiny_sd, tmp_path):
+def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(
+    isolated_home, tiny_sd, tiny_decoder, tmp_path
+):
     project = make_project(isolated_home, embedding_dim=512)
     config = tiny_config(
-        tiny_sd.folder, preview_every=2, preview_steps=2, checkpoint_every=2, identity_fallback_landmarks=True
+        tiny_sd.folder,
+        preview_every=2,
+        preview_steps=2,
+        checkpoint_every=2,
+        identity_fallback_landmarks=True,
+        identity_decoder=preset().identity_decoder,  # the default decoder (TAESD), the kit's
+        tiny_decoder_model=str(tiny_decoder),
     )
     events = []
     kit = demo_face_kit(tmp_path)  # the production recogniser path: ONNX ArcFace converted to torch
@@ -229,6 +237,7 @@ def test_full_run_writes_a_loadable_artefact_previews_and_replayable_events(isol
     tried = sum(tries for _, tries in reports[1].face_found.values())
     assert tried >= 1 and all(key.split()[0] in ("source", "composed") for key in reports[1].face_found)
     assert reports[1].detection_rate is not None and reports[1].skipped_steps == 0
+    assert reports[1].decoder_identity_cosine is not None  # TAESD checked against the VAE at phase-2 start
     assert [e.global_step for e in events if isinstance(e, CheckpointSaved)] == [2, 4]
     entry = project.manifest()["trainings"][-1]
     assert entry["status"] == "finished" and entry["artefact"].endswith("final.safetensors")
@@ -417,6 +426,7 @@ from engine.training import train
 config = preset(
     "released", base_model=sys.argv[2], resolution=64, phase1_steps=2, phase2_steps=2, checkpoint_every=1000,
     preview_every=0, latent_cache_variants=2, device="cpu", vram_profile="cpu", use_8bit_adam=True,
+    identity_decoder="vae",
 )
 base = load_base(sys.argv[2])
 train(Project(Path(sys.argv[1])), config, base=base, face_kit=tiny_face_kit())

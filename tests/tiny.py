@@ -23,5 +23,6 @@ def tiny_config(base: str | Path, **overrides) -> TrainingConfig:
         device="cpu",
         vram_profile="cpu",
         use_8bit_adam=True,
+        identity_decoder="vae",  # the default (tiny) needs TAESD: tests pass the kit's as tiny_decoder_model
     )
     return preset("released", **{**values, **overrides})

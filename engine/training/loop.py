@@ -221,29 +221,45 @@ class Trainer:
             self.monitor,
         )
 
-    def check_face_window(self) -> None:
-        """At phase-2 start, compare the identity branch's face-window decode with a full decode (up to two source photos)."""
+    @torch.no_grad()
+    def check_identity_branch(self) -> None:
+        """At phase-2 start, check the identity branch's shortcuts on up to two source photos.
+
+        The face-window decode against a full decode (``identity_face_window``), and TAESD's decode
+        against the VAE's (``identity_decoder="tiny"``); the monitor reports both and warns.
+        """
         from engine.data import Sample
-        from engine.losses import window_fidelity
+        from engine.losses import decoder_agreement, window_fidelity
 
         branch, config = self.identity, self.config
-        if branch is None or not self.options.identity_face_window or not self.accelerator.is_main_process:
+        if branch is None or not self.accelerator.is_main_process:
             return
         views = [self.data.view(Sample("source", index, 0, 0)) for index in self.data.by_role["source"][:2]]
-        # The views hold unscaled latents: what the VAE decodes; TAESD decodes scaled ones.
-        tiny = config.identity_decoder == "tiny"
-        decoder = branch.tiny_decoder if tiny else branch.vae or self.base.vae
-        scale = self.base.family.latent_scale(self.base.vae) if tiny else 1.0
-        latents = torch.stack([view.mean for view in views]).to(self.device, decoder.dtype) * scale
+        boxes = torch.stack([view.bbox for view in views]).to(self.device).float()
+        landmarks = torch.stack([view.landmarks for view in views]).to(self.device).float()
+        unscaled = torch.stack([view.mean for view in views]).to(self.device)
+        vae = branch.vae or self.base.vae
+        tiny = branch.tiny_decoder if config.identity_decoder == "tiny" else None
+        scale = self.base.family.latent_scale(self.base.vae)
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:  # the branch's decoder on unscaled latents
+            if tiny is not None:
+                return tiny.decode((latents * scale).to(tiny.dtype)).sample
+            return vae.decode(latents.to(vae.dtype)).sample
+
         with branch.precision(self.accelerator):
-            self.monitor.face_window = window_fidelity(
-                lambda z: decoder.decode(z).sample,
-                latents,
-                torch.stack([view.bbox for view in views]).to(self.device).float(),
-                torch.stack([view.landmarks for view in views]).to(self.device).float(),
-                config.identity_window_margin,
-                branch.recogniser,
-            )
+            if self.options.identity_face_window:
+                self.monitor.face_window = window_fidelity(
+                    decode, unscaled, boxes, landmarks, config.identity_window_margin, branch.recogniser
+                )
+            if tiny is not None:
+                self.monitor.decoder = decoder_agreement(
+                    decode(unscaled),
+                    vae.decode(unscaled.to(vae.dtype)).sample,
+                    boxes,
+                    landmarks,
+                    branch.recogniser,
+                )
 
     def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         if self.options.use_8bit_adam:
@@ -270,7 +286,7 @@ class Trainer:
                 continue  # phase 2's setup loads the finished phase-1 rows from the checkpoint
             self.setup_phase(phase, start)
             if phase == 2 and first == 0:
-                self.check_face_window()
+                self.check_identity_branch()
             if start is not None:
                 load_rng(start, self.accelerator.process_index, self.generator, self.rng)
                 self.monitor.restore(ckpt.read_json(start / ckpt.STATE).get("monitor", {}))
@@ -311,10 +327,10 @@ class Trainer:
             last = step + 1 == steps
             if config.preview_every and (global_step % config.preview_every == 0 or (last and phase == 2)):
                 preview(self, phase, global_step)
-            if (config.preview_every and global_step % config.preview_every == 0) or last:
-                self.report(phase, global_step)
             if global_step % config.checkpoint_every == 0 or last:
                 save_checkpoint(self, phase, step + 1, global_step)
+            if (config.preview_every and global_step % config.preview_every == 0) or last:
+                self.report(phase, global_step)
 
     def optimisation_step(self, phase: int, step: int, steps: int) -> dict[str, float]:
         """One optimiser step over the accumulated micro-batches; returns the mean of each loss term."""

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.events import Event, MethodReport, MethodWarning
-from engine.losses import WindowFidelity
+from engine.losses import DecoderAgreement, WindowFidelity
 
 START_STEPS = 10
 """Phase-2 steps with AR whose mean attention is each token's reference level."""
@@ -27,7 +27,8 @@ DETECTION_FLOOR = 0.2
 """Warn when the detector finds a face in fewer of the identity estimates than this (after `DETECTION_MIN_TRIES`)."""
 DETECTION_MIN_TRIES = 20
 WINDOW_COSINE_FLOOR = 0.9
-"""Warn when the recogniser's embeddings of the window decode and the full decode agree less than this."""
+"""Warn when the recogniser's embeddings of the window decode and the full decode (or of TAESD's and
+the VAE's decode) agree less than this."""
 SKIP_SHARE = 0.02
 """Warn when the gradient scaler has skipped more than this share of the steps (and at least 3)."""
 
@@ -50,6 +51,8 @@ class MethodMonitor:
     warned: list[str] = field(default_factory=list)
     face_window: WindowFidelity | None = None
     """The face window's check against a full decode (`engine.losses.window_fidelity`), made at phase-2 start."""
+    decoder: DecoderAgreement | None = None
+    """TAESD's decode against the VAE's (`engine.losses.decoder_agreement`), at phase-2 start with the tiny decoder."""
     attention_window: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     """Token -> (mean attention, share outside) of each step since the last report."""
     early: dict[str, list[float]] = field(default_factory=dict)
@@ -104,6 +107,8 @@ class MethodMonitor:
                 window_pixel_error=self.face_window.pixel_error if self.face_window else None,
                 window_edge_error=self.face_window.edge_error if self.face_window else None,
                 window_identity_cosine=self.face_window.identity_cosine if self.face_window else None,
+                decoder_pixel_error=self.decoder.pixel_error if self.decoder else None,
+                decoder_identity_cosine=self.decoder.identity_cosine if self.decoder else None,
             )
         ]
         for check, message in self._troubles(attention):
@@ -132,6 +137,16 @@ class MethodMonitor:
                     f"Decoding only the face window changes what the recogniser sees (cosine "
                     f"{self.face_window.identity_cosine:.3f} to a full decode; {self.face_window.pixel_error:.1f} grey levels "
                     "in the face). Set a larger identity_window_margin, or identity_face_window=false (slower).",
+                )
+            )
+        if self.decoder is not None and self.decoder.identity_cosine < WINDOW_COSINE_FLOOR:
+            found.append(
+                (
+                    "tiny_decoder",
+                    f"TAESD decodes your photos differently from the VAE where the recogniser looks (cosine "
+                    f"{self.decoder.identity_cosine:.3f}; {self.decoder.pixel_error:.1f} grey levels in the face), "
+                    "so the identity loss trains against an approximation. Set identity_decoder=vae "
+                    "(slower, more memory).",
                 )
             )
         rate = self.detection_rate()
@@ -170,6 +185,7 @@ class MethodMonitor:
             "steps": self.steps,
             "warned": self.warned,
             "face_window": self.face_window._asdict() if self.face_window else None,
+            "decoder": self.decoder._asdict() if self.decoder else None,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -180,6 +196,7 @@ class MethodMonitor:
         self.steps = int(state.get("steps", 0))
         self.warned = list(state.get("warned", []))
         self.face_window = WindowFidelity(**state["face_window"]) if state.get("face_window") else None
+        self.decoder = DecoderAgreement(**state["decoder"]) if state.get("decoder") else None
 
 
 def _mean(values: list[float]) -> float:
