@@ -134,12 +134,12 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
     import numpy as np
     from PIL import Image
 
-    from engine.outputs import encode_image
+    from engine.outputs import encode_image, output_records
 
     if image_format not in ("png", "jpeg"):
         raise ExportError(f"Images are zipped as png or jpeg, not {image_format!r}.")
-    records = {entry["id"]: entry for entry in project.manifest().get("outputs", [])}
-    missing = [i for i in output_ids if i not in records or not project.path(records[i]["file"]).is_file()]
+    records = {record.id: record for record in output_records(project)}
+    missing = [i for i in output_ids if i not in records or not project.path(records[i].file).is_file()]
     if missing:
         raise ExportError(
             f"Project {project.name!r} has no output image(s) {', '.join(missing)}; refresh the gallery."
@@ -152,7 +152,7 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
     with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         for output_id in dict.fromkeys(output_ids):
             record = records[output_id]
-            source = project.path(record["file"])
+            source = project.path(record.file)
             if image_format == "png":
                 name = f"{output_id}.png"
                 archive.write(source, name, compress_type=zipfile.ZIP_STORED)
@@ -166,6 +166,6 @@ def export_outputs_zip(project: Project, output_ids: list[str], *, image_format:
                     np.asarray(pixels), ".jpg", parameters=parameters, dpi=round(dpi[0]) if dpi else None
                 )
                 archive.writestr(name, data, compress_type=zipfile.ZIP_STORED)
-            listing.append({"file": name, **record})
+            listing.append({"file": name, **record.to_json()})
         archive.writestr("params.json", json.dumps(listing, indent=2), compress_type=zipfile.ZIP_DEFLATED)
     return target

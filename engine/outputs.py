@@ -21,7 +21,7 @@ import numpy as np
 from engine.store import Project, atomic_write_bytes
 
 OUTPUTS = "outputs"
-"""Folder of the images inside a project."""
+"""Folder of the images inside a project, and the manifest key of their records."""
 SAMPLER_LABELS = {"euler_a": "Euler a", "dpmpp_2m_karras": "DPM++ 2M Karras", "ddim": "DDIM"}
 """AUTOMATIC1111's names of the samplers, for the ``parameters`` text."""
 
@@ -60,14 +60,23 @@ def new_output_id(seed: int) -> str:
     return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{seed}-{secrets.token_hex(3)}"
 
 
+def output_records(project: Project) -> list[OutputRecord]:
+    """All outputs of a project, in manifest order (oldest first)."""
+    return [OutputRecord.from_json(entry) for entry in project.manifest().get(OUTPUTS, [])]
+
+
+def get_output(project: Project, output_id: str) -> OutputRecord | None:
+    """The record of ``output_id``, or None."""
+    return next((record for record in output_records(project) if record.id == output_id), None)
+
+
 def sorted_outputs(project: Project) -> list[OutputRecord]:
     """All outputs of a project, best identity score first; unscored ones last, newest first among equals.
 
     Outputs made within one second (a post-processed copy and its original) keep their manifest
     order, later entries first.
     """
-    entries = project.manifest().get("outputs", [])
-    records = [OutputRecord.from_json(entry) for entry in reversed(entries)]
+    records = output_records(project)[::-1]
     records.sort(key=lambda r: r.created, reverse=True)
     return sorted(records, key=lambda r: -math.inf if r.identity is None else r.identity, reverse=True)
 
@@ -162,7 +171,7 @@ def add_output(
     """Save ``image`` at ``record.file`` and append ``record`` to the manifest (or neither, on failure)."""
     path = save_image(project.path(record.file), image, parameters=parameters, dpi=dpi)
     try:
-        project.update(lambda manifest: manifest.setdefault("outputs", []).append(record.to_json()))
+        project.update(lambda manifest: manifest.setdefault(OUTPUTS, []).append(record.to_json()))
     except BaseException:
         path.unlink(missing_ok=True)  # no image without its manifest entry (e.g. the disk filled up)
         raise

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.outputs import get_output
 from engine.store import StoreError, now
 
 if TYPE_CHECKING:
@@ -201,14 +202,13 @@ def session_valid(project: Project, token: str, value: str | None, *, at: float 
 
 def output_file(project: Project, token: str, output_id: str) -> Path | None:
     """The image file of ``output_id`` if gallery ``token`` shows it, else None."""
-    manifest = project.manifest()
-    record = manifest.get(KEY) or {}
+    record = project.manifest().get(KEY) or {}
     if record.get("token") != token or output_id not in record.get("outputs", []):
         return None
-    entry = next((e for e in manifest.get("outputs", []) if e["id"] == output_id), None)
-    if entry is None:
+    output = get_output(project, output_id)
+    if output is None:
         return None
-    path = project.path(entry["file"])
+    path = project.path(output.file)
     return path if path.is_file() else None
 
 

@@ -89,14 +89,12 @@ def refresh(studio: Studio, name: str | None, request: gr.Request | None = None)
 
 def on_select(studio: Studio, name: str | None, shown_ids: list[str], event: gr.SelectData):
     """The clicked portrait: before/after, its details and its file."""
-    from engine.outputs import OutputRecord
+    from engine.outputs import get_output
 
     project = studio.project(name)
-    entries = project.manifest().get("outputs", [])
-    entry = next((e for e in entries if e["id"] == shown_ids[event.index]), None) if shown_ids else None
-    if entry is None:
+    record = get_output(project, shown_ids[event.index]) if shown_ids else None
+    if record is None:
         raise gr.Error("That portrait is gone; the gallery was out of date.")
-    record = OutputRecord.from_json(entry)
     after = str(project.path(record.file))
     if record.raw:
         compare = gr.ImageSlider(
@@ -104,7 +102,7 @@ def on_select(studio: Studio, name: str | None, shown_ids: list[str], event: gr.
         )
     else:
         compare = gr.ImageSlider((after, after), label="Not post-processed: the same image on both sides")
-    return compare, entry, after
+    return compare, record.to_json(), after
 
 
 def on_export(studio: Studio, name: str | None, fmt: str) -> list[str]:

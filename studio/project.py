@@ -6,6 +6,7 @@ import html
 
 import gradio as gr
 
+from engine.outputs import output_records
 from engine.photos import photo_records
 from engine.runs import runs
 from engine.store import StoreError
@@ -27,12 +28,11 @@ def summary(studio: Studio, name: str | None) -> str:
         manifest, notice = opened.manifest(), opened.manifest_notice()
     except StoreError as error:
         return f"<div class='mc-empty mc-refused'>{html.escape(str(error))}</div>"
-    outputs = manifest.get("outputs", [])
     rows = [
         ("Selfies", len(photo_records(opened, "source")), "4-6 recommended"),
         ("Style references", len(photo_records(opened, "reference")), "4-6 recommended"),
         ("Trainings", len(runs(opened)), ""),
-        ("Portraits", len(outputs), ""),
+        ("Portraits", len(output_records(opened)), ""),
     ]
     cells = "".join(
         f"<tr><td>{label}</td><td><b>{count}</b></td><td>{hint}</td></tr>" for label, count, hint in rows

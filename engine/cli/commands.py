@@ -137,10 +137,11 @@ def _add_photos(project: Project, paths: Sequence[Path], role: str, kit: FaceKit
 
 def _discard_if_empty(store: ProjectStore, name: str) -> None:
     """Delete project ``name``, which this command created, if it holds no photo."""
+    from engine.photos import photo_records
     from engine.store import StoreError
 
     with contextlib.suppress(StoreError):
-        if not store.open(name).manifest()["images"]:
+        if not photo_records(store.open(name)):
             store.delete(name)
 
 

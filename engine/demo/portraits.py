@@ -1,7 +1,7 @@
 """Synthetic portraits for toy trainings: a project of drawn faces whose masks are exact.
 
 Each photo is a coloured background with a few rectangles (the style) and an elliptical face with
-eyes and a mouth; the project follows the intake contract (``manifest["images"]`` entries with
+eyes and a mouth; the project follows the intake contract (`PhotoRecord` entries with
 crop, face mask, landmarks, box and a unit identity embedding). Used by the tests and the toy AR
 ablation in ``bench/``, where real photos and face models are not needed.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from engine.photos import IMAGES, PhotoRecord
 from engine.store import Project, ProjectStore, atomic_path
 
 EMBEDDING_DIM = 16
@@ -67,7 +68,7 @@ def make_project(
     """A project with accepted synthetic source and reference photos (``CROP`` px crops)."""
     project = ProjectStore(root).create(name)
     rng = np.random.default_rng(seed)
-    entries = []
+    records: list[PhotoRecord] = []
     for role, count in (("source", sources), ("reference", references)):
         for index in range(count):
             photo_id = f"{role[:3]}{index}"
@@ -79,17 +80,16 @@ def make_project(
             embedding = rng.normal(size=embedding_dim).astype(np.float32)
             with atomic_path(project.path(str(folder / "embedding.npy"))) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, embedding / np.linalg.norm(embedding))
-            entries.append(
-                {
-                    "id": photo_id,
-                    "role": role,
-                    "status": "accepted",
-                    "crop": str(folder / "crop.png"),
-                    "mask": str(folder / "mask.png"),
-                    "landmarks": landmarks.tolist(),
-                    "bbox": box,
-                    "embedding": str(folder / "embedding.npy"),
-                }
+            records.append(
+                PhotoRecord(
+                    id=photo_id,
+                    role=role,
+                    crop=str(folder / "crop.png"),
+                    mask=str(folder / "mask.png"),
+                    landmarks=landmarks.tolist(),
+                    bbox=box,
+                    embedding=str(folder / "embedding.npy"),
+                )
             )
-    project.update(lambda manifest: manifest["images"].extend(entries))
+    project.update(lambda manifest: manifest[IMAGES].extend(record.to_json() for record in records))
     return project

@@ -4,12 +4,14 @@ under the project's lock, and a summary of what happened."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from engine.repair.rebuild import disk_outputs, disk_photos, disk_runs, iso
+from engine.outputs import OUTPUTS
+from engine.photos import IMAGES
+from engine.repair.rebuild import disk_outputs, disk_photos, disk_runs, iso, progress_shown
 from engine.runs import RUNS, RunRecord
 from engine.store import (
     MANIFEST,
@@ -23,17 +25,6 @@ from engine.store import (
 
 DAMAGED = "manifest.damaged.json"
 """Where a repair keeps a manifest that did not parse."""
-_PROGRESS = (
-    "status",
-    "step",
-    "total_steps",
-    "error",
-    "updated",
-    "artefact",
-    "final_artefact",
-    "artefact_step",
-)
-"""What a run's folder tells better than a manifest that may have missed the run's last update."""
 
 
 @dataclass
@@ -59,16 +50,16 @@ def repair_manifest(project: Project) -> str:
             current = None
         base, source = _best_manifest(project.root, current)
         photos, left_out = disk_photos(project)
-        images = _merge(base.get("images"), photos, lambda r: _is_file(project, r.get("crop")), "added")
+        images = _merge(base.get(IMAGES), photos, lambda r: _is_file(project, r.get("crop")), "added")
         runs = disk_runs(project)
         trainings = _merge(
-            _brought_up_to_date(base.get("trainings"), runs),
+            _brought_up_to_date(base.get(RUNS), runs),
             runs,
             lambda r: _is_dir(project, RUNS, r.get("id")),
             "started",
         )
         outputs = _merge(
-            base.get("outputs"), disk_outputs(project), lambda r: _is_file(project, r.get("file")), "created"
+            base.get(OUTPUTS), disk_outputs(project), lambda r: _is_file(project, r.get("file")), "created"
         )
         name = base.get("name") if isinstance(base.get("name"), str) else project.root.name
         manifest = {
@@ -76,9 +67,9 @@ def repair_manifest(project: Project) -> str:
             "name": name,
             "created": base.get("created") or iso(project.root.stat().st_mtime),
             "updated": now(),
-            "images": images.records,
-            "trainings": trainings.records,
-            "outputs": outputs.records,
+            IMAGES: images.records,
+            RUNS: trainings.records,
+            OUTPUTS: outputs.records,
         }
         parsed = source == MANIFEST
         if current is not None and not parsed:
@@ -111,14 +102,23 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
+class _Rebuilt(Protocol):
+    """A record rebuilt from files: a `PhotoRecord`, `RunRecord` or `OutputRecord`."""
+
+    id: str
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
 def _merge(
-    recorded: Any, on_disk: list[dict[str, Any]], present: Callable[[dict[str, Any]], bool], order: str
+    recorded: Any, on_disk: Sequence[_Rebuilt], present: Callable[[dict[str, Any]], bool], order: str
 ) -> _Section:
-    """The recorded entries whose files exist, plus the entries rebuilt from files no entry lists."""
+    """The recorded entries (kept as they are) whose files exist, plus the records rebuilt from files
+    no entry lists."""
     entries = [r for r in recorded if isinstance(r, dict)] if isinstance(recorded, list) else []
     kept = [r for r in entries if present(r)]
     ids = {r.get("id") for r in kept if isinstance(r.get("id"), str)}
-    restored = [r for r in on_disk if r["id"] not in ids]
+    restored = [r.to_json() for r in on_disk if r.id not in ids]
     records = sorted(kept + restored, key=lambda r: str(r.get(order) or ""))
     return _Section(records, len(kept), len(restored), len(entries) - len(kept))
 
@@ -137,13 +137,13 @@ def _is_dir(project: Project, *parts: Any) -> bool:
         return False
 
 
-def _brought_up_to_date(recorded: Any, on_disk: list[dict[str, Any]]) -> Any:
-    """The recorded runs, each unfinished one updated with what its folder shows (`_PROGRESS`)."""
+def _brought_up_to_date(recorded: Any, on_disk: list[RunRecord]) -> Any:
+    """The recorded runs, each unfinished one updated with what its folder shows (`progress_shown`)."""
     if not isinstance(recorded, list):
         return recorded
-    latest = {run["id"]: run for run in on_disk}
+    latest = {run.id: progress_shown(run) for run in on_disk}
     return [
-        {**run, **{key: value for key, value in latest[run["id"]].items() if key in _PROGRESS}}
+        {**run, **latest[run["id"]]}
         if isinstance(run, dict)
         and run.get("status") != "finished"
         and isinstance(run.get("id"), str)

@@ -4,6 +4,7 @@ training from ``trainings/<run>/`` (events, checkpoints, artefact), a portrait f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -11,7 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine.runs import RUNS
+from engine.outputs import SAMPLER_LABELS, OutputRecord
+from engine.photos import PhotoRecord
+from engine.runs import RUNS, RunRecord
 from engine.store import Project, file_sha256
 
 FINAL = "final.safetensors"
@@ -41,7 +44,7 @@ def _folders(folder: Path) -> list[Path]:
 # -- photos ----------------------------------------------------------------------------------------
 
 
-def disk_photos(project: Project) -> tuple[list[dict[str, Any]], list[str]]:
+def disk_photos(project: Project) -> tuple[list[PhotoRecord], list[str]]:
     """Photo records rebuilt from their folders, and the folders that lack what training needs."""
     from engine.intake import ROLES
 
@@ -56,7 +59,7 @@ def disk_photos(project: Project) -> tuple[list[dict[str, Any]], list[str]]:
     return records, left_out
 
 
-def _photo(project: Project, role: str, folder: Path) -> dict[str, Any] | None:
+def _photo(project: Project, role: str, folder: Path) -> PhotoRecord | None:
     """The intake record of a photo folder, or None without a readable crop, mask and face.json."""
     import numpy as np
     from PIL import Image
@@ -79,37 +82,37 @@ def _photo(project: Project, role: str, folder: Path) -> dict[str, Any] | None:
     def file(name: str) -> str | None:
         return f"{relative}/{name}" if (folder / name).is_file() else None
 
-    return {
-        "id": folder.name,
-        "role": role,
-        "status": "accepted",
-        "filename": f"{folder.name}{original.suffix if original else '.png'}",
-        "original": file(original.name) if original else None,
-        "crop": file("crop.png"),
-        "mask": file("mask.png"),
-        "labels": file("labels.png"),
-        "preview": file("preview.png"),
-        "face": file("face.json"),
-        "embedding": file("embedding.npy"),
-        "embedding_model": None,
-        "landmarks": landmarks,
-        "bbox": bbox,
-        "sha256": file_sha256(original) if original else None,
-        "dhash": difference_hash(pixels),
-        "fallback": bool(details.get("fallbacks")),
-        "added": iso((folder / "crop.png").stat().st_mtime),
-    }
+    return PhotoRecord(
+        id=folder.name,
+        role=role,
+        status="accepted",
+        filename=f"{folder.name}{original.suffix if original else '.png'}",
+        original=file(original.name) if original else None,
+        crop=file("crop.png"),
+        mask=file("mask.png"),
+        labels=file("labels.png"),
+        preview=file("preview.png"),
+        face=file("face.json"),
+        embedding=file("embedding.npy"),
+        embedding_model=None,
+        landmarks=landmarks,
+        bbox=bbox,
+        sha256=file_sha256(original) if original else None,
+        dhash=difference_hash(pixels),
+        fallback=bool(details.get("fallbacks")),
+        added=iso((folder / "crop.png").stat().st_mtime),
+    )
 
 
 # -- trainings -------------------------------------------------------------------------------------
 
 
-def disk_runs(project: Project) -> list[dict[str, Any]]:
+def disk_runs(project: Project) -> list[RunRecord]:
     return [_run(project, folder) for folder in _folders(project.root / RUNS)]
 
 
-def _run(project: Project, folder: Path) -> dict[str, Any]:
-    """A training's manifest entry from its events, newest checkpoint and artefact."""
+def _run(project: Project, folder: Path) -> RunRecord:
+    """A training's record from its events, newest checkpoint and artefact."""
     from engine.events import Failed, StepDone, read_events
 
     events = read_events(folder / "events.jsonl")
@@ -117,34 +120,39 @@ def _run(project: Project, folder: Path) -> dict[str, Any]:
     state = _newest_state(folder / "checkpoints")
     final = folder / FINAL
     started = events[0].time if events else folder.stat().st_mtime
-    record: dict[str, Any] = {
-        "id": folder.name,
-        "started": iso(started),
-        "updated": iso(events[-1].time if events else started),
-        "preset": (state.get("config") or {}).get("preset") or _artefact_metadata(final).get("preset"),
-        "error": None,
-    }
-    if "global_step" in state:
-        record["step"] = state["global_step"]
-    if steps:
-        record["total_steps"] = steps[-1].total_steps
+    record = RunRecord(
+        id=folder.name,
+        started=iso(started),
+        updated=iso(events[-1].time if events else started),
+        preset=(state.get("config") or {}).get("preset") or _artefact_metadata(final).get("preset"),
+        step=state.get("global_step"),
+        total_steps=steps[-1].total_steps if steps else None,
+    )
     if final.is_file():
         relative = final.relative_to(project.root).as_posix()
-        return {
-            **record,
-            "status": "finished",
-            "artefact": relative,
-            "final_artefact": relative,
-            "artefact_step": None,
-        }
+        return dataclasses.replace(record, status="finished", artefact=relative, final_artefact=relative)
     ended = [e for e in events if isinstance(e, Failed)]
     if _running(folder):
-        record["status"] = "running"
-    elif ended and ended[-1] is events[-1]:
-        record.update(status="failed", error=ended[-1].message)
-    else:
-        record["status"] = "stopped"
-    return record
+        return dataclasses.replace(record, status="running")
+    if ended and ended[-1] is events[-1]:
+        return dataclasses.replace(record, status="failed", error=ended[-1].message)
+    return dataclasses.replace(record, status="stopped")
+
+
+def progress_shown(run: RunRecord) -> dict[str, Any]:
+    """What ``run``'s folder tells better than a manifest that may have missed the run's last update:
+    its status, error and last update, the step and total where a checkpoint or event gives them, and
+    its artefact once it finished."""
+    shown: dict[str, Any] = {"status": run.status, "error": run.error, "updated": run.updated}
+    if run.step is not None:
+        shown["step"] = run.step
+    if run.total_steps is not None:
+        shown["total_steps"] = run.total_steps
+    if run.finished:
+        shown.update(
+            artefact=run.artefact, final_artefact=run.final_artefact, artefact_step=run.artefact_step
+        )
+    return shown
 
 
 def _newest_state(folder: Path) -> dict[str, Any]:
@@ -189,16 +197,14 @@ def _running(folder: Path) -> bool:
 # -- portraits -------------------------------------------------------------------------------------
 
 
-def disk_outputs(project: Project) -> list[dict[str, Any]]:
+def disk_outputs(project: Project) -> list[OutputRecord]:
     folder = project.root / "outputs"
     pictures = sorted(folder.glob("*.png")) if folder.is_dir() else []
     return [_output(project, path) for path in pictures if not path.name.startswith(".")]
 
 
-def _output(project: Project, path: Path) -> dict[str, Any]:
-    """An output's entry from its PNG and the ``parameters`` text in it (no identity score)."""
-    from engine.outputs import OutputRecord
-
+def _output(project: Project, path: Path) -> OutputRecord:
+    """An output's record from its PNG and the ``parameters`` text in it (no identity score)."""
     params, run = _parameters(_parameters_text(path))
     seed = params.get("seed")
     if seed is None and (found := re.search(r"-(\d+)-[0-9a-f]{6}$", path.stem)):
@@ -211,7 +217,7 @@ def _output(project: Project, path: Path) -> dict[str, Any]:
         run=run,
         identity=None,
         created=iso(path.stat().st_mtime),
-    ).to_json()
+    )
 
 
 def _parameters_text(path: Path) -> str:
@@ -226,8 +232,6 @@ def _parameters_text(path: Path) -> str:
 
 def _parameters(text: str) -> tuple[dict[str, Any], str | None]:
     """The generation parameters and run id in an AUTOMATIC1111 ``parameters`` text."""
-    from engine.outputs import SAMPLER_LABELS
-
     lines = text.split("\n")
     if len(lines) < 2 or not _PAIR.match(lines[-1]):
         return ({"prompt": text} if text else {}), None
