@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.errors import UserError
 from engine.store import atomic_path, atomic_write_text, file_sha256
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ TEXT_MODEL = "text_model."
 """Prefix of the text encoder's modules in diffusers' naming (peft keys may lack it)."""
 
 
-class ArtefactError(Exception):
+class ArtefactError(UserError):
     """A file is not a readable MagiCapture artefact; the message names it."""
 
 

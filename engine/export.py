@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.errors import UserError
 from engine.store import Project, atomic_path, safe_name
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ CONVERTER_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_e
 """The prefixes diffusers' kohya converter writes for each part (its text-encoder names are SDXL's)."""
 
 
-class ExportError(Exception):
+class ExportError(UserError):
     """An export cannot be made; the message says why."""
 
 

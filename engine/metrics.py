@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -39,7 +41,7 @@ AESTHETIC_LAYERS = (0, 2, 4, 6, 7)
 AESTHETIC_DROPOUTS = {1: 0.2, 3: 0.2, 5: 0.1}
 
 
-class MetricsModelError(Exception):
+class MetricsModelError(UserError):
     """A model of the evaluation cannot be loaded; the message says which and what to do."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.devices import pick_device, pick_dtype
+from engine.errors import UserError
 from engine.families import ModelFamily, UnsupportedModel, detect_family
 from engine.families.sd1 import SD15_CONFIG as SD15_CONFIG  # where bench.workbench reads it
 
@@ -33,7 +34,7 @@ MAX_HEADER_BYTES = 100 * 2**20
 """Longest safetensors header read; an SD 1.x checkpoint's is well under 1 MB."""
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(UserError):
     """The base model could not be loaded; the message says why and what to do."""
 
 

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.errors import UserError
+
 if TYPE_CHECKING:
     from engine.faces import Face
 
@@ -102,7 +104,7 @@ PRESETS: dict[str, OutputPreset] = {
 }
 
 
-class PresetError(Exception):
+class PresetError(UserError):
     """A preset cannot be applied; the message says why."""
 
 

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.errors import UserError
 from engine.store import Project, now
 
 RUNS = "trainings"
 """Folder of the runs inside a project, and the manifest key of their records."""
 
 
-class UnknownRun(Exception):
+class UnknownRun(UserError):
     """A run asked for by id or artefact path does not exist or has not finished."""
 
 

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from engine.errors import UserError
+
 if TYPE_CHECKING:
     from engine.config import TrainingConfig
 
 
-class TokenError(ValueError):
+class TokenError(UserError, ValueError):
     """A placeholder token or its initialisation word cannot be used with this tokenizer."""
 
 

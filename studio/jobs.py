@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.cli import USER_ERRORS
+from engine import errors
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +244,8 @@ def _where(job: Job) -> str:
 
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error``'s message is a sentence for the user: a `JobRefused` or one of the engine's
-    user errors (`engine.cli.USER_ERRORS`, shared with the CLI). Anything else is a bug."""
-    names = {f"{kind.__module__}.{kind.__qualname__}" for kind in type(error).__mro__}
-    return isinstance(error, JobRefused) or not names.isdisjoint(USER_ERRORS)
+    user errors (`engine.errors.is_user_error`, shared with the CLI). Anything else is a bug."""
+    return isinstance(error, JobRefused) or errors.is_user_error(error)
 
 
 def one_line(text: str) -> str:

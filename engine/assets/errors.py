@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from engine.errors import UserError
 
-class AssetError(Exception):
+
+class AssetError(UserError):
     """A model asset could not be found, fetched or checked; the message is meant for the user."""
 
 

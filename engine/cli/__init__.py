@@ -9,7 +9,7 @@ One module a job: `parser` (the subcommands and their options), `commands` (what
 """
 
 from engine.cli.commands import CommandError
-from engine.cli.entry import EXIT_BUG, LOG_LIMIT, USER_ERRORS, main
+from engine.cli.entry import EXIT_BUG, LOG_LIMIT, main
 from engine.cli.parser import EXIT_USER_ERROR, build_parser
 
-__all__ = ["EXIT_BUG", "EXIT_USER_ERROR", "LOG_LIMIT", "USER_ERRORS", "CommandError", "build_parser", "main"]
+__all__ = ["EXIT_BUG", "EXIT_USER_ERROR", "LOG_LIMIT", "CommandError", "build_parser", "main"]

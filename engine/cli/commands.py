@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.cli.progress import progress_printer
+from engine.errors import UserError
 
 if TYPE_CHECKING:
     from engine.faces import FaceKit
     from engine.store import Project, ProjectStore
 
 
-class CommandError(Exception):
+class CommandError(UserError):
     """A mistake in the command line that the user can fix; the message says how."""
 
 

@@ -11,34 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.cli.parser import EXIT_USER_ERROR, build_parser
+from engine.errors import is_user_error
 
 EXIT_BUG = 1
 LOG_LIMIT = 2**20
 """``logs/cli.log`` is moved to ``cli.log.1`` (replacing it) once it grows past this many bytes."""
-USER_ERRORS = frozenset({
-    "engine.cli.commands.CommandError",
-    "engine.store.errors.StoreError",
-    "engine.assets.errors.AssetError",
-    "engine.models.ModelLoadError",
-    "engine.families.UnsupportedModel",
-    "engine.config.ConfigError",
-    "engine.preflight.table.PreflightError",
-    "engine.intake.decode.PhotoFileError",
-    "engine.data.DataError",
-    "engine.tokens.TokenError",
-    "engine.faces.detect.FaceModelError",
-    "engine.training.errors.TrainingError",
-    "engine.training.errors.TrainingCancelled",
-    "engine.artefact.ArtefactError",
-    "engine.runs.UnknownRun",
-    "engine.generate.settings.GenerationError",
-    "engine.postprocess.PostprocessError",
-    "engine.presets.PresetError",
-    "engine.export.ExportError",
-    "engine.metrics.MetricsModelError",
-    "engine.evaluate.EvaluationError",
-})  # fmt: skip
-"""Exceptions whose message is a sentence for the user, by qualified name (no import needed to tell)."""
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -57,7 +34,7 @@ def _report(error: Exception, argv: Sequence[str] | None) -> int:
     """Print one line about ``error`` on stderr and log its traceback; returns the exit status."""
     log = _log_traceback(error, sys.argv[1:] if argv is None else argv)
     message = " ".join(str(error).split()) or type(error).__name__
-    if _is_user_error(error):
+    if is_user_error(error):
         details = f" (Details: {log}.)" if log else ""
         print(f"error: {message}{details}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -69,10 +46,6 @@ def _report(error: Exception, argv: Sequence[str] | None) -> int:
         file=sys.stderr,
     )
     return EXIT_BUG
-
-
-def _is_user_error(error: Exception) -> bool:
-    return any(f"{kind.__module__}.{kind.__qualname__}" in USER_ERRORS for kind in type(error).__mro__)
 
 
 def _log_traceback(error: Exception, argv: Sequence[str]) -> Path | None:

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from engine.errors import UserError
 
-class FaceModelError(Exception):
+
+class FaceModelError(UserError):
     """A face model file cannot be used; the message names the file and what to do."""
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from engine.errors import UserError
 from engine.families.contract import ModelFamily, PromptStates, cross_attention_layers
 from engine.families.sd1 import SD1
 
@@ -34,7 +35,7 @@ DEFAULT_FAMILY: ModelFamily = SD1
 """The family of a model whose make-up cannot be read before loading it (a pickle checkpoint)."""
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     """A base model of a family the engine does not support; the message names what it looks like."""
 
 

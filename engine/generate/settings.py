@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import UserError
+
 DEFAULT_NEGATIVE_PROMPT = (
     "blurry, lowres, out of focus, deformed face, asymmetric eyes, distorted features, bad anatomy, "
     "extra limbs, watermark, text, signature, jpeg artifacts, oversaturated"
@@ -12,7 +14,7 @@ DEFAULT_NEGATIVE_PROMPT = (
 """Portrait-oriented negative prompt used unless the user gives one."""
 
 
-class GenerationError(Exception):
+class GenerationError(UserError):
     """Generation cannot run as asked; the message says what to change."""
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.errors import UserError
 from engine.intake.outcome import _Refusal
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ MIN_SIDE = 256
 _FORMAT_NAMES = "JPEG, PNG, WebP or HEIC"
 
 
-class PhotoFileError(Exception):
+class PhotoFileError(UserError):
     """A photo path that is not a readable file of at most `MAX_BYTES`; the message names it."""
 
 

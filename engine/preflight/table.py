@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.errors import UserError
+
 TABLE_FILE = Path(__file__).resolve().parents[2] / "assets" / "preflight.json"
 GB = 2**30
 DESCRIPTION = "Pre-flight checks of a training run: expected peak memory and time, and the licences in play."
 
 
-class PreflightError(ValueError):
+class PreflightError(UserError, ValueError):
     """The figures table is missing or damaged; the message says how to make it again."""
 
 

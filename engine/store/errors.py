@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from engine.errors import UserError
 
-class StoreError(Exception):
+
+class StoreError(UserError):
     """A project-store operation failed; the message is meant for the user."""
 
 
