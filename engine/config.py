@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.errors import UserError
 from engine.models import DEFAULT_BASE, TINY_DECODER
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -33,7 +34,7 @@ MEMORY_FIELDS = (
 """Fields that change memory and speed but not what is trained: a resumed run may change them."""
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A training setting is unknown or out of range; the message names it and the allowed values."""
 
 

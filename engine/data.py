@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.errors import UserError
 from engine.photos import photo_records
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ FLIP_ORDER = [1, 0, 2, 4, 3]
 """Landmark order after a horizontal flip (the two eyes and the two mouth corners swap)."""
 
 
-class DataError(Exception):
+class DataError(UserError):
     """The project's photos cannot make a training set; the message says what to add or fix."""
 
 

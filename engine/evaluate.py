@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.errors import UserError
 from engine.events import MethodReport
 from engine.photos import PhotoRecord, photo_records
 from engine.runs import get_run
@@ -59,7 +60,7 @@ BATCH = 16
 """Output images loaded and embedded at a time."""
 
 
-class EvaluationError(Exception):
+class EvaluationError(UserError):
     """The project cannot be evaluated; the message says why and what to do."""
 
 

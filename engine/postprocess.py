@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.errors import UserError
 from engine.events import Event, Status
 from engine.identity import identity_score, shared_face_kit, source_embedding
 from engine.model_cache import ModelCache
@@ -65,7 +66,7 @@ MODELS_KEPT = 2
 """Loaded models kept for the next image (an upscaler and a restorer)."""
 
 
-class PostprocessError(Exception):
+class PostprocessError(UserError):
     """Post-processing cannot run as asked; the message says what to change."""
 
 

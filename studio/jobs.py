@@ -244,8 +244,8 @@ def _where(job: Job) -> str:
 
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error``'s message is a sentence for the user: a `JobRefused` or one of the engine's
-    user errors (`engine.errors.is_user_error`, shared with the CLI). Anything else is a bug."""
-    return isinstance(error, JobRefused) or errors.is_user_error(error)
+    user errors (`engine.errors.UserError`, as the CLI tells them). Anything else is a bug."""
+    return isinstance(error, (JobRefused, errors.UserError))
 
 
 def one_line(text: str) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.cli.parser import EXIT_USER_ERROR, build_parser
-from engine.errors import is_user_error
+from engine.errors import UserError
 
 EXIT_BUG = 1
 LOG_LIMIT = 2**20
@@ -34,7 +34,7 @@ def _report(error: Exception, argv: Sequence[str] | None) -> int:
     """Print one line about ``error`` on stderr and log its traceback; returns the exit status."""
     log = _log_traceback(error, sys.argv[1:] if argv is None else argv)
     message = " ".join(str(error).split()) or type(error).__name__
-    if is_user_error(error):
+    if isinstance(error, UserError):
         details = f" (Details: {log}.)" if log else ""
         print(f"error: {message}{details}", file=sys.stderr)
         return EXIT_USER_ERROR

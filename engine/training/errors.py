@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.errors import UserError
 
-class TrainingError(Exception):
+
+class TrainingError(UserError):
     """Training could not run or stopped on an error; the message says what to do."""
 
 
-class TrainingCancelled(Exception):
+class TrainingCancelled(UserError):
     """The training was cancelled; its state is in ``checkpoint`` and can be resumed."""
 
     def __init__(self, run: str, checkpoint: Path | None):
