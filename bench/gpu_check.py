@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 SCHEMA = 1
 DEFAULT_OUT = Path(__file__).resolve().parent / "gpu_check.json"
 KINDS = ("full", "plain")
+TINY_KIND = "full_tiny_decoder"
+"""The full step with ``identity_decoder="tiny"`` (TAESD decodes the window), measured for the headline profile."""
 HEADLINE_PROFILE = "8gb"
 GOAL_GB = 8.0
 STRETCH_GB = 6.0
@@ -88,8 +90,8 @@ class Plan:
 
 
 FULL = Plan(
-    mode="full", model="sd15", profiles=("8gb", "6gb", "12gb", "24gb"), max_steps=12, warmup_steps=2,
-    step_seconds=8, step_timeout=60, decode_timeout=60, train_timeout=150, minimum=25, train_minimum=60,
+    mode="full", model="sd15", profiles=("8gb", "6gb", "12gb", "24gb"), max_steps=10, warmup_steps=2,
+    step_seconds=6, step_timeout=60, decode_timeout=60, train_timeout=150, minimum=25, train_minimum=60,
     total_seconds=450, parallel=1, train_steps=(10, 20), preview_steps=10,
 )  # fmt: skip
 REDUCED = Plan(
@@ -169,6 +171,9 @@ def measure_steps(
         "options": {
             "mixed_precision": options.mixed_precision,
             "weight_dtype": str(options.weight_dtype).removeprefix("torch."),
+            "identity_dtype": str(options.identity_dtype).removeprefix("torch.")
+            if options.identity_dtype
+            else None,
             "use_8bit_adam": options.use_8bit_adam,
             "gradient_checkpointing": options.gradient_checkpointing,
             "vae_slicing": options.vae_slicing,
@@ -236,40 +241,45 @@ def measure_decodes(
     """The identity branch's windowed VAE decode against a full decode, and TAESD against the VAE.
 
     The latents are the VAE encodings (distribution means) of the benchmark project's photos at
-    ``resolution``; the windows come from their face boxes as the objective makes them.
+    ``resolution``, encoded as the latent cache is (weights' dtype); the windows come from their
+    face boxes and the decodes run as the identity branch runs them under the headline profile
+    (`Options.identity_dtype`: bf16 or fp32 on a fp16 run, with the branch's own VAE copy).
     """
-    import contextlib
-
     import torch
 
     from engine.config import preset
     from engine.data import load_images
-    from engine.devices import pick_device
     from engine.losses import crop_windows, face_windows
     from engine.models import load_base, load_tiny_decoder
+    from engine.training.objective import IdentityBranch, identity_vae
+    from engine.training.options import make_accelerator, resolve_options
 
-    device = pick_device()
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    base = load_base(model, device=str(device), dtype="fp16" if device.type == "cuda" else "fp32")
+    config = preset("released", vram_profile=HEADLINE_PROFILE)
+    options = resolve_options(config)
+    device, dtype, branch_dtype = options.device, options.weight_dtype, options.identity_dtype
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    base = load_base(model, device=str(device), dtype=names[dtype])
     vae, scale = base.vae, base.family.latent_scale(base.vae)
+    decoder_vae = identity_vae(vae, branch_dtype) or vae
+    branch, accelerator = IdentityBranch(None, None, None, dtype=branch_dtype), make_accelerator(options)
     images = load_images(bench.project(), resolution)
     pixels = torch.stack([image.pixels for image in images]).to(device, dtype)
     boxes = torch.stack([image.bbox for image in images])
-    margin = preset("released").identity_window_margin
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-    )
-    with torch.no_grad(), autocast:
-        latents = vae.encode(pixels).latent_dist.mean * scale
+    margin = config.identity_window_margin
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean.float() * scale
         side, corners = face_windows(boxes.to(device), latents.shape[-2:], 8, margin)
         window = crop_windows(latents, side, corners)
-        full = vae.decode((latents / scale).to(vae.dtype)).sample.float().cpu()
-        windowed = vae.decode((window / scale).to(vae.dtype)).sample.float().cpu()
+        with branch.precision(accelerator):
+            full = decoder_vae.decode((latents / scale).to(decoder_vae.dtype)).sample.float().cpu()
+            windowed = decoder_vae.decode((window / scale).to(decoder_vae.dtype)).sample.float().cpu()
         tiny = tiny_window = None
         if tiny_decoder is not None:
-            decoder = load_tiny_decoder(tiny_decoder, device, dtype)
-            tiny = decoder.decode(latents.to(decoder.dtype)).sample.float().cpu()
-            tiny_window = decoder.decode(window.to(decoder.dtype)).sample.float().cpu()
+            tiny_dtype = branch_dtype if branch_dtype == torch.float32 else dtype
+            decoder = load_tiny_decoder(tiny_decoder, device, tiny_dtype)
+            with branch.precision(accelerator):
+                tiny = decoder.decode(latents.to(decoder.dtype)).sample.float().cpu()
+                tiny_window = decoder.decode(window.to(decoder.dtype)).sample.float().cpu()
     corners = corners.cpu()
     side_px = side * 8
     region = torch.stack(
@@ -284,6 +294,10 @@ def measure_decodes(
     result: dict[str, Any] = {
         "model": str(model),
         "dtype": str(dtype).removeprefix("torch."),
+        "precision": str(
+            branch_dtype
+            or {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.mixed_precision, torch.float32)
+        ).removeprefix("torch."),
         "resolution": resolution,
         "images": len(images),
         "latents": "VAE encodings (means) of the benchmark project's photos",
@@ -309,9 +323,13 @@ def measure_decodes(
 
 
 def real_training(
-    bench: Workbench, base: str, plan_name: str, resolution: int, seconds: float
+    bench: Workbench, base: str, tiny_decoder: str | None, plan_name: str, resolution: int, seconds: float
 ) -> dict[str, Any]:
-    """A short training of ``base`` on the demo project; stopped (checkpointed) when ``seconds`` run out."""
+    """A short training of ``base`` on the demo project; stopped (checkpointed) when ``seconds`` run out.
+
+    The identity branch decodes as the released preset says, except that without ``tiny_decoder``
+    (a TAESD folder: offline, no hub download) a ``tiny`` default falls back to the base's VAE.
+    """
     from engine.config import preset
     from engine.demo.portraits import make_project
     from engine.events import PreviewSaved, StepDone
@@ -324,10 +342,13 @@ def real_training(
     if DEMO_PROJECT in store.list():
         store.delete(DEMO_PROJECT)
     project = make_project(bench.home, name=DEMO_PROJECT, embedding_dim=512)
+    decoder = preset("released").identity_decoder
+    decoder = "vae" if decoder == "tiny" and tiny_decoder is None else decoder
     config = preset(
         "released", base_model=str(base), resolution=resolution, phase1_steps=phase1,
         phase2_steps=phase2, preview_every=phase1 + phase2, preview_steps=plan.preview_steps,
         checkpoint_every=100_000, latent_cache_variants=1, vram_profile=TRAIN_PROFILE,
+        identity_decoder=decoder, **({"tiny_decoder_model": tiny_decoder} if tiny_decoder else {}),
     )  # fmt: skip
     events: list = []
     cancel = threading.Event()
@@ -350,6 +371,7 @@ def real_training(
         "project": "engine.demo.portraits.make_project (drawn portraits, exact masks)",
         "profile": TRAIN_PROFILE,
         "resolution": resolution,
+        "identity_decoder": decoder,
         "steps": {"phase1": phase1, "phase2": phase2},
         "steps_done": len(steps),
         "status": status,
@@ -407,13 +429,13 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--tiny-decoder", type=Path, required=True)
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--profile")
-    parser.add_argument("--kind", choices=KINDS)
+    parser.add_argument("--kind", choices=(*KINDS, TINY_KIND))
     parser.add_argument("--max-steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--deadline", type=float, default=math.inf)
     parser.add_argument("--source", help="model to decode or train (default: the workbench's)")
-    parser.add_argument("--source-tiny-decoder", help="TAESD folder to compare (decode; 'none': skip)")
+    parser.add_argument("--source-tiny-decoder", help="TAESD folder for --source ('none': without one)")
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--plan", choices=("full", "reduced"), default="full")
     args = parser.parse_args(argv)
@@ -432,7 +454,10 @@ def worker_main(argv: list[str]) -> None:
             bench, args.source or str(bench.base), None if tiny == "none" else tiny, resolution
         )
     else:
-        result = real_training(bench, args.source, args.plan, resolution, args.seconds)
+        tiny = args.source_tiny_decoder
+        result = real_training(
+            bench, args.source, None if tiny in (None, "none") else tiny, args.plan, resolution, args.seconds
+        )
     print(json.dumps(result), flush=True)
 
 
@@ -455,17 +480,29 @@ def run_worker(bench: Workbench, arguments: list[str], timeout: float) -> dict[s
     return {**json.loads(lines[-1]), "worker_seconds": round(time.perf_counter() - began, 1)}
 
 
-def profile_entry(pair: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A profile's two steps and their ratios (None where a step failed)."""
-    full, plain = pair.get("full", {}), pair.get("plain", {})
-    ok = bool(full and plain) and "error" not in full and "error" not in plain
-    entry: dict[str, Any] = {
-        "options": full.get("options") or plain.get("options"),
-        "full": {k: v for k, v in full.items() if k not in ("options", "profile", "kind")} or None,
-        "plain": {k: v for k, v in plain.items() if k not in ("options", "profile", "kind")} or None,
-        "peak_ratio": round(full["peak_bytes"] / plain["peak_bytes"], 3) if ok else None,
-        "step_time_ratio": (round(plain["steps_per_second"] / full["steps_per_second"], 3) if ok else None),
-    }
+def profile_entry(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A profile's steps (full, plain and maybe the tiny-decoder full step) and their ratios to plain.
+
+    A ratio is None where a step failed.
+    """
+    plain = steps.get("plain", {})
+
+    def ratios(kind: str) -> tuple[float | None, float | None]:
+        other = steps.get(kind, {})
+        if not other or not plain or "error" in other or "error" in plain:
+            return None, None
+        return (
+            round(other["peak_bytes"] / plain["peak_bytes"], 3),
+            round(plain["steps_per_second"] / other["steps_per_second"], 3),
+        )
+
+    options = next((step["options"] for step in steps.values() if "options" in step), None)
+    entry: dict[str, Any] = {"options": options}
+    for kind, step in steps.items():
+        entry[kind] = {k: v for k, v in step.items() if k not in ("options", "profile", "kind")} or None
+    entry["peak_ratio"], entry["step_time_ratio"] = ratios("full")
+    if TINY_KIND in steps:
+        entry["tiny_decoder_peak_ratio"], entry["tiny_decoder_step_time_ratio"] = ratios(TINY_KIND)
     return entry
 
 
@@ -480,6 +517,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "profile": HEADLINE_PROFILE,
         "full_peak_gb": peak,
         "plain_peak_gb": (profile.get("plain") or {}).get("peak_gb"),
+        "full_tiny_decoder_peak_gb": (profile.get(TINY_KIND) or {}).get("peak_gb"),
         "goal_gb": GOAL_GB,
         "stretch_gb": STRETCH_GB,
         "meets_goal": peak < GOAL_GB if judged else None,
@@ -511,7 +549,7 @@ def plan_parts(plan: Plan, base: Path | None) -> list[Part]:
     parts = [
         Part(f"{profile}/{kind}", "steps", plan.step_timeout, plan.minimum, profile, kind)
         for profile in plan.profiles
-        for kind in KINDS
+        for kind in (*KINDS, *((TINY_KIND,) if profile == HEADLINE_PROFILE else ()))
     ]
     parts.append(Part("decode", "decode", plan.decode_timeout, plan.minimum))
     if base is not None:
@@ -539,7 +577,11 @@ def part_arguments(
         tiny = str(args.tiny_decoder) if args.tiny_decoder else "none"
         return ["--worker", "decode", *sized, "--source-tiny-decoder", tiny]
     # The run is cancelled (a checkpoint, its events kept) well before the worker's timeout.
-    return ["--worker", "train", *sized, "--plan", plan.mode, "--seconds", str(max(1.0, seconds * 0.8 - 10))]
+    tiny = str(args.tiny_decoder) if args.tiny_decoder else "none"
+    return [
+        "--worker", "train", *sized, "--source-tiny-decoder", tiny, "--plan", plan.mode,
+        "--seconds", str(max(1.0, seconds * 0.8 - 10)),
+    ]  # fmt: skip
 
 
 def allotment(parts: list[Part], index: int, plan: Plan, budget: Budget) -> float:
@@ -610,7 +652,9 @@ def run_check(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         f"{name}: {outcome['error']}" for name, outcome in outcomes.items() if "error" in outcome
     ]
     results["profiles"] = {
-        name: profile_entry({kind: outcomes[f"{name}/{kind}"] for kind in KINDS})
+        name: profile_entry(
+            {kind: outcomes[f"{name}/{kind}"] for kind in (*KINDS, TINY_KIND) if f"{name}/{kind}" in outcomes}
+        )
         for name in ("6gb", "8gb", "12gb", "24gb")
         if name in plan.profiles
     }
@@ -666,7 +710,8 @@ def _decode_rows(decode: dict[str, Any] | None, label: str) -> list[tuple[str, .
             _pair(diff["face_box"]),
             "",
             f"window edge ({decode['edge_band_px']} px band): {_pair(diff['window_edge'])}; whole window: "
-            f"{_pair(diff['window'])}; {window['side_px']} px window, {decode['dtype']}, 8-bit levels",
+            f"{_pair(diff['window'])}; {window['side_px']} px window; {decode['dtype']} weights, "
+            f"decoded in {decode['precision']}; 8-bit levels",
         )
     ]
     tiny = decode.get("tiny_vs_vae")
@@ -721,35 +766,7 @@ def render_table(results: dict[str, Any]) -> str:
             )
         )
     for name, entry in results["profiles"].items():
-        full, plain = entry.get("full") or {}, entry.get("plain") or {}
-        if "error" in full or "error" in plain or not full or not plain:
-            rows.append(
-                (f"Profile {name}", "failed", "", full.get("error") or plain.get("error") or "no result")
-            )
-            continue
-        rows.append(
-            (
-                f"Peak memory, full vs plain step (profile {name})",
-                f"{full['peak_gb']:.2f} GB vs {plain['peak_gb']:.2f} GB ({entry['peak_ratio']:.2f}x)",
-                "",
-                _options(entry.get("options") or {}),
-            )
-        )
-        health = "; ".join(
-            f"{kind}: {step['nonfinite_loss_steps']} non-finite loss, {step['nonfinite_grad_steps']} "
-            f"non-finite gradient, {step['scaler_skips']} scaler skip(s) in {step['steps']} steps"
-            + (f" (scale {step['loss_scale']:g})" if step.get("loss_scale") is not None else "")
-            for kind, step in (("full", full), ("plain", plain))
-        )
-        rows.append(
-            (
-                f"Steps per second, full vs plain step (profile {name})",
-                f"{full['steps_per_second']:.2f} vs {plain['steps_per_second']:.2f} "
-                f"(step time {entry['step_time_ratio']:.2f}x)",
-                "",
-                health,
-            )
-        )
+        rows += _profile_rows(name, entry)
     rows += _decode_rows(results.get("decode"), "random weights")
     base = results.get("base")
     if base:
@@ -760,6 +777,62 @@ def render_table(results: dict[str, Any]) -> str:
             rows.append(("Part not measured", "failed", "", error))
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _profile_rows(name: str, entry: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Peak and speed of each full step against the plain one, and a row per failed step."""
+    steps = {kind: entry[kind] for kind in (*KINDS, TINY_KIND) if entry.get(kind)}
+    rows = [
+        (f"Steps {name}/{kind}", "failed", "", step["error"])
+        for kind, step in steps.items()
+        if "error" in step
+    ]
+    plain = steps.get("plain") if "error" not in steps.get("plain", {"error": ""}) else None
+    labels = {"full": ("full", "peak_ratio", "step_time_ratio")}
+    labels[TINY_KIND] = (
+        "full, identity_decoder=tiny,",
+        "tiny_decoder_peak_ratio",
+        "tiny_decoder_step_time_ratio",
+    )
+    for kind, (label, peak_key, time_key) in labels.items():
+        step = steps.get(kind)
+        if step is None or "error" in step:
+            continue
+        against = (
+            f"{plain['peak_gb']:.2f} GB ({_times(entry.get(peak_key))})" if plain else "plain step failed"
+        )
+        rows.append(
+            (
+                f"Peak memory, {label} vs plain step (profile {name})",
+                f"{step['peak_gb']:.2f} GB vs {against}",
+                "",
+                _options(entry.get("options") or {}),
+            )
+        )
+        speed = (
+            f"{plain['steps_per_second']:.2f} (step time {_times(entry.get(time_key))})" if plain else "n/a"
+        )
+        rows.append(
+            (
+                f"Steps per second, {label} vs plain step (profile {name})",
+                f"{step['steps_per_second']:.2f} vs {speed}",
+                "",
+                "; ".join(_health(k, s) for k, s in ((kind, step), ("plain", plain)) if s),
+            )
+        )
+    return rows
+
+
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}x"
+
+
+def _health(kind: str, step: dict[str, Any]) -> str:
+    scale = f" (scale {step['loss_scale']:g})" if step.get("loss_scale") is not None else ""
+    return (
+        f"{kind}: {step['nonfinite_loss_steps']} non-finite loss, {step['nonfinite_grad_steps']} non-finite "
+        f"gradient, {step['scaler_skips']} scaler skip(s) in {step['steps']} steps{scale}"
+    )
 
 
 def _training_rows(training: dict[str, Any] | None, name: str) -> list[tuple[str, ...]]:
