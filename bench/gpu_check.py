@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 SCHEMA = 1
 DEFAULT_OUT = Path(__file__).resolve().parent / "gpu_check.json"
 KINDS = ("full", "plain")
-TINY_KIND = "full_tiny_decoder"
-"""The full step with ``identity_decoder="tiny"`` (TAESD decodes the window), measured for the headline profile."""
+VAE_KIND = "full_vae_decoder"
+"""The full step with ``identity_decoder="vae"`` (METHOD.md's decoder; ``full`` has the default, TAESD),
+measured for the headline profile."""
 HEADLINE_PROFILE = "8gb"
 GOAL_GB = 8.0
 STRETCH_GB = 6.0
@@ -429,7 +430,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--tiny-decoder", type=Path, required=True)
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--profile")
-    parser.add_argument("--kind", choices=(*KINDS, TINY_KIND))
+    parser.add_argument("--kind", choices=(*KINDS, VAE_KIND))
     parser.add_argument("--max-steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=30.0)
@@ -481,7 +482,7 @@ def run_worker(bench: Workbench, arguments: list[str], timeout: float) -> dict[s
 
 
 def profile_entry(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """A profile's steps (full, plain and maybe the tiny-decoder full step) and their ratios to plain.
+    """A profile's steps (full, plain and maybe the VAE-decoder full step) and their ratios to plain.
 
     A ratio is None where a step failed.
     """
@@ -501,8 +502,8 @@ def profile_entry(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for kind, step in steps.items():
         entry[kind] = {k: v for k, v in step.items() if k not in ("options", "profile", "kind")} or None
     entry["peak_ratio"], entry["step_time_ratio"] = ratios("full")
-    if TINY_KIND in steps:
-        entry["tiny_decoder_peak_ratio"], entry["tiny_decoder_step_time_ratio"] = ratios(TINY_KIND)
+    if VAE_KIND in steps:
+        entry["vae_decoder_peak_ratio"], entry["vae_decoder_step_time_ratio"] = ratios(VAE_KIND)
     return entry
 
 
@@ -517,7 +518,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "profile": HEADLINE_PROFILE,
         "full_peak_gb": peak,
         "plain_peak_gb": (profile.get("plain") or {}).get("peak_gb"),
-        "full_tiny_decoder_peak_gb": (profile.get(TINY_KIND) or {}).get("peak_gb"),
+        "full_vae_decoder_peak_gb": (profile.get(VAE_KIND) or {}).get("peak_gb"),
         "goal_gb": GOAL_GB,
         "stretch_gb": STRETCH_GB,
         "meets_goal": peak < GOAL_GB if judged else None,
@@ -549,7 +550,7 @@ def plan_parts(plan: Plan, base: Path | None) -> list[Part]:
     parts = [
         Part(f"{profile}/{kind}", "steps", plan.step_timeout, plan.minimum, profile, kind)
         for profile in plan.profiles
-        for kind in (*KINDS, *((TINY_KIND,) if profile == HEADLINE_PROFILE else ()))
+        for kind in (*KINDS, *((VAE_KIND,) if profile == HEADLINE_PROFILE else ()))
     ]
     parts.append(Part("decode", "decode", plan.decode_timeout, plan.minimum))
     if base is not None:
@@ -653,7 +654,7 @@ def run_check(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     ]
     results["profiles"] = {
         name: profile_entry(
-            {kind: outcomes[f"{name}/{kind}"] for kind in (*KINDS, TINY_KIND) if f"{name}/{kind}" in outcomes}
+            {kind: outcomes[f"{name}/{kind}"] for kind in (*KINDS, VAE_KIND) if f"{name}/{kind}" in outcomes}
         )
         for name in ("6gb", "8gb", "12gb", "24gb")
         if name in plan.profiles
@@ -781,7 +782,7 @@ def render_table(results: dict[str, Any]) -> str:
 
 def _profile_rows(name: str, entry: dict[str, Any]) -> list[tuple[str, ...]]:
     """Peak and speed of each full step against the plain one, and a row per failed step."""
-    steps = {kind: entry[kind] for kind in (*KINDS, TINY_KIND) if entry.get(kind)}
+    steps = {kind: entry[kind] for kind in (*KINDS, VAE_KIND) if entry.get(kind)}
     rows = [
         (f"Steps {name}/{kind}", "failed", "", step["error"])
         for kind, step in steps.items()
@@ -789,10 +790,10 @@ def _profile_rows(name: str, entry: dict[str, Any]) -> list[tuple[str, ...]]:
     ]
     plain = steps.get("plain") if "error" not in steps.get("plain", {"error": ""}) else None
     labels = {"full": ("full", "peak_ratio", "step_time_ratio")}
-    labels[TINY_KIND] = (
-        "full, identity_decoder=tiny,",
-        "tiny_decoder_peak_ratio",
-        "tiny_decoder_step_time_ratio",
+    labels[VAE_KIND] = (
+        "full, identity_decoder=vae,",
+        "vae_decoder_peak_ratio",
+        "vae_decoder_step_time_ratio",
     )
     for kind, (label, peak_key, time_key) in labels.items():
         step = steps.get(kind)

@@ -131,7 +131,7 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
     main = detect_profile(device).name
     main = main if main in sizes.memory_profiles else sizes.memory_profiles[0]
     jobs = [(profile, kind) for profile in sizes.memory_profiles for kind in ("plain", "full")]
-    jobs.append((main, "full_tiny_decoder"))
+    jobs.append((main, "full_vae_decoder"))
     with ThreadPoolExecutor(max_workers=sizes.memory_parallel) as pool:
         results = list(pool.map(lambda job: run_worker(bench, *job, sizes.memory_steps, env), jobs))
     by_profile: dict[str, dict[str, Any]] = {}
@@ -150,9 +150,9 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
             "worker_seconds": {kind: pair[kind]["worker_seconds"] for kind in pair},
             "options": pair["full"]["options"],
         }
-        if "full_tiny_decoder" in pair:
-            tiny = pair["full_tiny_decoder"]["peak_bytes"]
-            entry.update(tiny_decoder_ratio=round(tiny / plain, 3), full_tiny_decoder_peak_gb=_gb(tiny))
+        if "full_vae_decoder" in pair:
+            vae = pair["full_vae_decoder"]["peak_bytes"]
+            entry.update(vae_decoder_ratio=round(vae / plain, 3), full_vae_decoder_peak_gb=_gb(vae))
         if name == "8gb":
             entry["fits_8gb"] = full / 2**30 <= GPU_BUDGET_GB if device.type == "cuda" else None
         profiles[name] = entry
@@ -168,7 +168,7 @@ def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
         "note": (
             "Each (profile, step) in a fresh process. The 8 GB profile's fit is checked against 8 GiB "
             "on a GPU only (fp16); on a CPU every profile runs in fp32. The ratio profile also runs the "
-            "full step with identity_decoder=tiny (tiny_decoder_ratio)."
+            "full step with identity_decoder=vae (vae_decoder_ratio); the full step has the defaults (TAESD)."
         ),
         "command": command,
     }
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny-decoder", type=Path, required=True)
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--kind", choices=("plain", "full", "full_tiny_decoder"), required=True)
+    parser.add_argument("--kind", choices=("plain", "full", "full_vae_decoder"), required=True)
     parser.add_argument("--steps", type=int, default=1)
     args = parser.parse_args(argv)
     bench = Workbench(

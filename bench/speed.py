@@ -5,8 +5,9 @@ seeds. Warm-up full steps come first (they run every layer the plain step runs, 
 the timed steps, interleaved across kinds so that a slow spell of the machine touches every kind
 alike: each round times a plain step, a full step, a full step on samples drawn by the run's task
 mix (``mix``: what a training run's step costs, the figure the pre-flight estimate uses), a full
-step whose identity branch TAESD decodes (``full_tiny_decoder``) and (in the first
-``option_steps`` rounds) one full step with each speed option off. Each kind's figure is its
+step whose identity branch the VAE decodes (``full_vae_decoder``; the others use the default
+decoder, TAESD) and (in the first ``option_steps`` rounds) one VAE full step with each speed option
+off. Each kind's figure is its
 median.
 """
 
@@ -22,14 +23,14 @@ if TYPE_CHECKING:
 GOAL = 1.3
 WARMUP_SEED = 1_000
 DESCRIPTIONS = {
-    "full": "identity_reuse_pass and identity_face_window on (the profile's values)",
-    "full_no_reuse_pass": "identity_reuse_pass off: the identity branch gets its own UNet rows",
-    "full_no_face_window": "identity_face_window off: the VAE decodes the whole latent",
-    "full_no_speed_options": "both off",
-    "full_tiny_decoder": "speed options on, identity_decoder=tiny: TAESD decodes the face window",
+    "full": "the defaults: identity_decoder=tiny (TAESD decodes the face window), speed options on",
+    "full_vae_decoder": "speed options on, identity_decoder=vae: the VAE decodes the face window (METHOD.md)",
+    "full_no_reuse_pass": "identity_decoder=vae, identity_reuse_pass off: the identity branch gets its own UNet rows",
+    "full_no_face_window": "identity_decoder=vae, identity_face_window off: the VAE decodes the whole latent",
+    "full_no_speed_options": "identity_decoder=vae, both speed options off",
     "mix": "speed options on, samples drawn as a run draws them (task mix source:reference:composed)",
 }
-EVERY_ROUND = ("plain", "full", "mix", "full_tiny_decoder")
+EVERY_ROUND = ("plain", "full", "mix", "full_vae_decoder")
 
 
 def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:

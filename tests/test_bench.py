@@ -72,12 +72,12 @@ def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_res
         "full_no_face_window",
         "full_no_speed_options",
         "mix",
-        "full_tiny_decoder",
+        "full_vae_decoder",
     }
     assert all(positive(value) for value in [*speed["ratios"].values(), *speed["median_seconds"].values()])
     memory = benchmarks["phase2_memory"]["profiles"]["cpu"]
     assert positive(memory["full_peak_gb"]) and positive(memory["plain_peak_gb"])
-    assert positive(memory["tiny_decoder_ratio"]) and positive(memory["full_tiny_decoder_peak_gb"])
+    assert positive(memory["vae_decoder_ratio"]) and positive(memory["full_vae_decoder_peak_gb"])
     generate = benchmarks["generate"]["median_seconds"]
     assert positive(generate["ours"]) and positive(generate["bare"])
     photos = benchmarks["intake"]["photos"]

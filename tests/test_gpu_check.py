@@ -22,7 +22,7 @@ import pytest
 from bench.gpu_check import (
     FULL,
     KINDS,
-    TINY_KIND,
+    VAE_KIND,
     Budget,
     allotment,
     headline,
@@ -122,8 +122,8 @@ def test_the_profiles_have_peaks_ratios_speeds_and_healthy_numbers(reduced) -> N
     for name, profile in results["profiles"].items():
         assert profile["options"]["mixed_precision"] == "no"  # the CPU trains in fp32
         assert positive(profile["peak_ratio"]) and positive(profile["step_time_ratio"]), name
-        kinds = (*KINDS, TINY_KIND) if name == "8gb" else KINDS  # the tiny decoder on the headline profile
-        assert TINY_KIND in profile if name == "8gb" else TINY_KIND not in profile
+        kinds = (*KINDS, VAE_KIND) if name == "8gb" else KINDS  # the VAE decoder on the headline profile
+        assert VAE_KIND in profile if name == "8gb" else VAE_KIND not in profile
         for kind in kinds:
             step = profile[kind]
             assert isinstance(step["peak_bytes"], int) and step["peak_bytes"] > 0, (name, kind)
@@ -136,8 +136,8 @@ def test_the_profiles_have_peaks_ratios_speeds_and_healthy_numbers(reduced) -> N
     assert "8gb/full: peak" in progress and "decode:" in progress  # progress went to stderr
     head, eight = results["headline"], results["profiles"]["8gb"]
     assert head["profile"] == "8gb" and head["full_peak_gb"] == eight["full"]["peak_gb"]
-    assert head["full_tiny_decoder_peak_gb"] == eight[TINY_KIND]["peak_gb"]
-    assert positive(eight["tiny_decoder_peak_ratio"]) and positive(eight["tiny_decoder_step_time_ratio"])
+    assert head["full_vae_decoder_peak_gb"] == eight[VAE_KIND]["peak_gb"]
+    assert positive(eight["vae_decoder_peak_ratio"]) and positive(eight["vae_decoder_step_time_ratio"])
     assert head["meets_goal"] is None and head["note"]  # judged on a GPU in fp16 at 512 px only
 
 
@@ -180,7 +180,7 @@ def test_the_table_renders_the_readme_rows_and_judges_the_headline_on_a_gpu(redu
     for name in ("8gb", "24gb"):
         assert f"Peak memory, full vs plain step (profile {name})" in table
         assert f"Steps per second, full vs plain step (profile {name})" in table
-    assert "Peak memory, full, identity_decoder=tiny, vs plain step (profile 8gb)" in table
+    assert "Peak memory, full, identity_decoder=vae, vs plain step (profile 8gb)" in table
     assert "Windowed vs full VAE decode, face box (random weights)" in table
     assert "TAESD vs VAE decode" in table and "Short training on sd" in table
     gpu = {**results, "device": "cuda", "resolution": 512}
@@ -224,7 +224,7 @@ class Clock(Budget):
 @pytest.mark.parametrize("prepare", [0.0, 90.0, 200.0])
 def test_the_full_check_stays_in_its_budget_even_when_every_part_runs_to_its_timeout(prepare) -> None:
     parts = plan_parts(FULL, Path("sd15.safetensors"))
-    assert [p.name for p in parts][:3] == ["8gb/full", "8gb/plain", f"8gb/{TINY_KIND}"]
+    assert [p.name for p in parts][:3] == ["8gb/full", "8gb/plain", f"8gb/{VAE_KIND}"]
     assert parts[-1].name == "train" and len(parts) == 4 * 2 + 1 + 3
     clock = Clock(FULL.total_seconds, prepare)
     given = {}
