@@ -96,12 +96,19 @@ def studio_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
     ]  # fmt: skip
 
 
+ARM_LABELS = {
+    "with_ar": "ar_loss=rescaled, min/max detached (METHOD.md)",
+    "with_ar_range_kept": "ar_loss=rescaled, ar_detach_range=false",
+    "with_ar_outside_share": "ar_loss=outside_share",
+}
+
+
 def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
-    figure = "Toy AR ablation: rescaled attention outside the target regions, with AR"
+    """One row per toy and AR form: the share outside with / without AR, and what moved with it."""
     if entry.get("missing"):
         return [
             (
-                figure,
+                "Toy AR ablation",
                 entry["baseline"],
                 "n/a",
                 entry["goal"],
@@ -109,18 +116,34 @@ def ablation_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
             )
         ]
     result = entry["result"]
-    seeds = f"{len(result['seeds'])} seeds, " if "seeds" in result else ""
-    context = (
-        f"{result['with_ar']:.3f} vs {result['without_ar']:.3f} "
-        f"({seeds}{result.get('phase1_steps')} + {result.get('phase2_steps')} steps, {result.get('resolution')} px)"
-    )
-    for key, label, digits in (
-        ("outside_attention", "raw attention outside", ".2g"),
-        ("share", "share outside", ".3f"),
-    ):
-        if key in result:
-            context += f"; {label} {result[key]['with_ar']:{digits}} vs {result[key]['without_ar']:{digits}}"
-    return [(figure, entry["baseline"], _ratio(entry["ratio"]), _goal(entry), context)]
+    rows = []
+    for toy, values in result["toys"].items():
+        seeds = len(values["seeds"])
+        run = (
+            f"{seeds} seed{'s' if seeds > 1 else ''}, {result['phase1_steps']} + {result['phase2_steps']} steps, "
+            f"{result['resolution']} px"
+        )
+        for arm, label in ARM_LABELS.items():
+            default = arm == result["default_arm"]
+            share = values["share"]
+            ratio = share[arm] / share["without_ar"]
+            pairs = [
+                ("share outside", "share", ".3f"),
+                ("mean attention", "mean_attention", ".2g"),
+                ("rescaled outside", "normalised_outside", ".3f"),
+                ("reconstruction", "reconstruction", ".4f"),
+                ("token selects", "token_selects", ".3f"),
+            ]
+            context = "; ".join(
+                f"{name} {values[key][arm]:{digits}} vs {values[key]['without_ar']:{digits}}"
+                for name, key, digits in pairs
+                if key in values
+            )
+            goal = _goal(entry) if default and toy == entry.get("toy", toy) else ""
+            figure = f"Toy AR ablation ({toy} toy): share of attention outside the regions, {label}"
+            rows.append((figure + (" (default)" if default else ""), entry["baseline"], _ratio(ratio), goal,
+                         f"{context} ({run})"))  # fmt: skip
+    return rows
 
 
 ROWS = {

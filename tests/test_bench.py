@@ -89,11 +89,53 @@ def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_res
     ablation = benchmarks["ar_ablation"]
     assert ablation.get("missing", False) != (ROOT / "bench" / "ar_ablation.py").is_file()
     if not ablation.get("missing"):
-        assert positive(ablation["ratio"])
-        arms = {"without_ar", "with_ar", "with_ar_range_kept"}
-        for measure in ("normalised_outside", "share", "mean_attention"):
-            assert set(ablation["result"][measure]) == arms, measure
-        assert ablation["result"]["with_ar"] == ablation["result"]["normalised_outside"]["with_ar"]
+        result = ablation["result"]
+        assert_ablation_result(result, {"plain", "twins"}, {"0"})
+        share = result["toys"]["twins"]["share"]
+        assert ablation["toy"] == "twins"
+        assert ablation["ratio"] == round(share[result["default_arm"]] / share["without_ar"], 3)
+
+
+ARMS = {"without_ar", "with_ar", "with_ar_range_kept", "with_ar_outside_share"}
+
+
+def assert_ablation_result(result: dict, toys: set[str], seeds: set[str]) -> None:
+    """Every toy has every measure for the four arms (finite, attention in [0, 1]) and each seed's values."""
+    assert set(result["toys"]) == toys and result["default_arm"] in ARMS - {"without_ar"}
+    assert result["arms"]["with_ar_outside_share"]["ar_loss"] == "outside_share"
+    assert result["arms"]["with_ar_range_kept"]["ar_detach_range"] is False
+    for toy, values in result["toys"].items():
+        measures = ["share", "mean_attention", "normalised_outside", "reconstruction", "token_gain"]
+        measures += ["reconstruction_twin", "token_selects"] if toy == "twins" else []
+        for measure in measures:
+            assert set(values[measure]) == ARMS, (toy, measure)
+            assert all(math.isfinite(value) for value in values[measure].values()), (toy, measure)
+        assert all(0 <= values["share"][arm] <= 1 and 0 <= values["mean_attention"][arm] <= 1 for arm in ARMS)
+        assert all(positive(value) for value in values["reconstruction"].values())
+        assert set(values["seeds"]) == seeds and all(set(runs) == ARMS for runs in values["seeds"].values())
+
+
+@pytest.mark.slow
+def test_the_ablation_trains_every_arm_on_both_toys_and_its_parts_merge(tmp_path: Path) -> None:
+    """Tiny sizes: both toys and the four arms (the outside-share one too) in one run; its toys, as
+    runs of their own would print them, merge back into it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.ar_ablation", "--phase1-steps", "1", "--phase2-steps", "2",
+         "--resolution", "64", "--seeds", "0", "--pretrain-steps", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    whole = json.loads(done.stdout)
+    assert_ablation_result(whole, {"plain", "twins"}, {"0"})
+    paths = []
+    for toy in ("twins", "plain"):
+        paths.append(tmp_path / f"{toy}.json")
+        paths[-1].write_text(json.dumps({**whole, "toys": {toy: whole["toys"][toy]}}))
+    merged = subprocess.run(
+        [sys.executable, "-m", "bench.ar_ablation", "--merge", *map(str, paths)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(merged.stdout)["toys"] == {toy: whole["toys"][toy] for toy in ("twins", "plain")}
 
 
 @pytest.mark.slow
@@ -102,8 +144,8 @@ def test_table_shows_each_figure_with_its_command(quick_results: dict) -> None:
     lines = table.splitlines()
     assert lines[0].startswith("Measured ") and "python -m bench --quick" in lines[0]
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Figure")]
-    # speed kinds, memory profile (VAE and tiny decoder), generation, photos, studio, ablation
-    assert len(rows) == 6 + 2 + 1 + 2 + 3 + 1
+    # speed kinds, memory profile (VAE and tiny decoder), generation, photos, studio, ablation (toy x AR form)
+    assert len(rows) == 6 + 2 + 1 + 2 + 3 + 2 * 3
     assert all(row.rstrip().endswith("` |") for row in rows)
     assert f"{quick_results['phase2_step_ratio']:.2f}x" in table
     assert f"{quick_results['generate_time_ratio']:.2f}x" in table
