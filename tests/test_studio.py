@@ -561,7 +561,7 @@ def test_the_tiny_identity_decoder_is_offered_under_advanced_and_a_demo_run_trai
         b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == "advanced-identity_decoder"
     )
     assert isinstance(menu, gr.Dropdown) and [c[1] for c in menu.choices] == ["vae", "tiny"]
-    assert menu.value == "vae"
+    assert menu.value == "tiny"  # the default
 
     chosen = {"phase1_steps": 1, "phase2_steps": 2, "preview_every": 0, "identity_decoder": "tiny"}
     config = make_config(studio, "fast", "auto", advanced_values(tuple(chosen.get(k) for k in ADVANCED)))
