@@ -130,7 +130,7 @@ def measure_steps(
     """Steps of ``kind`` with ``profile``'s options: peak, speed and the numbers' health."""
     from bench.memory import current_bytes, peak_bytes, reset_peak
     from bench.steps import KINDS as STEP_KINDS
-    from bench.steps import checked_optimise, make_trainer, step_function, synchronise
+    from bench.steps import checked_optimise, make_trainer, options_record, step_function, synchronise
 
     trainer = make_trainer(bench, profile, identity=kind != "plain")
     run = step_function(trainer, STEP_KINDS[kind], checked_optimise)
@@ -170,17 +170,11 @@ def measure_steps(
         "loss_scale": scales[-1] if scales else None,
         "losses": [h.loss if math.isfinite(h.loss) else None for h in healths],
         "options": {
-            "mixed_precision": options.mixed_precision,
+            **options_record(options),
             "weight_dtype": str(options.weight_dtype).removeprefix("torch."),
             "identity_dtype": str(options.identity_dtype).removeprefix("torch.")
             if options.identity_dtype
             else None,
-            "use_8bit_adam": options.use_8bit_adam,
-            "gradient_checkpointing": options.gradient_checkpointing,
-            "vae_slicing": options.vae_slicing,
-            "train_text_encoder": options.train_text_encoder,
-            "identity_face_window": options.identity_face_window,
-            "identity_reuse_pass": options.identity_reuse_pass,
         },
     }
 

@@ -78,7 +78,7 @@ def _status_bytes(field: str) -> int:
 
 def measure(bench: Workbench, profile: str, kind: str, steps: int) -> dict[str, Any]:
     """Peak memory of ``steps`` steps of ``kind`` with ``profile``'s memory options (in this process)."""
-    from bench.steps import KINDS, make_trainer, step_function
+    from bench.steps import KINDS, make_trainer, options_record, step_function
 
     trainer = make_trainer(bench, profile, identity=kind != "plain")
     run = step_function(trainer, KINDS[kind])
@@ -95,15 +95,7 @@ def measure(bench: Workbench, profile: str, kind: str, steps: int) -> dict[str, 
         "peak_bytes": peak_bytes(device, method),
         "resident_before_steps_bytes": resident,
         "method": method,
-        "options": {
-            "mixed_precision": options.mixed_precision,
-            "use_8bit_adam": options.use_8bit_adam,
-            "gradient_checkpointing": options.gradient_checkpointing,
-            "vae_slicing": options.vae_slicing,
-            "train_text_encoder": options.train_text_encoder,
-            "identity_face_window": options.identity_face_window,
-            "identity_reuse_pass": options.identity_reuse_pass,
-        },
+        "options": options_record(options),
     }
 
 

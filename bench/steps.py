@@ -36,6 +36,7 @@ from engine.config import TrainingConfig
 if TYPE_CHECKING:
     from bench.workbench import Workbench
     from engine.training import Trainer
+    from engine.training.options import Options
 
 DEFAULT_DECODER = TrainingConfig().identity_decoder
 """The identity decoder a run uses unless told otherwise: the ``full`` and ``mix`` steps use it."""
@@ -93,6 +94,13 @@ def make_trainer(bench: Workbench, profile: str = "auto", identity: bool = True)
     return phase_two_trainer(
         bench.project(), config, face_kit=load_face_kit() if identity else None, run="bench"
     )
+
+
+def options_record(options: Options) -> dict[str, str | bool]:
+    """The memory and speed options a step ran with, as the results files record them."""
+    names = ("mixed_precision", "use_8bit_adam", "gradient_checkpointing", "vae_slicing", "train_text_encoder",
+             "identity_face_window", "identity_reuse_pass")  # fmt: skip
+    return {name: getattr(options, name) for name in names}
 
 
 def composed_sample(trainer: Trainer):

@@ -136,17 +136,14 @@ def window_fidelity(
     )
     difference = (part - same).abs().mean(dim=1) * 127.5  # [-1, 1] -> 0-255 units
     shift = (corners * 8).to(boxes)
-    inside, ring = [], torch.ones(size, size, dtype=torch.bool, device=difference.device)
+    ring = torch.ones(size, size, dtype=torch.bool, device=difference.device)
     ring[8:-8, 8:-8] = False
-    for error, box in zip(difference, (boxes - shift.repeat(1, 2)).round().long().tolist(), strict=True):
-        x1, y1, x2, y2 = (min(max(v, 0), size) for v in box)
-        inside.append(error[y1:y2, x1:x2].mean() if x2 > x1 and y2 > y1 else error.mean())
     points = landmarks.to(part) - shift.unsqueeze(1)
     window_embedding = recogniser(warp_to_arcface(part, points)).float()
     full_embedding = recogniser(warp_to_arcface(full, landmarks.to(full))).float()
     cosine = torch.nn.functional.cosine_similarity(window_embedding, full_embedding, dim=-1)
     return WindowFidelity(
-        pixel_error=float(torch.stack(inside).mean()),
+        pixel_error=_mean_in_boxes(difference, boxes - shift.repeat(1, 2)),
         edge_error=float(difference[:, ring].mean()),
         identity_cosine=float(cosine.mean()),
     )
@@ -173,12 +170,17 @@ def decoder_agreement(
     from engine.faces.align import warp_to_arcface
 
     difference = (images.float() - reference.float()).abs().mean(dim=1) * 127.5
-    inside = []
-    for error, box in zip(difference, boxes.round().long().tolist(), strict=True):
-        x1, y1, x2, y2 = (min(max(v, 0), error.shape[-1]) for v in box)
-        inside.append(error[y1:y2, x1:x2].mean() if x2 > x1 and y2 > y1 else error.mean())
     points = landmarks.to(images.device).float()
     first = recogniser(warp_to_arcface(images.float(), points)).float()
     second = recogniser(warp_to_arcface(reference.float(), points)).float()
     cosine = torch.nn.functional.cosine_similarity(first, second, dim=-1)
-    return DecoderAgreement(float(torch.stack(inside).mean()), float(cosine.mean()))
+    return DecoderAgreement(_mean_in_boxes(difference, boxes), float(cosine.mean()))
+
+
+def _mean_in_boxes(difference: torch.Tensor, boxes: torch.Tensor) -> float:
+    """Mean of each ``difference [B, H, W]`` inside its box (clamped to the square frame; whole frame if empty)."""
+    inside = []
+    for error, box in zip(difference, boxes.round().long().tolist(), strict=True):
+        x1, y1, x2, y2 = (min(max(v, 0), error.shape[-1]) for v in box)
+        inside.append(error[y1:y2, x1:x2].mean() if x2 > x1 and y2 > y1 else error.mean())
+    return float(torch.stack(inside).mean())
