@@ -346,7 +346,9 @@ def on_event(event):
 
 config = preset("released", base_model=base, resolution=64, phase1_steps=phase1, phase2_steps=phase2,
                 latent_cache_variants=1, preview_every=0, checkpoint_every=1000, device="cpu", vram_profile="cpu",
-                tiny_decoder_model=sys.argv[5])
+                tiny_decoder_model=sys.argv[5],
+                # as the benchmark does: the identity branch runs on every step (random weights draw no face)
+                identity_fallback_landmarks=True)
 train(ProjectStore(home).open(PROJECT), config, on_event=on_event)
 print(json.dumps(found))
 """
