@@ -17,15 +17,16 @@ import torch
 from fixtures_metrics import pattern
 from PIL import Image
 
-from engine import evaluate, metrics
+from engine import metrics
 from engine.artefact import save_artefact
 from engine.demo.faces import _save, arcface_standin, build_face_assets, scrfd_standin
 from engine.demo.scoring import build_scoring_assets
-from engine.evaluate import EvaluationError, evaluate_project, run_settings
+from engine.evaluate import EvaluationError, evaluate_project, protocol, run_settings
 from engine.faces import FaceKit, face_mask, load_face_kit
 from engine.faces.detect import ScrfdDetector
 from engine.faces.fallback import EllipseParser
 from engine.faces.identity import ArcFaceScorer
+from engine.outputs import OutputRecord
 from engine.store import Project, ProjectStore
 
 TRAINED = "CSIM (ArcFace, trained against)"
@@ -93,6 +94,12 @@ def _photo(project: Project, kit: FaceKit, role: str, photo_id: str, crop: np.nd
     }
 
 
+def _output(key: str, file: str, run: str, **fields) -> dict:
+    """A manifest entry for an output, as `engine.outputs.add_output` writes it."""
+    record = OutputRecord(key, file, seed=1, params={"seed": 1}, run=run, identity=None, created="", **fields)
+    return record.to_json()
+
+
 @pytest.fixture
 def project(kit) -> Project:
     """Sources: two copies of face A. Reference: face R. Run r1: A and a faceless image; run r2: R."""
@@ -105,7 +112,7 @@ def project(kit) -> Project:
     ]
     generated = {"o1": ("r1", source), "o2": ("r1", pattern(3) // 2), "o3": ("r2", reference)}
     outputs = [
-        {"id": key, "file": _png(project, f"outputs/{key}.png", image), "params": {"seed": 1}, "run": run}
+        _output(key, _png(project, f"outputs/{key}.png", image), run)
         for key, (run, image) in generated.items()
     ]
     trainings = []
@@ -142,7 +149,7 @@ def test_scores_every_run_against_the_projects_photos(project, kit, models):
 def test_batches_do_not_change_the_scores(project, kit, models, monkeypatch):
     clip, head = models
     whole = evaluate_project(project, face_kit=kit, clip=clip, aesthetic=head)
-    monkeypatch.setattr(evaluate, "BATCH", 2)
+    monkeypatch.setattr(protocol, "BATCH", 2)
     batched = evaluate_project(project, face_kit=kit, clip=clip, aesthetic=head)
     assert [i.output for i in batched.images] == ["o1", "o2", "o3"]
     for a, b in zip(whole.images, batched.images, strict=True):
@@ -246,13 +253,9 @@ def test_run_settings_come_from_the_artefact_else_the_preset(project):
 
 def test_post_processed_outputs_are_averaged_apart(project, kit, models):
     clip, head = models
-    post = {
-        "id": "o4",
-        "file": _png(project, "outputs/o4.png", face_image(1)),
-        "run": "r1",
-        "parent": "o1",
-        "raw": "outputs/o1.png",
-    }
+    post = _output(
+        "o4", _png(project, "outputs/o4.png", face_image(1)), "r1", parent="o1", raw="outputs/o1.png"
+    )
     project.update(lambda manifest: manifest["outputs"].append(post))
     report = evaluate_project(project, face_kit=kit, clip=clip, aesthetic=head)
 
@@ -286,8 +289,8 @@ def test_loads_every_model_from_the_asset_cache_in_demo_mode(tmp_path, monkeypat
         _photo(project, kit, "reference", "r1", portrait[:, ::-1]),
     ]
     outputs = [
-        {"id": "a", "file": _png(project, "outputs/a.png", portrait), "run": "run-1"},
-        {"id": "b", "file": _png(project, "outputs/b.png", pattern(7, 256)), "run": "run-1"},
+        _output("a", _png(project, "outputs/a.png", portrait), "run-1"),
+        _output("b", _png(project, "outputs/b.png", pattern(7, 256)), "run-1"),
     ]
     project.update(lambda manifest: manifest.update(images=images, outputs=outputs))
 
