@@ -144,7 +144,7 @@ def test_faces_are_restored_from_the_original_then_pasted_into_the_upscaled_imag
     project, assets, kit, monkeypatch
 ):
     """The restorer sees the original's aligned face, not Real-ESRGAN's; the paste lands in the upscaled frame."""
-    from engine import postprocess
+    from engine.postprocess import faces
 
     photo = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
     add_photo_output(project, photo, "photo")
@@ -154,7 +154,7 @@ def test_faces_are_restored_from_the_original_then_pasted_into_the_upscaled_imag
         seen.append(crop.copy())
         return 255 - crop  # a "restoration" whose paste-back is easy to recognise
 
-    monkeypatch.setattr(postprocess, "restore_crop", restorer)
+    monkeypatch.setattr(faces, "restore_crop", restorer)
     record = postprocess_output(project, "photo", restore="gfpgan", upscale=2, face_kit=kit)
 
     face = kit.detector.detect(photo)[0]
