@@ -246,7 +246,7 @@ def measure_decodes(
     from engine.data import load_images
     from engine.losses import crop_windows, face_windows
     from engine.models import load_base, load_tiny_decoder
-    from engine.training.objective import IdentityBranch, identity_vae
+    from engine.training.identity_branch import IdentityBranch, identity_vae
     from engine.training.options import make_accelerator, resolve_options
 
     config = preset("released", vram_profile=HEADLINE_PROFILE)

@@ -89,7 +89,7 @@ def test_under_fp16_the_identity_branch_runs_in_fp32_on_a_copy_of_the_decoder(ti
     """Item 4: the identity decode and its backward ran in fp16 (overflow -> silently skipped steps)."""
     from diffusers import AutoencoderKL
 
-    from engine.training.objective import IdentityBranch, identity_vae
+    from engine.training.identity_branch import IdentityBranch, identity_vae
     from engine.training.options import Options
 
     options = Options("8gb", torch.device("cpu"), "fp16", False, True, True, True, True, True)

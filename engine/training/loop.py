@@ -22,8 +22,9 @@ from engine.identity import source_embedding
 from engine.runs import RUNS, update_run
 from engine.store import Project
 from engine.training.errors import TrainingCancelled
+from engine.training.identity_branch import build_identity_branch, check_identity_branch
 from engine.training.monitor import MethodMonitor
-from engine.training.objective import Denoiser, IdentityBranch, Objective, identity_vae
+from engine.training.objective import Denoiser, Objective
 from engine.training.options import Options, lora_configs, make_accelerator, resolve_options
 from engine.training.previews import preview
 from engine.training.state import load_optimisation, load_rng, load_trainable, save_checkpoint
@@ -126,24 +127,8 @@ class Trainer:
         if not identity_loss:
             return
         target = source_identity(images).to(self.device)
-        detector = self.face_kit.detector
-        recogniser = self.face_kit.identity_model().to(self.device)
-        tiny_decoder = None
-        if config.identity_decoder == "tiny":
-            from engine.models import load_tiny_decoder
-
-            self.emit(Status(message=f"Loading the tiny identity decoder {config.tiny_decoder_model}."))
-            dtype = (
-                options.identity_dtype if options.identity_dtype == torch.float32 else options.weight_dtype
-            )
-            tiny_decoder = load_tiny_decoder(config.tiny_decoder_model, self.device, dtype)
-            if options.vae_slicing:
-                tiny_decoder.enable_slicing()
-            if options.gradient_checkpointing:
-                tiny_decoder.enable_gradient_checkpointing()
-        vae = identity_vae(self.base.vae, options.identity_dtype) if tiny_decoder is None else None
-        self.identity = IdentityBranch(
-            target, detector, recogniser, tiny_decoder, vae, options.identity_dtype
+        self.identity = build_identity_branch(
+            config, options, self.base, self.face_kit, target, self.device, self.emit
         )
 
     def add_lora(self) -> None:
@@ -221,45 +206,13 @@ class Trainer:
             self.monitor,
         )
 
-    @torch.no_grad()
-    def check_identity_branch(self) -> None:
-        """At phase-2 start, check the identity branch's shortcuts on up to two source photos.
-
-        The face-window decode against a full decode (``identity_face_window``), and TAESD's decode
-        against the VAE's (``identity_decoder="tiny"``); the monitor reports both and warns.
-        """
-        from engine.data import Sample
-        from engine.losses import decoder_agreement, window_fidelity
-
-        branch, config = self.identity, self.config
-        if branch is None or not self.accelerator.is_main_process:
+    def check_shortcuts(self) -> None:
+        """At phase-2 start, the identity branch's shortcuts checked (`check_identity_branch`); the monitor reports them."""
+        if self.identity is None or not self.accelerator.is_main_process:
             return
-        views = [self.data.view(Sample("source", index, 0, 0)) for index in self.data.by_role["source"][:2]]
-        boxes = torch.stack([view.bbox for view in views]).to(self.device).float()
-        landmarks = torch.stack([view.landmarks for view in views]).to(self.device).float()
-        unscaled = torch.stack([view.mean for view in views]).to(self.device)
-        vae = branch.vae or self.base.vae
-        tiny = branch.tiny_decoder if config.identity_decoder == "tiny" else None
-        scale = self.base.family.latent_scale(self.base.vae)
-
-        def decode(latents: torch.Tensor) -> torch.Tensor:  # the branch's decoder on unscaled latents
-            if tiny is not None:
-                return tiny.decode((latents * scale).to(tiny.dtype)).sample
-            return vae.decode(latents.to(vae.dtype)).sample
-
-        with branch.precision(self.accelerator):
-            if self.options.identity_face_window:
-                self.monitor.face_window = window_fidelity(
-                    decode, unscaled, boxes, landmarks, config.identity_window_margin, branch.recogniser
-                )
-            if tiny is not None:
-                self.monitor.decoder = decoder_agreement(
-                    decode(unscaled),
-                    vae.decode(unscaled.to(vae.dtype)).sample,
-                    boxes,
-                    landmarks,
-                    branch.recogniser,
-                )
+        self.monitor.face_window, self.monitor.decoder = check_identity_branch(
+            self.identity, self.config, self.options, self.base, self.data, self.accelerator
+        )
 
     def make_optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         if self.options.use_8bit_adam:
@@ -286,7 +239,7 @@ class Trainer:
                 continue  # phase 2's setup loads the finished phase-1 rows from the checkpoint
             self.setup_phase(phase, start)
             if phase == 2 and first == 0:
-                self.check_identity_branch()
+                self.check_shortcuts()
             if start is not None:
                 load_rng(start, self.accelerator.process_index, self.generator, self.rng)
                 self.monitor.restore(ckpt.read_json(start / ckpt.STATE).get("monitor", {}))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from engine.config import TrainingConfig
     from engine.data import Sample, TrainingData
     from engine.models import BaseModel
+    from engine.training.identity_branch import IdentityBranch
     from engine.training.monitor import MethodMonitor
     from engine.training.options import Options
 
@@ -44,46 +45,6 @@ class Denoiser(nn.Module):
         encoders = [getattr(self, name) for name in self.family.text_encoders]
         states = self.family.encode_prompt(encoders, input_ids)
         return self.unet(noisy, timesteps, states.hidden_states, added_cond_kwargs=states.added_cond).sample
-
-
-@dataclass(frozen=True, eq=False)
-class IdentityBranch:
-    """What the identity loss compares against and with."""
-
-    target: torch.Tensor
-    """Mean identity embedding of the source photos."""
-    detector: Any
-    """Finds the landmarks in the decoded images."""
-    recogniser: nn.Module
-    """The identity network, in torch."""
-    tiny_decoder: Any | None = None
-    """TAESD, loaded when the config chose ``identity_decoder="tiny"``."""
-    vae: Any | None = None
-    """The VAE the branch decodes with when it is not the base's (an fp32 copy under fp16: `identity_vae`)."""
-    dtype: torch.dtype | None = None
-    """The branch's precision when it is not the run's (`Options.identity_dtype`)."""
-
-    def precision(self, accelerator: Accelerator) -> Any:
-        """The autocast context of the branch: the run's, bf16, or none (fp32)."""
-        if self.dtype is None:
-            return accelerator.autocast()
-        device = accelerator.device.type
-        if self.dtype == torch.float32:
-            return torch.autocast(device, enabled=False)
-        return torch.autocast(device, dtype=self.dtype)
-
-
-def identity_vae(vae: Any, dtype: torch.dtype | None) -> Any | None:
-    """An fp32 copy of ``vae``'s decoding half when the branch runs in fp32 on lower-precision weights; else None."""
-    import copy
-
-    if dtype != torch.float32 or vae.dtype == torch.float32:
-        return None
-    encoder, vae.encoder = vae.encoder, None
-    try:
-        return copy.deepcopy(vae).float()
-    finally:
-        vae.encoder = encoder
 
 
 class Noised(NamedTuple):
