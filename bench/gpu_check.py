@@ -230,6 +230,18 @@ def _edge_mask(corners: torch.Tensor, side_px: int, image: tuple[int, int], band
     return mask
 
 
+def _window_regions(full: torch.Tensor, corners: torch.Tensor, side_px: int) -> torch.Tensor:
+    """The pixels of each full decode that its face window covers (corners in latents, 8 px each)."""
+    import torch
+
+    return torch.stack(
+        [
+            image[:, y * 8 : y * 8 + side_px, x * 8 : x * 8 + side_px]
+            for image, (x, y) in zip(full, corners.tolist(), strict=True)
+        ]
+    )
+
+
 def measure_decodes(
     bench: Workbench, model: str, tiny_decoder: str | None, resolution: int
 ) -> dict[str, Any]:
@@ -277,12 +289,7 @@ def measure_decodes(
                 tiny_window = decoder.decode(window.to(decoder.dtype)).sample.float().cpu()
     corners = corners.cpu()
     side_px = side * 8
-    region = torch.stack(
-        [
-            f[:, y * 8 : y * 8 + side_px, x * 8 : x * 8 + side_px]
-            for f, (x, y) in zip(full, corners.tolist(), strict=True)
-        ]
-    )
+    region = _window_regions(full, corners, side_px)
     face_in_window = _box_mask(boxes, windowed.shape, corners * 8)
     edge = _edge_mask(corners, side_px, full.shape[-2:], EDGE_PX)
     decodes = [full, windowed, *((tiny, tiny_window) if tiny is not None else ())]
