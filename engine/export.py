@@ -8,6 +8,11 @@ Files go under ``<project>/exports/``, the LoRA and embeddings of a run in ``exp
   (``lora_unet_<module>.lora_down.weight`` / ``lora_up.weight`` / ``.alpha`` and ``lora_te_<module>...``).
 - embeddings: one AUTOMATIC1111 textual-inversion file per placeholder token (``emb_params``,
   ``[1, dim]``); its file name (e.g. ``alice-sks``) is the word to type in a prompt.
+- ``README.txt`` beside them: how to use the files present in diffusers, AUTOMATIC1111 and ComfyUI,
+  with their words and the recommended strengths; rewritten by each export.
+
+Every name comes from `export_names`, which the ``parameters`` text of generated images uses too, so
+a pasted prompt names the exported files.
 
 The LoRA scale alpha/rank of the artefact is folded into the ``lora_B`` (up) weights and every
 alpha written equals the rank, so each loader, whatever it assumes about alpha, applies the trained
@@ -17,13 +22,15 @@ update.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import UserError
-from engine.store import Project, atomic_path, safe_name
+from engine.store import Project, atomic_path, atomic_write_text, safe_name
 
 if TYPE_CHECKING:
     import torch
@@ -33,12 +40,59 @@ if TYPE_CHECKING:
 
 EXPORTS = "exports"
 FORMATS = ("a1111", "diffusers")
+USAGE_NOTE = "README.txt"
 CONVERTER_PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
 """The prefixes diffusers' kohya converter writes for each part (its text-encoder names are SDXL's)."""
 
 
 class ExportError(UserError):
     """An export cannot be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExportNames:
+    """What a run's exports are called in other tools: each file's name without ``.safetensors``."""
+
+    project: str
+    """The project's folder name, the start of every exported file name."""
+    tokens: dict[str, str]
+    """Role (``identity``, ``style``) -> placeholder token."""
+    has_lora: bool = True
+    """False for a run that trained the embeddings only (no LoRA to export or name)."""
+
+    @property
+    def lora(self) -> str:
+        """The AUTOMATIC1111/ComfyUI LoRA: NAME in ``<lora:NAME:...>`` (also its ``ss_output_name``)."""
+        return f"{self.project}-lora"
+
+    @property
+    def diffusers_lora(self) -> str:
+        return f"{self.project}-lora-diffusers"
+
+    def word(self, role: str) -> str:
+        """The embedding of ``role``: AUTOMATIC1111's prompt word is its file name."""
+        return f"{self.project}-{safe_name(self.tokens[role].strip('<>'))}"
+
+    def with_words(self, text: str, prefix: str = "") -> str:
+        """``text`` with each placeholder token replaced by ``prefix`` + its exported word."""
+        for role, token in self.tokens.items():
+            text = text.replace(token, prefix + self.word(role))
+        return text
+
+    def lora_tag(self, unet_scale: float, text_scale: float) -> str:
+        """AUTOMATIC1111's ``<lora:NAME:te:unet>`` (text-encoder multiplier first); empty without a LoRA."""
+        return f"<lora:{self.lora}:{text_scale:g}:{unet_scale:g}>" if self.has_lora else ""
+
+    def a1111_prompt(self, prompt: str, unet_scale: float, text_scale: float) -> str:
+        """``prompt`` as AUTOMATIC1111 reads it with these exports: the words and the LoRA tag."""
+        return " ".join(filter(None, (self.with_words(prompt), self.lora_tag(unet_scale, text_scale))))
+
+
+def export_names(project: Project, artefact: Artefact) -> ExportNames:
+    """The names `export_lora` and `export_embeddings` give a run's files in ``project``."""
+    return ExportNames(
+        project.root.name, artefact.placeholder_tokens(), bool(artefact.unet_lora or artefact.text_lora)
+    )
 
 
 def kohya_state_dict(
@@ -89,27 +143,38 @@ def export_lora(project: Project, run: str | None = None, format: str = "a1111")
         raise ExportError(
             f"Run {run_name} has no LoRA (it trained the token embeddings only); export its embeddings instead."
         )
-    project_name = project.root.name
+    names = export_names(project, artefact)
     base = str(artefact.metadata.get("base_model", ""))
+    unet_scale, text_scale = recommended_scales()
+    words = ", ".join(f"{names.word(role)} ({role})" for role in names.tokens)
     metadata = {
         "format": "pt",
         "magicapture": json.dumps(
             {"run": run_name, "base_model": base, "tokens": artefact.metadata.get("tokens")}
         ),
+        "magicapture.recommended_unet_scale": f"{unet_scale:g}",
+        "magicapture.recommended_text_encoder_scale": f"{text_scale:g}",
+        "modelspec.usage_hint": (
+            f"UNet strength {unet_scale:g}, text encoder strength {text_scale:g}; prompt words {words}: "
+            f"the embeddings exported beside this file. Base model: {model_name(base)}."
+        ),
     }
     if format == "diffusers":
-        return _save_safetensors(folder / f"{project_name}-lora-diffusers.safetensors", state, metadata)
-    ranks = sorted({int(v.shape[0]) for k, v in state.items() if ".lora_A." in k})
-    metadata.update(
-        ss_network_module="networks.lora",
-        ss_network_dim=str(ranks[-1]),
-        ss_network_alpha=str(ranks[-1]),
-        ss_base_model_version=artefact.family.kohya_base_version,
-        ss_sd_model_name=model_name(base),
-        ss_output_name=f"{project_name}-lora",
-    )
-    kohya = kohya_state_dict(state, artefact.family)
-    return _save_safetensors(folder / f"{project_name}-lora.safetensors", kohya, metadata)
+        path = _save_safetensors(folder / f"{names.diffusers_lora}.safetensors", state, metadata)
+    else:
+        ranks = sorted({int(v.shape[0]) for k, v in state.items() if ".lora_A." in k})
+        metadata.update(
+            ss_network_module="networks.lora",
+            ss_network_dim=str(ranks[-1]),
+            ss_network_alpha=str(ranks[-1]),
+            ss_base_model_version=artefact.family.kohya_base_version,
+            ss_sd_model_name=model_name(base),
+            ss_output_name=names.lora,
+        )
+        kohya = kohya_state_dict(state, artefact.family)
+        path = _save_safetensors(folder / f"{names.lora}.safetensors", kohya, metadata)
+    _write_usage_note(folder, names, artefact)
+    return path
 
 
 def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
@@ -118,16 +183,96 @@ def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
     The file name is the prompt word in AUTOMATIC1111: ``<project>-<token without brackets>``.
     """
     artefact, _, folder = _run_folder(project, run)
-    tokens = artefact.placeholder_tokens()
+    names = export_names(project, artefact)
     paths = []
     for role in ("identity", "style"):
-        token = tokens[role]
-        word = f"{project.root.name}-{safe_name(token.strip('<>'))}"
+        token = names.tokens[role]
         row = artefact.embeddings[token].reshape(1, -1)
         metadata = {"format": "pt", "magicapture_token": token, "magicapture_role": role}
         key = artefact.family.embedding_keys["text_encoder"]
-        paths.append(_save_safetensors(folder / f"{word}.safetensors", {key: row}, metadata))
+        paths.append(_save_safetensors(folder / f"{names.word(role)}.safetensors", {key: row}, metadata))
+    _write_usage_note(folder, names, artefact)
     return paths
+
+
+def recommended_scales() -> tuple[float, float]:
+    """The UNet and text-encoder LoRA scales generation uses by default (`GenerationSettings`)."""
+    from engine.generate.settings import GenerationSettings
+
+    defaults = GenerationSettings()
+    return defaults.unet_lora_scale, defaults.text_lora_scale
+
+
+def usage_note(names: ExportNames, files: set[str], *, base_model: str, family: str) -> str:
+    """How to use the exported ``files`` (names with ``.safetensors``) in AUTOMATIC1111, ComfyUI and diffusers."""
+    from engine.generate.prompts import compose_prompt
+    from engine.generate.settings import DEFAULT_NEGATIVE_PROMPT
+    from engine.outputs import model_name
+
+    unet, text = recommended_scales()
+    kohya, diffusers = f"{names.lora}.safetensors", f"{names.diffusers_lora}.safetensors"
+    embeddings = {role: f"{names.word(role)}.safetensors" for role in names.tokens}
+    kept = {role: file for role, file in embeddings.items() if file in files}
+    prompt = compose_prompt(names.tokens)
+    tag = names.lora_tag(unet, text) if kohya in files else ""
+    described = {kohya: "the LoRA for AUTOMATIC1111 and ComfyUI", diffusers: "the LoRA for diffusers"}
+    described |= {file: f"the {role} embedding: the word {names.word(role)}" for role, file in kept.items()}
+    lines = [
+        f"Exports of project {names.project}, trained on {model_name(base_model) or 'its base model'} "
+        f"({family}): use them with that base model.",
+        f"Recommended LoRA strengths: UNet {unet:g}, text encoder {text:g}.",
+        "",
+        "Files",
+        *(f"  {file}  {what}" for file, what in described.items() if file in files),
+    ]
+    if len(kept) < len(embeddings):
+        lines.append("  (export the embeddings too: the prompts below need their words)")
+    if tag or kept:
+        lines += ["", "AUTOMATIC1111 (and Forge)"]
+        if tag:
+            lines.append(
+                f"  Put {kohya} in models/Lora; the tag's numbers are the text-encoder then the UNet strength."
+            )
+        if kept:
+            lines.append("  Put the embeddings in embeddings/: a file's name is the word that calls it.")
+        lines += [
+            f"  Prompt: {' '.join(filter(None, (names.with_words(prompt), tag)))}",
+            f"  Negative prompt: {DEFAULT_NEGATIVE_PROMPT}",
+            "",
+            "ComfyUI",
+        ]
+        if tag:
+            lines.append(
+                f"  Put {kohya} in models/loras. LoraLoader node: lora_name {kohya}, "
+                f"strength_model {unet:g}, strength_clip {text:g}"
+            )
+        if kept:
+            lines.append("  Put the embeddings in models/embeddings: embedding:NAME in a prompt calls one.")
+        lines.append(f"  CLIP Text Encode prompt: {names.with_words(prompt, 'embedding:')}")
+    if diffusers in files or kept:
+        lines += ["", "diffusers (pipe: a pipeline of the base model, run from this folder)"]
+        if diffusers in files:
+            adapter = re.sub(r"\W", "_", names.project)  # peft refuses dots in adapter names
+            lines += [
+                f'  pipe.load_lora_weights("{diffusers}", adapter_name="{adapter}")',
+                f'  pipe.set_adapters("{adapter}", adapter_weights={{"unet": {unet:g}, "text_encoder": {text:g}}})',
+            ]
+        lines += [
+            f'  pipe.load_textual_inversion("{file}", token="{names.word(role)}")'
+            for role, file in kept.items()
+        ]
+        lines += [
+            f'  image = pipe("{names.with_words(prompt)}").images[0]',
+            "  Without token=..., load_textual_inversion calls an embedding emb_params.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_usage_note(folder: Path, names: ExportNames, artefact: Artefact) -> Path:
+    files = {path.name for path in folder.glob("*.safetensors")}
+    base = str(artefact.metadata.get("base_model", ""))
+    note = usage_note(names, files, base_model=base, family=artefact.family.label)
+    return atomic_write_text(folder / USAGE_NOTE, note)
 
 
 def export_outputs_zip(project: Project, output_ids: list[str], *, image_format: str = "png") -> Path:

@@ -3,22 +3,30 @@
 Each image is ``outputs/<id>.png`` with AUTOMATIC1111's ``parameters`` text chunk (prompt,
 ``Negative prompt:`` line, then ``key: value`` pairs) and one entry in ``manifest["outputs"]``: the
 JSON form of its `OutputRecord`. Both are written together by `add_output`, or neither.
+
+Given the run's `engine.export.ExportNames`, the text is what AUTOMATIC1111 needs to make the image
+again with the exported files: their words for the placeholder tokens, the ``<lora:NAME:te:unet>``
+tag and the checkpoint's ``Model hash``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.store import Project, atomic_write_bytes
+from engine.store import Project, atomic_write_bytes, file_sha256
+
+if TYPE_CHECKING:
+    from engine.export import ExportNames
 
 OUTPUTS = "outputs"
 """Folder of the images inside a project, and the manifest key of their records."""
@@ -89,22 +97,51 @@ def model_name(source: str) -> str:
     return Path(str(source).rstrip("/\\")).stem or str(source)
 
 
-def format_parameters(params: dict[str, Any], extras: dict[str, Any] | None = None) -> str:
-    """AUTOMATIC1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``key: value`` pairs."""
+def model_hash(source: str) -> str | None:
+    """AUTOMATIC1111's ``Model hash`` of a checkpoint file: the first 10 hex digits of its sha256.
+
+    None for a diffusers folder or hub id: AUTOMATIC1111 hashes the one file it loads, and no file
+    here is that file. Hashes are kept per file, size and modification time for the process.
+    """
+    path = Path(source)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return _short_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _short_sha256(path: str, size: int, modified_ns: int) -> str:
+    return file_sha256(Path(path))[:10]
+
+
+def format_parameters(
+    params: dict[str, Any], extras: dict[str, Any] | None = None, names: ExportNames | None = None
+) -> str:
+    """AUTOMATIC1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``key: value`` pairs.
+
+    With ``names`` (the run's exported files) the prompts carry their words and the LoRA tag.
+    """
+    prompt, negative = params["prompt"], params["negative_prompt"]
+    if names is not None:
+        prompt = names.a1111_prompt(prompt, params["unet_lora_scale"], params["text_lora_scale"])
+        negative = names.with_words(negative)
+    checkpoint = model_hash(params["base_model"]) if params.get("base_model") else None
     pairs = {
         "Steps": params["steps"],
         "Sampler": SAMPLER_LABELS[params["sampler"]],
         "CFG scale": params["guidance_scale"],
         "Seed": params["seed"],
         "Size": f"{params['width']}x{params['height']}",
+        **({"Model hash": checkpoint} if checkpoint else {}),
         "Model": params["model"],
         "Lora UNet scale": params["unet_lora_scale"],
         "Lora text encoder scale": params["text_lora_scale"],
         **(extras or {}),
     }
-    lines = [params["prompt"]]
-    if params["negative_prompt"]:
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
     lines.append(a1111_pairs(pairs))
     return "\n".join(lines)
 

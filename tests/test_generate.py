@@ -52,7 +52,7 @@ def test_each_image_carries_its_parameters_in_the_png_and_the_manifest(project, 
     settings = fast(seed=3, sampler="dpmpp_2m_karras", guidance_scale=7.5, prompt_extra="wearing a suit")
     record = generate(project, None, settings, face_kit=no_faces)[0]
     assert read_parameters(project.path(record.file)) == (
-        "a photo of a <sks> person in the style of <style1>, wearing a suit\n"
+        "a photo of a alice-sks person in the style of alice-style1, wearing a suit <lora:alice-lora:0.9:0.6>\n"
         f"Negative prompt: {gen.DEFAULT_NEGATIVE_PROMPT}\n"
         "Steps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 3, Size: 64x64, Model: sd, "
         "Lora UNet scale: 0.6, Lora text encoder scale: 0.9, MagiCapture run: run-1"
@@ -166,7 +166,8 @@ def test_long_prompts_are_cut_to_77_clip_tokens_with_a_warning(project, base, no
     record = generate(project, RUN, fast(prompt_extra=" ".join(["tall"] * 90)), face_kit=no_faces)[0]
     assert record.warnings and "cut" in record.warnings[0]
     assert record.params["prompt"].startswith("a photo of a <sks> person in the style of <style1>, tall")
-    assert read_parameters(project.path(record.file)).splitlines()[0] == record.params["prompt"]
+    words = record.params["prompt"].replace("<sks>", "alice-sks").replace("<style1>", "alice-style1")
+    assert read_parameters(project.path(record.file)).splitlines()[0] == f"{words} <lora:alice-lora:0.9:0.6>"
 
 
 def test_progress_events_and_cancel(project, no_faces):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.events import Event, Finished, PhaseStarted, Status, StepDone
+from engine.export import export_names
 from engine.generate.loading import fuse, loaded
 from engine.generate.prompts import compose_prompt, fit_prompt
 from engine.generate.settings import GenerationSettings
@@ -133,7 +134,8 @@ def generate(
                 identity=identity_score(face_kit, image, reference), created=now(), warnings=list(warnings),
             )  # fmt: skip
             extras = {"MagiCapture run": run_id} if run_id else {}
-            records.append(add_output(project, image, record, format_parameters(params, extras)))
+            parameters = format_parameters(params, extras, export_names(project, artefact))
+            records.append(add_output(project, image, record, parameters))
     emit(Finished(artefact=str(path), seconds=round(time.monotonic() - started, 2)))
     return records
 
