@@ -55,6 +55,18 @@ class StepDone(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ImageStarted(Event):
+    """Generation began image ``index`` (from 1) of ``count``; its steps follow as `StepDone` events
+    counted over the whole batch (image ``index`` holds steps ``(index - 1) * steps + 1`` onwards)."""
+
+    index: int
+    count: int
+    steps: int
+    """Denoising steps of each image."""
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class PreviewSaved(Event):
     """Preview samples of the composed prompt at fixed seeds, attention overlays per token, identity scores."""
 
@@ -152,6 +164,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Status,
         PhaseStarted,
         StepDone,
+        ImageStarted,
         PreviewSaved,
         MethodReport,
         MethodWarning,

@@ -55,18 +55,11 @@ CSS = """
 
 
 def header_html(studio: Studio) -> str:
-    """The status line above the tabs: device, face models and the job queue."""
+    """The status line above the tabs: device, which models are real, stand-ins or fallbacks, the job queue."""
     chips = [f"<span class='mc-chip'>{studio.device}</span>"]
-    kit = studio.face_kit_loaded()
-    if kit is None:
-        chips.append("<span class='mc-chip'>face models load on first use</span>")
-    elif kit.is_fallback:
-        chips.append(
-            "<span class='mc-chip mc-fallback'>⚠ fallback face detector (approximate): "
-            f"{', '.join(kit.fallbacks)}; download the face models in Settings</span>"
-        )
-    else:
-        chips.append("<span class='mc-chip'>face models ready</span>")
+    models = settings.models_in_use(studio)  # the model list in Settings says the same
+    css, mark = ("mc-chip mc-fallback", "⚠ ") if models.fallbacks and not models.standins else ("mc-chip", "")
+    chips.append(f"<span class='{css}'>{mark}{html.escape(models.face_line())}</span>")
     running = studio.runner.running()
     queued = studio.runner.queued()
     if running is not None:

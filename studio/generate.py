@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from engine.events import Failed, Status, StepDone
+from engine.events import Failed, ImageStarted, Status, StepDone
 from engine.models import SAMPLERS
 from engine.postprocess import RESTORER_LABELS
+from engine.preflight import duration
 from engine.presets import PRESETS
 from engine.runs import runs as run_records
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
@@ -114,7 +115,7 @@ def progress_html(job: Job | None) -> str:
         return "<div class='mc-empty'>Waiting for the running job to finish…</div>"
     events = job.event_list()
     steps = [event for event in events if isinstance(event, StepDone)]
-    message = next((e.message for e in reversed(events) if isinstance(e, (Status, Failed))), "Starting…")
+    message = progress_line(events)
     fraction = steps[-1].global_step / steps[-1].total_steps if steps and steps[-1].total_steps else 0.0
     if job.status == DONE:
         fraction = 1.0
@@ -128,6 +129,24 @@ def progress_html(job: Job | None) -> str:
         f"<div id='generate-progress' data-state='{job.status}'><b>{icon}</b> {html.escape(message)}"
         f"<div class='mc-progress'><div style='width:{100 * fraction:.1f}%'></div></div></div>"
     )
+
+
+def progress_line(events: list[Any]) -> str:
+    """What the batch is doing now: its latest stage (loading, post-processing...), or while it
+    samples "Image 2 of 4, step 13/30" with the time left at the batch's own step rate."""
+    latest = next(
+        (e for e in reversed(events) if isinstance(e, (Status, Failed, ImageStarted, StepDone))), None
+    )
+    image = next((e for e in reversed(events) if isinstance(e, ImageStarted)), None)
+    if latest is None:
+        return "Starting…"
+    if isinstance(latest, (Status, Failed)) or image is None:
+        return getattr(latest, "message", "Generating…")
+    step = latest.global_step - (image.index - 1) * image.steps if isinstance(latest, StepDone) else 0
+    line = f"Image {image.index} of {image.count}, step {max(step, 0)}/{image.steps}"
+    if isinstance(latest, StepDone) and latest.global_step < latest.total_steps:
+        line += f" · about {duration(latest.eta_s)} left"
+    return line
 
 
 def result_items(studio: Studio, job: Job | None) -> list[tuple[str, str]]:

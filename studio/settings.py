@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -25,15 +27,91 @@ def describe_base(source: str) -> str:
     return f"Hugging Face model id: {source} (downloaded on first use)."
 
 
-def assets_table() -> list[list[str]]:
+FALLBACK_LABELS = {
+    "detector": "Haar cascades",
+    "parser": "an ellipse around the landmarks",
+    "recogniser": "no identity scores",
+}
+"""What each face part falls back to (`engine.faces.FaceKit.fallbacks`)."""
+
+
+@dataclass(frozen=True)
+class ModelsInUse:
+    """Which models are real, demo stand-ins or fallbacks: what the header and the model list both say."""
+
+    standins: bool
+    """The asset folder is the demo kit's: every model in it has random weights in the real format."""
+    fallbacks: dict[str, str]
+    """Face part running on its approximate fallback -> the asset it stands in for."""
+    kit_loaded: bool
+    """Whether the face models are loaded (the fallbacks are known only then)."""
+
+    def state(self, name: str, present: bool) -> str:
+        """The model list's state of asset ``name``."""
+        state = "not downloaded"
+        if present:
+            state = "demo stand-in (random weights)" if self.standins else "✓ installed"
+        parts = [part for part, asset in self.fallbacks.items() if asset == name]
+        if parts:
+            state += f" · approximate fallback in use for the {and_join(parts)}"
+        return state
+
+    def face_line(self) -> str:
+        """The header's words on the models: stand-ins, then the face parts on their fallback."""
+        words = []
+        if self.standins:
+            words.append("demo stand-ins (random weights) for every model")
+        if self.fallbacks:
+            parts = list(self.fallbacks)
+            how = "; ".join(FALLBACK_LABELS[part] for part in parts)
+            words.append(f"face {and_join(parts)}: approximate fallback ({how})")
+            if not self.standins:
+                words[-1] += (
+                    f" standing in for {and_join(sorted(set(self.fallbacks.values())))}; see Settings"
+                )
+        if not self.kit_loaded:
+            words.append("face models load on first use")
+        elif not words:
+            words.append("face models ready")
+        return " · ".join(words)
+
+
+def models_in_use(studio: Studio) -> ModelsInUse:
+    """The one account of which models are real, stand-ins or fallbacks (the demo marker, the kit's fallbacks)."""
+    from engine.assets import assets_dir
+    from engine.faces import COMMERCIAL_DETECTOR, FACE_PACK, PARSER_ASSET, RECOGNISER_ASSETS, STANDIN_MARKER
+
+    kit = studio.face_kit_loaded()
+    commercial = studio.settings.commercial
+    holders = {
+        "detector": COMMERCIAL_DETECTOR if commercial else FACE_PACK,
+        "parser": PARSER_ASSET,
+        "recogniser": RECOGNISER_ASSETS["sface" if commercial else "arcface"],
+    }
+    return ModelsInUse(
+        standins=(assets_dir() / STANDIN_MARKER).is_file(),
+        fallbacks={part: holders[part] for part in kit.fallbacks} if kit is not None else {},
+        kit_loaded=kit is not None,
+    )
+
+
+def and_join(words: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def assets_table(studio: Studio) -> list[list[str]]:
+    """The model list: each asset's state as `models_in_use` tells it, size and licence."""
     from engine.assets import list_assets
 
+    models = models_in_use(studio)
     rows = []
     for status in list_assets():
         size = f"{status.size / 2**20:.0f} MB" if status.size else "?"
-        state = "✓ installed" if status.present else "not downloaded"
         licence = ("" if status.commercial_ok else "non-commercial · ") + status.licence
-        rows.append([status.name, status.description, state, size, licence])
+        rows.append(
+            [status.name, status.description, models.state(status.name, status.present), size, licence]
+        )
     return rows
 
 
@@ -62,10 +140,10 @@ def on_download(studio: Studio, name: str | None, progress=gr.Progress()):  # no
         path = asset_path(name, progress=report, commercial=studio.settings.commercial)
     except AssetError as error:
         raise gr.Error(str(error)) from error
-    return f"✓ {name} is installed at `{path}`.", assets_table()
+    return f"✓ {name} is installed at `{path}`.", assets_table(studio)
 
 
-def on_import(name: str | None, file: str | None):
+def on_import(studio: Studio, name: str | None, file: str | None):
     """Install a model file the user downloaded themselves."""
     from engine.assets import AssetError, import_asset
 
@@ -75,7 +153,7 @@ def on_import(name: str | None, file: str | None):
         path = import_asset(name, file)
     except AssetError as error:
         raise gr.Error(str(error)) from error
-    return f"✓ {name} imported to `{path}`.", assets_table()
+    return f"✓ {name} imported to `{path}`.", assets_table(studio)
 
 
 def build(studio: Studio) -> None:
@@ -104,14 +182,14 @@ def build(studio: Studio) -> None:
 
     gr.Markdown("### Models")
     table = gr.Dataframe(
-        assets_table,
+        functools.partial(assets_table, studio),
         headers=["name", "what", "state", "size", "licence"],
         interactive=False,
         wrap=True,
         elem_id="models-table",
     )
     with gr.Row():
-        asset = gr.Dropdown([row[0] for row in assets_table()], label="Model", scale=2)
+        asset = gr.Dropdown([row[0] for row in assets_table(studio)], label="Model", scale=2)
         download = gr.Button("Download", scale=1)
     with gr.Accordion("Import a file you downloaded yourself", open=False):
         upload = gr.File(label="The model file (the .zip for insightface packs)", file_count="single")
@@ -127,4 +205,4 @@ def build(studio: Studio) -> None:
     base.change(describe_base, base, base_info, show_progress="hidden")
     save.click(bind(on_save, studio), [base, pickle, commercial], base_info)
     download.click(bind(on_download, studio), asset, [download_state, table])
-    import_button.click(on_import, [asset, upload], [download_state, table])
+    import_button.click(bind(on_import, studio), [asset, upload], [download_state, table])

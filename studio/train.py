@@ -11,6 +11,8 @@ import contextlib
 import copy
 import functools
 import html
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -43,6 +45,8 @@ from studio.state import Studio, bind
 if TYPE_CHECKING:
     from engine.store import Project
 
+logger = logging.getLogger(__name__)
+
 PRESET_HELP = {
     "released": "the settings of the authors' released code; the best results.",
     "paper": "the values stated in the paper (gradient accumulation 4, so slower).",
@@ -61,6 +65,9 @@ ADVANCED = (
     "identity_decoder",
 )
 """Settings shown under "Advanced" (a menu for a setting with choices); the rest keep the preset's values."""
+IDENTITY_SPAN = 0.2
+"""The identity axis spans at least this much: the scores of successive previews vary by a few
+thousandths, which on an axis fitted to them looks like a trend."""
 IDENTITY_TITLE = "Identity (ArcFace similarity of the previews to the selfies)"
 ATTENTION_TITLE = "Token attention (mean, on the layers Attention Refocusing reads)"
 MAX_PLOT_POINTS = 600
@@ -173,14 +180,20 @@ def fold(events: list[Any]) -> TrainingView:
 
 
 def refined(view: TrainingView, job: Job | None) -> TrainingView:
-    """The view with the pre-flight estimate of the job's run corrected by its steps so far."""
+    """The view with the pre-flight estimate of the job's run corrected by its steps so far.
+
+    The time left comes from the measured wall rate of the recent steps, previews and checkpoints
+    included, the warm-up step left out (`engine.preflight.wall_step_seconds`).
+    """
     found = job.estimate if job is not None else None
     if found is None or view.state != "running":
         return view
     first = found.steps[0]
     done = (view.step, 0) if view.phase == 1 else (first, max(view.step - first, 0))
     better = preflight.refine(found, view.step_seconds, peak_bytes=preflight.measured_peak(), done=done)
-    view.eta_s = better.remaining_s if better.remaining_s is not None else view.eta_s
+    wall = preflight.wall_step_seconds(view.step_seconds.get(view.phase, ()))
+    left = preflight.remaining_seconds(better, wall, view.phase)
+    view.eta_s = left if left is not None else view.eta_s
     view.warnings = [*better.warnings, *view.warnings]
     return view
 
@@ -244,6 +257,23 @@ def identity_frame(view: TrainingView) -> pd.DataFrame | None:
     return pd.DataFrame(view.identity, columns=["step", "identity"])
 
 
+def identity_range(scores: list[float]) -> list[float]:
+    """The identity axis: the scores' range widened to at least `IDENTITY_SPAN`, inside the cosine's -1 to 1."""
+    low, high = math.floor(min(scores) * 100) / 100, math.ceil(max(scores) * 100) / 100
+    if high - low < IDENTITY_SPAN:
+        middle = (low + high) / 2
+        low, high = middle - IDENTITY_SPAN / 2, middle + IDENTITY_SPAN / 2
+        shift = max(-1.0 - low, 0.0) - max(high - 1.0, 0.0)
+        low, high = low + shift, high + shift
+    return [round(low, 2), round(high, 2)]
+
+
+def identity_chart(view: TrainingView) -> gr.LinePlot:
+    """The identity curve with its axis (`identity_range`), so that noise between previews looks flat."""
+    frame = identity_frame(view)
+    return gr.LinePlot(frame, y_lim=None if frame is None else identity_range(frame["identity"].tolist()))
+
+
 def attention_frame(view: TrainingView) -> pd.DataFrame | None:
     """Each token's mean attention per report (step, token, attention); None before the first (see `loss_frame`)."""
     if not view.attention_levels:
@@ -252,11 +282,16 @@ def attention_frame(view: TrainingView) -> pd.DataFrame | None:
 
 
 def estimate_text(config: TrainingConfig) -> str:
-    """The pre-flight estimate of ``config`` on this machine, as Markdown."""
+    """The pre-flight estimate of ``config`` on this machine, as Markdown: the steps the run will do."""
     try:
         found = preflight.estimate(config)
-    except preflight.PreflightError as error:
-        return f"Pre-flight estimate unavailable: {error}"
+    except preflight.PreflightError as error:  # how to rebuild the table is for the maintainers' log
+        logger.warning("Pre-flight estimate unavailable: %s", error)
+        steps = config.phase1_steps + config.phase2_steps
+        return (
+            f"**Pre-flight estimate:** {steps:,} steps; no measured figures are installed, so the time "
+            "and memory come from the first steps of the run."
+        )
     return "**Pre-flight estimate:** " + preflight.summary(found).replace("\n", "\n\n")
 
 
@@ -354,9 +389,14 @@ def latest_view(studio: Studio, name: str | None) -> tuple[TrainingView, Job | N
 # -- starting jobs -------------------------------------------------------------------------
 
 
-def preset_help(name: str) -> str:
-    values = preset(name)
-    return f"**{name}**: {PRESET_HELP.get(name, '')} {values.phase1_steps + values.phase2_steps:,} steps."
+def preset_help(studio: Studio, name: str) -> str:
+    """What the preset is for and the steps a run of it does here (demo mode shortens them)."""
+    values = start_values(studio, name)
+    where = " in demo mode" if studio.demo is not None else ""
+    return (
+        f"**{name}**: {PRESET_HELP.get(name, '')} {values.phase1_steps + values.phase2_steps:,} steps "
+        f"({values.phase1_steps:,} + {values.phase2_steps:,}){where}."
+    )
 
 
 def start_values(studio: Studio, preset_name: str) -> TrainingConfig:
@@ -495,7 +535,7 @@ def refresh(studio: Studio, name: str | None, last: Any, force: bool = False) ->
         ready=status,
         progress=progress_html(view, job),
         plot=loss_frame(view),
-        identity_plot=identity_frame(view),
+        identity_plot=identity_chart(view),
         attention_plot=attention_frame(view),
         previews=view.previews,
         attention=view.attention,
@@ -563,7 +603,7 @@ def on_use(studio: Studio, name: str | None, best: bool) -> LiveView:
 def on_preset(studio: Studio, name: str) -> list[Any]:
     """The preset's help, then the values the Advanced fields start from."""
     values = start_values(studio, name)
-    return [preset_help(name)] + [getattr(values, key) for key in ADVANCED]
+    return [preset_help(studio, name)] + [getattr(values, key) for key in ADVANCED]
 
 
 def on_estimate(studio: Studio, preset_name: str, profile_name: str, *values: Any) -> str:
@@ -586,7 +626,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     with gr.Row():
         with gr.Column(scale=2):
             preset_choice = gr.Radio(list(PRESETS), value=default_preset, label="Preset")
-            help_text = gr.Markdown(preset_help(default_preset))
+            help_text = gr.Markdown(preset_help(studio, default_preset))
         with gr.Column(scale=1):
             profile = gr.Dropdown(
                 list(PROFILE_NAMES),

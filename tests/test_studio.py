@@ -520,10 +520,9 @@ def test_the_training_view_shows_the_identity_curve_and_chooses_the_best_checkpo
 
     shown = on_use(studio, "anna", best=True)
     assert calls == [("run-1", 6)]
-    frame = shown.identity_plot
-    assert frame["step"].tolist() == [3, 6, 12] and frame["identity"].tolist() == pytest.approx(
-        [0.2, 0.6, 0.4]
-    )
+    points = shown.identity_plot.value["data"]
+    assert [step for step, _ in points] == [3, 6, 12]
+    assert [score for _, score in points] == pytest.approx([0.2, 0.6, 0.4])
     assert "step 6, identity 0.600" in shown.best_text
     assert "uses **the checkpoint of step 6**" in shown.best_text
     assert shown.best_images.visible

@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.generate.settings import GenerationError
 from engine.model_cache import ModelCache
+from engine.outputs import model_name
 
 if TYPE_CHECKING:
     from engine.artefact import Artefact
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 ADAPTER = "magicapture"
 """Adapter name of the project LoRA inside diffusers/peft."""
 LORA_COMPONENTS = ["unet", "text_encoder"]
+_INSTALLING = "Loading the trained weights into the base model…"
 
 
 @dataclass
@@ -133,13 +135,16 @@ def _uninstall(base: BaseModel, installed: _Installed) -> None:
             table[index] = row
 
 
-def _kept(source: str) -> _Kept:
-    """The kept base model loaded from ``source`` (loaded on first use); call with ``_BASES.lock`` held."""
+def _kept(source: str, on_status: Callable[[str], None] | None = None) -> _Kept:
+    """The kept base model loaded from ``source`` (loaded on first use, said to ``on_status``); call
+    with ``_BASES.lock`` held."""
     from engine.devices import pick_device, pick_dtype
     from engine.models import load_base
 
     device = pick_device()
     key = (str(source), str(device), str(pick_dtype(device)))
+    if on_status is not None and _BASES.peek(key) is None:
+        on_status(f"Loading the base model {model_name(source)}…")
     return _BASES.get(key, lambda: _Kept(load_base(source)))
 
 
@@ -169,13 +174,18 @@ def fuse(pipe: Any, installed: _Installed, unet_scale: float, text_scale: float)
 
 
 @contextlib.contextmanager
-def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[tuple[BaseModel, _Installed]]:
+def loaded(
+    artefact: Artefact, base: BaseModel | None = None, on_status: Callable[[str], None] | None = None
+) -> Iterator[tuple[BaseModel, _Installed]]:
     """The base model with ``artefact`` loaded, as a `BaseModel` view whose tokenizer knows the tokens.
 
     Without ``base``, the artefact's own base model is loaded and kept for later calls; a given
-    ``base`` is changed only while the context is open.
+    ``base`` is changed only while the context is open. ``on_status`` hears of each slow stage
+    (loading the base model, loading the trained weights into it) as it starts.
     """
+    say = on_status or (lambda message: None)
     if base is not None:
+        say(_INSTALLING)
         view, installed = install(base, artefact)
         try:
             yield view, installed
@@ -189,9 +199,10 @@ def loaded(artefact: Artefact, base: BaseModel | None = None) -> Iterator[tuple[
         )
     key = _artefact_key(Path(artefact.path))
     with _BASES.lock:
-        kept = _kept(str(source))
+        kept = _kept(str(source), say)
         if kept.artefact != key:
             kept.release_artefact()
+            say(_INSTALLING)
             kept.view, kept.installed = install(kept.base, artefact)
             kept.artefact = key
         yield kept.view, kept.installed

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.events import Event, Finished, PhaseStarted, Status, StepDone
+from engine.events import Event, Finished, ImageStarted, PhaseStarted, Status, StepDone
 from engine.export import export_names
 from engine.generate.loading import fuse, loaded
 from engine.generate.prompts import compose_prompt, fit_prompt
@@ -76,8 +76,9 @@ def generate(
 
     ``base`` defaults to the base model recorded in the artefact (loaded once and kept); ``face_kit``
     (for identity scores) to `engine.identity.shared_face_kit` (``commercial`` picks the commercially usable models).
-    Progress comes as `PhaseStarted` and `StepDone` events (phase 0: the whole batch, one step per
-    denoising step); when ``cancel`` is set the batch stops and the images finished so far are returned.
+    Progress comes as `Status` events while loading, then `PhaseStarted` and `StepDone` events (phase
+    0: the whole batch, one step per denoising step) with an `ImageStarted` before each image's steps;
+    when ``cancel`` is set the batch stops and the images finished so far are returned.
     """
     from engine.artefact import load_artefact
     from engine.models import make_pipeline
@@ -88,12 +89,14 @@ def generate(
     path, run_id = resolve_artefact(project, run)
     artefact = load_artefact(path)
     tokens = artefact.placeholder_tokens()
-    face_kit = face_kit or shared_face_kit(commercial)
+    if face_kit is None:
+        emit(Status(message="Loading the face models…"))
+        face_kit = shared_face_kit(commercial)
+    emit(Status(message="Reading the selfies' identity…"))
     reference = source_embedding(project, face_kit)
-    source = base.source if base is not None else str(artefact.metadata.get("base_model"))
-    emit(Status(message=f"Loading {model_name(source)} with run {run_id or path.name}…"))
     records: list[OutputRecord] = []
-    with loaded(artefact, base) as (model, installed):
+    with loaded(artefact, base, lambda message: emit(Status(message=message))) as (model, installed):
+        emit(Status(message=f"Preparing the sampler with run {run_id or path.name}…"))
         pipe = make_pipeline(model, settings.sampler)
         pipe.set_progress_bar_config(disable=True)
         fuse(pipe, installed, settings.unet_lora_scale, settings.text_lora_scale)
@@ -108,6 +111,7 @@ def generate(
         sampling = time.monotonic()
         for index in range(settings.count):
             seed = settings.seed + index
+            emit(ImageStarted(index=index + 1, count=settings.count, steps=settings.steps, seed=seed))
 
             def progress(step: int, index: int = index) -> None:
                 done = index * settings.steps + step

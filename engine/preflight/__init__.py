@@ -11,8 +11,9 @@ a device or profile without a row gets its figures from the first steps.
 
 `estimate` turns a `TrainingConfig` and a `DeviceInfo` into an `Estimate` with warnings (will not
 fit, near full on a GPU that spills into shared system memory) and a suggested profile; `refine`
-corrects it with the step times and peak measured during the run, and `step_time_jump` spots the
-sudden slowdown of a spill.
+corrects it with the step times and peak measured during the run, `remaining_seconds` turns it into
+the time left at the measured wall rate (`wall_step_seconds`: previews and checkpoints included),
+and `step_time_jump` spots the sudden slowdown of a spill.
 
 One module a job: `table` (the figures table and its building), `device` (the device and the model
 size), `forecast` (the estimate before the run), `running` (during the run), `report` (the estimate in words),
@@ -23,7 +24,15 @@ from engine.preflight.device import DeviceInfo, auto_profile, detect_device, mod
 from engine.preflight.forecast import CUDA_OVERHEAD_BYTES, NEAR_FULL, Estimate, estimate
 from engine.preflight.licences import assets_in_use
 from engine.preflight.report import duration, gb, summary
-from engine.preflight.running import jump_warning, measured_peak, refine, step_seconds, step_time_jump
+from engine.preflight.running import (
+    jump_warning,
+    measured_peak,
+    refine,
+    remaining_seconds,
+    step_seconds,
+    step_time_jump,
+    wall_step_seconds,
+)
 from engine.preflight.table import (
     GB,
     TABLE_FILE,
@@ -55,9 +64,11 @@ __all__ = [
     "measured_peak",
     "model_size",
     "refine",
+    "remaining_seconds",
     "rows_from_results",
     "spill_possible",
     "step_seconds",
     "step_time_jump",
     "summary",
+    "wall_step_seconds",
 ]

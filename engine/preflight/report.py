@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from engine.preflight.table import GB
@@ -46,6 +47,12 @@ def summary(found: Estimate) -> str:
         if seconds is not None and steps
     ]  # fmt: skip
     detail = f" ({', '.join(per_step)})" if per_step else ""
-    basis = "Corrected by the steps so far." if found.refined else found.basis
+    basis = "Corrected by the steps so far." if found.refined else _without_commands(found.basis)
     lines = [f"{head}: {memory}; {time}{detail}. {basis}", *(f"⚠ {w}" for w in found.warnings)]
     return "\n".join(lines)
+
+
+def _without_commands(text: str) -> str:
+    """``text`` without the commands quoted in it: the table records how it was measured for its
+    maintainers; a user reads where the figures come from."""
+    return re.sub(r",?\s*`[^`]*`", "", text)

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 JUMP_FACTOR = 3.0
 JUMP_WINDOW = 5
+RATE_WINDOW = 100
+"""Steps the measured rate reads: one preview period of the presets, so that recurring previews and
+checkpoints weigh in it as they will in the steps left."""
 
 
 def step_seconds(events: Sequence[Event]) -> dict[int, list[float]]:
@@ -96,6 +99,39 @@ def _phase_ratio(table: list[Figures]) -> float:
         row.phase2_step_s / row.phase1_step_s for row in table if row.phase1_step_s and row.phase2_step_s
     ]
     return statistics.median(ratios) if ratios else 2.0
+
+
+def wall_step_seconds(seconds: Sequence[float], *, window: int = RATE_WINDOW) -> float | None:
+    """Wall seconds per step over one phase's last ``window`` steps, what happened between them included.
+
+    ``seconds`` are the phase's step times (`step_seconds`): each the time since the step before, so
+    previews and checkpoints count in the step after them. The phase's first step is left out: it
+    carries the warm-up (first passes, caches), which does not recur. None until a second step.
+    """
+    steady = list(seconds[1:])[-window:]
+    return sum(steady) / len(steady) if steady else None
+
+
+def remaining_seconds(found: Estimate, wall_step_s: float | None, phase: int) -> float | None:
+    """Seconds left of a refined estimate (`refine`), the current phase at the measured wall rate.
+
+    ``wall_step_s`` is the current ``phase``'s `wall_step_seconds`; later phases take their step time
+    plus the overhead per step measured now (previews and checkpoints beyond the step itself).
+    Without a measured rate, the estimate's own `Estimate.remaining_s`.
+    """
+    if wall_step_s is None or phase not in (1, 2):
+        return found.remaining_s
+    times = (found.phase1_step_s, found.phase2_step_s)
+    step_s = times[phase - 1]
+    overhead = max(wall_step_s - step_s, 0.0) if step_s is not None else 0.0
+    left = [max(total - done, 0) for total, done in zip(found.steps, found.done, strict=True)]
+    seconds = left[phase - 1] * wall_step_s
+    for later in range(phase, 2):
+        if left[later]:
+            if times[later] is None:
+                return None
+            seconds += left[later] * (times[later] + overhead)
+    return seconds
 
 
 def step_time_jump(
