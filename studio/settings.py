@@ -115,6 +115,12 @@ def assets_table(studio: Studio) -> list[list[str]]:
     return rows
 
 
+def on_models(studio: Studio, shown: list[list[str]] | None):
+    """The model list again once what it says has changed (the face models loaded, commercial use switched)."""
+    rows = assets_table(studio)
+    return (gr.skip(), shown) if rows == shown else (rows, rows)
+
+
 def on_save(studio: Studio, source: str, allow_pickle: bool, commercial_use: bool):
     """Save the base model and licence choices."""
     source = source.strip()
@@ -202,6 +208,8 @@ def build(studio: Studio) -> None:
         "`--data-dir FOLDER` (or set `MAGICAPTURE_HOME`)."
     )
 
+    shown = gr.State(None)
+    gr.Timer(3.0).tick(bind(on_models, studio), shown, [table, shown], show_progress="hidden", queue=False)
     base.change(describe_base, base, base_info, show_progress="hidden")
     save.click(bind(on_save, studio), [base, pickle, commercial], base_info)
     download.click(bind(on_download, studio), asset, [download_state, table])

@@ -191,10 +191,19 @@ def test_the_estimate_never_shows_a_command_even_without_figures(tmp_path, monke
 
 def test_header_and_settings_say_the_same_of_the_demo_stand_ins(demo_studio):
     """Before: the header said "fallback face detector (approximate)", Settings "✓ installed" for all."""
-    from studio.app import header_html
-    from studio.settings import assets_table
+    import gradio as gr
 
+    from engine.identity import _FACE_KITS
+    from studio.app import header_html
+    from studio.settings import assets_table, on_models
+
+    _FACE_KITS.clear()
+    before, shown = on_models(demo_studio, None)
+    assert "fallback" not in str(before) and "face models load on first use" in header_html(demo_studio)
     demo_studio.face_kit()
+    after, shown = on_models(demo_studio, shown)
+    assert after != before, "the open model list follows the face models once they load"
+    assert on_models(demo_studio, shown)[0] == gr.skip()
     header = header_html(demo_studio)
     rows = {row[0]: row[2] for row in assets_table(demo_studio)}
     assert all("demo stand-in" in state for state in rows.values()), rows
