@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 OUTPUTS = "outputs"
 """Folder of the images inside a project, and the manifest key of their records."""
+PROMPT_KEY, NEGATIVE_KEY = "MagiCapture prompt", "MagiCapture negative prompt"
+"""Pairs of the ``parameters`` text holding the prompts with their placeholder tokens, when the
+text's own prompts carry the exported words instead."""
 SAMPLER_LABELS = {"euler_a": "Euler a", "dpmpp_2m_karras": "DPM++ 2M Karras", "ddim": "DDIM"}
 """AUTOMATIC1111's names of the samplers, for the ``parameters`` text."""
 
@@ -139,6 +142,8 @@ def format_parameters(
         "Lora text encoder scale": params["text_lora_scale"],
         **(extras or {}),
     }
+    if names is not None:  # the prompts as MagiCapture reads them back (`magicapture projects repair`)
+        pairs |= {PROMPT_KEY: params["prompt"], NEGATIVE_KEY: params["negative_prompt"]}
     lines = [prompt]
     if negative:
         lines.append(f"Negative prompt: {negative}")

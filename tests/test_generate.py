@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -55,7 +56,9 @@ def test_each_image_carries_its_parameters_in_the_png_and_the_manifest(project, 
         "a photo of a alice-sks person in the style of alice-style1, wearing a suit <lora:alice-lora:0.9:0.6>\n"
         f"Negative prompt: {gen.DEFAULT_NEGATIVE_PROMPT}\n"
         "Steps: 2, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 3, Size: 64x64, Model: sd, "
-        "Lora UNet scale: 0.6, Lora text encoder scale: 0.9, MagiCapture run: run-1"
+        "Lora UNet scale: 0.6, Lora text encoder scale: 0.9, MagiCapture run: run-1, "
+        'MagiCapture prompt: "a photo of a <sks> person in the style of <style1>, wearing a suit", '
+        f"MagiCapture negative prompt: {json.dumps(gen.DEFAULT_NEGATIVE_PROMPT)}"
     )
     entry = project.manifest()["outputs"][-1]
     assert entry["id"] == record.id and entry["file"] == f"outputs/{record.id}.png"

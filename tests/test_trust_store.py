@@ -326,6 +326,8 @@ def test_the_studio_views_work_on_a_damaged_manifest_and_show_the_notice(tmp_pat
 
 
 def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_kit):
+    from engine.artefact import load_artefact
+    from engine.export import export_names
     from engine.intake import Accepted, add_photo
     from engine.models import load_base
     from engine.outputs import OutputRecord, add_output, format_parameters
@@ -356,7 +358,10 @@ def test_repair_rebuilds_the_manifest_from_the_files_on_disk(tiny_sd, fallback_k
         id=output_id, file=f"outputs/{output_id}.png", seed=7, params=params, run=run, identity=0.5,
         created="2026-01-01T12:00:00+00:00",
     )  # fmt: skip
-    add_output(project, astronaut()[:64, :64], record, format_parameters(params, {"MagiCapture run": run}))
+    names = export_names(project, load_artefact(artefact))  # as generation writes it: the exported words
+    text = format_parameters(params, {"MagiCapture run": run}, names)
+    assert "<sks>" not in text.splitlines()[0]
+    add_output(project, astronaut()[:64, :64], record, text)
     before = project.manifest()
     (project.root / MANIFEST).write_bytes(b"\xff" + (project.root / MANIFEST).read_bytes()[:50])
     (project.root / PREVIOUS).write_bytes(b"")

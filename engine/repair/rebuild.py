@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from engine.outputs import SAMPLER_LABELS, OutputRecord
+from engine.outputs import NEGATIVE_KEY, PROMPT_KEY, SAMPLER_LABELS, OutputRecord
 from engine.photos import PhotoRecord
 from engine.runs import RUNS, RunRecord
 from engine.store import Project, file_sha256
@@ -27,6 +27,8 @@ _PARAMETERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Model": ("model", str),
     "Lora UNet scale": ("unet_lora_scale", float),
     "Lora text encoder scale": ("text_lora_scale", float),
+    PROMPT_KEY: ("prompt", str),
+    NEGATIVE_KEY: ("negative_prompt", str),
 }
 
 
