@@ -112,15 +112,7 @@ def generate(
         for index in range(settings.count):
             seed = settings.seed + index
             emit(ImageStarted(index=index + 1, count=settings.count, steps=settings.steps, seed=seed))
-
-            def progress(step: int, index: int = index) -> None:
-                done = index * settings.steps + step
-                elapsed = max(time.monotonic() - sampling, 1e-9)
-                emit(StepDone(
-                    phase=0, step=done, phase_steps=total, global_step=done, total_steps=total,
-                    losses={}, lr=0.0, it_per_s=done / elapsed, eta_s=elapsed / done * (total - done),
-                ))  # fmt: skip
-
+            progress = _batch_progress(emit, sampling, index * settings.steps, total)
             image = sample_image(pipe, prompt, sampled, seed, progress, cancel)
             if image is None:
                 emit(Status(message=f"Cancelled after {len(records)} of {settings.count} images."))
@@ -142,6 +134,22 @@ def generate(
             records.append(add_output(project, image, record, parameters))
     emit(Finished(artefact=str(path), seconds=round(time.monotonic() - started, 2)))
     return records
+
+
+def _batch_progress(
+    emit: Callable[[Event], None], started: float, before: int, total: int
+) -> Callable[[int], None]:
+    """A sampler callback emitting `StepDone` over the whole batch (``before`` steps done by earlier images)."""
+
+    def progress(step: int) -> None:
+        done = before + step
+        elapsed = max(time.monotonic() - started, 1e-9)
+        emit(StepDone(
+            phase=0, step=done, phase_steps=total, global_step=done, total_steps=total,
+            losses={}, lr=0.0, it_per_s=done / elapsed, eta_s=elapsed / done * (total - done),
+        ))  # fmt: skip
+
+    return progress
 
 
 def _relative(project: Project, path: Path) -> str:
