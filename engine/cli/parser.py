@@ -6,6 +6,7 @@ import argparse
 from typing import NoReturn
 
 import engine.cli.commands as commands
+from engine.cli.demo_project import cmd_demo_project
 
 DESCRIPTION = "The ``magicapture`` command: the studio's work, headless."
 EXIT_USER_ERROR = 2
@@ -107,4 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-models", help="build the tiny offline model kit")
     p.add_argument("folder")
     p.set_defaults(handler=commands.cmd_demo_models)
+
+    p = sub.add_parser(
+        "demo-project", help="a project of sample selfies and style references, for the tiny demo models"
+    )
+    p.add_argument("project")
+    p.add_argument("--kit", help="the tiny model kit's folder (default: built once in the user cache)")
+    p.set_defaults(handler=cmd_demo_project)
     return parser
