@@ -6,9 +6,10 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch and torchvision first, as a matching pair (see README: GPU users pick their CUDA build here).
-python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q -e ".[test]"
+# Exactly the versions in constraints.txt (see README: refreshing them). torch and torchvision first,
+# as a matching pair (see README: GPU users pick their CUDA build here).
+python -m pip install -q -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
+python -m pip install -q -c constraints.txt -e ".[test]"
 # The browser tests drive Debian's Chromium.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
