@@ -72,23 +72,32 @@ class Refusal:
 
 
 class RefusalLog:
-    """The latest refused uploads per project, kept in the server so a reload still shows them."""
+    """The latest refused uploads per project and role, kept in the server so a reload still shows
+    them, until the user dismisses a role's list."""
 
     def __init__(self) -> None:
-        self._items: dict[str, deque[Refusal]] = defaultdict(lambda: deque(maxlen=REFUSALS_KEPT))
+        self._items: dict[tuple[str, str], deque[Refusal]] = defaultdict(lambda: deque(maxlen=REFUSALS_KEPT))
         self._lock = threading.Lock()
 
     def add(self, project: str, refusal: Refusal) -> None:
         with self._lock:
-            self._items[project].appendleft(refusal)
+            self._items[project, refusal.role].appendleft(refusal)
 
-    def get(self, project: str | None) -> list[Refusal]:
+    def get(self, project: str | None, role: str | None = None) -> list[Refusal]:
+        """Newest first, one role after the other (only ``role``'s when given)."""
         with self._lock:
-            return list(self._items.get(project or "", ()))
+            return [
+                item
+                for (name, kind), items in self._items.items()
+                if name == (project or "") and role in (None, kind)
+                for item in items
+            ]
 
-    def clear(self, project: str) -> None:
+    def clear(self, project: str, role: str | None = None) -> None:
+        """Forget the project's refusals (only ``role``'s when given)."""
         with self._lock:
-            self._items.pop(project, None)
+            for key in [key for key in self._items if key[0] == project and role in (None, key[1])]:
+                del self._items[key]
 
 
 def _apply_pickle_choice(choice: StudioSettings) -> None:
