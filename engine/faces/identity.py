@@ -9,6 +9,7 @@ a loss on its embedding sends gradients to the image.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -105,9 +106,13 @@ class ArcFaceScorer:
         from insightface.utils.face_align import norm_crop
 
         bgr = np.ascontiguousarray(image[:, :, ::-1])
-        aligned = norm_crop(
-            bgr, np.asarray(face.landmarks, dtype=np.float32), image_size=self.model.input_size[0]
-        )
+        with warnings.catch_warnings():
+            # norm_crop calls scikit-image's SimilarityTransform.estimate, deprecated since 0.26:
+            # a FutureWarning per face that the user can do nothing about.
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"insightface\.")
+            aligned = norm_crop(
+                bgr, np.asarray(face.landmarks, dtype=np.float32), image_size=self.model.input_size[0]
+            )
         return _normalised(self.model.get_feat(aligned)[0])
 
     def identity_model(self) -> IdentityModel:
