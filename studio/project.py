@@ -52,19 +52,35 @@ def on_create(studio: Studio, text: str):
     return gr.Dropdown(choices=studio.store.list(), value=project.name), ""
 
 
-def on_delete(studio: Studio, name: str | None, confirmed: bool):
-    """Delete the open project once confirmed, unless a job holds it."""
+def on_confirm_delete(studio: Studio, name: str | None, confirmed: bool):
+    """First step of a delete: empty the picker (its choices kept) and hold the name to delete.
+
+    Timers send the picker's value every second; an event still carrying the old name must find it
+    among the choices, so the choices lose it only in the second step, once the picker is empty.
+    """
+    if not name or not confirmed:
+        # a warning, not an error: an error would mark the outputs (the box) with a red "Error" badge
+        gr.Warning(
+            "Open the project to delete first."
+            if not name
+            else "Tick the box to confirm; deleting a project cannot be undone."
+        )
+        return gr.skip(), None
+    return gr.Dropdown(value=None), name
+
+
+def on_delete(studio: Studio, name: str | None):
+    """Second step: delete the held project, unless a job holds it; the picker offers what is left."""
     if not name:
-        raise gr.Error("Open the project to delete first.")
-    if not confirmed:
-        raise gr.Error("Tick the box to confirm; deleting a project cannot be undone.")
+        return gr.skip(), gr.skip(), None
     try:
         with studio.runner.hold(name, "deleted"):
             studio.store.delete(name)
     except (JobRefused, StoreError) as error:
-        raise gr.Error(str(error)) from error
+        gr.Warning(str(error))
+        return gr.Dropdown(value=name), gr.skip(), None
     gr.Info(f"Project {name} deleted.")
-    return gr.Dropdown(choices=studio.store.list(), value=None), False
+    return gr.Dropdown(choices=studio.store.list(), value=None), False, None
 
 
 def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
@@ -85,6 +101,9 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs) -> None:
 
     create.click(bind(on_create, studio), name, [current, name])
     name.submit(bind(on_create, studio), name, [current, name])
-    delete.click(bind(on_delete, studio), [current, confirm], [current, confirm])
+    pending = gr.State(None)
+    delete.click(bind(on_confirm_delete, studio), [current, confirm], [current, pending]).then(
+        bind(on_delete, studio), pending, [current, confirm, pending]
+    )
     current.change(lambda value: summary(studio, value), current, card, show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="photos"), None, tabs)
