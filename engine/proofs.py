@@ -3,12 +3,14 @@
 The gallery lives in the project manifest under ``"proof"``::
 
     {"token": ..., "password": {scrypt parameters, salt, hash}, "secret": ..., "outputs": [ids],
-     "published": time, "picks": {"favourites": [ids], "note": ..., "updated": time}}
+     "published": time, "numbers": {id: number}, "picks": {"favourites": [ids], "note": ..., "updated": time}}
 
 ``token`` names the link (``/proof/<token>/``), ``secret`` signs the client's session cookies (a new
-password gives a new secret, which ends every open session), and ``picks`` is what the client chose.
+password gives a new secret, which ends every open session), ``numbers`` gives each portrait ever
+shown its number ("portrait 2" for the client and the photographer alike: given once, never reused)
+and ``picks`` is what the client chose.
 Passwords are kept only as salted scrypt hashes. Unpublishing removes the token, password and
-secret, so the link stops working; the chosen outputs and the picks stay in the manifest.
+secret, so the link stops working; the chosen outputs, their numbers and the picks stay in the manifest.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hmac
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.outputs import get_output
@@ -52,6 +54,8 @@ class Gallery:
     note: str
     published: str
     picks_updated: str | None
+    numbers: dict[str, int] = field(default_factory=dict)
+    """Each shown portrait's number, as both the client and the photographer see it."""
 
 
 def hash_password(password: str) -> dict[str, Any]:
@@ -92,6 +96,7 @@ def _gallery(record: dict[str, Any] | None) -> Gallery | None:
         note=picks.get("note", ""),
         published=record.get("published", ""),
         picks_updated=picks.get("updated"),
+        numbers=dict(record.get("numbers") or {}),
     )
 
 
@@ -105,12 +110,26 @@ def picks(project: Project) -> dict[str, Any]:
     return dict((project.manifest().get(KEY) or {}).get("picks") or {})
 
 
+def numbers(project: Project) -> dict[str, int]:
+    """The number of every portrait ever shown in the project's gallery (kept after unpublishing)."""
+    return dict((project.manifest().get(KEY) or {}).get("numbers") or {})
+
+
+def _numbered(numbers: dict[str, int], output_ids: list[str]) -> dict[str, int]:
+    """``numbers`` with the next free numbers given to the outputs that have none, in order."""
+    numbered = dict(numbers)
+    for output in output_ids:
+        if output not in numbered:
+            numbered[output] = max(numbered.values(), default=0) + 1
+    return numbered
+
+
 def publish(project: Project, output_ids: list[str], password: str | None = None) -> Gallery:
     """Publish (or update) the project's proof gallery showing ``output_ids``, in that order.
 
     A first publication needs a ``password``; later calls keep the link, and keep the password
     unless a new one is given (which signs every client out). The client's picks stay, except
-    favourites of outputs no longer shown.
+    favourites of outputs no longer shown. Each portrait keeps the number it was first shown with.
     """
     chosen = list(dict.fromkeys(output_ids))
     if not chosen:
@@ -133,6 +152,7 @@ def publish(project: Project, output_ids: list[str], password: str | None = None
             record["password"] = hash_password(password)
             record["secret"] = secrets.token_hex(32)
         record["outputs"] = chosen
+        record["numbers"] = _numbered(record.get("numbers") or {}, chosen)
         record["published"] = now()
         kept = record.get("picks") or {}
         if kept.get("favourites"):
@@ -149,7 +169,7 @@ def unpublish(project: Project) -> None:
     def change(manifest: dict[str, Any]) -> None:
         record = manifest.get(KEY)
         if record:
-            manifest[KEY] = {key: record[key] for key in ("outputs", "picks") if key in record}
+            manifest[KEY] = {key: record[key] for key in ("outputs", "numbers", "picks") if key in record}
 
     project.update(change)
 

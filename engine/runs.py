@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,26 @@ def finished_runs(project: Project) -> list[RunRecord]:
 def latest_finished(project: Project) -> RunRecord | None:
     """The finished run updated last (the earlier in the manifest on a tie), or None."""
     return max(reversed(finished_runs(project)), key=lambda r: r.updated or r.started or "", default=None)
+
+
+def run_labels(project: Project) -> dict[str, str]:
+    """Each run's name as people say it: ``"Run 3 - 2 Dec 14:05 - fast"``.
+
+    The number is the run's place among the project's runs (oldest first), the time its start in
+    this computer's time zone, the last part its preset.
+    """
+    labels = {}
+    for number, record in enumerate(runs(project), start=1):
+        parts = [f"Run {number}"]
+        try:
+            started = datetime.fromisoformat(record.started or "").astimezone()
+            parts.append(f"{started.day} {started:%b %H:%M}")
+        except ValueError:
+            pass
+        if record.preset:
+            parts.append(record.preset)
+        labels[record.id] = " - ".join(parts)
+    return labels
 
 
 def resolve_artefact(project: Project, run: str | Path | None) -> tuple[Path, str | None]:

@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from studio import gallery, generate, photos, project, settings, train
 from studio.jobs import is_user_error, one_line
 from studio.proof import Throttle, page
+from studio.reach import served, start_lines
 from studio.state import Studio
 
 logger = logging.getLogger(__name__)
@@ -459,9 +460,12 @@ def launch(studio: Studio, options: LaunchOptions, *, block: bool = True) -> gr.
         theme=gr.themes.Soft(primary_hue="indigo"),
         css=CSS,
     )
+    studio.reach = served(
+        blocks.local_url, blocks.server_port, listen=options.listen, share_url=blocks.share_url
+    )
     print(f"MagiCapture Studio is running at {blocks.local_url}", flush=True)
-    if blocks.share_url:
-        print(f"Public link (login required): {blocks.share_url}", flush=True)
+    for line in start_lines(studio.reach):
+        print(line, flush=True)
     if block:
         try:
             blocks.block_thread()

@@ -106,14 +106,15 @@ def _login_page(name: str, message: str = "", status: int = 200) -> HTMLResponse
 def _gallery_page(project: Project, gallery: proofs.Gallery, saved: bool) -> HTMLResponse:
     name = project.manifest().get("name", project.name)
     cards = []
-    for number, output in enumerate(gallery.outputs, start=1):
+    for output in gallery.outputs:
+        number = gallery.numbers.get(output, "?")
         ident = html.escape(output, quote=True)
         checked = " checked" if output in gallery.favourites else ""
         cards.append(
             f"<figure><a href='image/{ident}' target='_blank' rel='noopener'>"
             f"<img src='image/{ident}' alt='Portrait {number}' loading='lazy'></a>"
             f"<label><input type='checkbox' name='favourite' value='{ident}'{checked}> "
-            f"♥ Favourite · portrait {number}</label></figure>"
+            f"<b>Portrait {number}</b> · ♥ Favourite</label></figure>"
         )
     banner = ""
     if saved:

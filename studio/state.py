@@ -28,6 +28,7 @@ from studio.jobs import JobRunner
 if TYPE_CHECKING:
     from engine.demo import DemoKit
     from engine.faces import FaceKit
+    from studio.reach import Reach
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class Studio:
         """The latest refused photos of each project, shown in the Photos tab."""
         self.device = "Looking for a GPU…"
         """One line on the device and memory profile (filled in by the warm-up thread: it imports torch)."""
+        self.reach: Reach | None = None
+        """Where clients can reach the studio (set by `studio.app.launch`): proof links are built from it."""
 
     @property
     def base_model(self) -> str:

@@ -3,10 +3,34 @@ one tile per portrait, readable details, run names, and the Project tab's delete
 
 from __future__ import annotations
 
+import dataclasses
+
 import gradio as gr
+import numpy as np
 import pytest
 
+from engine import proofs
 from engine.store import ProjectStore
+
+PASSWORD = "client-pass-1"
+
+
+def add_outputs(project, count: int, **fields) -> list[str]:
+    """``count`` outputs with distinct pixels, seeds and identities; ``fields`` override the record's."""
+    from engine.outputs import OutputRecord, add_output
+
+    ids = []
+    for index in range(count):
+        output_id = f"20261203-2312{index:02d}-{index}-abcdef"
+        record = OutputRecord(
+            id=output_id, file=f"outputs/{output_id}.png", seed=index, run="run-1", identity=0.5,
+            created=f"2026-12-03T23:12:{index:02d}+00:00", params={"prompt": "a photo of <sks> person"},
+        )  # fmt: skip
+        for key, value in fields.items():
+            setattr(record, key, value[index] if isinstance(value, list) else value)
+        add_output(project, np.full((48, 40, 3), 30 * index, np.uint8), record, "a photo, Steps: 50")
+        ids.append(output_id)
+    return ids
 
 
 @pytest.fixture
@@ -42,3 +66,189 @@ def test_delete_empties_the_picker_before_its_choices_lose_the_name(studio):
     assert picker.choices == [("Ben's wedding", "Ben's wedding")]
     assert picker.value is None and box is False and pending is None
     assert studio.store.list() == ["Ben's wedding"]
+
+
+# -- the proof link a client can open ---------------------------------------------------------
+
+
+def test_the_proof_link_uses_the_share_link_then_the_lan_then_says_it_is_local_only():
+    from studio.reach import LOCAL_ONLY, Reach, proof_link
+
+    local = "http://127.0.0.1:7860"
+    shared = proof_link("tok", Reach(local, lan=("http://192.168.1.20:7860",), share="https://abc.example"))
+    assert shared.url == "https://abc.example/proof/tok/" and "anywhere" in shared.note
+    lan = proof_link("tok", Reach(local, lan=("http://192.168.1.20:7860", "http://10.0.0.5:7860")))
+    assert lan.url == "http://192.168.1.20:7860/proof/tok/"
+    assert "same network" in lan.note and "http://10.0.0.5:7860/proof/tok/" in lan.note
+    alone = proof_link("tok", Reach(local))
+    assert alone.url == f"{local}/proof/tok/" and alone.note == LOCAL_ONLY
+    assert "only on this computer" in LOCAL_ONLY and "--listen" in LOCAL_ONLY and "--share" in LOCAL_ONLY
+    # a studio not started by launch: the browser's address, local-only when it is a loopback one
+    assert proof_link("tok", None, "http://localhost:7860").note == LOCAL_ONLY
+    assert proof_link("tok", None, "http://studio.lan:7860").url == "http://studio.lan:7860/proof/tok/"
+
+
+def test_listen_finds_the_lan_addresses_and_prints_them():
+    from studio.reach import lan_hosts, served, start_lines
+
+    hosts = lan_hosts(
+        ["127.0.0.1", "192.168.1.20", "169.254.3.3", "0.0.0.0", "192.168.1.20", "fe80::1", "10.0.0.5"]
+    )
+    assert hosts == ["192.168.1.20", "10.0.0.5"]
+    reach = served("http://127.0.0.1:7860/", 7860, listen=True, share_url=None, hosts=hosts)
+    assert (
+        reach.lan == ("http://192.168.1.20:7860", "http://10.0.0.5:7860")
+        and reach.local == "http://127.0.0.1:7860"
+    )
+    assert start_lines(reach) == [
+        "On your network: http://192.168.1.20:7860",
+        "On your network: http://10.0.0.5:7860",
+    ]
+    assert served("http://127.0.0.1:7860/", 7860, listen=False, share_url=None, hosts=hosts).lan == ()
+    assert all(isinstance(host, str) for host in lan_hosts())  # the machine's own, whatever they are
+
+
+def test_the_photographer_gets_the_link_built_from_the_studios_reach(studio):
+    from studio.gallery import proof_status
+    from studio.reach import Reach
+
+    project = studio.store.create("Anna Smith")
+    ids = add_outputs(project, 2)
+    gallery = proofs.publish(project, ids, PASSWORD)
+    studio.reach = Reach("http://127.0.0.1:7860", share="https://abc.example")
+    text = proof_status(project, "http://127.0.0.1:7860", studio)
+    assert f"https://abc.example/proof/{gallery.token}/" in text and "127.0.0.1" not in text
+    studio.reach = Reach("http://127.0.0.1:7860")
+    assert "only on this computer" in proof_status(project, "http://127.0.0.1:7860", studio)
+
+
+# -- portraits numbered once, on both sides ---------------------------------------------------
+
+
+def test_portraits_are_numbered_once_and_keep_their_number(studio):
+    project = studio.store.create("anna")
+    a, b, c, d = add_outputs(project, 4)
+    assert proofs.publish(project, [a, b, c], PASSWORD).numbers == {a: 1, b: 2, c: 3}
+    assert proofs.publish(project, [c, d]).numbers == {a: 1, b: 2, c: 3, d: 4}
+    proofs.unpublish(project)
+    assert proofs.numbers(project) == {a: 1, b: 2, c: 3, d: 4}
+    assert proofs.publish(project, [d, a], PASSWORD).numbers[a] == 1
+
+
+def test_the_client_and_the_photographer_say_the_same_number(studio):
+    from starlette.testclient import TestClient
+
+    from studio import proof
+    from studio.gallery import picked, proof_status, refresh
+
+    project = studio.store.create("anna")
+    a, b, c = add_outputs(project, 3)
+    proofs.publish(project, [a, b], PASSWORD)
+    gallery = proofs.publish(project, [b, c])  # c is the third portrait ever shown
+    client = TestClient(proof.ProofApp(studio.store))
+    client.post(f"/proof/{gallery.token}/login", data={"password": PASSWORD})
+    page = client.get(f"/proof/{gallery.token}/").text
+    assert f"value='{c}'> <b>Portrait 3</b>" in page and f"value='{b}'> <b>Portrait 2</b>" in page
+    proofs.record_picks(project, gallery.token, [c], "")
+    text = proof_status(project)
+    assert "1 favourite(s): portrait 3." in text and c not in text
+    assert [caption for _, caption in picked(project)] == ["Portrait 3"]
+    assert picked(project)[0][0] == str(project.path(f"outputs/{c}.png"))
+    captions = [caption for _, caption in refresh(studio, "anna")[1]]
+    assert any(caption.startswith("portrait 3 ·") and "client favourite" in caption for caption in captions)
+
+
+# -- one tile per portrait, sorted, in words ---------------------------------------------------
+
+
+def postprocessed(project, parent_id: str, identity: float, created: str) -> str:
+    """A post-processed version of ``parent_id``, recorded as `engine.postprocess` records one."""
+    from engine.outputs import add_output, get_output
+
+    parent = get_output(project, parent_id)
+    record = dataclasses.replace(
+        parent, id=f"{parent_id}-pp", file=f"outputs/{parent_id}-pp.png", identity=identity, created=created,
+        parent=parent.id, raw=parent.raw or parent.file,
+        params={**parent.params, "postprocess": {"restore": "codeformer", "fidelity": 0.7, "upscale": 2}},
+    )  # fmt: skip
+    add_output(project, np.full((96, 80, 3), 200, np.uint8), record, "a photo, Steps: 50")
+    return record.id
+
+
+def test_a_portrait_and_its_post_processed_copy_are_one_tile_with_two_versions(studio):
+    from studio.gallery import on_select, refresh
+
+    project = studio.store.create("anna")
+    first, second = add_outputs(project, 2, identity=[0.6, 0.7])
+    version = postprocessed(project, first, 0.9, "2026-12-04T08:00:00+00:00")
+    _, items, shown_ids, choices, *_ = refresh(studio, "anna")
+    assert shown_ids == [first, second]  # one tile each; the restored copy (0.9) puts the first ahead
+    assert items[0][0] == str(project.path(f"outputs/{version}.png")) and "2 versions" in items[0][1]
+    assert [value for _, value in choices.choices] == [version, second]
+    versions, compare, text, download = on_select(
+        studio, "anna", shown_ids, gr.SelectData(None, {"index": 0, "value": None})
+    )
+    assert [label for label, _ in versions.choices] == [
+        "Original",
+        "Version 2: restored (codeformer), upscaled x2",
+    ]
+    assert versions.value == version and download == str(project.path(f"outputs/{version}.png"))
+    assert [side["orig_name"] for side in compare.value] == [f"{first}.png", f"{version}.png"]
+
+
+def test_the_gallery_sorts_by_identity_newest_or_seed(studio):
+    from studio.gallery import refresh
+
+    project = studio.store.create("anna")
+    ids = add_outputs(project, 3, identity=[0.5, 0.9, None], seed=[30, 10, 20])
+    assert refresh(studio, "anna", "identity")[2] == [ids[1], ids[0], ids[2]]
+    assert refresh(studio, "anna", "newest")[2] == [ids[2], ids[1], ids[0]]
+    assert refresh(studio, "anna", "seed")[2] == [ids[1], ids[2], ids[0]]
+    postprocessed(project, ids[0], 0.4, "2026-12-04T08:00:00+00:00")
+    assert refresh(studio, "anna", "newest")[2][0] == ids[0]
+
+
+def test_details_are_words_with_the_run_named_and_no_paths(studio):
+    from engine.runs import run_labels, update_run
+    from studio.gallery import on_select
+
+    project = studio.store.create("anna")
+    update_run(project, "20261202-130000-aa", preset="paper")
+    update_run(project, "run-1", preset="fast", status="finished")
+    project.update(lambda m: m["trainings"][1].update(started="2026-12-02T14:05:00+00:00"))
+    params = {
+        "prompt": "a photo of <sks> person", "negative_prompt": "blurry", "sampler": "euler_a", "steps": 30,
+        "guidance_scale": 7.5, "unet_lora_scale": 0.9, "text_lora_scale": 0.6, "width": 512, "height": 512,
+        "base_model": str(project.root.parent.parent / ".cache" / "sd15"), "model": "sd15",
+        "artefact": "trainings/run-1/artefact.safetensors",
+    }  # fmt: skip
+    ids = add_outputs(project, 1, params=params)
+    postprocessed(project, ids[0], 0.8, "2026-12-04T08:00:00+00:00")
+    label = run_labels(project)["run-1"]
+    local = __import__("datetime").datetime.fromisoformat("2026-12-02T14:05:00+00:00").astimezone()
+    assert label == f"Run 2 - {local.day} {local:%b %H:%M} - fast"
+    *_, text, _ = on_select(studio, "anna", ids, gr.SelectData(None, {"index": 0, "value": None}))
+    for words in ("**Prompt:** a photo of &lt;sks&gt; person", "**Seed:** 0", "euler_a, 30 steps",
+                  "**Guidance scale:** 7.5", "UNet 0.9, text encoder 0.6", f"**Training run:** {label}",
+                  "face restoration codeformer"):  # fmt: skip
+        assert words in text, words
+    assert str(project.root.parent.parent) not in text and "{" not in text
+
+
+def test_the_exports_folder_is_named_and_opened_only_for_a_browser_on_this_computer(studio, monkeypatch):
+    from types import SimpleNamespace
+
+    from studio import gallery
+
+    project = studio.store.create("anna")
+    folder = project.path("exports")
+    assert str(folder) in gallery.refresh(studio, "anna")[-1]
+    assert "Nothing is exported yet" in gallery.on_show_folder(studio, "anna", None)
+    folder.mkdir()
+    opened = []
+    monkeypatch.setattr(gallery, "open_folder", opened.append)
+    remote = SimpleNamespace(client=SimpleNamespace(host="192.168.1.30"))
+    assert "on the studio's computer" in gallery.on_show_folder(studio, "anna", remote) and opened == []
+    local = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"))
+    assert "open in your file manager" in gallery.on_show_folder(studio, "anna", local)
+    assert opened == [folder]

@@ -287,7 +287,11 @@ def test_the_photographer_sees_the_link_and_the_picks(store):
     assert f"http://studio.local:7860/proof/{gallery.token}/" in text
     proofs.record_picks(project, gallery.token, [ids[1]], "<b>bold</b> note")
     text = proof_status(project)
-    assert "1 favourite(s)" in text and ids[1] in text and "&lt;b&gt;bold&lt;/b&gt; note" in text
+    assert (
+        "1 favourite(s): portrait 2." in text
+        and ids[1] not in text
+        and "&lt;b&gt;bold&lt;/b&gt; note" in text
+    )
 
 
 def test_nothing_under_proof_reaches_gradio(tmp_path):

@@ -206,14 +206,14 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
     wait_for_images(page, "generate-results", 2)
     shots.take("generated")
 
-    # 5. Gallery: best first, before/after of an upscaled one, details, export
+    # 5. Gallery: one tile per portrait, before/after of its upscaled version, details, export
     open_tab(page, "5 · Gallery")
-    wait_for_images(page, "gallery-outputs", 4)
+    wait_for_images(page, "gallery-outputs", 2)  # two portraits, each with its upscaled version
     assert "identity" in page.locator("#gallery-outputs").inner_text()
     gallery_images(page, "gallery-outputs").first.click()
     page.locator("#gallery-metadata").get_by_text("seed").first.wait_for()
     page.locator("#gallery-compare").get_by_text("Before / after post-processing").wait_for()
-    assert "postprocess" in page.locator("#gallery-metadata").inner_text()
+    assert "Post-processing" in page.locator("#gallery-metadata").inner_text()
     shots.take("gallery")
     page.locator("#export-lora").click()
     page.locator("#export-files").get_by_text("Anna-Smith-lora").wait_for(timeout=NO_TIMEOUT)
