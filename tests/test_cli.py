@@ -66,6 +66,8 @@ def test_the_command_prepares_trains_generates_exports_and_evaluates(magicapture
 
     prepared = magicapture("prepare", "anna", *map(str, selfies), "--role", "source")
     assert prepared.stdout.splitlines() == ["accepted a.jpg", "accepted b.jpg"]
+    assert "Warning" not in prepared.stderr, prepared.stderr  # insightface's skimage FutureWarning was here
+    assert "Using the offline fallback face detector (Haar cascades)." in prepared.stderr.splitlines()
     assert (
         magicapture("prepare", "anna", str(style), "--role", "reference").stdout.strip()
         == "accepted style.jpg"

@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,8 +92,14 @@ def cmd_projects(args: argparse.Namespace) -> None:
         print(repair_manifest(store.open(args.name)))
 
 
+FALLBACK_WORDS = {
+    "detector": "face detector (Haar cascades)",
+    "parser": "face parser (an ellipse around the landmarks: approximate masks)",
+}
+"""How the prepare line names a face part running on its offline fallback (`FaceKit.fallbacks`)."""
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from engine.faces import load_face_kit
     from engine.intake import check_photo_file
     from engine.store import ProjectStore, StoreError
 
@@ -106,11 +112,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     except StoreError:
         project, created = store.create(args.project), True
     try:
-        _licence_notice(args.commercial)
-        kit = load_face_kit(commercial=args.commercial)
-        if kit.is_fallback:
-            print("Using the offline fallback face detector (approximate masks).", file=sys.stderr)
-        accepted = _add_photos(project, paths, args.role, kit)
+        accepted = _add_photos(project, paths, args.role, lambda: _face_kit(args.commercial))
     finally:
         if created:
             _discard_if_empty(store, args.project)
@@ -121,15 +123,46 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         )
 
 
-def _add_photos(project: Project, paths: Sequence[Path], role: str, kit: FaceKit) -> int:
-    """Add each photo to ``project``, saying on stdout which were accepted; returns how many were."""
-    from engine.intake import Refused, add_photo, read_photo
+def _face_kit(commercial: bool) -> FaceKit:
+    """The face models, loaded once a photo has passed the checks that need none; says what stands in."""
+    from engine.faces import load_face_kit
 
+    _licence_notice(commercial)
+    kit = load_face_kit(commercial=commercial)
+    line = fallback_line(kit.fallbacks)
+    if line:
+        print(line, file=sys.stderr)
+    return kit
+
+
+def fallback_line(fallbacks: Sequence[str]) -> str | None:
+    """The words for the face parts on their offline fallback; masks are approximate only with the parser's."""
+    parts = [FALLBACK_WORDS[part] for part in fallbacks if part in FALLBACK_WORDS]
+    words = [f"Using the offline fallback {' and '.join(parts)}."] if parts else []
+    if "recogniser" in fallbacks:
+        words.append("No face recogniser: no identity embedding is stored.")
+    return " ".join(words) or None
+
+
+def _add_photos(project: Project, paths: Sequence[Path], role: str, load_kit: Callable[[], FaceKit]) -> int:
+    """Add each photo to ``project``, saying on stdout which were accepted and why others were refused.
+
+    The checks that need no face model run first; ``load_kit`` is called once, for the first photo
+    that passes them. Returns how many photos were accepted.
+    """
+    from engine.intake import Refused, add_photo, check_upload, read_photo
+
+    kit: FaceKit | None = None
     accepted = 0
     for path in paths:
-        result = add_photo(project, read_photo(path), path.name, role, kit)
+        data = read_photo(path)
+        result = check_upload(data, path.name)
+        if result is None:
+            if kit is None:
+                kit = load_kit()
+            result = add_photo(project, data, path.name, role, kit)
         if isinstance(result, Refused):
-            print(f"refused {path.name}: {result.message}")
+            print(f"refused {path.name}: {result.reason} - {result.message}")
         else:
             accepted += 1
             print(f"accepted {path.name}")

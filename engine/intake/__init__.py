@@ -6,7 +6,8 @@ cannot use, each refusal with a reason code and a full-sentence message, crops a
 around the one dominant face, parses it, embeds it, and writes everything into
 ``photos/<role>/<id>/`` before adding the manifest entry. Nothing is written for a refused file.
 `read_photo` reads an upload from a path, refusing folders, devices, pipes and files over the size
-limit without reading them.
+limit without reading them. `check_upload` runs the checks that need no face model (readable, format,
+size), so that a caller can refuse such files before it loads the models.
 
 Stored per photo: ``original.<ext>`` (the uploaded bytes), ``crop.png``, ``mask.png`` (face region,
 255 = face, for both roles: training uses ``1 - mask`` for references), ``labels.png`` (CelebAMask-HQ
@@ -16,7 +17,14 @@ One module a job: `decode` (reading a photo file, decoding the upload), `checks`
 crop, duplicates), `storing` (`add_photo`, `remove_photo`), `outcome` (`Accepted`, `Refused`).
 """
 
-from engine.intake.decode import MAX_BYTES, PhotoFileError, check_photo_file, decode_image, read_photo
+from engine.intake.decode import (
+    MAX_BYTES,
+    PhotoFileError,
+    check_photo_file,
+    check_upload,
+    decode_image,
+    read_photo,
+)
 from engine.intake.outcome import Accepted, Refused
 from engine.intake.storing import ROLES, Role, add_photo, remove_photo
 
@@ -29,6 +37,7 @@ __all__ = [
     "Role",
     "add_photo",
     "check_photo_file",
+    "check_upload",
     "decode_image",
     "read_photo",
     "remove_photo",

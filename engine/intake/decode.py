@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.errors import UserError
-from engine.intake.outcome import _Refusal
+from engine.intake.outcome import Refused, _Refusal
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -81,6 +81,25 @@ def _unreadable_message(path: str | Path, error: OSError) -> str:
 
 def _too_large_message(path: str | Path) -> str:
     return f"{path} is larger than {MAX_BYTES // 2**20} MB, the most a photo may be; choose a smaller file."
+
+
+def display_name(filename: str) -> str:
+    """How messages name an upload: its base name (any folders dropped), at most 80 characters."""
+    name = Path(str(filename).replace("\\", "/")).name.strip() or "the photo"
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+def check_upload(data: bytes, filename: str) -> Refused | None:
+    """The checks that need no face model, as `add_photo` runs them first: the upload is readable, in
+    a supported format and within the size limits. Their refusal, or None when they pass.
+
+    A caller with many photos runs this before loading the face models, and only when one passes.
+    """
+    try:
+        decode_image(data, display_name(filename))
+    except _Refusal as refusal:
+        return refusal.refused
+    return None
 
 
 def decode_image(data: bytes, name: str = "the photo") -> tuple[np.ndarray, str]:

@@ -22,7 +22,7 @@ from engine.intake.checks import (
     face_region,
     portrait_crop,
 )
-from engine.intake.decode import decode_image
+from engine.intake.decode import decode_image, display_name
 from engine.intake.outcome import Accepted, Refused, _Refusal
 from engine.photos import IMAGES, PhotoRecord, photo_records
 from engine.store import MANIFEST, Project, StoreError, atomic_write_bytes, now
@@ -38,7 +38,7 @@ def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: Fac
     """Check and store one uploaded photo; never raises for a bad file (only `StorageFull` and store errors)."""
     if role not in ROLES:
         raise ValueError(f"Unknown photo role {role!r}; use one of {', '.join(ROLES)}.")
-    name = _display_name(filename)
+    name = display_name(filename)
     try:
         image, extension = decode_image(data, name)
         face, sharpness = dominant_face(image, name, kit)
@@ -117,11 +117,6 @@ def remove_photo(project: Project, photo_id: str) -> PhotoRecord:
         os.replace(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
     return record
-
-
-def _display_name(filename: str) -> str:
-    name = Path(str(filename).replace("\\", "/")).name.strip() or "the photo"
-    return name if len(name) <= 80 else name[:77] + "..."
 
 
 def _store(
