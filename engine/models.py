@@ -53,6 +53,10 @@ class BaseModel:
     dtype: torch.dtype
     family: ModelFamily
     """What the engine asks about anything family-specific (`engine.families.ModelFamily`)."""
+    tokenizer_2: Any = None
+    """The second tokenizer of a two-encoder family (SDXL: OpenCLIP's padding); None for SD 1.x."""
+    text_encoder_2: Any = None
+    """The second text encoder of a two-encoder family (SDXL: OpenCLIP bigG); None for SD 1.x."""
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -92,14 +96,14 @@ def load_base(
     local_files_only: bool = False,
     config: str | Path | None = None,
 ) -> BaseModel:
-    """Load the tokenizer, text encoder, VAE, UNet and DDPM schedule of a base model, with its family.
+    """Load the tokenizer(s), text encoder(s), VAE, UNet and DDPM schedule of a base model, with its family.
 
     ``source`` is a Hugging Face repo id, a local diffusers folder, or a single ``.safetensors``
     checkpoint. Pickle checkpoints (``.ckpt``/``.bin``...) are refused unless ``allow_pickle``,
     and then loaded with ``weights_only``; ``None`` reads the opt-in from ``$MAGICAPTURE_ALLOW_PICKLE``.
     A single file takes its component configs from ``config`` (a diffusers folder), by default the
-    family's own (SD 1.5's files in ``assets/sd15``). A model of a family that is not supported is
-    refused by name.
+    family's own (SD 1.5's files in ``assets/sd15``, SDXL's in ``assets/sdxl``). A model of a family
+    that is not supported is refused by name.
     """
     if allow_pickle is None:
         allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") == "1"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
 
 from engine.families import FAMILIES, UnsupportedModel, detect_family, family_named
 from engine.families.sd1 import SD1
+from engine.families.sdxl import SDXL
 from engine.models import ModelLoadError, load_base
 
 EXPECTED = {
@@ -19,7 +17,18 @@ EXPECTED = {
         "map_size": {512: 16, 64: 2},
         "kohya_prefixes": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
         "text_encoders": ("text_encoder",),
-    }
+    },
+    "sdxl": {
+        "ar_layers": [
+            f"{block}.attentions.{i}.transformer_blocks.{j}.attn2.processor"
+            for block, attentions in (("down_blocks.2", 2), ("up_blocks.0", 3))
+            for i in range(attentions)
+            for j in range(3)  # the tiny SDXL's depth at this level (SDXL 1.0: 10)
+        ],
+        "map_size": {1024: 32, 64: 2},
+        "kohya_prefixes": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+        "text_encoders": ("text_encoder", "text_encoder_2"),
+    },
 }
 
 
@@ -59,7 +68,8 @@ def test_the_ar_maps_have_the_size_the_family_reports(tiny):
     store.start()
     with torch.no_grad():
         states = family.encode_prompt(encoders, ids)
-        base.unet(torch.zeros(1, 4, size, size), torch.tensor([10]), states.hidden_states)
+        noisy = torch.zeros(1, 4, size, size)
+        base.unet(noisy, torch.tensor([10]), states.hidden_states, added_cond_kwargs=states.added_cond)
     store.stop()
     side = family.ar_map_size(size * 8)
     assert store.token_maps(torch.tensor([1])).shape[-2:] == (side, side)
@@ -91,42 +101,55 @@ SDXL_KEYS = [
 ]
 
 
-def test_sdxl_tensor_names_are_detected_as_sdxl_and_refused():
+def test_sdxl_tensor_names_and_unet_configs_are_detected_as_sdxl():
+    assert detect_family("sdxl.safetensors", keys=SDXL_KEYS) is SDXL
+    assert (
+        detect_family("xl", unet_config={"cross_attention_dim": 2048, "addition_embed_type": "text_time"})
+        is SDXL
+    )
+    assert (
+        detect_family("xl", unet_config={"cross_attention_dim": 96, "addition_embed_type": "text_time"})
+        is SDXL
+    )
+    with pytest.raises(UnsupportedModel, match="is not a model of a known family"):
+        detect_family("xl", unet_config={"cross_attention_dim": 2048})
+
+
+def test_an_sdxl_refiner_is_refused_by_name():
+    refiner_keys = [
+        "model.diffusion_model.input_blocks.0.0.weight",
+        "conditioner.embedders.0.model.ln_final.weight",
+    ]
     with pytest.raises(
-        UnsupportedModel, match="sdxl.safetensors is a Stable Diffusion XL checkpoint; SDXL support is coming"
+        UnsupportedModel, match="refiner.safetensors is a Stable Diffusion XL refiner checkpoint; "
     ):
-        detect_family("sdxl.safetensors", keys=SDXL_KEYS)
+        detect_family("refiner.safetensors", keys=refiner_keys)
+    config = {"cross_attention_dim": 1280, "addition_embed_type": "text_time"}
+    with pytest.raises(UnsupportedModel, match="Use an SDXL base model"):
+        detect_family("refiner", unet_config=config)
 
 
-@pytest.mark.parametrize(
-    "config", [{"cross_attention_dim": 2048}, {"cross_attention_dim": 64, "addition_embed_type": "text_time"}]
-)
-def test_an_sdxl_unet_config_is_detected_as_sdxl_and_refused(config):
-    with pytest.raises(UnsupportedModel, match="Stable Diffusion XL model; SDXL support is coming"):
-        detect_family("xl", unet_config=config)
-
-
-def test_the_loader_refuses_an_sdxl_single_file_clearly(tmp_path):
+def test_the_loader_refuses_an_sdxl_refiner_file_clearly(tmp_path):
     from safetensors.torch import save_file
 
-    path = tmp_path / "photoreal-xl.safetensors"
-    save_file({key: torch.zeros(1) for key in SDXL_KEYS}, str(path))
+    path = tmp_path / "xl-refiner.safetensors"
+    keys = ["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.0.model.ln_final.weight"]
+    save_file({key: torch.zeros(1) for key in keys}, str(path))
     with pytest.raises(
-        ModelLoadError,
-        match="photoreal-xl.safetensors is a Stable Diffusion XL checkpoint; SDXL support is coming",
+        ModelLoadError, match="xl-refiner.safetensors is a Stable Diffusion XL refiner checkpoint"
     ):
         load_base(path)
 
 
-def test_the_loader_refuses_an_sdxl_folder_clearly(tiny_sd, tmp_path):
-    folder = tmp_path / "xl"
-    shutil.copytree(tiny_sd.folder, folder)
-    config_file = folder / "unet" / "config.json"
-    config = json.loads(config_file.read_text())
-    config.update(cross_attention_dim=2048, addition_embed_type="text_time")
-    config_file.write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="is a Stable Diffusion XL model; SDXL support is coming"):
-        load_base(folder)
+def test_sdxl_lora_targets_cover_both_text_encoders():
+    targets = SDXL.lora_target_modules(
+        ["to_q", "to_out.0", "ff.net.0.proj"], ["q_proj"], cross_attention_only=True
+    )
+    assert targets == {
+        "unet": r".*attn2\.(to_q|to_out\.0)",
+        "text_encoder": ["q_proj"],
+        "text_encoder_2": ["q_proj"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -134,7 +157,7 @@ def test_the_loader_refuses_an_sdxl_folder_clearly(tiny_sd, tmp_path):
     [
         (
             ["cond_stage_model.model.ln_final.weight"],
-            "Stable Diffusion 2.x checkpoint; only SD 1.x is supported",
+            "Stable Diffusion 2.x checkpoint; only SD 1.x and SDXL are supported",
         ),
         (["double_blocks.0.img_attn.qkv.weight"], "Flux/SD3 checkpoint"),
         (

@@ -93,12 +93,12 @@ def test_garbage_file_is_reported(tmp_path):
         load_base(bad)
 
 
-def test_sdxl_checkpoint_is_named_and_refused(tmp_path):
+def test_a_partial_sdxl_checkpoint_is_named_and_refused(tmp_path):
     from safetensors.torch import save_file
 
     xl = tmp_path / "sdxl.safetensors"
     save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(xl))
-    with pytest.raises(ModelLoadError, match="XL.*not supported yet"):
+    with pytest.raises(ModelLoadError, match=r"not a full SDXL checkpoint \(no model.diffusion_model."):
         load_base(xl)
 
 
@@ -111,14 +111,16 @@ def test_lora_file_is_not_a_base_model(tmp_path):
         load_base(lora)
 
 
-def test_sdxl_folder_is_refused(tiny_sd, tmp_path):
+def test_an_sdxl_folder_without_the_second_encoder_is_refused(tiny_sd, tmp_path):
     folder = tmp_path / "xl"
     shutil.copytree(tiny_sd.folder, folder)
     config_file = folder / "unet" / "config.json"
     config = json.loads(config_file.read_text())
     config["addition_embed_type"] = "text_time"
     config_file.write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match="XL"):
+    with pytest.raises(
+        ModelLoadError, match="is an SDXL model .* but has no tokenizer_2, text_encoder_2 folder"
+    ):
         load_base(folder)
 
 

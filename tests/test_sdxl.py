@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.demo.sdxl import build_tiny_sdxl
-from engine.models import safetensors_header
+from engine.families.sdxl import END_ID, SDXL, SDXL_CONFIG, open_clip_ids
+from engine.models import load_base, make_pipeline, safetensors_header
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +38,113 @@ def test_the_tiny_single_file_has_the_sdxl_layout_and_the_folders_weights(tiny_s
         assert loaded.keys() == expected.keys(), name
         assert all(torch.equal(loaded[k], expected[k]) for k in expected), name
     assert single.tokenizer_2.pad_token == "!" and single.tokenizer.pad_token == "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def base(tiny_sdxl):
+    return load_base(tiny_sdxl.folder)
+
+
+def test_the_loader_gives_both_tokenizers_and_encoders_from_the_folder_and_the_single_file(tiny_sdxl, base):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    single = load_base(tiny_sdxl.single_file, config=tiny_sdxl.folder)
+    for loaded in (base, single):
+        assert loaded.family is SDXL
+        assert isinstance(loaded.text_encoder, CLIPTextModel)
+        assert isinstance(loaded.text_encoder_2, CLIPTextModelWithProjection)
+        assert (loaded.tokenizer.pad_token, loaded.tokenizer_2.pad_token) == ("<|endoftext|>", "!")
+        assert not any(p.requires_grad for p in loaded.text_encoder_2.parameters())
+    weights = single.text_encoder_2.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in base.text_encoder_2.state_dict().items())
+
+
+PROMPTS = ["a photo of a person", "portrait, " * 40, ""]
+
+
+def test_the_second_encoder_reads_the_prompt_as_its_own_tokenizer_pads_it(base):
+    ids = base.tokenizer(PROMPTS, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    own = base.tokenizer_2(PROMPTS, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    assert not torch.equal(ids, own)
+    assert torch.equal(open_clip_ids(ids), own)
+
+
+def test_prompt_states_are_the_sdxl_pipelines_and_condition_the_unet(base):
+    ids = base.tokenizer(PROMPTS, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    encoders = [base.text_encoder, base.text_encoder_2]
+    with torch.no_grad():
+        states = SDXL.encode_prompt(encoders, ids, resolution=64)
+        native = SDXL.encode_prompt(encoders, ids)
+        expected, _, pooled, _ = make_pipeline(base).encode_prompt(
+            PROMPTS, device="cpu", do_classifier_free_guidance=False
+        )
+    width = base.text_encoder.config.hidden_size + base.text_encoder_2.config.hidden_size
+    assert states.hidden_states.shape == (3, 77, width) == (3, 77, base.unet.config.cross_attention_dim)
+    assert torch.allclose(states.hidden_states, expected) and torch.allclose(
+        states.added_cond["text_embeds"], pooled
+    )
+    assert states.added_cond["text_embeds"].shape == (3, base.text_encoder_2.config.projection_dim)
+    assert states.added_cond["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 3
+    assert native.added_cond["time_ids"][0].tolist() == [1024, 1024, 0, 0, 1024, 1024]
+
+    noisy = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = [
+            base.unet(noisy, torch.tensor([500] * 3), s.hidden_states, added_cond_kwargs=s.added_cond).sample
+            for s in (states, native)
+        ]
+    assert out[0].shape == noisy.shape and torch.isfinite(out[0]).all()
+    assert not torch.allclose(out[0], out[1]), "the size ids do not reach the UNet"
+
+
+def test_the_pooled_embedding_is_read_at_the_end_token_when_a_placeholder_is_added(tiny_sdxl):
+    """SDXL's configs carry CLIP's legacy end id 2, with which transformers pools at the highest
+    token id: a placeholder token's (49408) instead of the end token's."""
+    base = load_base(tiny_sdxl.folder)
+    for tokenizer in (base.tokenizer, base.tokenizer_2):
+        tokenizer.add_tokens(["<sks>"])
+    for encoder in (base.text_encoder, base.text_encoder_2):
+        encoder.resize_token_embeddings(len(base.tokenizer), mean_resizing=False)
+    ids = base.tokenizer(["a photo of <sks> person"], padding="max_length", return_tensors="pt").input_ids
+    end = int((ids[0] == base.tokenizer.eos_token_id).nonzero()[0])
+    with torch.no_grad():
+        states = SDXL.encode_prompt([base.text_encoder, base.text_encoder_2], ids)
+        last = base.text_encoder_2(open_clip_ids(ids)).last_hidden_state
+        at_end = base.text_encoder_2.text_projection(last[:, end])
+    assert torch.allclose(states.added_cond["text_embeds"], at_end)
+
+
+def test_the_shipped_configs_are_sdxl_1_0_and_its_ar_maps_are_32x32_at_1024px():
+    """SDXL 1.0's shapes, on the meta device (no weights): the 2048-wide context, the 1280-wide
+    pooled embedding and six size ids fit the UNet, and the AR layers' maps are 32x32 at 1024 px."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from engine.attention import AttentionStore, install_capture
+
+    with torch.device("meta"):
+        clip_l = CLIPTextModel(CLIPTextConfig.from_pretrained(SDXL_CONFIG / "text_encoder"))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(SDXL_CONFIG / "text_encoder_2"))
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(SDXL_CONFIG / "unet"))
+        ids = torch.full((1, 77), END_ID)
+        states = SDXL.encode_prompt([clip_l, clip_g], ids)
+        assert states.hidden_states.shape == (1, 77, 2048)
+        assert states.added_cond["text_embeds"].shape == (1, 1280)
+        store = AttentionStore()
+        names = install_capture(unet, store, SDXL)
+        store.start()
+        latent = SDXL.native_resolution // 8
+        out = unet(
+            torch.zeros(1, 4, latent, latent),
+            torch.tensor([10]),
+            states.hidden_states,
+            added_cond_kwargs=states.added_cond,
+        )
+        store.stop()
+    assert out.sample.shape == (1, 4, 128, 128)
+    assert len(names) == 50 and {n.split(".attentions.")[0] for n in names} == {
+        "down_blocks.2",
+        "up_blocks.0",
+    }
+    side = SDXL.ar_map_size(1024)
+    assert side == 32 and store.token_maps(torch.tensor([1])).shape == (1, 50 * 20, side, side)

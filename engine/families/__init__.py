@@ -1,6 +1,6 @@
 """Base-model families: the contract (`ModelFamily`), the registry, and detection.
 
-One module per family (``sd1.py`` today) owns everything that differs between families; the
+One module per family (``sd1.py``, ``sdxl.py``) owns everything that differs between families; the
 contract is in ``contract.py``. `engine.models.load_base` reads what a base model is made of (a
 single file's tensor names through its bounded header reader, or a diffusers ``unet/config.json``),
 asks `detect_family`, loads the components through the family and puts the family on the
@@ -17,6 +17,7 @@ from typing import Any
 from engine.errors import UserError
 from engine.families.contract import ModelFamily, PromptStates, cross_attention_layers
 from engine.families.sd1 import SD1
+from engine.families.sdxl import SDXL
 
 __all__ = [
     "DEFAULT_FAMILY",
@@ -29,7 +30,7 @@ __all__ = [
     "family_named",
 ]
 
-FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SD1,)}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (SD1, SDXL)}
 """Supported families by name, in detection order."""
 DEFAULT_FAMILY: ModelFamily = SD1
 """The family of a model whose make-up cannot be read before loading it (a pickle checkpoint)."""
@@ -52,16 +53,18 @@ class _Recognised:
     """What to tell the user; None: the list of supported families."""
 
     def refusal(self, source: str, kind: str) -> str:
-        supported = " and ".join(f.label for f in FAMILIES.values())
-        return f"{source} is a {self.label} {kind}; {self.note or f'only {supported} is supported'}."
+        *others, last = [f.label for f in FAMILIES.values()]
+        supported = f"{', '.join(others)} and {last} are" if others else f"{last} is"
+        return f"{source} is a {self.label} {kind}; {self.note or f'only {supported} supported'}."
 
 
 UNSUPPORTED = (
     _Recognised(
-        "Stable Diffusion XL",
-        ("conditioner.embedders.1",),
-        lambda c: c.get("cross_attention_dim") == 2048 or bool(c.get("addition_embed_type")),
-        "SDXL support is coming but it is not supported yet. Use an SD 1.x model",
+        "Stable Diffusion XL refiner",
+        ("conditioner.embedders.0.model.",),
+        lambda c: c.get("addition_embed_type") == "text_time" and c.get("cross_attention_dim") == 1280,
+        "the refiner only refines the last steps of another model's images. Use an SDXL base model "
+        "or a fine-tune of it",
     ),
     _Recognised(
         "Flux/SD3", ("double_blocks.", "joint_blocks.", "model.diffusion_model.joint_blocks"), lambda c: False

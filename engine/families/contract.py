@@ -30,7 +30,7 @@ class PromptStates:
 
 
 class ModelFamily(Protocol):
-    """A family of base models (SD 1.x today): everything in the engine that differs between families.
+    """A family of base models (SD 1.x, SDXL): everything in the engine that differs between families.
 
     The loader picks the family of a base model (`engine.families.detect_family`, from a single
     file's tensor names or a diffusers UNet config) and the `BaseModel` carries it; the rest of the
@@ -87,8 +87,12 @@ class ModelFamily(Protocol):
         """The family's diffusers pipeline over ``base``'s modules with ``scheduler``, no safety checker."""
         ...
 
-    def encode_prompt(self, encoders: Sequence[nn.Module], input_ids: torch.Tensor) -> PromptStates:
-        """Encoder states of tokenised prompts; ``encoders`` are the ``text_encoders`` components."""
+    def encode_prompt(
+        self, encoders: Sequence[nn.Module], input_ids: torch.Tensor, resolution: int | None = None
+    ) -> PromptStates:
+        """Encoder states of prompts tokenised by the base's ``tokenizer``; ``encoders`` are the
+        ``text_encoders`` components; ``resolution``: the side of the square images the states
+        condition (SDXL's size ids), None for ``native_resolution``."""
         ...
 
     def latent_scale(self, vae: nn.Module) -> float:

@@ -106,8 +106,11 @@ class SD1Family:
             requires_safety_checker=False,
         )
 
-    def encode_prompt(self, encoders: Sequence[nn.Module], input_ids: torch.Tensor) -> PromptStates:
-        """The last hidden states of the one CLIP text encoder; ``input_ids`` ``[batch, 77]``."""
+    def encode_prompt(
+        self, encoders: Sequence[nn.Module], input_ids: torch.Tensor, resolution: int | None = None
+    ) -> PromptStates:
+        """The last hidden states of the one CLIP text encoder; ``input_ids`` ``[batch, 77]``; SD 1.x
+        is not conditioned on the image size (``resolution``)."""
         (text_encoder,) = encoders
         return PromptStates(text_encoder(input_ids)[0])
 
