@@ -4,6 +4,7 @@
 ``set_input_embeddings``): it looks tokens up in the frozen original table and swaps in the
 placeholder rows, which are one small trainable parameter. So only those two rows can change,
 in both phases, and weight decay or Adam state never touch the rest of the vocabulary.
+`add_placeholder_tokens_to_base` does this for every text encoder of a base model (SDXL: both).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from engine.errors import UserError
 
 if TYPE_CHECKING:
     from engine.config import TrainingConfig
+    from engine.models import BaseModel
+
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+"""The `BaseModel` tokenizer that feeds each text encoder."""
 
 
 class TokenError(UserError, ValueError):
@@ -46,11 +51,39 @@ class PlaceholderEmbedding(nn.Module):
         return weight
 
 
-def add_placeholder_tokens(tokenizer, text_encoder, config: TrainingConfig) -> PlaceholderEmbedding:
+def add_placeholder_tokens_to_base(
+    base: BaseModel, config: TrainingConfig
+) -> dict[str, PlaceholderEmbedding]:
+    """`add_placeholder_tokens` for each of the base's text encoders (``family.text_encoders``) with
+    its tokenizer; the style rows come from one generator seeded by ``config.seed``, in that order.
+
+    The tokens get the same ids in every tokenizer, as the family encodes the first tokenizer's
+    ids with every encoder. Returns the embeddings by text-encoder name.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    embeddings = {
+        name: add_placeholder_tokens(
+            getattr(base, TOKENIZER_OF[name]), getattr(base, name), config, generator=generator
+        )
+        for name in base.family.text_encoders
+    }
+    ids = {name: tuple(embedding.token_ids) for name, embedding in embeddings.items()}
+    if len(set(ids.values())) > 1:
+        raise TokenError(
+            f"The base model's tokenizers give the placeholder tokens different ids ({ids}); "
+            "its tokenizers do not share one vocabulary."
+        )
+    return embeddings
+
+
+def add_placeholder_tokens(
+    tokenizer, text_encoder, config: TrainingConfig, generator: torch.Generator | None = None
+) -> PlaceholderEmbedding:
     """Add the identity and style tokens and install a `PlaceholderEmbedding` in ``text_encoder``.
 
     The identity row starts as the embedding of ``config.identity_init_word`` ("person"), the style
-    row as N(0, ``style_init_std``^2) per dimension, drawn from a generator seeded by ``config.seed``.
+    row as N(0, ``style_init_std``^2) per dimension, drawn from ``generator`` (by default one
+    seeded by ``config.seed``).
     """
     tokens = [config.identity_token, config.style_token]
     for token in tokens:
@@ -67,7 +100,7 @@ def add_placeholder_tokens(tokenizer, text_encoder, config: TrainingConfig) -> P
         )
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     base = text_encoder.get_input_embeddings()
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = generator or torch.Generator().manual_seed(config.seed)
     style = torch.randn(base.embedding_dim, generator=generator) * config.style_init_std
     rows = torch.stack([base.weight[init_ids[0]].detach().float().cpu(), style])
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import tiny_config
 
 from engine.demo.sdxl import build_tiny_sdxl
 from engine.families.sdxl import END_ID, SDXL, SDXL_CONFIG, open_clip_ids
@@ -148,3 +149,51 @@ def test_the_shipped_configs_are_sdxl_1_0_and_its_ar_maps_are_32x32_at_1024px():
     }
     side = SDXL.ar_map_size(1024)
     assert side == 32 and store.token_maps(torch.tensor([1])).shape == (1, 50 * 20, side, side)
+
+
+def test_the_placeholder_tokens_get_rows_in_both_encoders_and_only_those_rows_train(tiny_sdxl):
+    from engine.tokens import add_placeholder_tokens, add_placeholder_tokens_to_base
+
+    base = load_base(tiny_sdxl.folder)
+    config = tiny_config(tiny_sdxl.folder)
+    person = {
+        name: getattr(base, name).get_input_embeddings().weight[ids].clone()
+        for name, ids in (
+            ("text_encoder", base.tokenizer.encode("person", add_special_tokens=False)),
+            ("text_encoder_2", base.tokenizer_2.encode("person", add_special_tokens=False)),
+        )
+    }
+    embeddings = add_placeholder_tokens_to_base(base, config)
+    assert embeddings.keys() == {"text_encoder", "text_encoder_2"}
+    tokens = [config.identity_token, config.style_token]
+    ids = base.tokenizer.convert_tokens_to_ids(tokens)
+    assert base.tokenizer_2.convert_tokens_to_ids(tokens) == ids == embeddings["text_encoder_2"].token_ids
+    for name, width in (("text_encoder", 32), ("text_encoder_2", 64)):
+        rows = embeddings[name].rows
+        assert rows.shape == (2, width) and torch.equal(rows[0], person[name][0])
+        assert getattr(base, name).get_input_embeddings() is embeddings[name]
+    # The first encoder's rows are what SD 1.x draws from the same seed; the second's follow on.
+    sd1_like = add_placeholder_tokens(
+        type(base.tokenizer).from_pretrained(tiny_sdxl.folder / "tokenizer"),
+        type(base.text_encoder).from_pretrained(tiny_sdxl.folder / "text_encoder"),
+        config,
+    )
+    assert torch.equal(embeddings["text_encoder"].rows, sd1_like.rows)
+    assert not torch.equal(embeddings["text_encoder_2"].rows[1, :32], embeddings["text_encoder"].rows[1])
+
+    prompt = f"a photo of a {config.identity_token} person in the style of {config.style_token}"
+    input_ids = base.tokenizer([prompt], padding="max_length", return_tensors="pt").input_ids
+    trainable = [
+        p for name in SDXL.text_encoders for p in getattr(base, name).parameters() if p.requires_grad
+    ]
+    assert {id(p) for p in trainable} == {id(e.rows) for e in embeddings.values()}
+    before = {name: e.merged_weight() for name, e in embeddings.items()}
+    optimiser = torch.optim.SGD(trainable, lr=1.0)
+    states = SDXL.encode_prompt([base.text_encoder, base.text_encoder_2], input_ids)
+    (states.hidden_states.square().mean() + states.added_cond["text_embeds"].square().mean()).backward()
+    for embedding in embeddings.values():
+        assert embedding.rows.grad is not None and (embedding.rows.grad.abs().sum(-1) > 0).all()
+    optimiser.step()
+    for name, embedding in embeddings.items():
+        changed = (embedding.merged_weight() != before[name]).any(-1).nonzero().flatten().tolist()
+        assert changed == ids, name
