@@ -197,3 +197,55 @@ def test_the_placeholder_tokens_get_rows_in_both_encoders_and_only_those_rows_tr
     for name, embedding in embeddings.items():
         changed = (embedding.merged_weight() != before[name]).any(-1).nonzero().flatten().tolist()
         assert changed == ids, name
+
+
+@pytest.mark.slow
+def test_ar_gradient_reaches_the_unet_lora_with_gradient_checkpointing(tiny_sdxl):
+    """As for SD 1.x: the AR layers' maps keep their graph under (non-reentrant) checkpointing."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from engine.attention import AttentionStore, install_capture, refocusing_loss
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sdxl.folder / "unet")
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v"]
+    )
+    inject_adapter_in_model(lora, unet)
+    with torch.no_grad():  # non-zero B, as after some training
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    store = AttentionStore()
+    names = install_capture(unet, store, SDXL)
+    generator = torch.Generator().manual_seed(0)
+    size, width = unet.config.sample_size, unet.config.cross_attention_dim
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    latents = torch.randn(2, 4, size, size, generator=generator)
+    states = torch.randn(2, 77, width, generator=generator)
+    added = {
+        "text_embeds": torch.randn(2, pooled, generator=generator),
+        "time_ids": torch.tensor([[64.0] * 2 + [0] * 2 + [64] * 2] * 2),
+    }
+    target = torch.zeros(2, size, size)
+    target[:, 2:6, 2:6] = 1
+
+    def ar_grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        unet.zero_grad(set_to_none=True)
+        unet.enable_gradient_checkpointing() if checkpointing else unet.disable_gradient_checkpointing()
+        store.start()
+        unet(latents, torch.tensor([10, 700]), states, added_cond_kwargs=added)
+        store.stop()
+        refocusing_loss(store.token_maps(torch.tensor([5, 5])), target).mean().backward()
+        return {n: p.grad.clone() for n, p in unet.named_parameters() if "lora_" in n and p.grad is not None}
+
+    checkpointed = ar_grads(True)
+    assert any(block.gradient_checkpointing for block in unet.down_blocks)
+    first_ar_layer = names[0].removesuffix("processor") + "to_k"
+    in_ar_layers = [n for n in checkpointed if n.startswith(first_ar_layer)]
+    assert in_ar_layers and all(checkpointed[n].abs().sum() > 0 for n in in_ar_layers)
+    plain = ar_grads(False)
+    assert checkpointed.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-7)
