@@ -81,6 +81,13 @@ def intake_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
         rows.append(
             (f"Photo intake: {name}", "its face-model calls alone", _ratio(photo["ratio"]), "", context)
         )
+    prepare = entry.get("prepare")
+    for name, photo in (prepare or {}).get("photos", {}).items():
+        goal = f"{prepare['goal']} ({'met' if photo['meets_goal'] else 'not met'})"
+        context = f"{_seconds(photo['seconds'])} per photo, {photo['outcome'].split(' - ')[0]}; " + (
+            f"face kit loaded once before: {_seconds(prepare['kit_load_seconds'])}"
+        )
+        rows.append((f"`magicapture prepare` per photo: {name}", "", "", goal, context))
     return rows
 
 

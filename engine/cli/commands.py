@@ -112,7 +112,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     except StoreError:
         project, created = store.create(args.project), True
     try:
-        accepted = _add_photos(project, paths, args.role, lambda: _face_kit(args.commercial))
+        accepted = add_photos(project, paths, args.role, lambda: _face_kit(args.commercial))
     finally:
         if created:
             _discard_if_empty(store, args.project)
@@ -144,23 +144,22 @@ def fallback_line(fallbacks: Sequence[str]) -> str | None:
     return " ".join(words) or None
 
 
-def _add_photos(project: Project, paths: Sequence[Path], role: str, load_kit: Callable[[], FaceKit]) -> int:
+def add_photos(project: Project, paths: Sequence[Path], role: str, load_kit: Callable[[], FaceKit]) -> int:
     """Add each photo to ``project``, saying on stdout which were accepted and why others were refused.
 
     The checks that need no face model run first; ``load_kit`` is called once, for the first photo
     that passes them. Returns how many photos were accepted.
     """
-    from engine.intake import Refused, add_photo, check_upload, read_photo
+    from engine.intake import Refused, add_checked, check_upload, read_photo
 
     kit: FaceKit | None = None
     accepted = 0
     for path in paths:
-        data = read_photo(path)
-        result = check_upload(data, path.name)
-        if result is None:
+        result = check_upload(read_photo(path), path.name)
+        if not isinstance(result, Refused):
             if kit is None:
                 kit = load_kit()
-            result = add_photo(project, data, path.name, role, kit)
+            result = add_checked(project, result, role, kit)
         if isinstance(result, Refused):
             print(f"refused {path.name}: {result.reason} - {result.message}")
         else:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,17 +91,33 @@ def display_name(filename: str) -> str:
     return name if len(name) <= 80 else name[:77] + "..."
 
 
-def check_upload(data: bytes, filename: str) -> Refused | None:
-    """The checks that need no face model, as `add_photo` runs them first: the upload is readable, in
-    a supported format and within the size limits. Their refusal, or None when they pass.
+@dataclass(frozen=True)
+class CheckedUpload:
+    """An upload that passed the checks that need no face model, decoded once for `add_checked`."""
 
-    A caller with many photos runs this before loading the face models, and only when one passes.
+    data: bytes
+    """The uploaded bytes, stored as the original."""
+    name: str
+    """How messages name it (`display_name`)."""
+    image: np.ndarray
+    """Upright RGB ``uint8`` pixels."""
+    extension: str
+    """The original's storage extension."""
+
+
+def check_upload(data: bytes, filename: str) -> CheckedUpload | Refused:
+    """The checks that need no face model, as `add_photo` runs them first: the upload is readable, in
+    a supported format and within the size limits. The decoded upload, or its refusal.
+
+    A caller with many photos runs this before it loads the face models, and loads them only when
+    a photo passes.
     """
+    name = display_name(filename)
     try:
-        decode_image(data, display_name(filename))
+        image, extension = decode_image(data, name)
     except _Refusal as refusal:
         return refusal.refused
-    return None
+    return CheckedUpload(data, name, image, extension)
 
 
 def decode_image(data: bytes, name: str = "the photo") -> tuple[np.ndarray, str]:
@@ -182,10 +200,10 @@ def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a damaged EXIF block leaves the image as it is."""
     from PIL import ImageOps
 
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # malformed EXIF must not make a readable photo unusable
-        return image
+    # In place: no copy of an upright photo. Malformed EXIF must not make a readable photo unusable.
+    with contextlib.suppress(Exception):
+        ImageOps.exif_transpose(image, in_place=True)
+    return image
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:

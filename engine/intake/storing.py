@@ -22,7 +22,7 @@ from engine.intake.checks import (
     face_region,
     portrait_crop,
 )
-from engine.intake.decode import decode_image, display_name
+from engine.intake.decode import CheckedUpload, check_upload
 from engine.intake.outcome import Accepted, Refused, _Refusal
 from engine.photos import IMAGES, PhotoRecord, photo_records
 from engine.store import MANIFEST, Project, StoreError, atomic_write_bytes, now
@@ -36,11 +36,18 @@ ROLES: tuple[str, ...] = ("source", "reference")
 
 def add_photo(project: Project, data: bytes, filename: str, role: Role, kit: FaceKit) -> Accepted | Refused:
     """Check and store one uploaded photo; never raises for a bad file (only `StorageFull` and store errors)."""
-    if role not in ROLES:
-        raise ValueError(f"Unknown photo role {role!r}; use one of {', '.join(ROLES)}.")
-    name = display_name(filename)
+    _check_role(role)
+    upload = check_upload(data, filename)
+    if isinstance(upload, Refused):
+        return upload
+    return add_checked(project, upload, role, kit)
+
+
+def add_checked(project: Project, upload: CheckedUpload, role: Role, kit: FaceKit) -> Accepted | Refused:
+    """`add_photo` for an upload that passed `check_upload`: the face checks, then the files and record."""
+    _check_role(role)
+    data, name, image, extension = upload.data, upload.name, upload.image, upload.extension
     try:
-        image, extension = decode_image(data, name)
         face, sharpness = dominant_face(image, name, kit)
         crop, crop_face, window = portrait_crop(image, face)
         labels = kit.parser.parse(crop, crop_face)
@@ -119,6 +126,11 @@ def remove_photo(project: Project, photo_id: str) -> PhotoRecord:
     return record
 
 
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"Unknown photo role {role!r}; use one of {', '.join(ROLES)}.")
+
+
 def _store(
     project: Project, record: PhotoRecord, files: dict[str, bytes], embedding: np.ndarray | None
 ) -> None:
@@ -157,7 +169,8 @@ def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    # The fastest zlib level: about 3x faster than the default for about 10% larger files.
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
