@@ -380,7 +380,12 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
             unpublish = gr.Button("Close the link", elem_id="proof-unpublish")
         proof_info = gr.Markdown(elem_id="proof-status")
         picks = gr.Gallery(
-            label="Client's favourites", columns=6, height=180, allow_preview=False, elem_id="proof-picks"
+            label="Client's favourites",
+            columns=8,
+            fit_columns=False,
+            height=200,
+            allow_preview=False,
+            elem_id="proof-picks",
         )
     with gr.Accordion("Export", open=True):
         with gr.Row():

@@ -17,6 +17,7 @@ from harness import SCREENSHOTS, UI_TIMEOUT_MS
 
 from engine import proofs
 from engine.store import ProjectStore
+from studio.reach import lan_hosts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -53,15 +54,18 @@ def add_outputs(project, count: int) -> list[str]:
     return ids
 
 
-def tick(choices, outputs: list[str]) -> None:
-    """Check these outputs' boxes and see them stay checked.
+def tick(choices, seeds: list[int]) -> None:
+    """Check the boxes of the portraits with these seeds and see them stay checked.
 
     Opening the tab refreshes the list once per trigger (project and tab); a refresh that lands
     after a click redraws the boxes unchecked, so a box found unchecked is clicked again.
     """
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        boxes = [choices.locator("label", has_text=output).locator("input") for output in outputs]
+        boxes = [
+            choices.locator("label", has_text=re.compile(rf"\bseed {seed}\b")).locator("input")
+            for seed in seeds
+        ]
         unchecked = [box for box in boxes if not box.is_checked()]
         if not unchecked:
             time.sleep(1.0)
@@ -70,7 +74,7 @@ def tick(choices, outputs: list[str]) -> None:
             continue
         for box in unchecked:
             box.click()
-    raise AssertionError(f"The boxes of {outputs} did not stay checked.")
+    raise AssertionError(f"The boxes of seeds {seeds} did not stay checked.")
 
 
 class Shots:
@@ -91,7 +95,7 @@ def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, chromi
     ben_link = f"/proof/{proofs.publish(ben, ben_ids, BEN_PASSWORD).token}/"
     anna = store.create("Anna Smith")
     anna_ids = add_outputs(anna, 4)
-    studio = start_studio(data, "--demo", "--auth", ":".join(STUDIO_LOGIN))
+    studio = start_studio(data, "--demo", "--listen", "--auth", ":".join(STUDIO_LOGIN))
     shots = Shots()
     # The photographer publishes three of Anna's four portraits from the Gallery tab.
     photographer = chromium.new_context(viewport={"width": 1360, "height": 1000})
@@ -104,13 +108,19 @@ def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, chromi
     page.get_by_role("tab", name="5 · Gallery").click()
     page.get_by_text("Client proof gallery").click()
     choices = page.locator("#proof-outputs")
-    tick(choices, anna_ids[:3])
+    tick(choices, [0, 1, 2])
     page.locator("#proof-password input").fill(CLIENT_PASSWORD)
     page.locator("#proof-publish").click()
     link = page.locator("#proof-status a").first
     link.wait_for()
     address = link.get_attribute("href")
-    assert re.fullmatch(rf"{re.escape(studio.url)}/proof/[A-Za-z0-9_-]{{20,64}}/", address), address
+    # --listen: the link uses this computer's network address, which the client can open
+    hosts = lan_hosts()
+    base = f"http://{hosts[0]}:{studio.port}" if hosts else studio.url
+    assert re.fullmatch(rf"{re.escape(base)}/proof/[A-Za-z0-9_-]{{20,64}}/", address), address
+    if hosts:
+        assert f"On your network: {base}" in studio.log.read_text()
+        page.locator("#proof-reach").get_by_text("same network").wait_for()
     shots.take(page, "published")
 
     # The client: a separate browser, only the link and its password.
@@ -131,6 +141,9 @@ def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, chromi
     view.wait_for_function("() => [...document.images].every(img => img.complete && img.naturalWidth > 0)")
     shown = [img.get_attribute("src") for img in view.locator("figure img").all()]
     assert shown == [f"image/{output}" for output in anna_ids[:3]]
+    assert [" ".join(label.inner_text().split()) for label in view.locator("figure label").all()] == [
+        f"Portrait {number} · ♥ Favourite" for number in (1, 2, 3)
+    ]
     shots.take(view, "gallery")
     view.locator(f"input[value='{anna_ids[0]}']").check()
     view.locator(f"input[value='{anna_ids[2]}']").check()
@@ -153,7 +166,7 @@ def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, chromi
     hidden = data.resolve() / "projects" / "Anna-Smith" / "outputs" / f"{anna_ids[3]}.png"
     for path in ("/config", f"/gradio_api/file={hidden}", "/gradio_api/info"):
         assert view.request.get(f"{studio.url}{path}").status == 401, path
-    gallery_path = address.removeprefix(studio.url)
+    gallery_path = address.removeprefix(base)
     for output in (anna_ids[3], ben_ids[0]):
         assert view.request.get(f"{address}image/{output}").status == 404, output
     assert view.request.get(f"{address}image/{anna_ids[0]}").status == 200
@@ -172,6 +185,13 @@ def test_a_client_marks_two_favourites_and_reaches_nothing_else(tmp_path, chromi
     page.get_by_role("tab", name="5 · Gallery").click()
     status = page.locator("#proof-status")
     status.get_by_text("Client's picks").wait_for()
-    assert "2 favourite(s)" in status.inner_text() and "a little brighter" in status.inner_text()
+    assert (
+        "2 favourite(s): portraits 1, 3." in status.inner_text()
+        and "a little brighter" in status.inner_text()
+    )
+    assert anna_ids[0] not in status.inner_text()
+    picks_shown = page.locator("#proof-picks")
+    picks_shown.get_by_text("Portrait 3").wait_for()
+    assert picks_shown.locator("img").count() == 2
     page.locator("#gallery-outputs").get_by_text("client favourite").first.wait_for()
     shots.take(page, "photographer-sees-picks")
