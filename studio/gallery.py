@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import gradio as gr
 
@@ -318,8 +319,13 @@ def open_folder(folder: Path) -> None:
 
 
 def _local(request: gr.Request | None) -> bool:
+    """Whether the browser runs on this computer: it connects from here and uses a loopback address.
+
+    A share link's tunnel also connects from here, but with the public host name.
+    """
     client = getattr(request, "client", None)
-    return getattr(client, "host", None) in LOCAL_HOSTS
+    host = urlsplit(f"//{dict(getattr(request, 'headers', None) or {}).get('host', '')}").hostname
+    return getattr(client, "host", None) in LOCAL_HOSTS and host in LOCAL_HOSTS
 
 
 def on_publish(studio: Studio, name: str | None, chosen: list[str], password: str, request: gr.Request):

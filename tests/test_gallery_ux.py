@@ -247,8 +247,14 @@ def test_the_exports_folder_is_named_and_opened_only_for_a_browser_on_this_compu
     folder.mkdir()
     opened = []
     monkeypatch.setattr(gallery, "open_folder", opened.append)
-    remote = SimpleNamespace(client=SimpleNamespace(host="192.168.1.30"))
+
+    def request(client: str, host: str) -> SimpleNamespace:
+        return SimpleNamespace(client=SimpleNamespace(host=client), headers={"host": host})
+
+    remote = request("192.168.1.30", "192.168.1.20:7860")
     assert "on the studio's computer" in gallery.on_show_folder(studio, "anna", remote) and opened == []
-    local = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"))
+    tunnel = request("127.0.0.1", "abc.example")  # a share link's tunnel connects from this computer
+    assert "on the studio's computer" in gallery.on_show_folder(studio, "anna", tunnel) and opened == []
+    local = request("127.0.0.1", "127.0.0.1:7860")
     assert "open in your file manager" in gallery.on_show_folder(studio, "anna", local)
     assert opened == [folder]
