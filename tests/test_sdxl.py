@@ -249,3 +249,31 @@ def test_ar_gradient_reaches_the_unet_lora_with_gradient_checkpointing(tiny_sdxl
     assert checkpointed.keys() == plain.keys()
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-7)
+
+
+def test_a_single_file_loads_offline_with_the_shipped_configs_and_tokenizers(
+    tiny_sdxl, base, tmp_path, monkeypatch
+):
+    """Without ``config`` the loader reads the family's own configs (the tiny model's stand in for
+    assets/sdxl, whose SDXL 1.0 shapes the tiny weights do not fit) and builds both tokenizers from
+    SD 1.5's vocabulary files, with no tokenizer folders."""
+    import shutil
+
+    import engine.families.sdxl as sdxl
+
+    configs = tmp_path / "configs"
+    shutil.copytree(tiny_sdxl.folder, configs, ignore=shutil.ignore_patterns("*.safetensors", "tokenizer*"))
+    monkeypatch.setattr(sdxl, "SDXL_CONFIG", configs)
+    single = load_base(tiny_sdxl.single_file)
+    assert single.family is SDXL and (single.tokenizer_2.pad_token, single.tokenizer.pad_token) == (
+        "!",
+        "<|endoftext|>",
+    )
+    for tokenizer in ("tokenizer", "tokenizer_2"):
+        ids = [
+            getattr(loaded, tokenizer)(PROMPTS, padding="max_length", truncation=True).input_ids
+            for loaded in (base, single)
+        ]
+        assert ids[0] == ids[1], tokenizer
+    weights = single.unet.state_dict()
+    assert all(torch.equal(weights[k], v) for k, v in base.unet.state_dict().items())
