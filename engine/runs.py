@@ -122,16 +122,18 @@ def run_labels(project: Project) -> dict[str, str]:
     """
     labels = {}
     for number, record in enumerate(runs(project), start=1):
-        parts = [f"Run {number}"]
-        try:
-            started = datetime.fromisoformat(record.started or "").astimezone()
-            parts.append(f"{started.day} {started:%b %H:%M}")
-        except ValueError:
-            pass
-        if record.preset:
-            parts.append(record.preset)
-        labels[record.id] = " - ".join(parts)
+        parts = [f"Run {number}", short_time(record.started), record.preset]
+        labels[record.id] = " - ".join(part for part in parts if part)
     return labels
+
+
+def short_time(stamp: str | None) -> str | None:
+    """A manifest time (ISO 8601) as ``"2 Dec 14:05"`` in this computer's time zone; None if unreadable."""
+    try:
+        when = datetime.fromisoformat(stamp or "").astimezone()
+    except ValueError:
+        return None
+    return f"{when.day} {when:%b %H:%M}"
 
 
 def resolve_artefact(project: Project, run: str | Path | None) -> tuple[Path, str | None]:

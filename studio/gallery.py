@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import gradio as gr
 
 from engine import proofs
-from engine.runs import run_labels
+from engine.runs import run_labels, short_time
 from engine.store import Project
 from studio.reach import proof_link
 from studio.state import Studio, bind
@@ -131,7 +131,7 @@ def details(record: OutputRecord, run_names: dict[str, str]) -> str:
         ("Size", f"{params['width']} x {params['height']} px" if "width" in params else None),
         ("Identity", "n/a" if record.identity is None else f"{record.identity:.2f}"),
         ("Post-processing", _postprocess_words(params.get("postprocess"))),
-        ("Created", record.created),
+        ("Created", short_time(record.created) or record.created),
     ]
     lines = [f"**{label}:** {html.escape(str(value))}" for label, value in rows if value not in (None, "")]
     lines += [f"⚠ {html.escape(warning)}" for warning in record.warnings]

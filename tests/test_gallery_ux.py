@@ -209,7 +209,7 @@ def test_the_gallery_sorts_by_identity_newest_or_seed(studio):
 
 
 def test_details_are_words_with_the_run_named_and_no_paths(studio):
-    from engine.runs import run_labels, update_run
+    from engine.runs import run_labels, short_time, update_run
     from studio.gallery import on_select
 
     project = studio.store.create("anna")
@@ -227,10 +227,11 @@ def test_details_are_words_with_the_run_named_and_no_paths(studio):
     label = run_labels(project)["run-1"]
     local = __import__("datetime").datetime.fromisoformat("2026-12-02T14:05:00+00:00").astimezone()
     assert label == f"Run 2 - {local.day} {local:%b %H:%M} - fast"
+    assert short_time("2026-12-02T14:05:00+00:00") == f"{local.day} {local:%b %H:%M}"
     *_, text, _ = on_select(studio, "anna", ids, gr.SelectData(None, {"index": 0, "value": None}))
     for words in ("**Prompt:** a photo of &lt;sks&gt; person", "**Seed:** 0", "euler_a, 30 steps",
                   "**Guidance scale:** 7.5", "UNet 0.9, text encoder 0.6", f"**Training run:** {label}",
-                  "face restoration codeformer"):  # fmt: skip
+                  "face restoration codeformer", f"**Created:** {short_time('2026-12-04T08:00:00+00:00')}"):  # fmt: skip
         assert words in text, words
     assert str(project.root.parent.parent) not in text and "{" not in text
 
@@ -258,3 +259,17 @@ def test_the_exports_folder_is_named_and_opened_only_for_a_browser_on_this_compu
     local = request("127.0.0.1", "127.0.0.1:7860")
     assert "open in your file manager" in gallery.on_show_folder(studio, "anna", local)
     assert opened == [folder]
+
+
+def test_projects_are_listed_by_the_name_as_typed_and_never_fold_onto_another(studio):
+    """The manifest keeps the name as typed; the folder's safe form is never shown (a regression guard:
+    this held before issue 16)."""
+    from studio.project import on_create, summary
+
+    picker, _ = on_create(studio, "  Jane Doe headshots ")
+    assert picker.value == "Jane Doe headshots" and picker.choices == [("Jane Doe headshots",) * 2]
+    assert "<h3>Jane Doe headshots</h3>" in summary(studio, "Jane Doe headshots")
+    assert studio.project("Jane Doe headshots").root.name == "Jane-Doe-headshots"
+    with pytest.raises(gr.Error, match="belongs to project 'Jane Doe headshots'"):
+        on_create(studio, "Jane-Doe headshots")
+    assert studio.store.list() == ["Jane Doe headshots"]
