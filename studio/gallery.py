@@ -68,9 +68,10 @@ def portraits(project: Project) -> list[Portrait]:
     by_id = {record.id: record for record in records}
     groups: dict[str, list[OutputRecord]] = {}
     for record in records:
-        root = record
-        while root.parent in by_id and root.parent != root.id:
+        root, seen = record, {record.id}
+        while root.parent in by_id and root.parent not in seen:  # a damaged manifest may loop
             root = by_id[root.parent]
+            seen.add(root.id)
         groups.setdefault(root.id, []).append(record)
     return [Portrait(sorted(group, key=lambda r: r.created)) for group in groups.values()]
 

@@ -273,3 +273,16 @@ def test_projects_are_listed_by_the_name_as_typed_and_never_fold_onto_another(st
     with pytest.raises(gr.Error, match="belongs to project 'Jane Doe headshots'"):
         on_create(studio, "Jane-Doe headshots")
     assert studio.store.list() == ["Jane Doe headshots"]
+
+
+def test_a_damaged_manifest_whose_versions_loop_still_lists_its_portraits(studio):
+    from studio.gallery import portraits
+
+    project = studio.store.create("anna")
+    a, b = add_outputs(project, 2)
+
+    def loop(manifest):
+        manifest["outputs"][0]["parent"], manifest["outputs"][1]["parent"] = b, a
+
+    project.update(loop)
+    assert sorted(len(p.versions) for p in portraits(project)) in ([2], [1, 1])
