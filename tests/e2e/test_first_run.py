@@ -1,0 +1,161 @@
+"""A newcomer's first run in Chromium: an empty data folder in demo mode, no file of their own, to
+an exported LoRA and a published proof gallery, clicking only what a user clicks.
+
+The steps are found by their visible labels (tabs, buttons); the waits end on what the page
+shows (the jobs' ``data-state``, images in galleries, the published link). Screenshots of each
+step go to ``tests/artifacts/screenshots/first-run-NN-step.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness import NO_TIMEOUT, SCREENSHOTS
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+PROJECT = "Sam Sample"
+CLIENT_PASSWORD = "sam-proofs-2026"
+
+
+class Shots:
+    def __init__(self, page):
+        self.page, self.count = page, 0
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def on_failure(self) -> Iterator[None]:
+        """Save what the page shows when a step fails, then let the failure through."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.take("failed")
+            raise
+
+    def take(self, step: str) -> None:
+        self.count += 1
+        path = SCREENSHOTS / f"first-run-{self.count:02d}-{step}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+
+
+def open_tab(page, label: str) -> None:
+    page.get_by_role("tab", name=label).click()
+
+
+def button(page, label: str, exact: bool = False):
+    return page.get_by_role("button", name=label, exact=exact)
+
+
+def wait_for_images(page, elem_id: str, count: int, timeout: float = NO_TIMEOUT) -> None:
+    """Wait until ``count`` images of the gallery ``elem_id`` have loaded."""
+    page.wait_for_function(
+        "([id, n]) => [...document.querySelectorAll(`#${id} img`)]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length >= n",
+        arg=[elem_id, count],
+        timeout=timeout,
+    )
+
+
+def wait_for_job(page, elem_id: str) -> None:
+    """Wait until the job shown in ``elem_id`` ends, and fail with its message unless it is done."""
+    ended = ", ".join(f"#{elem_id}[data-state='{state}']" for state in ("done", "failed", "cancelled"))
+    page.locator(ended).first.wait_for(timeout=NO_TIMEOUT)
+    shown = page.locator(f"#{elem_id}")
+    assert shown.get_attribute("data-state") == "done", shown.inner_text()
+
+
+def tick_all(page, elem_id: str, attempts: int = 10) -> None:
+    """Tick every box of a checkbox group and see them all ticked.
+
+    Gradio redraws the group when the tab's refresh lands, which can undo a click made just
+    before; a box found unticked after the wait is clicked again.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    boxes = page.locator(f"#{elem_id} input[type=checkbox]")
+    boxes.first.wait_for()
+    for _ in range(attempts):
+        for index in range(boxes.count()):
+            if not boxes.nth(index).is_checked():
+                boxes.nth(index).click()
+        try:
+            page.wait_for_function(
+                "id => [...document.querySelectorAll(`#${id} input[type=checkbox]`)].every(box => box.checked)",
+                arg=elem_id,
+                timeout=60_000,
+            )
+            return
+        except PlaywrightTimeout:
+            continue
+    states = [boxes.nth(index).is_checked() for index in range(boxes.count())]
+    raise AssertionError(f"The boxes of #{elem_id} did not stay ticked: {states}.")
+
+
+def test_a_newcomer_reaches_an_exported_lora_and_a_published_proof_gallery(
+    tmp_path: Path, browser_page, start_studio
+):
+    data_dir = tmp_path / "data"
+    assert not data_dir.exists()
+    studio = start_studio(data_dir, "--demo")
+    page = browser_page.new_page()
+    shots = Shots(page)
+    with shots.on_failure():
+        page.goto(studio.url)
+        page.get_by_text("Demo mode: tiny random models").wait_for()
+        page.get_by_text("No projects yet").wait_for()
+        shots.take("start")
+
+        # 1. A project
+        page.locator("#new-project-name").get_by_role("textbox").fill(PROJECT)
+        button(page, "Create project").click()
+        page.get_by_role("heading", name=PROJECT).wait_for()
+
+        # 2. Photos: the sample photos, accepted by intake
+        open_tab(page, "Photos")
+        button(page, "Try it with sample photos").click()
+        wait_for_images(page, "gallery-source", 4)
+        wait_for_images(page, "gallery-reference", 4)
+        button(page, "Try it with sample photos").wait_for(state="hidden")
+        assert page.locator("#refusals").count() == 0, page.locator("#refusals").inner_text()
+        shots.take("sample-photos")
+
+        # 3. Train: the demo's tiny run, as preset
+        open_tab(page, "Train")
+        button(page, "Start training").click()
+        wait_for_job(page, "train-progress")
+        shots.take("trained")
+
+        # 4. Generate
+        open_tab(page, "Generate")
+        button(page, "Generate", exact=True).click()
+        wait_for_job(page, "generate-progress")
+        wait_for_images(page, "generate-results", 1)
+        shots.take("generated")
+
+        # 5. Gallery: export the LoRA, publish the client gallery
+        open_tab(page, "Gallery")
+        wait_for_images(page, "gallery-outputs", 1)
+        button(page, "Export LoRA").click()
+        page.locator("#export-files").get_by_text("lora").first.wait_for(timeout=NO_TIMEOUT)
+        shots.take("exported")
+        page.get_by_text("Client proof gallery").click()
+        tick_all(page, "proof-outputs")
+        page.get_by_label("Gallery password").fill(CLIENT_PASSWORD)
+        button(page, "Publish client gallery").click()
+        link = page.locator("#proof-status a").first
+        link.wait_for()
+        assert "/proof/" in link.get_attribute("href")
+        shots.take("published")
+
+    project = data_dir / "projects" / PROJECT.replace(" ", "-")
+    assert list((project / "exports").rglob("*.safetensors")), "no LoRA was exported"
+    manifest = json.loads((project / "manifest.json").read_text("utf-8"))
+    photos = [image["role"] for image in manifest["images"]]
+    assert 4 <= photos.count("source") <= 6 and 4 <= photos.count("reference") <= 6
+    assert manifest["proof"]["token"] in link.get_attribute("href") and manifest["proof"]["outputs"]
+    assert not list(tmp_path.glob("*.png")), "the test supplied no photo file of its own"
