@@ -2,7 +2,9 @@
 
 Keys follow diffusers' LoRA format (what ``StableDiffusionLoraLoaderMixin.save_lora_weights`` writes
 for peft adapters): ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` and ``text_encoder.<module>...``,
-plus ``embeddings.<token>`` for the placeholder tokens. The file's metadata holds ``magicapture``
+plus ``embeddings.<token>`` for the placeholder tokens. An SDXL artefact also holds the second
+text encoder's (OpenCLIP bigG) LoRA as ``text_encoder_2.<module>...`` and its rows as
+``embeddings_2.<token>``. The file's metadata holds ``magicapture``
 (JSON: base model, tokens, preset...) and diffusers' ``lora_adapter_metadata`` (the LoRA ranks and
 alphas). diffusers' ``load_lora_weights`` refuses a file with non-LoRA keys, so the LoRA is handed
 to it as `Artefact.diffusers_state_dict` (the same weights, alpha/rank folded in); `engine.generate`
@@ -31,7 +33,21 @@ if TYPE_CHECKING:
 METADATA_KEY = "magicapture"
 LORA_METADATA_KEY = "lora_adapter_metadata"
 """diffusers' key for the LoraConfig arguments (rank, alpha, targets) of each model."""
-PREFIXES = {"unet": "unet.", "text_encoder": "text_encoder.", "embeddings": "embeddings."}
+PREFIXES = {
+    "unet": "unet.",
+    "text_encoder": "text_encoder.",
+    "text_encoder_2": "text_encoder_2.",
+    "embeddings": "embeddings.",
+    "embeddings_2": "embeddings_2.",
+}
+_FIELDS = {
+    "unet": "unet_lora",
+    "text_encoder": "text_lora",
+    "text_encoder_2": "text_lora_2",
+    "embeddings": "embeddings",
+    "embeddings_2": "embeddings_2",
+}
+"""The `Artefact` field of each key prefix."""
 CHECKSUM_SUFFIX = ".sha256"
 TEXT_MODEL = "text_model."
 """Prefix of the text encoder's modules in diffusers' naming (peft keys may lack it)."""
@@ -48,9 +64,23 @@ class Artefact:
     unet_lora: dict[str, torch.Tensor]
     text_lora: dict[str, torch.Tensor]
     embeddings: dict[str, torch.Tensor]
-    """Token -> embedding row ``[hidden]``."""
+    """Token -> embedding row ``[hidden]`` of the (first) text encoder."""
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    text_lora_2: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The second text encoder's LoRA (SDXL's bigG); empty for SD 1.x."""
+    embeddings_2: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Token -> row of the second text encoder (SDXL's bigG); empty for SD 1.x."""
+
+    def encoder_loras(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Text encoder (`BaseModel` name) -> its LoRA, for the encoders that have one."""
+        loras = {"text_encoder": self.text_lora, "text_encoder_2": self.text_lora_2}
+        return {name: lora for name, lora in loras.items() if lora}
+
+    def encoder_embeddings(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Text encoder (`BaseModel` name) -> token -> row: the first, and the second when it has rows."""
+        rows = {"text_encoder": self.embeddings}
+        return rows | ({"text_encoder_2": self.embeddings_2} if self.embeddings_2 else {})
 
     @property
     def family(self) -> ModelFamily:
@@ -63,9 +93,10 @@ class Artefact:
             raise ArtefactError(f"{self.path}: {error}") from error
 
     def diffusers_state_dict(self) -> dict[str, torch.Tensor]:
-        """The LoRA in diffusers' SD 1.x naming, alpha/rank folded into ``lora_B`` (what any loader applies as is)."""
+        """The LoRA in diffusers' naming (``unet.``, ``text_encoder.``, SDXL's ``text_encoder_2.``),
+        alpha/rank folded into ``lora_B`` (what any loader applies as is)."""
         state = {}
-        for part, weights in (("unet", self.unet_lora), ("text_encoder", self.text_lora)):
+        for part, weights in (("unet", self.unet_lora), *self.encoder_loras().items()):
             scale = self._lora_scale(part, weights)
             for key, value in weights.items():
                 name = key if part == "unet" or key.startswith(TEXT_MODEL) else TEXT_MODEL + key
@@ -103,24 +134,27 @@ def save_artefact(
     text_lora: dict[str, torch.Tensor],
     embeddings: dict[str, torch.Tensor],
     metadata: dict[str, Any],
+    *,
+    text_lora_2: dict[str, torch.Tensor] | None = None,
+    embeddings_2: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the artefact atomically.
+    """Write the artefact atomically; ``text_lora_2`` and ``embeddings_2``: SDXL's second text encoder.
 
-    ``metadata["lora"]`` may map ``"unet"`` / ``"text_encoder"`` to their LoraConfig arguments
-    (``r``, ``lora_alpha``, ``target_modules``...); they are stored where diffusers reads them.
+    ``metadata["lora"]`` may map ``"unet"`` / ``"text_encoder"`` / ``"text_encoder_2"`` to their
+    LoraConfig arguments (``r``, ``lora_alpha``, ``target_modules``...); they are stored where
+    diffusers reads them.
     """
     from safetensors.torch import save_file
 
+    artefact = Artefact(
+        unet_lora, text_lora, embeddings, metadata, None, text_lora_2 or {}, embeddings_2 or {}
+    )
     tensors = {}
-    for prefix, part in (
-        (PREFIXES["unet"], unet_lora),
-        (PREFIXES["text_encoder"], text_lora),
-        (PREFIXES["embeddings"], embeddings),
-    ):
-        for key, value in part.items():
+    for name, prefix in PREFIXES.items():
+        for key, value in getattr(artefact, _FIELDS[name]).items():
             tensors[prefix + key] = value.detach().to("cpu").contiguous()
     header = {"format": "pt", METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)}
-    adapters = Artefact(unet_lora, text_lora, embeddings, metadata).lora_metadata()
+    adapters = artefact.lora_metadata()
     if adapters:
         header[LORA_METADATA_KEY] = json.dumps(adapters, sort_keys=True)
     path, sidecar = Path(path), checksum_path(path)
@@ -179,4 +213,12 @@ def load_artefact(path: Path) -> Artefact:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as error:
         raise ArtefactError(f"The metadata of {path.name} is damaged ({error}).") from error
-    return Artefact(parts["unet"], parts["text_encoder"], parts["embeddings"], metadata, path)
+    return Artefact(
+        parts["unet"],
+        parts["text_encoder"],
+        parts["embeddings"],
+        metadata,
+        path,
+        parts["text_encoder_2"],
+        parts["embeddings_2"],
+    )

@@ -111,6 +111,26 @@ def add_placeholder_tokens(
 
 
 @torch.no_grad()
+def norm_targets(
+    base: BaseModel, config: TrainingConfig, embeddings: dict[str, PlaceholderEmbedding]
+) -> dict[str, float]:
+    """The phase-1 norm pull's target per text encoder of ``embeddings`` (`add_placeholder_tokens_to_base`).
+
+    ``config.embedding_norm_target`` is tuned to the first encoder (CLIP-L); every other encoder
+    (SDXL's bigG, whose rows are longer) aims at the same multiple of its own
+    ``identity_init_word`` row's norm.
+    """
+    names = list(embeddings)
+    person = {}
+    for name in names:
+        tokenizer = getattr(base, TOKENIZER_OF[name])
+        (init_id,) = tokenizer.encode(config.identity_init_word, add_special_tokens=False)
+        person[name] = embeddings[name].base.weight[init_id].float().norm().item()
+    target = config.embedding_norm_target
+    return {name: target if name == names[0] else target * person[name] / person[names[0]] for name in names}
+
+
+@torch.no_grad()
 def pull_norms(rows: torch.Tensor, target: float, strength: float) -> None:
     """Move each row's norm a fraction ``strength`` of the way to ``target``, keeping its direction."""
     norms = rows.norm(dim=-1, keepdim=True)

@@ -43,7 +43,7 @@ class ModelFamily(Protocol):
     `recognises_checkpoint`, `recognises_config`, `load_components`, `load_single_file`.
     Sampling: `pipeline`. Training: ``text_encoders`` (in `encode_prompt` order), `encode_prompt`,
     `latent_scale`, `lora_target_modules`, the Attention Refocusing layers (`ar_layer_names`) and
-    their map size (`ar_map_size`), ``native_resolution``. Export: ``kohya_prefixes``,
+    their map size (`ar_map_size`), ``native_resolution``, ``tiny_decoder``. Export: ``kohya_prefixes``,
     ``kohya_base_version``, ``embedding_keys``. Demo kit: `build_tiny`.
     """
 
@@ -62,6 +62,8 @@ class ModelFamily(Protocol):
     """``ss_base_model_version`` of a kohya LoRA file."""
     embedding_keys: Mapping[str, str]
     """Text encoder -> tensor name of its rows in an AUTOMATIC1111/ComfyUI embedding file."""
+    tiny_decoder: str | None
+    """Hub id of the family's TAESD (``identity_decoder="tiny"``); None: none yet, the VAE decodes."""
 
     def recognises_checkpoint(self, keys: Collection[str]) -> bool:
         """Whether a single file with these tensor names is a full checkpoint of this family."""

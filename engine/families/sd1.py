@@ -43,6 +43,7 @@ class SD1Family:
     )
     kohya_base_version: str = "sd_v1"
     embedding_keys: Mapping[str, str] = field(default_factory=lambda: {"text_encoder": "emb_params"})
+    tiny_decoder: str | None = "madebyollin/taesd"
 
     def recognises_checkpoint(self, keys: Collection[str]) -> bool:
         return all(any(k.startswith(prefix) for k in keys) for prefix in self.checkpoint_prefixes)

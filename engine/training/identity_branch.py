@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -11,12 +12,15 @@ from torch import nn
 
 from engine.events import Event, Status
 
+LOG = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
     from engine.config import TrainingConfig
     from engine.data import TrainingData
     from engine.faces import FaceKit
+    from engine.families import ModelFamily
     from engine.losses import DecoderAgreement, WindowFidelity
     from engine.models import BaseModel
     from engine.training.options import Options
@@ -47,6 +51,23 @@ class IdentityBranch:
         if self.dtype == torch.float32:
             return torch.autocast(device, enabled=False)
         return torch.autocast(device, dtype=self.dtype)
+
+
+def identity_decoder_for(
+    config: TrainingConfig, family: ModelFamily, emit: Callable[[Event], None]
+) -> TrainingConfig:
+    """The config a run on ``family`` trains with: ``identity_decoder="tiny"`` becomes ``"vae"`` (said
+    in a `Status` and the log) when the family has no TAESD (``family.tiny_decoder``), as SDXL has not."""
+    if config.identity_decoder != "tiny" or family.tiny_decoder is not None:
+        return config
+    message = (
+        f"{family.label} has no tiny identity decoder yet (TAESD decodes SD 1.x latents only): the "
+        "identity loss decodes the face window with the base model's VAE (identity_decoder=vae), "
+        "which takes more time and memory."
+    )
+    LOG.warning(message)
+    emit(Status(message=message))
+    return config.replace(identity_decoder="vae")
 
 
 def identity_vae(vae: Any, dtype: torch.dtype | None) -> Any | None:

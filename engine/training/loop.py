@@ -22,7 +22,11 @@ from engine.identity import source_embedding
 from engine.runs import RUNS, update_run
 from engine.store import Project
 from engine.training.errors import TrainingCancelled
-from engine.training.identity_branch import build_identity_branch, check_identity_branch
+from engine.training.identity_branch import (
+    build_identity_branch,
+    check_identity_branch,
+    identity_decoder_for,
+)
 from engine.training.monitor import MethodMonitor
 from engine.training.objective import Denoiser, Objective
 from engine.training.options import Options, lora_configs, make_accelerator, resolve_options
@@ -71,7 +75,7 @@ class Trainer:
         """Load and prepare the models (frozen, tokens added, AR capture installed) and the training data."""
         from engine.attention import AttentionStore, install_capture
         from engine.models import load_base
-        from engine.tokens import add_placeholder_tokens
+        from engine.tokens import add_placeholder_tokens_to_base, norm_targets
 
         config, options = self.config, self.options
         self.emit(Status(message=f"Loading {config.base_model if base is None else base.source}."))
@@ -85,7 +89,9 @@ class Trainer:
             if module.device != self.device or module.dtype != dtype:
                 module.to(self.device, dtype=dtype)
         self.base = base
-        self.placeholders = add_placeholder_tokens(base.tokenizer, base.text_encoder, config)
+        self.config = config = identity_decoder_for(config, base.family, self.emit)
+        self.placeholders = add_placeholder_tokens_to_base(base, config)
+        self.norm_targets = norm_targets(base, config, self.placeholders)
         self.store = AttentionStore()
         install_capture(base.unet, self.store, base.family)
         if options.gradient_checkpointing:
@@ -147,7 +153,7 @@ class Trainer:
 
     def param_groups(self, phase: int) -> list[dict[str, Any]]:
         """The optimiser's parameter groups of ``phase``: the two rows, then (phase 2) the LoRA."""
-        config, rows = self.config, [self.placeholders.rows]
+        config, rows = self.config, [embedding.rows for embedding in self.placeholders.values()]
         scale = (
             config.train_batch_size * config.gradient_accumulation_steps * self.accelerator.num_processes
             if config.scale_lr
@@ -176,7 +182,7 @@ class Trainer:
         config = self.config
         if phase == 2:
             self.add_lora()
-        model = Denoiser(self.base)
+        model = Denoiser(self.base, config.resolution)
         if restore is not None:
             strict = ckpt.read_json(restore / ckpt.STATE)["phase"] == phase
             load_trainable(model, restore / "trainable.safetensors", self.device, strict)
@@ -261,7 +267,8 @@ class Trainer:
             if phase == 1 and config.embedding_norm_pull:
                 from engine.tokens import pull_norms
 
-                pull_norms(self.placeholders.rows, config.embedding_norm_target, min(1.0, 100 * lr))
+                for name, embedding in self.placeholders.items():
+                    pull_norms(embedding.rows, self.norm_targets[name], min(1.0, 100 * lr))
             global_step = offset + step + 1
             speed = done / max(time.perf_counter() - began, 1e-9)
             self.emit(

@@ -31,19 +31,20 @@ if TYPE_CHECKING:
 class Denoiser(nn.Module):
     """Text encoders and UNet as one module, so one DDP wrapper sees every trained parameter.
 
-    Each text encoder is a submodule under its `BaseModel` name; the family turns prompts into states.
+    Each text encoder is a submodule under its `BaseModel` name; the family turns prompts into states
+    for images of ``resolution`` pixels (SDXL's size ids).
     """
 
-    def __init__(self, base: BaseModel):
+    def __init__(self, base: BaseModel, resolution: int | None = None):
         super().__init__()
-        self.family = base.family
+        self.family, self.resolution = base.family, resolution
         for name in base.family.text_encoders:
             self.add_module(name, getattr(base, name))
         self.unet = base.unet
 
     def forward(self, input_ids: torch.Tensor, noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         encoders = [getattr(self, name) for name in self.family.text_encoders]
-        states = self.family.encode_prompt(encoders, input_ids)
+        states = self.family.encode_prompt(encoders, input_ids, self.resolution)
         return self.unet(noisy, timesteps, states.hidden_states, added_cond_kwargs=states.added_cond).sample
 
 

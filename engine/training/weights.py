@@ -29,15 +29,21 @@ RECOMMENDED = {
 
 
 def save_weights(trainer: Trainer, path: Path, with_lora: bool, **details: Any) -> Path:
-    """An artefact of the trainer's current weights: the LoRA (when injected), the two embeddings, and metadata plus ``details``."""
+    """An artefact of the trainer's current weights: the LoRA (when injected), the two embeddings of
+    each text encoder, and metadata plus ``details``."""
     from engine.artefact import save_artefact
 
     config, base = trainer.config, trainer.base
     configs = lora_configs(config, trainer.options.train_text_encoder, base.family) if with_lora else {}
     loras = {
-        name: lora_state(getattr(base, name)) if name in configs else {} for name in ("unet", "text_encoder")
+        name: lora_state(getattr(base, name)) if name in configs else {}
+        for name in ("unet", *base.family.text_encoders)
     }
-    rows = trainer.placeholders.rows.detach()
+    tokens = (config.identity_token, config.style_token)
+    rows = {
+        name: dict(zip(tokens, embedding.rows.detach(), strict=True))
+        for name, embedding in trainer.placeholders.items()
+    }
     metadata = {
         "format": 1,
         "base_model": base.source,
@@ -57,8 +63,10 @@ def save_weights(trainer: Trainer, path: Path, with_lora: bool, **details: Any) 
         path,
         loras["unet"],
         loras["text_encoder"],
-        {config.identity_token: rows[0], config.style_token: rows[1]},
+        rows["text_encoder"],
         metadata,
+        text_lora_2=loras.get("text_encoder_2"),
+        embeddings_2=rows.get("text_encoder_2"),
     )
 
 

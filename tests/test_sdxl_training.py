@@ -1,0 +1,122 @@
+"""Training on the tiny SDXL: both phases, both encoders' rows, the resume and the artefact."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from fixtures_training import tiny_face_kit
+from tiny import tiny_config
+
+from engine.artefact import load_artefact
+from engine.config import preset
+from engine.demo.portraits import make_project
+from engine.demo.sdxl import build_tiny_sdxl
+from engine.events import PhaseStarted, Status, StepDone
+from engine.models import load_base
+from engine.training import TrainingCancelled, train
+
+ENCODERS = ("text_encoder", "text_encoder_2")
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture
+def project(isolated_home):
+    return make_project(isolated_home)
+
+
+def _weights(base) -> dict[str, torch.Tensor]:
+    """Every weight of the base under one name, LoRA tensors apart (``.base_layer`` dropped)."""
+    state = {}
+    for name in ("unet", "vae", *ENCODERS):
+        for key, value in getattr(base, name).state_dict().items():
+            state[f"{name}.{key.replace('.base_layer', '')}"] = value.detach().clone()
+    return state
+
+
+def _rows(base) -> dict[str, torch.Tensor]:
+    return {name: getattr(base, name).get_input_embeddings().rows.detach().clone() for name in ENCODERS}
+
+
+@pytest.mark.slow
+def test_both_phases_train_only_both_encoders_placeholder_rows_and_the_lora(project, tiny_sdxl):
+    base = load_base(tiny_sdxl.folder)
+    before = _weights(base)
+    config = tiny_config(
+        tiny_sdxl.folder,
+        phase1_steps=1,
+        phase2_steps=2,
+        train_text_encoder=True,
+        identity_fallback_landmarks=True,  # the identity term runs (the VAE decodes with gradient)
+        identity_decoder=preset().identity_decoder,  # TAESD is SD 1.x's: the run falls back to the VAE
+    )
+    events, rows, time_ids = [], {}, []
+
+    def record(event):
+        events.append(event)
+        if isinstance(event, PhaseStarted):
+            rows[event.phase] = _rows(base)
+
+    base.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: time_ids.append(kwargs["added_cond_kwargs"]["time_ids"].clone()),
+        with_kwargs=True,
+    )
+    path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=record)
+
+    after = _weights(base)
+    for key, value in before.items():
+        if key.endswith("token_embedding.weight"):  # the tables grew by the two placeholder rows
+            grown = after[key.replace("token_embedding.weight", "token_embedding.base.weight")]
+            assert grown.shape[0] == value.shape[0] + 2 and torch.equal(grown[: value.shape[0]], value), key
+        else:
+            assert torch.equal(after[key], value), key
+    lora = {k for k in after if "lora_" in k}
+    assert {k.split(".")[0] for k in lora} == {"unet", *ENCODERS}
+    final = _rows(base)
+    for name in ENCODERS:  # both rows of both encoders train, in each phase
+        assert final[name].shape[1] == getattr(base, name).config.hidden_size
+        for index in (0, 1):
+            assert (rows[2][name][index] - rows[1][name][index]).norm() > 1e-6, (name, index)
+            assert (final[name][index] - rows[2][name][index]).norm() > 1e-6, (name, index)
+    assert all(torch.equal(ids, torch.tensor([[64.0, 64, 0, 0, 64, 64]]).expand_as(ids)) for ids in time_ids)
+    assert any("VAE" in e.message and "SDXL" in e.message for e in events if isinstance(e, Status))
+    assert all("identity" in e.losses for e in events if isinstance(e, StepDone) and e.phase == 2)
+
+    artefact = load_artefact(path)
+    assert artefact.metadata["family"] == "sdxl" and artefact.family.name == "sdxl"
+    assert artefact.metadata["config"]["identity_decoder"] == "vae"
+    encoders = artefact.encoder_embeddings()
+    for name in ENCODERS:
+        assert set(encoders[name]) == {"<sks>", "<style1>"}
+        assert torch.equal(encoders[name]["<sks>"], final[name][0])
+        assert torch.equal(encoders[name]["<style1>"], final[name][1])
+    assert artefact.embeddings == encoders["text_encoder"]
+    loras = artefact.encoder_loras()
+    assert set(loras) == set(ENCODERS)
+    for name, weights in (("unet", artefact.unet_lora), *loras.items()):
+        assert weights and any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k), name
+
+
+def test_the_phase_one_norm_pull_aims_at_each_encoders_own_scale(project, tiny_sdxl):
+    """The pull's target (0.4) is tuned to CLIP-L; bigG's rows aim at the same multiple of its own "person" row."""
+    base = load_base(tiny_sdxl.folder)
+    person = {}
+    for name in ENCODERS:
+        (token,) = base.tokenizer(["person"], add_special_tokens=False).input_ids[0]
+        person[name] = getattr(base, name).get_input_embeddings().weight[token].norm().item()
+    # lr 0.01: the pull's strength min(1, 100 lr) is 1, so one step puts each norm on its target.
+    config = tiny_config(
+        tiny_sdxl.folder, phase1_steps=1, phase2_steps=0, embedding_norm_pull=True, phase1_lr=0.01
+    )
+    train(project, config, base=base, face_kit=tiny_face_kit())
+    norms = {name: rows.norm(dim=-1) for name, rows in _rows(base).items()}
+    target = config.embedding_norm_target
+    torch.testing.assert_close(norms["text_encoder"], torch.full((2,), target))
+    scaled = target * person["text_encoder_2"] / person["text_encoder"]
+    assert abs(scaled - target) > 0.05  # the tiny encoders' rows differ in scale, as CLIP-L's and bigG's do
+    torch.testing.assert_close(norms["text_encoder_2"], torch.full((2,), scaled))
