@@ -18,6 +18,11 @@ LOCAL_ONLY = (
     "with --listen (clients on your network) or with --share --auth USER:PASSWORD (anywhere)."
 )
 
+NO_LAN_ADDRESS = (
+    "The studio listens on your network, but no network address of this computer was found: give your "
+    "client this computer's address in place of 127.0.0.1, or restart with --share --auth USER:PASSWORD."
+)
+
 
 @dataclass(frozen=True)
 class Reach:
@@ -28,6 +33,8 @@ class Reach:
     """``http://<LAN address>:<port>`` for each network address, with ``--listen``."""
     share: str | None = None
     """The public link, with ``--share``."""
+    listen: bool = False
+    """Served on every network interface (``--listen``), whether or not an address was found."""
 
 
 @dataclass(frozen=True)
@@ -73,12 +80,15 @@ def served(
     lan = (
         tuple(f"http://{host}:{port}" for host in (lan_hosts() if hosts is None else hosts)) if listen else ()
     )
-    return Reach(local=local_url.rstrip("/"), lan=lan, share=share_url.rstrip("/") if share_url else None)
+    share = share_url.rstrip("/") if share_url else None
+    return Reach(local=local_url.rstrip("/"), lan=lan, share=share, listen=listen)
 
 
 def start_lines(reach: Reach) -> list[str]:
     """The start-up lines on the addresses others can use."""
     lines = [f"On your network: {url}" for url in reach.lan]
+    if reach.listen and not reach.lan:
+        lines.append(NO_LAN_ADDRESS)
     if reach.share:
         lines.append(f"Public link (login required): {reach.share}")
     return lines
@@ -103,6 +113,8 @@ def proof_link(token: str, reach: Reach | None, origin: str | None = None) -> Pr
             f"Network link: your client can open it on the same network as this computer{others}.",
         )
     base = reach.local if reach is not None else (origin or "").rstrip("/")
+    if reach is not None and reach.listen:
+        return ProofLink(base + path, NO_LAN_ADDRESS)
     if _loopback(base):
         return ProofLink(base + path, LOCAL_ONLY)
     return ProofLink(base + path, "This link uses the address your browser uses for the studio.")

@@ -89,7 +89,7 @@ def test_the_proof_link_uses_the_share_link_then_the_lan_then_says_it_is_local_o
 
 
 def test_listen_finds_the_lan_addresses_and_prints_them():
-    from studio.reach import lan_hosts, served, start_lines
+    from studio.reach import NO_LAN_ADDRESS, lan_hosts, proof_link, served, start_lines
 
     hosts = lan_hosts(
         ["127.0.0.1", "192.168.1.20", "169.254.3.3", "0.0.0.0", "192.168.1.20", "fe80::1", "10.0.0.5"]
@@ -105,6 +105,10 @@ def test_listen_finds_the_lan_addresses_and_prints_them():
         "On your network: http://10.0.0.5:7860",
     ]
     assert served("http://127.0.0.1:7860/", 7860, listen=False, share_url=None, hosts=hosts).lan == ()
+    # --listen on a computer without a network address: said at start and beside the link
+    alone = served("http://127.0.0.1:7860/", 7860, listen=True, share_url=None, hosts=[])
+    assert start_lines(alone) == [NO_LAN_ADDRESS]
+    assert proof_link("tok", alone).note == NO_LAN_ADDRESS and "no network address" in NO_LAN_ADDRESS
     assert all(isinstance(host, str) for host in lan_hosts())  # the machine's own, whatever they are
 
 
