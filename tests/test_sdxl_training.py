@@ -13,7 +13,7 @@ from engine.artefact import load_artefact
 from engine.config import preset
 from engine.demo.portraits import make_project
 from engine.demo.sdxl import build_tiny_sdxl
-from engine.events import PhaseStarted, Status, StepDone
+from engine.events import Cancelled, PhaseStarted, Status, StepDone, read_events
 from engine.models import load_base
 from engine.training import TrainingCancelled, train
 
@@ -120,3 +120,56 @@ def test_the_phase_one_norm_pull_aims_at_each_encoders_own_scale(project, tiny_s
     scaled = target * person["text_encoder_2"] / person["text_encoder"]
     assert abs(scaled - target) > 0.05  # the tiny encoders' rows differ in scale, as CLIP-L's and bigG's do
     torch.testing.assert_close(norms["text_encoder_2"], torch.full((2,), scaled))
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise reproducible CPU training (as tests/test_train.py's: 8-bit AdamW's last bits vary with threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _final_tensors(path) -> dict[str, torch.Tensor]:
+    artefact = load_artefact(path)
+    tensors = {f"unet.{k}": v for k, v in artefact.unet_lora.items()}
+    for name, lora in artefact.encoder_loras().items():
+        tensors |= {f"{name}.{k}": v for k, v in lora.items()}
+    for name, rows in artefact.encoder_embeddings().items():
+        tensors |= {f"{name}.{k}": v for k, v in rows.items()}
+    return tensors
+
+
+@pytest.mark.slow
+def test_a_stopped_and_resumed_sdxl_run_ends_bit_identical_to_an_uninterrupted_one(
+    project, tiny_sdxl, one_thread
+):
+    config = tiny_config(tiny_sdxl.folder, phase1_steps=1, phase2_steps=2, train_text_encoder=True)
+
+    def run(step=None, resume=None):
+        cancel = threading.Event()
+
+        def watch(event):
+            if isinstance(event, StepDone) and event.global_step == step:
+                cancel.set()
+
+        base = load_base(tiny_sdxl.folder)
+        return train(
+            project, config, base=base, face_kit=tiny_face_kit(), on_event=watch, cancel=cancel, resume=resume
+        )
+
+    reference = _final_tensors(run())
+    assert {k.split(".")[0] for k in reference} == {"unet", "text_encoder", "text_encoder_2"}
+    with pytest.raises(TrainingCancelled) as stopped:  # end of phase 1: phase 2 loads both encoders' rows
+        run(step=1)
+    run_id = stopped.value.run
+    with pytest.raises(TrainingCancelled):  # mid phase 2: optimiser, schedule, RNG and all LoRAs come back
+        run(step=2, resume=run_id)
+    resumed = _final_tensors(run(resume=run_id))
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    events = read_events(project.path("trainings", run_id, "events.jsonl"))
+    assert [e.global_step for e in events if isinstance(e, Cancelled)] == [1, 2]
+    assert [e.global_step for e in events if isinstance(e, StepDone)] == [1, 2, 3]
