@@ -173,3 +173,47 @@ def test_a_stopped_and_resumed_sdxl_run_ends_bit_identical_to_an_uninterrupted_o
     events = read_events(project.path("trainings", run_id, "events.jsonl"))
     assert [e.global_step for e in events if isinstance(e, Cancelled)] == [1, 2]
     assert [e.global_step for e in events if isinstance(e, StepDone)] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_the_artefact_loads_into_the_sdxl_pipeline_with_both_encoders_lora_and_rows(project, tiny_sdxl):
+    from engine.models import make_pipeline
+
+    config = tiny_config(tiny_sdxl.folder, phase1_steps=1, phase2_steps=1, train_text_encoder=True)
+    path = train(project, config, base=load_base(tiny_sdxl.folder), face_kit=tiny_face_kit())
+    artefact = load_artefact(path)
+    state = artefact.diffusers_state_dict()
+    assert {key.split(".")[0] for key in state} == {"unet", *ENCODERS}
+
+    pipe = make_pipeline(load_base(tiny_sdxl.folder))  # StableDiffusionXLPipeline
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(state, adapter_name="magicapture")
+    for name in ("unet", *ENCODERS):  # transformers' CLIPTextModel names its modules without text_model.
+        loaded = {
+            key.replace(".magicapture.", ".").removeprefix("text_model."): value
+            for key, value in getattr(pipe, name).state_dict().items()
+            if "lora_" in key
+        }
+        prefix = f"{name}."
+        expected = {
+            k.removeprefix(prefix).removeprefix("text_model."): v
+            for k, v in state.items()
+            if k.startswith(prefix)
+        }
+        assert loaded.keys() == expected.keys(), name
+        assert all(torch.equal(loaded[k], expected[k]) for k in expected), name
+
+    for name, tokenizer in (("text_encoder", pipe.tokenizer), ("text_encoder_2", pipe.tokenizer_2)):
+        rows = artefact.encoder_embeddings()[name]
+        encoder = getattr(pipe, name)
+        assert all(row.shape == (encoder.config.hidden_size,) for row in rows.values())
+        pipe.load_textual_inversion(
+            list(rows.values()), token=list(rows), text_encoder=encoder, tokenizer=tokenizer
+        )
+        ids = tokenizer.convert_tokens_to_ids(list(rows))
+        table = encoder.get_input_embeddings().weight
+        assert all(torch.equal(table[i], row) for i, row in zip(ids, rows.values(), strict=True)), name
+    image = pipe(
+        artefact.metadata["prompt"], num_inference_steps=2, height=64, width=64, output_type="np"
+    ).images[0]
+    assert image.shape == (64, 64, 3)
