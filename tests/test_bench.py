@@ -144,8 +144,9 @@ def test_table_shows_each_figure_with_its_command(quick_results: dict) -> None:
     lines = table.splitlines()
     assert lines[0].startswith("Measured ") and "python -m bench --quick" in lines[0]
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Figure")]
-    # speed kinds, memory profile (VAE and tiny decoder), generation, photos, studio, ablation (toy x AR form)
-    assert len(rows) == 6 + 2 + 1 + 2 + 3 + 2 * 3
+    # speed kinds, memory profile (VAE and tiny decoder), generation, photos, prepare's photos (with the
+    # 12 MP one), studio, ablation (toy x AR form)
+    assert len(rows) == 6 + 2 + 1 + 2 + 3 + 3 + 2 * 3
     assert all(row.rstrip().endswith("` |") for row in rows)
     assert f"{quick_results['phase2_step_ratio']:.2f}x" in table
     assert f"{quick_results['generate_time_ratio']:.2f}x" in table
