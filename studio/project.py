@@ -78,7 +78,7 @@ def on_delete(studio: Studio, name: str | None):
             studio.store.delete(name)
     except (JobRefused, StoreError) as error:
         gr.Warning(str(error))
-        return gr.Dropdown(value=name), gr.skip(), None
+        return gr.Dropdown(choices=studio.store.list(), value=name), gr.skip(), None
     gr.Info(f"Project {name} deleted.")
     return gr.Dropdown(choices=studio.store.list(), value=None), False, None
 

@@ -300,25 +300,25 @@ def test_a_handler_user_error_shows_its_sentence_and_logs_no_traceback(tmp_path,
     import engine.intake
     from engine.store import ProjectStore
     from studio.app import Studio, sentences_for_users
+    from studio.gallery import on_zip
     from studio.photos import on_remove
-    from studio.project import on_delete
     from studio.state import bind
 
     studio = Studio(ProjectStore(tmp_path))
     studio.store.create("anna")
-    delete = sentences_for_users(bind(on_delete, studio))
+    zip_all = sentences_for_users(bind(on_zip, studio))
     remove = sentences_for_users(bind(on_remove, studio, "source"))
     with caplog.at_level(logging.WARNING, logger="studio"):
         with pytest.raises(gr.Error) as refused:
-            delete(None, False)
+            zip_all("anna", [])
         assert refused.value.print_exception is False
-        assert "Open the project to delete first." in refused.value.message
+        assert "There are no portraits to zip yet." in refused.value.message
         with pytest.raises(gr.Error) as store_error:
             remove("anna", "no-such-photo")
         assert store_error.value.print_exception is False
         assert "has no photo with id 'no-such-photo'" in store_error.value.message
     messages = [r.getMessage() for r in caplog.records]
-    assert any("Open the project to delete first." in m for m in messages)
+    assert any("There are no portraits to zip yet." in m for m in messages)
     assert any("no-such-photo" in m for m in messages)
     assert all(r.exc_info is None for r in caplog.records)
 
@@ -359,12 +359,12 @@ def test_a_project_is_not_deleted_while_its_job_is_queued_or_running(anna_studio
     running = studio.runner.submit("generate", "anna", "Portraits of anna", blocker)
     queued = studio.runner.submit("references", "anna", "Style references for anna", lambda job: None)
     assert started.wait(WAIT_S)
-    with pytest.raises(gr.Error, match="Portraits of anna is running"):
-        on_delete(studio, "anna", True)
+    with pytest.warns(UserWarning, match="Portraits of anna is running"):
+        on_delete(studio, "anna")
     assert "anna" in studio.store.list()
     release.set()
     assert studio.runner.wait(running, timeout=WAIT_S) and studio.runner.wait(queued, timeout=WAIT_S)
-    on_delete(studio, "anna", True)
+    on_delete(studio, "anna")
     assert "anna" not in studio.store.list()
 
 
@@ -381,7 +381,7 @@ def test_no_job_starts_for_a_project_while_it_is_being_deleted(anna_studio, monk
         delete_files(name)
 
     monkeypatch.setattr(studio.store, "delete", slow_delete)
-    worker = threading.Thread(target=on_delete, args=(studio, "anna", True))
+    worker = threading.Thread(target=on_delete, args=(studio, "anna"))
     worker.start()
     try:
         assert deleting.wait(WAIT_S)
