@@ -20,13 +20,25 @@ def refusals(results) -> list[str]:
     return [f"{photo.filename}: {result.message}" for photo, result in results if isinstance(result, Refused)]
 
 
-def test_every_sample_photo_is_accepted_and_each_role_gets_four_to_six(demo_kit):
+@pytest.fixture(params=["non-commercial", "commercial"])
+def demo_face_kit(request, face_assets, demo_kit):
+    """The demo's face kit in either licence mode (commercial: SFace's stand-in recognises)."""
+    if request.param == "non-commercial":
+        return demo_kit
+    from engine.faces import load_face_kit
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAGICAPTURE_ASSETS", str(face_assets))
+        return load_face_kit(commercial=True)
+
+
+def test_every_sample_photo_is_accepted_and_each_role_gets_four_to_six(demo_face_kit):
     from engine.demo.samples import add_samples
     from engine.photos import photo_records
     from engine.store import ProjectStore
 
     project = ProjectStore().create("Sample Sam")
-    outcome = add_samples(project, demo_kit)
+    outcome = add_samples(project, demo_face_kit)
     assert refusals(outcome.results) == []
     for role in ("source", "reference"):
         records = photo_records(project, role)

@@ -77,14 +77,14 @@ SELFIE_PERSON = Person(
 )
 SELFIE_SHOTS = (
     Shot((122, 142, 172), 0.0, (0.0, 0.0), 1.0, 0.0),
-    Shot((196, 186, 160), 0.2, (0.06, 0.01), 0.92, 3.0, tint=(1.2, 1.0, 0.75)),
-    Shot((90, 112, 92), -0.18, (-0.05, 0.02), 1.05, -3.0, tint=(0.8, 0.97, 1.25)),
-    Shot((168, 120, 110), 0.1, (0.03, -0.02), 0.86, -1.5, tint=(0.9, 1.12, 0.85)),
+    Shot((196, 186, 160), 0.2, (0.06, 0.01), 0.92, 3.0, tint=(1.3, 0.9, 0.7)),
+    Shot((90, 112, 92), -0.18, (-0.05, 0.02), 1.05, -3.0, tint=(0.7, 1.0, 1.5)),
+    Shot((168, 120, 110), 0.1, (0.03, -0.02), 0.86, -1.5, tint=(0.8, 1.15, 0.7)),
     Shot((70, 76, 98), -0.25, (0.07, 0.04), 0.86, 4.0, greyscale=True),
 )
-"""Daylight, a warm lamp, cool shade, green fluorescent light, and black and white: a random-weight
-recogniser tells photos of one person apart mostly by their colours, so these keep every pair under
-intake's near-duplicate similarity."""
+"""Daylight, a warm lamp, cool shade, green fluorescent light, and black and white: the demo's
+random-weight recognisers (ArcFace's, and SFace's in commercial mode) tell photos of one person
+apart mostly by their colours, so these keep every pair under intake's near-duplicate similarity."""
 REFERENCE_PEOPLE = (
     Person((236, 196, 170), (170, 120, 60), (60, 90, 120), (120, 30, 40), 0.19, 0.26),
     Person((150, 104, 78), (30, 24, 20), (40, 28, 20), (200, 190, 170), 0.21, 0.27),
