@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.demo.sd import TINY_RESOLUTION, TinySD, _unet_key, to_original_layout, write_clip_tokenizer
 from engine.store import atomic_path, atomic_write_json
@@ -46,12 +46,44 @@ def write_open_clip_tokenizer(folder: Path) -> None:
         atomic_write_json(folder / name, {**values, "pad_token": OPEN_CLIP_PAD})
 
 
+def _tiny_text_encoders() -> tuple[Any, Any]:
+    """CLIP-L and OpenCLIP-bigG stand-ins: three layers, widths `CLIP_L_WIDTH` and `CLIP_G_WIDTH`."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    # Token ids as in SDXL's own text-encoder configs, including their legacy end id of 2.
+    ids = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2}
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            **ids,
+            pad_token_id=1,
+            hidden_size=CLIP_L_WIDTH,
+            intermediate_size=2 * CLIP_L_WIDTH,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            projection_dim=CLIP_L_WIDTH,
+            hidden_act="quick_gelu",
+        )
+    )
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(
+            **ids,
+            pad_token_id=1,
+            hidden_size=CLIP_G_WIDTH,
+            intermediate_size=2 * CLIP_G_WIDTH,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            projection_dim=CLIP_G_WIDTH,
+            hidden_act="gelu",
+        )
+    )
+    return text_encoder, text_encoder_2
+
+
 def build_tiny_sdxl(folder: Path, seed: int = 0) -> TinySD:
     """Build the tiny SDXL under ``folder`` (``sdxl/`` and ``sdxl-tiny.safetensors``)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
     pipe_dir = folder / "sdxl"
@@ -82,32 +114,7 @@ def build_tiny_sdxl(folder: Path, seed: int = 0) -> TinySD:
         scaling_factor=0.13025,
         force_upcast=True,
     )
-    # Token ids as in SDXL's own text-encoder configs, including their legacy end id of 2.
-    ids = {"vocab_size": 49408, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 2}
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            **ids,
-            pad_token_id=1,
-            hidden_size=CLIP_L_WIDTH,
-            intermediate_size=2 * CLIP_L_WIDTH,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            projection_dim=CLIP_L_WIDTH,
-            hidden_act="quick_gelu",
-        )
-    )
-    text_encoder_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            **ids,
-            pad_token_id=1,
-            hidden_size=CLIP_G_WIDTH,
-            intermediate_size=2 * CLIP_G_WIDTH,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            projection_dim=CLIP_G_WIDTH,
-            hidden_act="gelu",
-        )
-    )
+    text_encoder, text_encoder_2 = _tiny_text_encoders()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
