@@ -268,15 +268,14 @@ def on_version(studio: Studio, name: str | None, version: str | None):
 
 
 def on_export(studio: Studio, name: str | None, fmt: str) -> list[str]:
-    """Export the LoRA (and, for A1111, the embeddings)."""
-    from engine.export import export_embeddings, export_lora
+    """Export the LoRA in ``fmt``, the embeddings (every format's prompts use their words) and the usage note."""
+    from engine.export import USAGE_NOTE, export_embeddings, export_lora
 
     project = studio.project(name)
-    files = [str(export_lora(project, None, format=fmt))]
-    if fmt == "a1111":
-        files += [str(path) for path in export_embeddings(project, None)]
-    gr.Info(f"Saved in {project.path(EXPORTS)}.")
-    return files
+    lora = export_lora(project, None, format=fmt)
+    files = [lora, *export_embeddings(project, None), lora.with_name(USAGE_NOTE)]
+    gr.Info(f"Saved in {project.path(EXPORTS)}; {USAGE_NOTE} says how to use the files.")
+    return [str(path) for path in files]
 
 
 def on_zip(studio: Studio, name: str | None, shown_ids: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ one tile per portrait, readable details, run names, and the Project tab's delete
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -290,3 +291,25 @@ def test_a_damaged_manifest_whose_versions_loop_still_lists_its_portraits(studio
 
     project.update(loop)
     assert sorted(len(p.versions) for p in portraits(project)) in ([2], [1, 1])
+
+
+@pytest.mark.parametrize("fmt", ["a1111", "diffusers"])
+def test_an_export_gives_the_lora_the_embeddings_and_the_usage_note_in_either_format(tmp_path, lora, fmt):
+    """The note's prompts use the embeddings' words, so every format exports them, and the note is listed."""
+    from fixtures_outputs import project_with_run
+
+    from engine.export import USAGE_NOTE
+    from studio.gallery import on_export
+    from studio.state import Studio
+
+    project = project_with_run(tmp_path / "store", lora.path)
+    studio = Studio(ProjectStore(tmp_path / "store"))
+    files = [Path(file) for file in on_export(studio, project.name, fmt)]
+
+    names = {file.name for file in files}
+    assert USAGE_NOTE in names
+    embeddings = [file for file in files if "lora" not in file.name and file.suffix == ".safetensors"]
+    assert len(embeddings) == 2
+    note = (files[0].parent / USAGE_NOTE).read_text()
+    assert all(file.stem in note for file in embeddings)
+    assert all(file.is_file() for file in files)
