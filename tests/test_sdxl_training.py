@@ -6,16 +6,16 @@ import threading
 
 import pytest
 import torch
-from fixtures_training import tiny_face_kit
+from fixtures_training import demo_face_kit, tiny_face_kit
 from tiny import tiny_config
 
 from engine.artefact import load_artefact
 from engine.config import preset
 from engine.demo.portraits import make_project
 from engine.demo.sdxl import build_tiny_sdxl
-from engine.events import Cancelled, PhaseStarted, Status, StepDone, read_events
+from engine.events import Cancelled, PhaseStarted, PreviewSaved, Status, StepDone, read_events
 from engine.models import load_base
-from engine.training import TrainingCancelled, train
+from engine.training import TrainingCancelled, train, use_preview
 
 ENCODERS = ("text_encoder", "text_encoder_2")
 
@@ -176,12 +176,32 @@ def test_a_stopped_and_resumed_sdxl_run_ends_bit_identical_to_an_uninterrupted_o
 
 
 @pytest.mark.slow
-def test_the_artefact_loads_into_the_sdxl_pipeline_with_both_encoders_lora_and_rows(project, tiny_sdxl):
+def test_the_artefact_loads_into_the_sdxl_pipeline_with_both_encoders_lora_and_rows(
+    isolated_home, tiny_sdxl, tmp_path
+):
     from engine.models import make_pipeline
 
-    config = tiny_config(tiny_sdxl.folder, phase1_steps=1, phase2_steps=1, train_text_encoder=True)
-    path = train(project, config, base=load_base(tiny_sdxl.folder), face_kit=tiny_face_kit())
+    project = make_project(isolated_home, embedding_dim=512)  # previews are scored by the demo ArcFace
+
+    config = tiny_config(
+        tiny_sdxl.folder,
+        phase1_steps=1,
+        phase2_steps=1,
+        train_text_encoder=True,
+        preview_every=2,
+        preview_steps=2,
+    )
+    events = []
+    kit = demo_face_kit(tmp_path)
+    path = train(project, config, base=load_base(tiny_sdxl.folder), face_kit=kit, on_event=events.append)
     artefact = load_artefact(path)
+    (preview,) = [e for e in events if isinstance(e, PreviewSaved)]  # sampled by the SDXL pipeline
+    assert set(preview.attention_maps) == {"<sks>", "<style1>"} and len(preview.images) == 2
+    chosen = load_artefact(use_preview(project, path.parent.name, preview.global_step))
+    kept = _final_tensors(chosen.path)
+    # The chosen preview keeps text_encoder_2's LoRA and rows.
+    assert kept.keys() == _final_tensors(path).keys()
+    assert all(torch.equal(v, _final_tensors(path)[k]) for k, v in kept.items())
     state = artefact.diffusers_state_dict()
     assert {key.split(".")[0] for key in state} == {"unet", *ENCODERS}
 

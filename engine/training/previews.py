@@ -77,7 +77,15 @@ def artefact_from_preview(project: Project, run: str, step: int) -> Path:
         "created": now(),
     }
     path = project.path(RUNS, run, f"artefact-step-{step}.safetensors")
-    return save_artefact(path, weights.unet_lora, weights.text_lora, weights.embeddings, metadata)
+    return save_artefact(
+        path,
+        weights.unet_lora,
+        weights.text_lora,
+        weights.embeddings,
+        metadata,
+        text_lora_2=weights.text_lora_2,
+        embeddings_2=weights.embeddings_2,
+    )
 
 
 def use_preview(project: Project, run: str, step: int | None) -> Path:
