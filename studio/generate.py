@@ -14,6 +14,7 @@ from engine.models import SAMPLERS
 from engine.postprocess import RESTORER_LABELS
 from engine.preflight import duration
 from engine.presets import PRESETS
+from engine.runs import run_labels
 from engine.runs import runs as run_records
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
 from studio.state import DEMO_STEPS, Studio, bind
@@ -158,9 +159,11 @@ def result_items(studio: Studio, job: Job | None) -> list[tuple[str, str]]:
 
 def runs(studio: Studio, name: str | None):
     """The no-training notice and the project's finished runs, newest chosen."""
-    choices = finished_runs(studio.store.open(name)) if name else []
+    project = studio.store.open(name) if name else None
+    choices = finished_runs(project) if project else []
+    labels = run_labels(project) if project else {}
     return gr.HTML(visible=bool(name) and not choices), gr.Dropdown(
-        choices=choices, value=choices[0] if choices else None
+        choices=[(labels.get(run, run), run) for run in choices], value=choices[0] if choices else None
     )
 
 

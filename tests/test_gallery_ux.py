@@ -313,3 +313,22 @@ def test_an_export_gives_the_lora_the_embeddings_and_the_usage_note_in_either_fo
     note = (files[0].parent / USAGE_NOTE).read_text()
     assert all(file.stem in note for file in embeddings)
     assert all(file.is_file() for file in files)
+
+
+def test_the_generate_tab_names_runs_as_people_say_them(studio):
+    from studio.generate import runs
+
+    project = studio.store.create("Jane Doe headshots")
+    stamps = ("2026-12-02T14:05:00+00:00", "2026-12-03T09:30:00+00:00")
+    project.update(
+        lambda manifest: manifest["trainings"].extend(
+            {"id": f"2026120{i}-run", "status": "finished", "preset": "fast", "started": stamp}
+            for i, stamp in enumerate(stamps, start=2)
+        )
+    )
+    _, picker = runs(studio, project.name)
+    labels = dict((value, label) for label, value in picker.choices)
+    assert [value for _, value in picker.choices] == ["20261203-run", "20261202-run"]  # newest first
+    assert labels["20261202-run"].startswith("Run 1 - ") and labels["20261202-run"].endswith(" - fast")
+    assert labels["20261203-run"].startswith("Run 2 - ")
+    assert picker.value == "20261203-run"
