@@ -92,6 +92,7 @@ def test_the_command_prepares_trains_generates_exports_and_evaluates(magicapture
     paths = [Path(line) for line in exported.stdout.splitlines()]
     assert paths and all(path.is_file() for path in paths)
     assert paths[0].suffix == ".safetensors"
+    assert paths[-1].name == "README.txt"  # the usage note: the words and strengths for each tool
 
     report = magicapture("eval", "anna").stdout
     identity = "CSIM (ArcFace, trained against) | CSIM (SFace, independent)"

@@ -240,11 +240,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from engine.export import export_embeddings, export_lora
+    from engine.export import USAGE_NOTE, export_embeddings, export_lora
 
     project = _project(args.project)
-    print(export_lora(project, args.run, format=args.format))
-    for path in export_embeddings(project, args.run):
+    lora = export_lora(project, args.run, format=args.format)
+    for path in (lora, *export_embeddings(project, args.run), lora.with_name(USAGE_NOTE)):
         print(path)
 
 
