@@ -237,3 +237,15 @@ def test_the_artefact_loads_into_the_sdxl_pipeline_with_both_encoders_lora_and_r
         artefact.metadata["prompt"], num_inference_steps=2, height=64, width=64, output_type="np"
     ).images[0]
     assert image.shape == (64, 64, 3)
+
+
+def test_the_demo_kit_carries_the_tiny_sdxl_as_a_folder_and_a_single_file(tmp_path):
+    from engine.demo import KIT_VERSION, build_demo_kit
+    from engine.families.sdxl import SDXL
+
+    kit = build_demo_kit(tmp_path / "kit")
+    assert kit.sdxl.folder.is_dir() and kit.sdxl.single_file.is_file()
+    assert load_base(kit.sdxl.folder).family is SDXL
+    assert load_base(kit.sdxl.single_file, config=kit.sdxl.folder).family is SDXL
+    assert load_base(kit.sd.folder).family.name == "sd1"
+    assert build_demo_kit(tmp_path / "kit") == kit and KIT_VERSION != "2"  # reused; older kits are rebuilt

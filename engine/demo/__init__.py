@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.demo.sd import TINY_RESOLUTION, TinySD, build_tiny_decoder, build_tiny_sd
+from engine.demo.sdxl import build_tiny_sdxl
 from engine.store import atomic_write_text
 
-KIT_VERSION = "2"
+KIT_VERSION = "3"
 
 
 @dataclass(frozen=True)
 class DemoKit:
     folder: Path
     sd: TinySD
+    sdxl: TinySD
+    """The tiny SDXL (`engine.demo.sdxl`): a diffusers folder and one file in the original SDXL layout."""
     tiny_decoder: Path
     """A tiny TAESD folder, for ``identity_decoder="tiny"``."""
     assets: Path
@@ -43,19 +46,21 @@ def build_demo_kit(folder: Path) -> DemoKit:
     folder = Path(folder)
     done = folder / "COMPLETE"
     sd = TinySD(folder / "sd", folder / "sd-tiny.safetensors")
+    sdxl = TinySD(folder / "sdxl", folder / "sdxl-tiny.safetensors")
     tiny_decoder = folder / "taesd"
     assets = folder / "assets"
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.with_name(f".{folder.name}.lock"))):
         if done.is_file() and done.read_text() == KIT_VERSION:
-            return DemoKit(folder, sd, tiny_decoder, assets)
+            return DemoKit(folder, sd, sdxl, tiny_decoder, assets)
         sd = build_tiny_sd(folder)
+        sdxl = build_tiny_sdxl(folder)
         build_tiny_decoder(folder)
         build_face_assets(assets)
         build_restore_assets(assets)
         build_scoring_assets(assets)
         atomic_write_text(done, KIT_VERSION)
-    return DemoKit(folder, sd, tiny_decoder, assets)
+    return DemoKit(folder, sd, sdxl, tiny_decoder, assets)
 
 
 def default_kit_folder() -> Path:
