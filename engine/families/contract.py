@@ -6,6 +6,7 @@ without importing the registry that lists it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,3 +141,11 @@ def cross_attention_layers(unet: nn.Module, level: int) -> list[str]:
             "The UNet has no cross-attention at the Attention Refocusing level; is it a UNet of this family?"
         )
     return names
+
+
+def unet_lora_targets(modules: Sequence[str], cross_attention_only: bool) -> Any:
+    """peft ``target_modules`` of the UNet: the module names, or a pattern for their cross-attention projections only."""
+    if not cross_attention_only:
+        return list(modules)
+    projections = "|".join(re.escape(name) for name in modules if name.startswith("to_"))
+    return rf".*attn2\.({projections})"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.families.contract import PromptStates, cross_attention_layers
+from engine.families.contract import PromptStates, cross_attention_layers, unet_lora_targets
 
 if TYPE_CHECKING:
     import torch
@@ -122,11 +121,7 @@ class SD1Family:
     def lora_target_modules(
         self, unet: Sequence[str], text: Sequence[str], cross_attention_only: bool
     ) -> dict[str, Any]:
-        targets: Any = list(unet)
-        if cross_attention_only:
-            projections = "|".join(re.escape(t) for t in targets if t.startswith("to_"))
-            targets = rf".*attn2\.({projections})"
-        return {"unet": targets, "text_encoder": list(text)}
+        return {"unet": unet_lora_targets(unet, cross_attention_only), "text_encoder": list(text)}
 
     def ar_layer_names(self, unet: nn.Module) -> list[str]:
         """attn2 of every transformer in the level-2 down and up blocks (``down_blocks.2``, ``up_blocks.1``)."""
