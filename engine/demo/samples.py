@@ -96,18 +96,18 @@ REFERENCE_LOOKS = ("oil painting", "sepia studio", "pop art", "charcoal", "paste
 """The look each reference is painted in, in `REFERENCE_PEOPLE` order."""
 PAINTED_LOOKS: tuple[tuple[Colour, Colour, tuple[float, float, float], bool], ...] = (
     ((236, 196, 170), (170, 120, 60), (1.0, 1.0, 1.0), False),
-    ((205, 160, 125), (200, 170, 110), (0.7, 0.9, 1.3), False),
-    ((240, 206, 184), (200, 170, 110), (0.7, 0.9, 1.3), False),
-    ((205, 160, 125), (200, 170, 110), (1.2, 1.0, 0.75), False),
-    ((205, 160, 125), (200, 170, 110), (1.0, 1.0, 1.0), False),
-    ((205, 160, 125), (200, 170, 110), (1.0, 1.0, 1.0), True),
-    ((236, 196, 170), (200, 170, 110), (1.05, 0.8, 1.25), False),
-    ((205, 160, 125), (200, 170, 110), (1.05, 0.8, 1.25), False),
+    ((236, 196, 170), (200, 170, 110), (0.7, 1.0, 1.5), False),
+    ((236, 196, 170), (20, 16, 14), (1.2, 1.1, 0.6), False),
+    ((240, 206, 184), (120, 70, 40), (0.7, 1.0, 1.5), False),
+    ((205, 160, 125), (200, 170, 110), (0.75, 1.05, 1.05), False),
+    ((240, 206, 184), (200, 170, 110), (1.0, 1.0, 1.0), True),
+    ((205, 160, 125), (200, 170, 110), (0.8, 1.15, 0.7), False),
+    ((240, 206, 184), (200, 170, 110), (0.8, 1.15, 0.7), False),
 )
 """Skin, hair and the light's colour (and black and white) of the demo's painted references, in
-turn: skins light enough for the Haar cascade in front of any backdrop, and, since a random-weight
-recogniser tells pictures apart mostly by colour, combinations chosen so that eight of the tiny
-model's paintings are not taken for near-duplicates of each other."""
+turn: skins light enough for the Haar cascade in front of any backdrop, and, since the random-weight
+recognisers (ArcFace's, SFace's) tell pictures apart mostly by colour, combinations chosen so that
+eight of the tiny model's paintings are not taken for near-duplicates of each other."""
 REFERENCE_BACKDROPS: tuple[Colour, ...] = (
     (70, 90, 60),
     (60, 60, 70),
