@@ -1,6 +1,6 @@
-"""A trained artefact loaded into a base model: the placeholder embeddings into a tokenizer copy and the
-text encoder's table, the LoRA into the UNet and text encoder as one diffusers adapter (fused into the
-weights at the scales in use), all undone afterwards; the one kept base model."""
+"""A trained artefact loaded into a base model: the placeholder embeddings into tokenizer copies and
+each text encoder's table (SDXL: both), the LoRA into the UNet and the text encoders as one diffusers
+adapter (fused into the weights at the scales in use), all undone afterwards; the one kept base model."""
 
 from __future__ import annotations
 
@@ -22,16 +22,25 @@ if TYPE_CHECKING:
 
 ADAPTER = "magicapture"
 """Adapter name of the project LoRA inside diffusers/peft."""
-LORA_COMPONENTS = ["unet", "text_encoder"]
 _INSTALLING = "Loading the trained weights into the base model…"
+
+
+@dataclass
+class _Rows:
+    """A text encoder's embedding table before `install`: its size and the rows it overwrote."""
+
+    table_size: int
+    overwritten: dict[int, Any]
 
 
 @dataclass
 class _Installed:
     """What `install` changed in a base model, to undo it."""
 
-    table_size: int
-    overwritten: dict[int, Any]
+    tables: dict[str, _Rows]
+    """Text encoder (`BaseModel` name) -> its table before the tokens' rows went in."""
+    components: tuple[str, ...]
+    """The LoRA components of the base's family: the UNet and its text encoders."""
     fused: tuple[float, float] | None = None
     """UNet and text-encoder scales the LoRA is fused into the weights at; None while unfused."""
 
@@ -61,40 +70,69 @@ def _artefact_key(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), stat.st_mtime_ns, stat.st_size
 
 
-def install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed]:
-    """Load the artefact into ``base``: returns a view with a tokenizer copy holding the tokens."""
-    import torch
+def _tokenizer_of(encoder: str) -> str:
+    """The `BaseModel` tokenizer that feeds a text encoder (``text_encoder_2`` -> ``tokenizer_2``)."""
+    return encoder.replace("text_encoder", "tokenizer")
 
+
+def install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed]:
+    """Load the artefact into ``base``: returns a view whose tokenizer copies hold the tokens."""
     from engine.models import make_pipeline
 
-    tokenizer = copy.deepcopy(base.tokenizer)
-    tokens = list(artefact.embeddings)
-    tokenizer.add_tokens(tokens)
-    ids = tokenizer.convert_tokens_to_ids(tokens)
-    text_encoder = base.text_encoder
-    table_size = text_encoder.get_input_embeddings().num_embeddings
-    rows = torch.stack([artefact.embeddings[token] for token in tokens])
-    if rows.shape[1] != text_encoder.get_input_embeddings().embedding_dim:
+    family = base.family
+    if artefact.family.name != family.name:
         raise GenerationError(
-            f"{artefact.path} was trained on a base with {rows.shape[1]}-wide token embeddings, but "
-            f"{base.source} has {text_encoder.get_input_embeddings().embedding_dim}; use the base model it was trained on."
+            f"{artefact.path} was trained on an {artefact.family.label} model, but {base.source} is "
+            f"{family.label}; use the base model it was trained on."
         )
-    if len(tokenizer) > table_size:
-        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    table = text_encoder.get_input_embeddings().weight
-    installed = _Installed(table_size, {i: table[i].detach().clone() for i in ids if i < table_size})
-    with torch.no_grad():
-        table[ids] = rows.to(table)
-    view = dataclasses.replace(base, tokenizer=tokenizer)
-    lora = artefact.diffusers_state_dict()
+    encoder_rows = artefact.encoder_embeddings()
+    missing = [name for name in family.text_encoders if name not in encoder_rows]
+    if missing:
+        raise GenerationError(
+            f"{artefact.path} has no token embeddings for {family.label}'s {', '.join(missing)}; it may be "
+            "damaged or from an older version. Train the project again."
+        )
+    tokenizers, tables = {}, {}
     try:
+        for encoder in family.text_encoders:
+            tokenizer = copy.deepcopy(getattr(base, _tokenizer_of(encoder)))
+            tokenizers[_tokenizer_of(encoder)] = tokenizer
+            tables[encoder] = _install_rows(base, encoder, tokenizer, encoder_rows[encoder])
+        installed = _Installed(tables, ("unet", *family.text_encoders))
+        view = dataclasses.replace(base, **tokenizers)
+        lora = artefact.diffusers_state_dict()
         if lora:
             with _quiet("transformers.integrations.peft"):
                 make_pipeline(view).load_lora_weights(lora, adapter_name=ADAPTER)
     except BaseException:
-        _uninstall(base, installed)
+        _uninstall(base, _Installed(tables, ("unet", *family.text_encoders)))
         raise
     return view, installed
+
+
+def _install_rows(base: BaseModel, encoder: str, tokenizer: Any, rows: dict[str, Any]) -> _Rows:
+    """Add the tokens to ``tokenizer`` and their rows to the text encoder ``encoder`` of ``base``."""
+    import torch
+
+    text_encoder = getattr(base, encoder)
+    embeddings = text_encoder.get_input_embeddings()
+    tokens = list(rows)
+    stacked = torch.stack([rows[token] for token in tokens])
+    if stacked.shape[1] != embeddings.embedding_dim:
+        raise GenerationError(
+            f"The artefact was trained on a base with {stacked.shape[1]}-wide token embeddings in its "
+            f"{encoder}, but {base.source} has {embeddings.embedding_dim}; use the base model it was trained on."
+        )
+    tokenizer.add_tokens(tokens)
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    table_size = embeddings.num_embeddings
+    if len(tokenizer) > table_size:
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    table = text_encoder.get_input_embeddings().weight
+    saved = _Rows(table_size, {i: table[i].detach().clone() for i in ids if i < table_size})
+    with torch.no_grad():
+        table[ids] = stacked.to(table)
+    return saved
 
 
 @contextlib.contextmanager
@@ -119,20 +157,21 @@ def _uninstall(base: BaseModel, installed: _Installed) -> None:
 
     pipe = make_pipeline(base)
     if installed.fused is not None:
-        pipe.unfuse_lora(components=LORA_COMPONENTS)
+        pipe.unfuse_lora(components=list(installed.components))
         installed.fused = None
     adapters = {name for names in pipe.get_list_adapters().values() for name in names}
     if adapters == {ADAPTER}:
         pipe.unload_lora_weights()  # removes the LoRA layers themselves
     elif ADAPTER in adapters:
         pipe.delete_adapters(ADAPTER)  # the base holds adapters of its own: keep those
-    text_encoder = base.text_encoder
-    if text_encoder.get_input_embeddings().num_embeddings != installed.table_size:
-        text_encoder.resize_token_embeddings(installed.table_size, mean_resizing=False)
-    table = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        for index, row in installed.overwritten.items():
-            table[index] = row
+    for encoder, saved in installed.tables.items():
+        text_encoder = getattr(base, encoder)
+        if text_encoder.get_input_embeddings().num_embeddings != saved.table_size:
+            text_encoder.resize_token_embeddings(saved.table_size, mean_resizing=False)
+        table = text_encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for index, row in saved.overwritten.items():
+                table[index] = row
 
 
 def _kept(source: str, on_status: Callable[[str], None] | None = None) -> _Kept:
@@ -166,10 +205,12 @@ def fuse(pipe: Any, installed: _Installed, unet_scale: float, text_scale: float)
     scales = (unet_scale, text_scale)
     if not pipe.get_list_adapters() or installed.fused == scales:
         return
+    components = list(installed.components)
     if installed.fused is not None:
-        pipe.unfuse_lora(components=LORA_COMPONENTS)
-    pipe.set_adapters(ADAPTER, adapter_weights={"unet": unet_scale, "text_encoder": text_scale})
-    pipe.fuse_lora(components=LORA_COMPONENTS, adapter_names=[ADAPTER])
+        pipe.unfuse_lora(components=components)
+    weights = {name: unet_scale if name == "unet" else text_scale for name in components}
+    pipe.set_adapters(ADAPTER, adapter_weights=weights)
+    pipe.fuse_lora(components=components, adapter_names=[ADAPTER])
     installed.fused = scales
 
 

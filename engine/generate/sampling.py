@@ -105,7 +105,13 @@ def generate(
         warnings = [w for w in (prompt_warning, negative_warning) if w]
         for warning in warnings:
             emit(Status(message=warning))
-        sampled = dataclasses.replace(settings, negative_prompt=negative)
+        side = artefact.metadata.get("resolution")  # the trained size, unless the settings give one
+        sampled = dataclasses.replace(
+            settings,
+            negative_prompt=negative,
+            width=settings.width or side,
+            height=settings.height or side,
+        )
         total = settings.count * settings.steps
         emit(PhaseStarted(phase=0, steps=total, description=f"Generating {settings.count} image(s)"))
         sampling = time.monotonic()
