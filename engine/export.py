@@ -6,8 +6,10 @@ Files go under ``<project>/exports/``, the LoRA and embeddings of a run in ``exp
   in one ``.safetensors`` that ``pipe.load_lora_weights`` reads.
 - kohya: the same weights under the names AUTOMATIC1111, ComfyUI and kohya's scripts read
   (``lora_unet_<module>.lora_down.weight`` / ``lora_up.weight`` / ``.alpha`` and ``lora_te_<module>...``).
-- embeddings: one AUTOMATIC1111 textual-inversion file per placeholder token (``emb_params``,
-  ``[1, dim]``); its file name (e.g. ``alice-sks``) is the word to type in a prompt.
+- embeddings: one AUTOMATIC1111 textual-inversion file per placeholder token, its file name (e.g.
+  ``alice-sks``) the word to type in a prompt. Each text encoder's row is a ``[1, dim]`` tensor under
+  the family's key: SD 1.x ``emb_params``; SDXL ``clip_l`` (768) and ``clip_g`` (1280) in one file,
+  the layout AUTOMATIC1111 and ComfyUI read for SDXL embeddings.
 - ``README.txt`` beside them: how to use the files present in diffusers, AUTOMATIC1111 and ComfyUI,
   with their words and the recommended strengths; rewritten by each export.
 
@@ -182,15 +184,25 @@ def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
 
     The file name is the prompt word in AUTOMATIC1111: ``<project>-<token without brackets>``.
     """
-    artefact, _, folder = _run_folder(project, run)
+    artefact, run_name, folder = _run_folder(project, run)
     names = export_names(project, artefact)
+    family = artefact.family
+    encoder_rows = artefact.encoder_embeddings()
+    missing = [name for name in family.text_encoders if name not in encoder_rows]
+    if missing:
+        raise ExportError(
+            f"Run {run_name} has no token embeddings for {family.label}'s {', '.join(missing)}; its "
+            "artefact may be damaged or from an older version. Train the project again."
+        )
     paths = []
     for role in ("identity", "style"):
         token = names.tokens[role]
-        row = artefact.embeddings[token].reshape(1, -1)
+        tensors = {
+            family.embedding_keys[name]: encoder_rows[name][token].reshape(1, -1)
+            for name in family.text_encoders
+        }
         metadata = {"format": "pt", "magicapture_token": token, "magicapture_role": role}
-        key = artefact.family.embedding_keys["text_encoder"]
-        paths.append(_save_safetensors(folder / f"{names.word(role)}.safetensors", {key: row}, metadata))
+        paths.append(_save_safetensors(folder / f"{names.word(role)}.safetensors", tensors, metadata))
     _write_usage_note(folder, names, artefact)
     return paths
 
@@ -203,7 +215,7 @@ def recommended_scales() -> tuple[float, float]:
     return defaults.unet_lora_scale, defaults.text_lora_scale
 
 
-def usage_note(names: ExportNames, files: set[str], *, base_model: str, family: str) -> str:
+def usage_note(names: ExportNames, files: set[str], *, base_model: str, family: ModelFamily) -> str:
     """How to use the exported ``files`` (names with ``.safetensors``) in AUTOMATIC1111, ComfyUI and diffusers."""
     from engine.generate.prompts import compose_prompt
     from engine.generate.settings import DEFAULT_NEGATIVE_PROMPT
@@ -219,7 +231,7 @@ def usage_note(names: ExportNames, files: set[str], *, base_model: str, family: 
     described |= {file: f"the {role} embedding: the word {names.word(role)}" for role, file in kept.items()}
     lines = [
         f"Exports of project {names.project}, trained on {model_name(base_model) or 'its base model'} "
-        f"({family}): use them with that base model.",
+        f"({family.label}): use them with that base model.",
         f"Recommended LoRA strengths: UNet {unet:g}, text encoder {text:g}.",
         "",
         "Files",
@@ -257,21 +269,37 @@ def usage_note(names: ExportNames, files: set[str], *, base_model: str, family: 
                 f'  pipe.load_lora_weights("{diffusers}", adapter_name="{adapter}")',
                 f'  pipe.set_adapters("{adapter}", adapter_weights={{"unet": {unet:g}, "text_encoder": {text:g}}})',
             ]
-        lines += [
-            f'  pipe.load_textual_inversion("{file}", token="{names.word(role)}")'
-            for role, file in kept.items()
-        ]
-        lines += [
-            f'  image = pipe("{names.with_words(prompt)}").images[0]',
-            "  Without token=..., load_textual_inversion calls an embedding emb_params.",
-        ]
+        lines += _textual_inversion_lines(names, kept, family)
+        lines.append(f'  image = pipe("{names.with_words(prompt)}").images[0]')
+        if len(family.text_encoders) == 1:
+            lines.append("  Without token=..., load_textual_inversion calls an embedding emb_params.")
     return "\n".join(lines) + "\n"
+
+
+def _textual_inversion_lines(names: ExportNames, files: dict[str, str], family: ModelFamily) -> list[str]:
+    """diffusers' calls loading each embedding file (role -> file): whole for one text encoder, one
+    tensor per encoder for a family with two (each into its encoder and tokenizer)."""
+    if len(family.text_encoders) == 1:
+        return [
+            f'  pipe.load_textual_inversion("{file}", token="{names.word(role)}")'
+            for role, file in files.items()
+        ]
+    lines = ["  from safetensors.torch import load_file"] if files else []
+    for role, file in files.items():
+        lines.append(f'  state = load_file("{file}")')
+        for encoder in family.text_encoders:
+            tokenizer = encoder.replace("text_encoder", "tokenizer")
+            lines.append(
+                f'  pipe.load_textual_inversion(state["{family.embedding_keys[encoder]}"], '
+                f'token="{names.word(role)}", text_encoder=pipe.{encoder}, tokenizer=pipe.{tokenizer})'
+            )
+    return lines
 
 
 def _write_usage_note(folder: Path, names: ExportNames, artefact: Artefact) -> Path:
     files = {path.name for path in folder.glob("*.safetensors")}
     base = str(artefact.metadata.get("base_model", ""))
-    note = usage_note(names, files, base_model=base, family=artefact.family.label)
+    note = usage_note(names, files, base_model=base, family=artefact.family)
     return atomic_write_text(folder / USAGE_NOTE, note)
 
 
