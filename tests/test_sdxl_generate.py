@@ -144,3 +144,25 @@ def test_both_encoders_rows_and_the_loras_at_their_scales_are_in_the_weights_whi
             if key.endswith("token_embedding.weight"):
                 assert torch.equal(after[key], value), (name, key)
             torch.testing.assert_close(after[key], value, atol=1e-6, rtol=0, msg=f"{name}.{key}")
+
+
+def test_an_artefact_of_another_family_is_refused_by_name(sdxl_base, sdxl_lora, no_faces, tmp_path):
+    from engine.artefact import save_artefact
+    from engine.generate import GenerationError
+
+    trained = load_artefact(sdxl_lora.path)
+    path = tmp_path / "sd1.safetensors"
+    save_artefact(
+        path,
+        trained.unet_lora,
+        trained.text_lora,
+        trained.embeddings,
+        {**trained.metadata, "family": "sd1"},
+        text_lora_2=trained.text_lora_2,
+        embeddings_2=trained.embeddings_2,
+    )
+    project = project_with_run(tmp_path / "store", path)
+    sizes = [getattr(sdxl_base, name).get_input_embeddings().num_embeddings for name in ENCODERS]
+    with pytest.raises(GenerationError, match=r"trained on an SD 1\.x model.*is SDXL"):
+        generate(project, RUN, fast(), base=sdxl_base, face_kit=no_faces)
+    assert [getattr(sdxl_base, name).get_input_embeddings().num_embeddings for name in ENCODERS] == sizes
