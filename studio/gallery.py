@@ -200,6 +200,10 @@ def exports_note(project: Project) -> str:
     return f"Exports are saved in `{project.path(EXPORTS)}`."
 
 
+LISTING = 7
+"""How many components `refresh` updates."""
+
+
 def refresh(studio: Studio, name: str | None, order: str | None = None, request: gr.Request | None = None):
     """The listing: empty state, one tile per portrait as sorted, their ids, the proof choices, status, picks."""
     if not name:
@@ -222,6 +226,20 @@ def refresh(studio: Studio, name: str | None, order: str | None = None, request:
         picked(project),
         exports_note(project),
     )
+
+
+def on_project(
+    studio: Studio, name: str | None, order: str | None, listed: str | None, request: gr.Request | None = None
+):
+    """The listing of another project, and the project it lists; nothing for the project already listed.
+
+    Gradio fires the project picker's change event again and again for the same project while other
+    tabs update (a burst when a tab opens, then about once a second). Listing again would send the
+    saved proof choice back and untick the portraits the photographer has just ticked.
+    """
+    if name and name == listed:
+        return *[gr.skip()] * LISTING, listed
+    return *refresh(studio, name, order, request), name
 
 
 def _versions_of(project: Project, portrait_id: str) -> Portrait:
@@ -406,7 +424,10 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
         )
 
     listing = [empty, shown, ids, proof_choice, proof_info, picks, where]
-    current.change(bind(refresh, studio), [current, order], listing, show_progress="hidden")
+    listed = gr.State(None)
+    current.change(
+        bind(on_project, studio), [current, order, listed], [*listing, listed], show_progress="hidden"
+    )
     tab.select(bind(refresh, studio), [current, order], listing, show_progress="hidden")
     sort.change(lambda value: value, sort, order, show_progress="hidden").then(
         bind(refresh, studio), [current, order], listing, show_progress="hidden"
