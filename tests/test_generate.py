@@ -261,8 +261,9 @@ def test_style_references_are_painted_by_the_plain_base_and_go_through_intake(ba
     results = make_references(
         project, "studio headshot, grey backdrop", 2, base_model=base.source, kit=no_faces, steps=2
     )
-    # The tiny model paints 64 px noise: intake refuses it as it would such an upload.
-    assert [type(r) for r in results] == [Refused, Refused] and results[0].reason == "too_small"
+    # The tiny model paints 64 px noise, scaled up to the model's size (engine.references.painted_photo):
+    # intake finds no face in it and refuses it as it would such an upload.
+    assert [type(r) for r in results] == [Refused, Refused] and results[0].reason == "no_face"
     assert loading._BASES.values()[0].installed is None  # no LoRA or placeholder rows in the base it used
     with pytest.raises(GenerationError, match="Describe the style"):
         make_references(project, "  ", 1, base_model=base.source, kit=no_faces)
