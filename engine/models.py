@@ -17,13 +17,18 @@ from typing import TYPE_CHECKING, Any
 
 from engine.devices import pick_device, pick_dtype
 from engine.errors import UserError
-from engine.families import ModelFamily, UnsupportedModel, detect_family
+from engine.families import FAMILIES, ModelFamily, UnsupportedModel, detect_family
 from engine.families.sd1 import SD15_CONFIG as SD15_CONFIG  # where bench.workbench reads it
 
 if TYPE_CHECKING:
     import torch
 
-DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_BASES: dict[str, str] = {
+    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+"""Each family's default base model (by family name): a hub id, downloaded on first use."""
+DEFAULT_BASE = DEFAULT_BASES["sd1"]
 TINY_DECODER = "madebyollin/taesd"
 """TAESD for SD 1.x latents (MIT licence): the identity branch's optional fast decoder."""
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -57,6 +62,32 @@ class BaseModel:
     """The second tokenizer of a two-encoder family (SDXL: OpenCLIP's padding); None for SD 1.x."""
     text_encoder_2: Any = None
     """The second text encoder of a two-encoder family (SDXL: OpenCLIP bigG); None for SD 1.x."""
+    notes: tuple[str, ...] = ()
+    """What the loader chose that the user should know, in sentences (SDXL in fp16: which VAE decodes)."""
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """What a base-model source is, read without loading weights (`identify_base`)."""
+
+    source: str
+    kind: str
+    """``single file``, ``pickle checkpoint``, ``diffusers folder`` or ``Hugging Face model id``."""
+    family: ModelFamily | None
+    """None for a hub id that is not in the Hugging Face cache: its family is read when it downloads."""
+    cached: bool = True
+    """False for a hub id that is downloaded on first use."""
+
+    def describe(self) -> str:
+        """One line naming the family and the kind, e.g. ``SDXL single file: portrait.safetensors``."""
+        path = Path(self.source).expanduser()
+        shown = path.name if self.kind in ("single file", "pickle checkpoint") else self.source
+        if self.family is None:
+            return f"Hugging Face model id: {shown} (downloaded on first use; its family is read then)."
+        line = f"{self.family.label} {self.kind}: {shown}"
+        if self.kind == "pickle checkpoint":
+            return f"{line} (taken as {self.family.label}: a pickle file cannot be read without loading it)."
+        return line + ("" if self.cached else " (downloaded on first use).")
 
 
 def safetensors_header(path: Path) -> dict[str, Any]:
@@ -87,6 +118,71 @@ def safetensors_header(path: Path) -> dict[str, Any]:
     return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
+def identify_base(source: str | Path, *, allow_pickle: bool | None = None) -> BaseSource:
+    """The kind and family of the base model ``source``, from what `load_base` reads before loading
+    weights: a single file's safetensors header, a folder's or cached hub repo's ``unet/config.json``.
+
+    Nothing is downloaded: a hub id that is not in the Hugging Face cache has its family only when
+    it is a family's default (`DEFAULT_BASES`). Raises `ModelLoadError` for a source `load_base`
+    would refuse: a missing path, a folder that is not a diffusers model, a damaged or unsupported
+    file, a pickle file without the opt-in (``None`` reads it from ``$MAGICAPTURE_ALLOW_PICKLE``).
+    """
+    if allow_pickle is None:
+        allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") == "1"
+    source = str(source)
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            kind = "pickle checkpoint" if path.suffix in PICKLE_SUFFIXES else "single file"
+            return BaseSource(source, kind, _file_family(path, allow_pickle))
+        if path.is_dir():
+            config = path / "unet" / "config.json"
+            if not config.is_file():
+                raise ModelLoadError(
+                    f"{path} is a folder but not a diffusers model folder (no unet/config.json)."
+                )
+            return BaseSource(
+                source, "diffusers folder", detect_family(source, unet_config=_read_json(config))
+            )
+        if _looks_local(source, path):
+            raise ModelLoadError(f"No model at {path}: the file or folder does not exist.")
+        return _hub_source(source)
+    except UnsupportedModel as error:
+        raise ModelLoadError(str(error)) from error
+
+
+def _hub_source(repo: str) -> BaseSource:
+    """A hub id's family from its cached ``unet/config.json``, else from `DEFAULT_BASES`, else unknown."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = try_to_load_from_cache(repo, "unet/config.json")
+    except ValueError:  # not a valid repo id: load_base says so when it tries
+        config = None
+    if isinstance(config, str):
+        return BaseSource(
+            repo, "Hugging Face model id", detect_family(repo, unet_config=_read_json(Path(config)))
+        )
+    known = [name for name, default in DEFAULT_BASES.items() if default == repo]
+    return BaseSource(repo, "Hugging Face model id", FAMILIES[known[0]] if known else None, cached=False)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{path} is not a readable model config ({error}).") from error
+
+
+def _looks_local(source: str, path: Path) -> bool:
+    """Whether ``source`` names a file or folder rather than a hub id."""
+    return (
+        path.is_absolute()
+        or source.startswith((".", "~"))
+        or path.suffix in (".safetensors", *PICKLE_SUFFIXES)
+    )
+
+
 def load_base(
     source: str | Path = DEFAULT_BASE,
     *,
@@ -110,11 +206,7 @@ def load_base(
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(torch_device, dtype)
     path = Path(str(source)).expanduser()
-    looks_local = (
-        path.is_absolute()
-        or str(source).startswith((".", "~"))
-        or path.suffix in (".safetensors", *PICKLE_SUFFIXES)
-    )
+    looks_local = _looks_local(str(source), path)
     try:
         if path.is_file():
             family = _file_family(path, allow_pickle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from engine.demo.sd import TinySD
     from engine.models import BaseModel
 
+logger = logging.getLogger(__name__)
+
 SDXL_CONFIG = Path(__file__).resolve().parents[2] / "assets" / "sdxl"
 """SDXL 1.0 base's small config files, so a single file loads with no network. Both tokenizers
 read SD 1.5's vocabulary files (``assets/sd15/tokenizer``): OpenAI's CLIP and OpenCLIP share one
@@ -31,6 +34,9 @@ COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "une
 """The subfolders of an SDXL diffusers folder."""
 OPEN_CLIP_PAD_ID = 0
 """The id OpenCLIP (SDXL's second tokenizer) pads with after the end token ("!")."""
+FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
+"""SDXL's VAE fine-tuned to run in fp16 without overflowing (MIT licence): used in fp16 when it is in
+the Hugging Face cache, never downloaded by the loader."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +104,7 @@ class SDXLFamily:
                 DDPMScheduler.load_config(source, subfolder="scheduler", **options)
             ),
         }
-        return _pooling_at_the_end_token(parts)
+        return _pooling_at_the_end_token(_fp16_vae(parts, dtype))
 
     def load_single_file(self, path: Path, dtype: torch.dtype, config: Path | None) -> dict[str, Any]:
         from diffusers import StableDiffusionXLPipeline
@@ -122,7 +128,7 @@ class SDXLFamily:
         parts = {name: getattr(pipe, name) for name in ("tokenizer", "tokenizer_2", "vae", "unet")}
         parts |= {name: getattr(pipe, name) for name in self.text_encoders}
         parts["noise_scheduler"] = _training_scheduler(pipe.scheduler.config)
-        return _pooling_at_the_end_token(parts)
+        return _pooling_at_the_end_token(_fp16_vae(parts, dtype))
 
     def pipeline(self, base: BaseModel, scheduler: Any) -> Any:
         from diffusers import StableDiffusionXLPipeline
@@ -187,6 +193,49 @@ def open_clip_ids(input_ids: torch.Tensor) -> torch.Tensor:
     ids up to the end token, then OpenCLIP's padding instead of repeated end tokens."""
     end = (input_ids == END_ID).int()
     return input_ids.masked_fill(end.cumsum(-1) - end > 0, OPEN_CLIP_PAD_ID)
+
+
+def cached_fp16_fix_vae() -> Path | None:
+    """The folder of `FP16_FIX_VAE` in the Hugging Face cache (``$HF_HUB_CACHE``), or None when it is not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = [
+        try_to_load_from_cache(FP16_FIX_VAE, name)
+        for name in ("config.json", "diffusion_pytorch_model.safetensors")
+    ]
+    if not all(isinstance(path, str) for path in found):
+        return None
+    return Path(found[0]).parent
+
+
+def _fp16_vae(parts: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """In fp16, the fp16-fix VAE in place of the base's when it is cached and of the same shape; else
+    the base's VAE with ``force_upcast`` (the pipeline decodes in fp32). Says which in ``notes`` and the log."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    if dtype != torch.float16:
+        return parts
+    vae, folder = parts["vae"], cached_fp16_fix_vae()
+    shape = ("block_out_channels", "latent_channels", "layers_per_block")
+    if folder is not None:
+        config = AutoencoderKL.load_config(folder)
+        if all(config.get(key) == vae.config.get(key) for key in shape):
+            fixed = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+            note = f"SDXL in fp16: the VAE is the fp16-fix one ({FP16_FIX_VAE}, from the Hugging Face cache)."
+            logger.info(note)
+            return {**parts, "vae": fixed, "notes": (note,)}
+        why = "is in the Hugging Face cache but is not this model's VAE shape"
+    else:
+        why = "is not in the Hugging Face cache"
+    vae.register_to_config(force_upcast=True)
+    note = (
+        f"SDXL in fp16: the fp16-fix VAE ({FP16_FIX_VAE}) {why}, so images are decoded with the base's VAE "
+        f"upcast to fp32 (diffusers' force_upcast): slower and more memory. Download {FP16_FIX_VAE} to "
+        "decode in fp16."
+    )
+    logger.warning(note)
+    return {**parts, "notes": (note,)}
 
 
 def _pooling_at_the_end_token(parts: dict[str, Any]) -> dict[str, Any]:
