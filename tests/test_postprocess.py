@@ -198,3 +198,51 @@ def test_requests_are_checked_before_any_work(project, assets, kit):
         postprocess_output(project, "blank", preset="headshot-1024", face_kit=kit)
     record = postprocess_output(project, "blank", restore="gfpgan", face_kit=kit)
     assert record.warnings == ["No face was found in the image, so no face was restored."]
+
+
+def test_a_face_larger_than_the_crop_is_area_averaged_into_it():
+    """An SDXL headshot's face is about twice the FFHQ crop's: the crop averages its pixels instead of
+    taking every other one (1-pixel stripes become grey, not one of their two colours)."""
+    stripes = np.zeros((1024, 1024, 3), np.uint8)
+    stripes[:, ::2] = 255
+    face = Face((256, 256, 768, 768), FFHQ_TEMPLATE * 2, 0.9)  # the template at twice its size
+    crop, matrix = align_face(stripes, face)
+    assert np.allclose(matrix[:, :2], 0.5 * np.eye(2), atol=1e-4)
+    aligned = matrix @ np.c_[face.landmarks, np.ones(5)].T
+    assert np.allclose(aligned.T, FFHQ_TEMPLATE, atol=1e-2)
+    inner = crop[16:-16, 16:-16].astype(float)
+    assert abs(inner.mean() - 127.5) < 2 and inner.std() < 4
+
+
+def test_an_sdxl_sized_output_is_restored_in_its_own_frame_without_upscaling(
+    project, assets, kit, monkeypatch
+):
+    """A 1024 px output (SDXL's size) whose face is larger than the FFHQ crop's: the restorer sees the
+    area-averaged aligned crop, the restored face goes back at its landmarks over the whole face, and
+    nothing is upscaled."""
+    from engine.postprocess import faces
+
+    photo = cv2.resize(astronaut()[50:250, 130:330], (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    add_photo_output(project, photo, "sdxl")
+    seen = []
+
+    def restorer(model, crop, *, fidelity):
+        seen.append(crop.copy())
+        return 255 - crop
+
+    monkeypatch.setattr(faces, "restore_crop", restorer)
+    record = postprocess_output(project, "sdxl", restore="gfpgan", face_kit=kit)
+    assert record.params["postprocess"] == {"restore": "gfpgan", "identity_before": None}
+    assert (record.params["width"], record.params["height"]) == (1024, 1024)
+
+    (face,) = kit.detector.detect(photo)
+    crop, matrix = align_face(photo, face)
+    assert np.hypot(matrix[0, 0], matrix[1, 0]) < 0.8  # the face is reduced into the crop
+    assert np.array_equal(seen[0], crop)
+    mask = feather_mask(face_mask(EllipseParser().parse(crop, Face(CROP_BOX, FFHQ_TEMPLATE.copy(), 1.0))))
+    result = np.asarray(Image.open(project.path(record.file)))
+    assert result.shape == photo.shape
+    assert np.abs(result.astype(int) - paste_face(photo, 255 - crop, matrix, mask)).max() <= 1
+    x1, y1, x2, y2 = face.bbox
+    pasted = np.any(result != photo, axis=-1)
+    assert pasted[round(y1) : round(y2), round(x1) : round(x2)].mean() > 0.6  # the face, at its size
