@@ -21,7 +21,7 @@ from engine.models import DEFAULT_BASE, TINY_DECODER
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 """The devices torch trains on that a setting may name."""
 
-PROFILE_NAMES = ("auto", "cpu", "6gb", "8gb", "12gb", "24gb")
+PROFILE_NAMES = ("auto", "cpu", "6gb", "8gb", "12gb", "16gb", "24gb")
 MEMORY_FIELDS = (
     "vram_profile",
     "device",

@@ -83,8 +83,8 @@ def bench_results(**speed) -> dict:
 
 def test_the_table_is_built_from_bench_results():
     table = preflight.build_table([bench_results()])
-    rows = {r["profile"]: Figures(**r) for r in table["rows"]}
-    assert set(rows) == {"cpu", "8gb"}
+    rows = {r["profile"]: Figures(**r) for r in table["rows"] if not r["estimated"]}
+    assert set(rows) == {"cpu", "8gb"}, "SDXL's estimated rows come beside the measured ones"
     cpu = rows["cpu"]
     assert (cpu.model, cpu.device, cpu.resolution) == ("tiny", "cpu", 64)
     assert cpu.peak_bytes == round(1.25 * GB) and cpu.resident_bytes == round(1.22 * GB)
@@ -97,7 +97,8 @@ def test_the_table_is_built_from_bench_results():
     kept = preflight.build_table(
         [bench_results()], keep=[GPU_TABLE[0], dataclasses.replace(cpu, peak_bytes=1)]
     )
-    assert len(kept["rows"]) == 3 and Figures(**kept["rows"][1]).peak_bytes == cpu.peak_bytes
+    measured = [r for r in kept["rows"] if not r["estimated"]]
+    assert len(measured) == 3 and Figures(**measured[1]).peak_bytes == cpu.peak_bytes
 
 
 def test_the_shipped_table_covers_the_demo_model_on_the_cpu():

@@ -20,7 +20,14 @@ size), `forecast` (the estimate before the run), `running` (during the run), `re
 `licences` (the assets a run requests).
 """
 
-from engine.preflight.device import DeviceInfo, auto_profile, detect_device, model_size, spill_possible
+from engine.preflight.device import (
+    DeviceInfo,
+    auto_profile,
+    detect_device,
+    model_family,
+    model_size,
+    spill_possible,
+)
 from engine.preflight.forecast import CUDA_OVERHEAD_BYTES, NEAR_FULL, Estimate, estimate
 from engine.preflight.licences import assets_in_use
 from engine.preflight.report import duration, gb, summary
@@ -62,6 +69,7 @@ __all__ = [
     "jump_warning",
     "load_table",
     "measured_peak",
+    "model_family",
     "model_size",
     "refine",
     "remaining_seconds",

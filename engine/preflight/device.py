@@ -11,7 +11,9 @@ from pathlib import Path
 from engine.preflight.table import GB, PreflightError
 
 SD15_WIDTHS = [320, 640, 1280, 1280]
+SDXL_WIDTHS = [320, 640, 1280]
 SD15_FIRST_CONV = "model.diffusion_model.input_blocks.0.0.weight"
+"""The first convolution of the UNet in a single file of either family: its width tells the size."""
 
 
 @dataclass(frozen=True)
@@ -50,35 +52,77 @@ def detect_device(preferred: str | None = None) -> DeviceInfo:
     return DeviceInfo("cpu", "CPU", ram, False)
 
 
-def model_size(base_model: str) -> str:
-    """Size class of ``base_model``: "tiny" for the demo kit's model, else "sd15" (every SD 1.x has SD 1.5's shapes).
+def model_family(base_model: str) -> str:
+    """The family name of ``base_model`` ("sd1", "sdxl"), read without loading it.
 
-    Raises `PreflightError` for a single file whose safetensors header is damaged or too large to read.
+    A folder's ``unet/config.json``, a ``.safetensors`` file's tensor names, or a hub repo's UNet
+    config (from the cache, or fetched alone when online); `engine.families.DEFAULT_FAMILY` when
+    none can be read (a pickle file, a repo offline and not cached) or the model is of no supported
+    family (loading it then says why). Raises `PreflightError` for a damaged safetensors header.
     """
+    from engine.families import DEFAULT_FAMILY, UnsupportedModel, detect_family
     from engine.models import ModelLoadError, safetensors_header
 
     path = Path(base_model).expanduser()
     try:
         if path.is_dir():
             config = json.loads((path / "unet" / "config.json").read_text("utf-8"))
-            return "sd15" if list(config["block_out_channels"]) == SD15_WIDTHS else "tiny"
+            return detect_family(base_model, unet_config=config).name
+        if path.suffix == ".safetensors" and path.is_file():
+            return detect_family(path.name, keys=list(safetensors_header(path))).name
+        if not path.exists() and base_model.count("/") == 1 and not base_model.startswith((".", "/", "~")):
+            return detect_family(base_model, unet_config=_hub_unet_config(base_model)).name
+    except ModelLoadError as error:
+        raise PreflightError(str(error)) from error
+    except (OSError, ValueError, KeyError, TypeError, UnsupportedModel):
+        pass
+    return DEFAULT_FAMILY.name
+
+
+def _hub_unet_config(repo: str) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    from engine.assets import offline
+
+    try:
+        found = hf_hub_download(repo, "unet/config.json", local_files_only=offline())
+    except Exception as error:  # offline, unknown repo, no network: the family cannot be read
+        raise OSError(f"No UNet config for {repo}: {error}") from error
+    return json.loads(Path(found).read_text("utf-8"))
+
+
+def model_size(base_model: str, family: str | None = None) -> str:
+    """Size class of ``base_model`` (of ``family``, read when not given): "tiny" and "tiny-sdxl"
+    for the demo kit's models, else "sd15" (every SD 1.x has SD 1.5's shapes) or "sdxl".
+
+    Raises `PreflightError` for a single file whose safetensors header is damaged or too large to read.
+    """
+    from engine.models import ModelLoadError, safetensors_header
+
+    family = family or model_family(base_model)
+    full, tiny = ("sdxl", "tiny-sdxl") if family == "sdxl" else ("sd15", "tiny")
+    widths = SDXL_WIDTHS if family == "sdxl" else SD15_WIDTHS
+    path = Path(base_model).expanduser()
+    try:
+        if path.is_dir():
+            config = json.loads((path / "unet" / "config.json").read_text("utf-8"))
+            return full if list(config["block_out_channels"]) == widths else tiny
         if path.suffix == ".safetensors" and path.is_file():
             header = safetensors_header(path)
-            return "sd15" if header[SD15_FIRST_CONV]["shape"][0] == SD15_WIDTHS[0] else "tiny"
+            return full if header[SD15_FIRST_CONV]["shape"][0] == widths[0] else tiny
     except ModelLoadError as error:
         raise PreflightError(str(error)) from error
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    return "sd15"
+    return full
 
 
-def auto_profile(device: DeviceInfo) -> str:
-    """The profile ``vram_profile="auto"`` picks on ``device`` (as `engine.devices.detect_profile`)."""
-    from engine.devices import PROFILES
+def auto_profile(device: DeviceInfo, family: str = "sd1") -> str:
+    """The profile ``vram_profile="auto"`` picks for ``family`` on ``device`` (as `engine.devices.detect_profile`)."""
+    from engine.devices import fitting_profile
 
     if device.kind == "cpu":
         return "cpu"
     if device.kind != "cuda" or device.total_bytes is None:
-        return "8gb"
-    fitting = [p for p in PROFILES.values() if p.vram_gb <= device.total_bytes / GB + 0.5]
-    return max(fitting, key=lambda p: p.vram_gb).name if fitting else "6gb"
+        return fitting_profile(8, family).name
+    return fitting_profile(device.total_bytes / GB, family).name

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from engine.preflight.device import DeviceInfo, auto_profile, detect_device, model_size
+from engine.preflight.device import DeviceInfo, auto_profile, detect_device, model_family, model_size
 from engine.preflight.report import gb
 from engine.preflight.table import GB, Figures, load_table
 
@@ -48,6 +48,8 @@ class Estimate:
     refined: bool = False
     memory_scale: float = 1.0
     """Measured peak over the figure (after `refine`); other profiles' figures are scaled by it."""
+    family: str = "sd1"
+    """The base model's family: whose profiles ``suggested_profile`` is chosen from."""
 
     @property
     def total_s(self) -> float | None:
@@ -120,10 +122,20 @@ def estimate(
     config: TrainingConfig, device: DeviceInfo | None = None, table: list[Figures] | None = None
 ) -> Estimate:
     """Peak memory and time of training ``config`` on ``device`` (detected when not given)."""
+    from engine.devices import ProfileError, profile_named
+
     device = device or detect_device(config.device)
     table = load_table() if table is None else table
-    model = model_size(config.base_model)
-    profile = auto_profile(device) if config.vram_profile == "auto" else config.vram_profile
+    family = model_family(config.base_model)
+    model = model_size(config.base_model, family)
+    refusal = None
+    if config.vram_profile == "auto":
+        profile = auto_profile(device, family)
+    else:
+        try:
+            profile = profile_named(config.vram_profile, family).name
+        except ProfileError as error:
+            profile, refusal = config.vram_profile, str(error)
     table_device = "cpu" if device.kind == "cpu" else "cuda"
     micro = config.gradient_accumulation_steps * config.train_batch_size
     row = lookup(table, model, table_device, profile, config.resolution)
@@ -136,6 +148,7 @@ def estimate(
         "micro_steps": micro,
         "batch_size": config.train_batch_size,
         "fits": None,
+        "family": family,
     }
     if row is None:
         where = "a GPU" if table_device == "cuda" else "the CPU"
@@ -155,8 +168,12 @@ def estimate(
             phase1_step_s=None if row.phase1_step_s is None else row.phase1_step_s * micro,
             phase2_step_s=None if row.phase2_step_s is None else row.phase2_step_s * micro,
             resident_bytes=row.resident_bytes,
-            basis=f"Measured by the benchmarks on {row.measured}.",
+            basis=f"Estimated {row.measured}."
+            if row.estimated
+            else f"Measured by the benchmarks on {row.measured}.",
         )
+    if refusal:
+        return replace(found, fits=False, warnings=(refusal,))
     return judge(found, table)
 
 
@@ -209,10 +226,10 @@ def _needed_with(found: Estimate, table: list[Figures], profile: str) -> int | N
 
 def _fitting_profile(found: Estimate, table: list[Figures]) -> str | None:
     """The profile with the most memory (the fastest) whose peak stays clear of the device's limit."""
-    from engine.devices import PROFILES
+    from engine.devices import profiles_for
 
     total = found.device.total_bytes or 0
-    for profile in sorted(PROFILES.values(), key=lambda p: -p.vram_gb):
+    for profile in sorted(profiles_for(found.family).values(), key=lambda p: -p.vram_gb):
         needed = _needed_with(found, table, profile.name)
         if profile.name != found.profile and needed is not None and needed <= NEAR_FULL * total:
             return profile.name

@@ -23,10 +23,10 @@ class PreflightError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Figures:
-    """One measured row of the table."""
+    """One row of the table: measured, or worked out (``estimated``)."""
 
     model: str
-    """"tiny" (the demo kit) or "sd15" (any SD 1.x)."""
+    """"tiny" or "tiny-sdxl" (the demo kit), "sd15" (any SD 1.x) or "sdxl" (any SDXL base)."""
     device: str
     """"cpu" or "cuda"."""
     profile: str
@@ -41,7 +41,9 @@ class Figures:
     phase1_from: str
     """What ``phase1_step_s`` measured: a phase-1 step, or the plain step standing in for one."""
     measured: str
-    """Where and how: machine, date, command."""
+    """Where and how: machine, date, command; for an ``estimated`` row, how it was worked out."""
+    estimated: bool = False
+    """Worked out from parameter counts (`engine.preflight.arithmetic`), not measured."""
 
 
 def load_table(path: Path = TABLE_FILE) -> list[Figures]:
@@ -105,11 +107,19 @@ def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
 
 
 def build_table(results: Sequence[Mapping[str, Any]], keep: Sequence[Figures] = ()) -> dict[str, Any]:
-    """The table's JSON from results files and rows to ``keep``; a later row replaces an earlier one's."""
-    rows: dict[tuple, Figures] = {(r.model, r.device, r.profile, r.resolution): r for r in keep}
-    for item in results:
-        for row in rows_from_results(item):
-            rows[(row.model, row.device, row.profile, row.resolution)] = row
+    """The table's JSON from results files, rows to ``keep`` and the estimated SDXL rows
+    (`engine.preflight.arithmetic`); a later row replaces an earlier one's, a measured one an estimate."""
+    from engine.preflight.arithmetic import estimated_rows
+
+    rows: dict[tuple, Figures] = {}
+    measured = [
+        *(r for r in keep if not r.estimated),
+        *(r for item in results for r in rows_from_results(item)),
+    ]
+    for row in measured:
+        rows[(row.model, row.device, row.profile, row.resolution)] = row
+    for row in estimated_rows():
+        rows.setdefault((row.model, row.device, row.profile, row.resolution), row)
     return {
         "about": (
             "Peak memory and step times of MagiCapture training steps, measured by `python -m bench` "
@@ -120,7 +130,9 @@ def build_table(results: Sequence[Mapping[str, Any]], keep: Sequence[Figures] = 
             "resident_bytes: in use before the steps (models, caches, optimiser). phase2_step_s: median "
             "seconds of a full phase-2 step on samples drawn as a run draws them (where older results "
             "lack that, of the composed step); phase1_step_s: median seconds of a phase-1 step, or, where the "
-            "benchmarks did not time one, of a plain DreamBooth-LoRA step (phase1_from says which)."
+            "benchmarks did not time one, of a plain DreamBooth-LoRA step (phase1_from says which). "
+            "Rows with estimated: true are worked out from parameter counts where no GPU measured them "
+            "(engine/preflight/arithmetic.py); a measured row replaces them."
         ),
         "rows": [row.__dict__ for row in rows.values()],
     }

@@ -28,6 +28,8 @@ class Options:
     train_text_encoder: bool
     identity_face_window: bool
     identity_reuse_pass: bool
+    family: str = "sd1"
+    """The base model's family: the profile came from its table (`engine.devices.profiles_for`)."""
 
     @property
     def weight_dtype(self) -> torch.dtype:
@@ -47,15 +49,22 @@ class Options:
         return torch.float32
 
 
-def resolve_options(config: TrainingConfig) -> Options:
-    """The options of a run of ``config``: each option the config leaves unset comes from its VRAM profile."""
-    from engine.devices import CPU_PROFILE, PROFILES, detect_profile, pick_device
+def resolve_options(config: TrainingConfig, family: str | None = None) -> Options:
+    """The options of a run of ``config``: each option the config leaves unset comes from its VRAM profile.
 
+    The profile is the one of that name in the table of the base model's ``family`` (read from
+    ``config.base_model`` when not given; `engine.devices.profile_named`), or, for ``"auto"``, the
+    family's largest that fits the GPU.
+    """
+    from engine.devices import detect_profile, pick_device, profile_named
+    from engine.preflight.device import model_family
+
+    family = family or model_family(config.base_model)
     device = pick_device(None if config.device == "auto" else config.device)
     if config.vram_profile == "auto":
-        profile = detect_profile(device)
+        profile = detect_profile(device, family)
     else:
-        profile = CPU_PROFILE if config.vram_profile == "cpu" else PROFILES[config.vram_profile]
+        profile = profile_named(config.vram_profile, family)
     values = {}
     for name in (
         "use_8bit_adam",
@@ -70,7 +79,7 @@ def resolve_options(config: TrainingConfig) -> Options:
     mixed = config.mixed_precision or profile.mixed_precision
     if device.type != "cuda":
         mixed = "no"
-    return Options(profile=profile.name, device=device, mixed_precision=mixed, **values)
+    return Options(profile=profile.name, device=device, mixed_precision=mixed, family=family, **values)
 
 
 def lora_configs(

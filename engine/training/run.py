@@ -208,7 +208,7 @@ def _failure_message(error: BaseException, options: Options, run: str) -> str:
     from engine.devices import lower_profile
 
     if isinstance(error, torch.OutOfMemoryError):
-        lower = lower_profile(options.profile)
+        lower = lower_profile(options.profile, options.family)
         advice = (
             f"choose the smaller '{lower.name}' VRAM profile and resume it"
             if lower
