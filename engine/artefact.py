@@ -222,3 +222,19 @@ def load_artefact(path: Path) -> Artefact:
         parts["text_encoder_2"],
         parts["embeddings_2"],
     )
+
+
+def artefact_family(path: Path) -> ModelFamily:
+    """The model family an artefact was trained on, from its header's metadata alone (no tensors
+    read, no torch imported: the studio asks it when a run is chosen)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            header = handle.metadata() or {}
+        metadata = json.loads(header.get(METADATA_KEY, "{}"))
+    except FileNotFoundError as error:
+        raise ArtefactError(f"There is no artefact at {path}.") from error
+    except (SafetensorError, OSError, json.JSONDecodeError) as error:
+        raise ArtefactError(f"{path} is not a readable artefact ({error}).") from error
+    return Artefact({}, {}, {}, metadata, Path(path)).family

@@ -6,6 +6,10 @@ crown are estimated from ``d`` with adult head proportions (`CHIN_BELOW_EYES`, `
 so check a passport photo against the official rules before printing. The image is scaled and
 shifted (and, for passports, rotated so that the eyes are level) in one affine warp; where the
 frame reaches past the picture it is filled with the preset's plain background colour.
+
+Passports and square headshots suit every model family. A family's own frames are the sizes its
+models were trained at (``native``: SDXL's 1024 px buckets, e.g. 832 x 1216 portrait); `presets_for`
+gives the presets offered for the outputs of a family.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class OutputPreset:
     """Rotate so that the eyes are level (passports ask for a straight head)."""
     background: tuple[int, int, int] = (128, 128, 128)
     """RGB fill where the frame reaches past the picture."""
+    native: int | None = None
+    """The family's native size (`ModelFamily.native_resolution`) this frame is made for; None: any family."""
 
 
 # EU (ICAO 9303 / ISO/IEC 19794-5 as used for Schengen passports): 35 x 45 mm, chin to crown 32-36 mm
@@ -100,6 +106,27 @@ PRESETS: dict[str, OutputPreset] = {
         OutputPreset(
             "headshot-2048", "Square headshot, 2048 px", 2048, 2048, 300, head_height=0.45, eye_line=0.62
         ),
+        # SDXL's portrait buckets (sizes of its 1024 px training): head and shoulders
+        OutputPreset(
+            "portrait-832x1216",
+            "Portrait, 832 x 1216 px (SDXL size)",
+            832,
+            1216,
+            300,
+            head_height=0.30,
+            eye_line=0.64,
+            native=1024,
+        ),
+        OutputPreset(
+            "portrait-896x1152",
+            "Portrait, 896 x 1152 px (SDXL size)",
+            896,
+            1152,
+            300,
+            head_height=0.34,
+            eye_line=0.63,
+            native=1024,
+        ),
     )
 }
 
@@ -132,6 +159,13 @@ def get_preset(name: str) -> OutputPreset:
         raise PresetError(
             f"There is no output preset {name!r}; choose one of {', '.join(PRESETS)}."
         ) from None
+
+
+def presets_for(native_resolution: int) -> dict[str, OutputPreset]:
+    """The presets offered for outputs of a family of this native size: its own frames first, then
+    those that suit any family."""
+    own = {name: p for name, p in PRESETS.items() if p.native == native_resolution}
+    return own | {name: p for name, p in PRESETS.items() if p.native is None}
 
 
 def placement(face: Face, preset: OutputPreset) -> np.ndarray:

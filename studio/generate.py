@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from engine.artefact import artefact_family
 from engine.events import Failed, ImageStarted, Status, StepDone
+from engine.families import DEFAULT_FAMILY
 from engine.models import SAMPLERS
-from engine.postprocess import RESTORER_LABELS
+from engine.postprocess import RESTORER_LABELS, suggested_postprocess
 from engine.preflight import duration
-from engine.presets import PRESETS
-from engine.runs import run_labels
+from engine.presets import OutputPreset, presets_for
+from engine.runs import resolve_artefact, run_labels
 from engine.runs import runs as run_records
 from studio.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobRefused
 from studio.state import DEMO_STEPS, Studio, bind
@@ -157,14 +159,40 @@ def result_items(studio: Studio, job: Job | None) -> list[tuple[str, str]]:
     return [(str(project.path(record.file)), f"seed {record.seed}") for record in job.result]
 
 
-def runs(studio: Studio, name: str | None):
-    """The no-training notice and the project's finished runs, newest chosen."""
+def runs(studio: Studio, name: str | None, chosen: str | None = None):
+    """The no-training notice and the project's finished runs: ``chosen`` stays chosen while the
+    project still has it, else the newest is.
+
+    Gradio fires the project picker's change event again for the same project (a burst as tabs
+    open and update), and the tab's select event comes with every visit: neither may take back an
+    older run the user picked.
+    """
     project = studio.store.open(name) if name else None
     choices = finished_runs(project) if project else []
     labels = run_labels(project) if project else {}
+    value = chosen if chosen in choices else choices[0] if choices else None
     return gr.HTML(visible=bool(name) and not choices), gr.Dropdown(
-        choices=[(labels.get(run, run), run) for run in choices], value=choices[0] if choices else None
+        choices=[(labels.get(run, run), run) for run in choices], value=value
     )
+
+
+def preset_choices(offered: dict[str, OutputPreset]) -> list[tuple[str, str]]:
+    return [("none", "none"), *((preset.description, key) for key, preset in offered.items())]
+
+
+def run_options(studio: Studio, name: str | None, run: str | None, preset: str, shown: str | None):
+    """The output presets of the chosen run's model family, its own sizes first (SDXL's 1024 px
+    portraits), and, when the family differs from the one shown, its suggested post-processing
+    (SDXL: restoration without upscaling); the family shown last."""
+    if not name or not run:
+        return gr.skip(), gr.skip(), gr.skip(), shown
+    family = artefact_family(resolve_artefact(studio.project(name), run)[0])
+    offered = presets_for(family.native_resolution)
+    presets = gr.Dropdown(choices=preset_choices(offered), value=preset if preset in offered else "none")
+    if family.name == shown:
+        return presets, gr.skip(), gr.skip(), shown
+    suggested = suggested_postprocess(family.native_resolution)
+    return presets, suggested.restore or "none", suggested.upscale, family.name
 
 
 def refresh(studio: Studio, name: str | None, last: Any):
@@ -253,9 +281,11 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
             )
             upscale = gr.Radio([1, 2, 4], value=1, label="Upscale ×", elem_id="generate-upscale")
             output_preset = gr.Dropdown(
-                [("none", "none"), *((p.description, p.name) for p in PRESETS.values())],
+                preset_choices(presets_for(DEFAULT_FAMILY.native_resolution)),
                 value="none",
                 label="Output preset",
+                info="Sizes for the chosen model's family.",
+                elem_id="generate-preset",
             )
     with gr.Accordion("Sampling", open=False), gr.Row():
         sampler = gr.Dropdown(list(SAMPLERS), value="euler_a", label="Sampler")
@@ -270,6 +300,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     )
     next_step = gr.Button("Next: gallery →", variant="primary")
     seen = gr.State(None)
+    family = gr.State(None)
 
     inputs = [
         current,
@@ -289,6 +320,12 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     stop.click(bind(on_cancel, studio), current, None)
     dice.click(lambda: random.randrange(2**31), None, seed)
     timer.tick(bind(refresh, studio), [current, seen], [progress, results, seen], show_progress="hidden")
-    current.change(bind(runs, studio), current, [empty, run], show_progress="hidden")
-    tab.select(bind(runs, studio), current, [empty, run], show_progress="hidden")
+    current.change(bind(runs, studio), [current, run], [empty, run], show_progress="hidden")
+    tab.select(bind(runs, studio), [current, run], [empty, run], show_progress="hidden")
+    run.change(
+        bind(run_options, studio),
+        [current, run, output_preset, family],
+        [output_preset, restore, upscale, family],
+        show_progress="hidden",
+    )
     next_step.click(lambda: gr.Tabs(selected="gallery"), None, tabs)

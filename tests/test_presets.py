@@ -7,7 +7,7 @@ from PIL import Image
 
 from engine.faces import Face
 from engine.outputs import save_image
-from engine.presets import PRESETS, PresetError, apply_preset, get_preset, mm_to_px
+from engine.presets import PRESETS, PresetError, apply_preset, get_preset, mm_to_px, presets_for
 
 RED = (255, 0, 0)
 
@@ -105,3 +105,28 @@ def test_print_resolution_is_written_into_png_and_jpeg(tmp_path):
         assert picture.info["parameters"] == "hello"
     with Image.open(jpeg) as picture:
         assert picture.info["dpi"] == (600, 600)
+
+
+def test_sdxl_outputs_are_offered_its_portrait_buckets_first():
+    """SDXL trained on buckets of about 1024 x 1024 pixels, sides in multiples of 64."""
+    sdxl, sd1 = presets_for(1024), presets_for(512)
+    own = [name for name, preset in sdxl.items() if preset.native == 1024]
+    assert own == ["portrait-832x1216", "portrait-896x1152"] == list(sdxl)[:2]
+    for name in own:
+        preset = sdxl[name]
+        assert preset.width % 64 == 0 and preset.height % 64 == 0 and preset.height > preset.width
+        assert abs(preset.width * preset.height / 1024**2 - 1) < 0.05
+    assert list(sd1) == ["passport-eu", "passport-us", "headshot-1024", "headshot-2048"] == list(sdxl)[2:]
+
+
+@pytest.mark.parametrize("name", ["portrait-832x1216", "portrait-896x1152"])
+def test_an_sdxl_portrait_frames_a_1024_output_without_enlarging_it(name):
+    preset = get_preset(name)
+    image, face = portrait([(450, 430), (574, 430)], size=(1024, 1024))
+    framed = apply_preset(image, face, name)
+    assert framed.image.shape == (preset.height, preset.width, 3)
+    (x1, y1), (x2, y2) = red_dots(framed.image)
+    assert 1 - (y1 + y2) / 2 / preset.height == pytest.approx(preset.eye_line, abs=0.005)
+    assert abs((x1 + x2) / 2 - preset.width / 2) < 2.0
+    assert framed.head_height == pytest.approx(preset.head_height, abs=0.005)
+    assert framed.enlargement <= 1.0 and not any("upscale" in w for w in framed.warnings)

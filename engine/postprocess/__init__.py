@@ -8,6 +8,8 @@ x4, in overlapping tiles, so a 2048 px result fits in 8 GB), and each restored f
 it through the face-parsing mask of the restored crop with a feathered edge, at its landmarks
 scaled to the upscaled frame. An output preset (passport, headshot) frames the result last. Every
 step is optional, and the original is kept: the result is a new output that names its parent.
+`suggested_postprocess` says what to offer first for a family's outputs (SDXL's 1024 px ones:
+restoration without upscaling).
 
 Weights are assets of the registry, loaded by spandrel's `ModelLoader` (``weights_only``-style
 restricted unpickling for ``.pth``); CodeFormer's architecture comes from spandrel_extra_arches.
@@ -33,7 +35,7 @@ from engine.postprocess.models import (
     restore_crop,
     upscale_image,
 )
-from engine.postprocess.output import postprocess_output
+from engine.postprocess.output import Suggested, postprocess_output, suggested_postprocess
 
 __all__ = [
     "CROP_BOX",
@@ -44,6 +46,7 @@ __all__ = [
     "RESTORER_LABELS",
     "UPSCALERS",
     "PostprocessError",
+    "Suggested",
     "align_face",
     "alignment_matrix",
     "feather_mask",
@@ -52,5 +55,6 @@ __all__ = [
     "postprocess_output",
     "restore_crop",
     "restore_faces",
+    "suggested_postprocess",
     "upscale_image",
 ]

@@ -70,6 +70,23 @@ def _check_request(restore: str | None, upscale: int, preset: str | None, fideli
         raise PostprocessError(f"The fidelity weight must lie between 0 and 1 (got {fidelity}).")
 
 
+@dataclass(frozen=True)
+class Suggested:
+    """The post-processing offered first for a family's outputs."""
+
+    restore: str | None
+    upscale: int
+
+
+def suggested_postprocess(native_resolution: int) -> Suggested:
+    """What to offer first for outputs of a family of this native size.
+
+    At 1024 px (SDXL) a portrait's face is large enough to print: restoration, and no upscaling
+    unless asked for. Below that (SD 1.x's 512 px) nothing is chosen for the user, as before.
+    """
+    return Suggested("gfpgan", 1) if native_resolution >= 1024 else Suggested(None, 1)
+
+
 def _parent_output(project: Project, output_id: str) -> OutputRecord:
     record = get_output(project, output_id)
     if record is None or not project.path(record.file).is_file():
