@@ -31,7 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="MagiCapture Studio: studio portraits of one person in a reference style.",
     )
     parser.add_argument(
-        "--demo", action="store_true", help="tiny random models: try the whole flow on a CPU in minutes"
+        "--demo",
+        nargs="?",
+        const="sd1",
+        choices=("sd1", "sdxl"),
+        default=None,
+        metavar="FAMILY",
+        help="tiny random models: try the whole flow on a CPU in minutes; --demo sdxl trains and paints "
+        "with the tiny SDXL (default: the tiny SD 1.x; Settings switches between them)",
     )
     parser.add_argument(
         "--port", type=int, default=None, help="port to serve on (default: the first free one from 7860)"
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    root = configure_environment(args.data_dir, args.demo)
+    root = configure_environment(args.data_dir, args.demo is not None)
     print(f"Projects live in {root / 'projects'}", flush=True)
     if generated:
         print(f"Login: user {auth[0]!r}, password {auth[1]!r}", flush=True)
@@ -123,17 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     demo_kit = None
-    if args.demo:
+    if args.demo is not None:
         from engine.demo import build_demo_kit, default_kit_folder, use_demo_kit
 
-        print("Demo mode: preparing the tiny random models…", flush=True)
+        label = "SDXL" if args.demo == "sdxl" else "SD 1.x"
+        print(f"Demo mode ({label}): preparing the tiny random models…", flush=True)
         demo_kit = build_demo_kit(default_kit_folder())
         use_demo_kit(demo_kit)
 
     from engine.store import ProjectStore
     from studio.app import LaunchOptions, Studio, launch
 
-    studio = Studio(ProjectStore(root), demo=demo_kit)
+    studio = Studio(ProjectStore(root), demo=demo_kit, demo_family=args.demo or "sd1")
     options = LaunchOptions(
         port=args.port, share=args.share, listen=args.listen, auth=auth, open_browser=not args.no_browser
     )

@@ -58,6 +58,7 @@ CSS = """
 def header_html(studio: Studio) -> str:
     """The status line above the tabs: device, which models are real, stand-ins or fallbacks, the job queue."""
     chips = [f"<span class='mc-chip'>{studio.device}</span>"]
+    chips.append(f"<span class='mc-chip' id='base-chip'>{html.escape(settings.base_chip(studio))}</span>")
     models = settings.models_in_use(studio)  # the model list in Settings says the same
     css, mark = ("mc-chip mc-fallback", "⚠ ") if models.fallbacks and not models.standins else ("mc-chip", "")
     chips.append(f"<span class='{css}'>{mark}{html.escape(models.face_line())}</span>")

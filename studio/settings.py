@@ -4,27 +4,36 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from pathlib import Path
 
 import gradio as gr
 
 from studio.state import Studio, StudioSettings, bind
 
+DEMO_MODELS = [("tiny SD 1.x", "sd1"), ("tiny SDXL", "sdxl")]
+"""Demo mode's choice of tiny model (label, family name)."""
 
-def describe_base(source: str) -> str:
-    """One line saying what kind of base model ``source`` names, or why it cannot be used."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if (path / "model_index.json").is_file() or (path / "unet").is_dir():
-            return f"Diffusers folder: {path}"
-        return f"⚠ {path} is a folder but not a diffusers model folder (no model_index.json)."
-    if path.is_file():
-        if path.suffix == ".safetensors":
-            return f"Single checkpoint file: {path.name}"
-        return f"⚠ {path.name} is a pickle checkpoint; it loads only with 'Allow pickle checkpoints' on."
-    if path.is_absolute() or source.startswith((".", "~")):
-        return f"⚠ There is no file or folder at {path}."
-    return f"Hugging Face model id: {source} (downloaded on first use)."
+
+def describe_base(source: str, allow_pickle: bool = False) -> str:
+    """One line naming the family and kind of base model ``source`` (``SDXL single file: x.safetensors``),
+    or why it cannot be used; read without loading weights (`engine.models.identify_base`)."""
+    from engine.models import ModelLoadError, identify_base
+
+    if not source.strip():
+        return "⚠ Give a Hugging Face id, a diffusers folder or a .safetensors file."
+    try:
+        return identify_base(source.strip(), allow_pickle=allow_pickle).describe()
+    except ModelLoadError as error:
+        return f"⚠ {error}"
+
+
+def base_chip(studio: Studio) -> str:
+    """The header's words on the base model in use: its family, or that it is unknown until it downloads."""
+    family = studio.base_family()
+    if studio.demo is not None:
+        return f"Demo model: tiny {family.label if family else studio.demo_family}"
+    if family is None:
+        return "Base model: see Settings"
+    return f"Base model: {family.label}"
 
 
 FALLBACK_LABELS = {
@@ -121,14 +130,24 @@ def on_models(studio: Studio, shown: list[list[str]] | None):
     return (gr.skip(), shown) if rows == shown else (rows, rows)
 
 
-def on_save(studio: Studio, source: str, allow_pickle: bool, commercial_use: bool):
-    """Save the base model and licence choices."""
+def on_save(studio: Studio, source: str, allow_pickle: bool, commercial_use: bool, demo_family: str):
+    """Save the base model and licence choices; in demo mode, switch the tiny model (for this session)."""
     source = source.strip()
     if not source:
         raise gr.Error("The base model is empty; give a Hugging Face id, a folder or a .safetensors file.")
     studio.update_settings(StudioSettings(source, allow_pickle, commercial_use))
+    if studio.demo is not None:
+        studio.demo_family = demo_family
     gr.Info("Settings saved.")
-    return describe_base(source)
+    return describe_base(studio.base_model, allow_pickle)
+
+
+def default_bases() -> str:
+    """The default hub id of each family, for the base model's help."""
+    from engine.families import FAMILIES
+    from engine.models import DEFAULT_BASES
+
+    return "; ".join(f"{FAMILIES[name].label}: {repo}" for name, repo in DEFAULT_BASES.items())
 
 
 def on_download(studio: Studio, name: str | None, progress=gr.Progress()):  # noqa: B008 (Gradio's progress idiom)
@@ -166,18 +185,25 @@ def build(studio: Studio) -> None:
     """Lay out the Settings tab and wire its events."""
     settings = studio.settings
     gr.Markdown("### Base model")
-    if studio.demo is not None:
-        gr.Markdown("Demo mode uses the tiny random SD 1.x of the demo kit; the setting below is not used.")
+    demo_model = gr.Radio(
+        DEMO_MODELS,
+        value=studio.demo_family,
+        label="Demo model",
+        info="Demo mode trains and paints with a tiny random model of the family chosen here; the base "
+        "model below is not used.",
+        visible=studio.demo is not None,
+        elem_id="demo-model",
+    )
     with gr.Row():
         base = gr.Textbox(
             settings.base_model,
-            label="Stable Diffusion 1.x base model",
-            info="A Hugging Face id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), a diffusers folder, "
-            "or one .safetensors checkpoint file.",
+            label="Base model (Stable Diffusion 1.x or SDXL)",
+            info=f"A Hugging Face id (defaults: {default_bases()}), a diffusers folder, or one .safetensors "
+            "checkpoint file; its family is found from the files.",
             scale=4,
         )
         pickle = gr.Checkbox(settings.allow_pickle, label="Allow pickle checkpoints (.ckpt)", scale=1)
-    base_info = gr.Markdown(describe_base(settings.base_model))
+    base_info = gr.Markdown(describe_base(studio.base_model, settings.allow_pickle), elem_id="base-info")
     commercial = gr.Checkbox(
         settings.commercial,
         label="Commercial use: only use models whose licence allows it",
@@ -210,7 +236,7 @@ def build(studio: Studio) -> None:
 
     shown = gr.State(None)
     gr.Timer(3.0).tick(bind(on_models, studio), shown, [table, shown], show_progress="hidden", queue=False)
-    base.change(describe_base, base, base_info, show_progress="hidden")
-    save.click(bind(on_save, studio), [base, pickle, commercial], base_info)
+    base.change(describe_base, [base, pickle], base_info, show_progress="hidden")
+    save.click(bind(on_save, studio), [base, pickle, commercial, demo_model], base_info)
     download.click(bind(on_download, studio), asset, [download_state, table])
     import_button.click(bind(on_import, studio), [asset, upload], [download_state, table])

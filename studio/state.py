@@ -28,6 +28,7 @@ from studio.jobs import JobRunner
 if TYPE_CHECKING:
     from engine.demo import DemoKit
     from engine.faces import FaceKit
+    from engine.families import ModelFamily
     from studio.reach import Reach
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class StudioSettings:
     """Choices that outlive a session, saved in ``<data root>/settings.json``."""
 
     base_model: str = DEFAULT_BASE
-    """SD 1.x base: a hub id, a diffusers folder or one .safetensors file."""
+    """Base model of either family (SD 1.x or SDXL): a hub id, a diffusers folder or one .safetensors file."""
     allow_pickle: bool = False
     """Load pickle checkpoints (.ckpt/.bin), which can run code; off unless the user trusts the file."""
     commercial: bool = False
@@ -111,10 +112,13 @@ def _apply_pickle_choice(choice: StudioSettings) -> None:
 class Studio:
     """What every tab shares: the store, the job runner, settings, the demo kit and the device."""
 
-    def __init__(self, store: ProjectStore, demo: DemoKit | None = None):
+    def __init__(self, store: ProjectStore, demo: DemoKit | None = None, demo_family: str = "sd1"):
         self.store = store
         self.runner = JobRunner()
         self.demo = demo
+        self.demo_family = demo_family
+        """Demo mode: the family of the tiny model that trains and paints (``sd1`` or ``sdxl``)."""
+        self._family: tuple[tuple[str, bool], ModelFamily | None] | None = None
         self.settings = StudioSettings.load(store.root)
         _apply_pickle_choice(self.settings)
         self.refusals = RefusalLog()
@@ -126,7 +130,24 @@ class Studio:
 
     @property
     def base_model(self) -> str:
-        return str(self.demo.sd.folder) if self.demo is not None else self.settings.base_model
+        """The base model in use: the settings', or in demo mode the tiny model of `demo_family`."""
+        if self.demo is None:
+            return self.settings.base_model
+        return str((self.demo.sdxl if self.demo_family == "sdxl" else self.demo.sd).folder)
+
+    def base_family(self) -> ModelFamily | None:
+        """The family of `base_model`, read without loading it (`engine.models.identify_base`); None
+        when it is unknown before a download or the source is unusable (Settings says why)."""
+        from engine.models import ModelLoadError, identify_base
+
+        key = (self.base_model, self.settings.allow_pickle)
+        if self._family is None or self._family[0] != key:
+            try:
+                family = identify_base(key[0], allow_pickle=key[1]).family
+            except ModelLoadError:
+                family = None
+            self._family = (key, family)
+        return self._family[1]
 
     def update_settings(self, new: StudioSettings) -> None:
         self.settings = new

@@ -400,10 +400,12 @@ def preset_help(studio: Studio, name: str) -> str:
 
 
 def start_values(studio: Studio, preset_name: str) -> TrainingConfig:
-    """The values the Advanced fields start from: the preset, shortened in demo mode."""
-    if studio.demo is None:
-        return preset(preset_name)
-    return preset(preset_name, **DEMO_DEFAULTS, resolution=studio.demo.resolution)
+    """The values the Advanced fields start from: the preset at the base family's native size,
+    shortened in demo mode (the tiny models' size)."""
+    if studio.demo is not None:
+        return preset(preset_name, **DEMO_DEFAULTS, resolution=studio.demo.resolution)
+    family = studio.base_family()
+    return preset(preset_name, **({"resolution": family.native_resolution} if family else {}))
 
 
 def make_config(studio: Studio, preset_name: str, profile: str, advanced: dict[str, Any]) -> TrainingConfig:

@@ -4,6 +4,7 @@ default hub id; the fp16-fix VAE for SDXL in fp16, from a fake Hugging Face cach
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -145,3 +146,98 @@ def test_in_fp32_the_base_keeps_its_own_vae_and_says_nothing(tiny_sdxl, hub_cach
     cache_fix_vae(hub_cache, tmp_path)
     base = load_base(tiny_sdxl.folder, device="cpu", dtype="fp32")
     assert base.notes == () and base.vae.config.force_upcast is True
+
+
+@pytest.fixture
+def kit(tiny_sd, tiny_sdxl, tmp_path):
+    """A demo kit of the two tiny models (the face and restoration assets are not needed here)."""
+    from engine.demo import DemoKit
+
+    return DemoKit(tmp_path, tiny_sd, tiny_sdxl, tmp_path / "taesd", tmp_path / "assets")
+
+
+def test_the_demo_studio_trains_and_paints_with_the_tiny_model_of_the_chosen_family(kit, tiny_sdxl, tmp_path):
+    from engine.store import ProjectStore
+    from studio.app import header_html
+    from studio.settings import on_save
+    from studio.state import Studio
+    from studio.train import start_values
+
+    studio = Studio(ProjectStore(tmp_path / "data"), demo=kit, demo_family="sdxl")
+    assert studio.base_model == str(tiny_sdxl.folder) and studio.base_family().name == "sdxl"
+    assert "Demo model: tiny SDXL" in header_html(studio)
+    native = json.loads((tiny_sdxl.folder / "unet" / "config.json").read_text())["sample_size"] * 8
+    assert start_values(studio, "fast").resolution == kit.resolution == native  # the tiny SDXL's own size
+
+    line = on_save(studio, studio.settings.base_model, False, False, "sd1")
+    assert studio.base_model == str(kit.sd.folder) and line == f"SD 1.x diffusers folder: {kit.sd.folder}"
+    assert "Demo model: tiny SD 1.x" in header_html(studio)
+
+
+def test_the_settings_name_the_family_and_train_at_its_native_size(tiny_sdxl, tmp_path):
+    from engine.store import ProjectStore
+    from studio.settings import base_chip, describe_base
+    from studio.state import Studio, StudioSettings
+    from studio.train import start_values
+
+    assert describe_base(str(tiny_sdxl.single_file)) == "SDXL single file: sdxl-tiny.safetensors"
+    assert describe_base(str(tmp_path / "missing.safetensors")).startswith("⚠ No model at")
+    studio = Studio(ProjectStore(tmp_path / "data"))
+    assert start_values(studio, "released").resolution == 512  # SD 1.x's default base
+    studio.update_settings(StudioSettings(base_model=str(tiny_sdxl.single_file)))
+    assert base_chip(studio) == "Base model: SDXL"
+    assert start_values(studio, "released").resolution == 1024
+
+
+def test_the_studio_flag_picks_the_demo_family():
+    from app import parse_args
+
+    assert parse_args([]).demo is None
+    assert parse_args(["--demo"]).demo == "sd1"  # plain --demo stays the tiny SD 1.x
+    assert parse_args(["--demo", "sdxl", "--port", "7861"]).demo == "sdxl"
+
+
+def train_settings(*argv: str) -> tuple[dict, str]:
+    """What ``magicapture train anna ARGV`` would train with (settings before the preset), and its line on the base."""
+    from engine.cli import build_parser
+    from engine.cli.commands import _parse_overrides, train_overrides
+
+    args = build_parser().parse_args(["train", "anna", *argv])
+    settings, base = train_overrides(args, _parse_overrides(args.set))
+    return settings, base.describe()
+
+
+def test_the_command_names_the_base_family_and_trains_at_its_native_size(tiny_sdxl, hub_cache):
+    settings, line = train_settings("--base", str(tiny_sdxl.single_file))
+    assert settings["base_model"] == str(tiny_sdxl.single_file) and settings["resolution"] == 1024
+    assert line == "SDXL single file: sdxl-tiny.safetensors"
+    assert train_settings("--base", str(tiny_sdxl.folder), "--set", "resolution=768")[0]["resolution"] == 768
+
+    settings, line = train_settings("--family", "sdxl")
+    assert settings == {"base_model": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024}
+    assert line.startswith("SDXL Hugging Face model id: stabilityai/")
+    assert train_settings()[0]["base_model"] == DEFAULT_BASES["sd1"]  # no --family: SD 1.x, as before
+
+
+def test_a_base_of_another_family_than_asked_is_refused(tiny_sdxl):
+    from engine.cli import CommandError
+
+    with pytest.raises(CommandError, match="is SDXL but --family asks for SD 1.x"):
+        train_settings("--base", str(tiny_sdxl.folder), "--family", "sd1")
+
+
+def test_train_demo_picks_the_tiny_model_of_either_family(monkeypatch):
+    from engine.cli import CommandError
+    from engine.demo import build_demo_kit, default_kit_folder
+
+    for name in ("MAGICAPTURE_ASSETS", "MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))  # restored after the test
+    kit = build_demo_kit(default_kit_folder())
+    settings, line = train_settings("--demo", "--family", "sdxl", "--set", "phase2_steps=2")
+    assert settings["base_model"] == str(kit.sdxl.folder) and settings["resolution"] == kit.resolution
+    assert settings["device"] == "cpu" and settings["phase2_steps"] == 2
+    assert os.environ["MAGICAPTURE_ASSETS"] == str(kit.assets)
+    assert line == f"SDXL diffusers folder: {kit.sdxl.folder}"
+    assert train_settings("--demo")[0]["base_model"] == str(kit.sd.folder)  # plain --demo: the tiny SD 1.x
+    with pytest.raises(CommandError, match="takes no --base"):
+        train_settings("--demo", "--base", str(kit.sd.folder))

@@ -15,7 +15,9 @@ from engine.cli.progress import progress_printer
 from engine.errors import UserError
 
 if TYPE_CHECKING:
+    from engine.demo import DemoKit
     from engine.faces import FaceKit
+    from engine.models import BaseSource
     from engine.store import Project, ProjectStore
 
 
@@ -43,13 +45,65 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def _check_base(source: str) -> None:
-    """Refuse a local single-file base whose safetensors header is damaged, before any slow work."""
-    from engine.models import safetensors_header
+DEMO_TRAINING = {
+    "phase1_steps": 6,
+    "phase2_steps": 6,
+    "checkpoint_every": 3,
+    "preview_every": 6,
+    "preview_steps": 4,
+    "preview_seeds": [0],
+    "latent_cache_variants": 1,
+    "device": "cpu",
+    "vram_profile": "cpu",
+}
+"""``train --demo``: a few CPU steps of the tiny model (``--set`` and ``--profile`` still override them)."""
 
-    path = Path(source).expanduser()
-    if path.suffix == ".safetensors" and path.is_file():
-        safetensors_header(path)
+
+def _demo_kit() -> DemoKit:
+    """The demo kit (built once in the user cache), with this process pointed at its assets and offline."""
+    from engine.demo import build_demo_kit, default_kit_folder, use_demo_kit
+
+    kit = build_demo_kit(default_kit_folder())
+    use_demo_kit(kit)
+    return kit
+
+
+def train_overrides(args: argparse.Namespace, overrides: dict[str, Any]) -> tuple[dict[str, Any], BaseSource]:
+    """The run's settings: ``overrides`` (``--set``, ``--profile``) and the base model, which is
+    ``--base``, else ``--family``'s default hub id, else with ``--demo`` the kit's tiny model of
+    ``--family``; trained at its family's native size unless ``--set resolution`` says otherwise.
+
+    The base is identified (`engine.models.identify_base`) before any slow work: a damaged or
+    unsupported file is refused here; the command names it, with its family, as training starts.
+    """
+    from engine.families import FAMILIES
+    from engine.models import DEFAULT_BASES, identify_base
+
+    family = args.family or "sd1"
+    if args.demo:
+        if args.base:
+            raise CommandError(
+                "--demo trains the demo kit's tiny model, so it takes no --base; pick its family with "
+                "--family, or leave out --demo to train on your base model."
+            )
+        kit = _demo_kit()
+        tiny = kit.sdxl if family == "sdxl" else kit.sd
+        demo = {"base_model": str(tiny.folder), "resolution": kit.resolution}
+        overrides = {**DEMO_TRAINING, **demo, "tiny_decoder_model": str(kit.tiny_decoder), **overrides}
+    elif args.base:
+        overrides = {**overrides, "base_model": args.base}
+    else:
+        overrides = {"base_model": DEFAULT_BASES[family], **overrides}
+    found = identify_base(overrides["base_model"])
+    if args.family and found.family is not None and found.family.name != args.family:
+        wanted = FAMILIES[args.family].label
+        raise CommandError(
+            f"{overrides['base_model']} is {found.family.label} but --family asks for {wanted}; leave out "
+            f"--family or give an {wanted} base."
+        )
+    if found.family is not None:
+        overrides = {"resolution": found.family.native_resolution, **overrides}
+    return overrides, found
 
 
 def _licence_line(commercial: bool, restore: str | None = None) -> str | None:
@@ -183,13 +237,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.config import preset
 
     overrides = _parse_overrides(args.set)
-    if args.base:
-        overrides["base_model"] = args.base
     if args.profile:
         overrides["vram_profile"] = args.profile
-    config = preset(args.preset, **overrides)
+    preset(args.preset, **overrides)  # a bad setting is refused before the project and the base are read
     project = _project(args.project)
-    _check_base(config.base_model)
+    overrides, base = train_overrides(args, overrides)
+    config = preset(args.preset, **overrides)
     try:
         estimate = f"Pre-flight estimate: {preflight.summary(preflight.estimate(config))}"
     except preflight.PreflightError as error:
@@ -198,7 +251,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from engine.training import train
 
     kit = load_face_kit(commercial=True) if args.commercial else None
-    notes = [_licence_line(args.commercial), estimate]
+    notes = [f"Base model: {base.describe()}", _licence_line(args.commercial), estimate]
     artefact = train(project, config, on_event=progress_printer(notes), resume=args.resume, face_kit=kit)
     print(artefact)
 
@@ -209,6 +262,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from engine.postprocess import RESTORERS, postprocess_output
 
     project = _project(args.project)
+    if args.demo:
+        _demo_kit()
     if args.commercial and args.restore and not get_asset(RESTORERS[args.restore]).commercial_ok:
         raise NonCommercialAsset(
             f"The {args.restore} face restorer is licensed for non-commercial use only; with --commercial "
@@ -287,5 +342,6 @@ def cmd_demo_models(args: argparse.Namespace) -> None:
     kit = build_demo_kit(Path(args.folder))
     print(
         f"tiny SD 1.x folder: {kit.sd.folder}\nsingle file: {kit.sd.single_file}\n"
+        f"tiny SDXL folder: {kit.sdxl.folder}\nsingle file: {kit.sdxl.single_file}\n"
         f"tiny decoder: {kit.tiny_decoder}\nassets: {kit.assets}"
     )

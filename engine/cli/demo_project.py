@@ -17,7 +17,8 @@ def cmd_demo_project(args: argparse.Namespace) -> None:
     from engine.photos import photo_records
     from engine.store import ProjectStore, StoreError
 
-    kit = build_demo_kit(Path(args.kit) if args.kit else default_kit_folder())
+    folder = Path(args.kit) if args.kit else default_kit_folder()
+    kit = build_demo_kit(folder)
     use_demo_kit(kit)
     store = ProjectStore()
     try:
@@ -35,12 +36,20 @@ def cmd_demo_project(args: argparse.Namespace) -> None:
             print(f"refused {photo.filename}: {result.reason} - {result.message}")
         else:
             print(f"accepted {photo.filename}")
+    family = args.family or "sd1"
+    if folder == default_kit_folder():
+        train = f"magicapture train {args.project!r} --demo" + (" --family sdxl" if family == "sdxl" else "")
+    else:
+        tiny = kit.sdxl if family == "sdxl" else kit.sd
+        train = (
+            f"MAGICAPTURE_ASSETS={kit.assets} magicapture train {args.project!r} --preset fast "
+            f"--base {tiny.folder} --profile cpu --set resolution={kit.resolution} "
+            f"--set tiny_decoder_model={kit.tiny_decoder} --set phase1_steps=6 --set phase2_steps=6"
+        )
+    demo = "--demo" + (" sdxl" if family == "sdxl" else "")
     print(
         f"Project {args.project!r} holds {outcome.accepted('source')} sample selfies and "
         f"{outcome.accepted('reference')} style references. Open it in the studio's demo mode:\n"
-        f"  magicapture-studio --demo --data-dir {store.root}\n"
-        "or train it here on the tiny model:\n"
-        f"  MAGICAPTURE_ASSETS={kit.assets} magicapture train {args.project!r} --preset fast "
-        f"--base {kit.sd.folder} --profile cpu --set resolution={kit.resolution} "
-        f"--set tiny_decoder_model={kit.tiny_decoder} --set phase1_steps=6 --set phase2_steps=6"
+        f"  magicapture-studio {demo} --data-dir {store.root}\n"
+        f"or train it here on the tiny model:\n  {train}"
     )

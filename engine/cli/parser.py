@@ -38,6 +38,53 @@ def _commercial_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the person and style tokens and the LoRA")
+    p.add_argument("project")
+    p.add_argument("--preset", default="released", help="released (default), paper or fast")
+    p.add_argument(
+        "--base",
+        help="base model, SD 1.x or SDXL (its family is read from the files): hub id, diffusers folder "
+        "or .safetensors file; default: --family's default hub id",
+    )
+    p.add_argument(
+        "--family",
+        choices=("sd1", "sdxl"),
+        help="sd1 (default) or sdxl: the family of the default base model and of --demo's tiny model; "
+        "with --base, a check that the base is of this family",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="train the demo kit's tiny random model of --family, offline on the CPU, in a few steps",
+    )
+    p.add_argument("--profile", help="VRAM profile: auto, cpu, 6gb, 8gb, 12gb, 24gb")
+    p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed run")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any training setting"
+    )
+    _commercial_flag(p)
+    p.set_defaults(handler=commands.cmd_train)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="make portraits from a trained project")
+    p.add_argument("project")
+    p.add_argument("--run", help="training run (default: the latest finished)")
+    p.add_argument("--prompt-extra", default="", help='extra words, e.g. "wearing a suit"')
+    p.add_argument("--n", type=_count, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="euler_a", choices=("euler_a", "dpmpp_2m_karras", "ddim"))
+    p.add_argument("--steps", type=_count, default=50)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--restore", choices=("gfpgan", "codeformer"))
+    p.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1)
+    p.add_argument("--preset", choices=("passport-eu", "passport-us", "headshot-1024", "headshot-2048"))
+    p.add_argument("--demo", action="store_true", help="with the demo kit's tiny face models, offline")
+    _commercial_flag(p)
+    p.set_defaults(handler=commands.cmd_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="magicapture", description=DESCRIPTION)
     parser.add_argument(
@@ -61,32 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     _commercial_flag(p)
     p.set_defaults(handler=commands.cmd_prepare)
 
-    p = sub.add_parser("train", help="train the person and style tokens and the LoRA")
-    p.add_argument("project")
-    p.add_argument("--preset", default="released", help="released (default), paper or fast")
-    p.add_argument("--base", help="SD 1.x base: hub id, diffusers folder or .safetensors file")
-    p.add_argument("--profile", help="VRAM profile: auto, cpu, 6gb, 8gb, 12gb, 24gb")
-    p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed run")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override any training setting"
-    )
-    _commercial_flag(p)
-    p.set_defaults(handler=commands.cmd_train)
-
-    p = sub.add_parser("generate", help="make portraits from a trained project")
-    p.add_argument("project")
-    p.add_argument("--run", help="training run (default: the latest finished)")
-    p.add_argument("--prompt-extra", default="", help='extra words, e.g. "wearing a suit"')
-    p.add_argument("--n", type=_count, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default="euler_a", choices=("euler_a", "dpmpp_2m_karras", "ddim"))
-    p.add_argument("--steps", type=_count, default=50)
-    p.add_argument("--cfg", type=float, default=7.0)
-    p.add_argument("--restore", choices=("gfpgan", "codeformer"))
-    p.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1)
-    p.add_argument("--preset", choices=("passport-eu", "passport-us", "headshot-1024", "headshot-2048"))
-    _commercial_flag(p)
-    p.set_defaults(handler=commands.cmd_generate)
+    _add_train(sub)
+    _add_generate(sub)
 
     p = sub.add_parser("export", help="export the LoRA and embeddings")
     p.add_argument("project")
@@ -114,5 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("project")
     p.add_argument("--kit", help="the tiny model kit's folder (default: built once in the user cache)")
+    p.add_argument("--family", choices=("sd1", "sdxl"), help="the tiny model the printed commands train on")
     p.set_defaults(handler=cmd_demo_project)
     return parser
