@@ -242,6 +242,24 @@ def on_project(
     return *refresh(studio, name, order, request), name
 
 
+def relist(
+    studio: Studio,
+    name: str | None,
+    order: str | None,
+    ticked: list[str] | None,
+    listed: str | None,
+    request: gr.Request | None = None,
+):
+    """The listing again (a visit of the tab, another sort order), the portraits the photographer
+    has ticked for the proof gallery still ticked while they are listed, published or not."""
+    listing = list(refresh(studio, name, order, request))
+    if name and name == listed and ticked is not None:
+        choices = listing[3].choices
+        offered = {value for _, value in choices}
+        listing[3] = gr.CheckboxGroup(choices=choices, value=[t for t in ticked if t in offered])
+    return tuple(listing)
+
+
 def _versions_of(project: Project, portrait_id: str) -> Portrait:
     portrait = next((p for p in portraits(project) if p.original.id == portrait_id), None)
     if portrait is None:
@@ -428,9 +446,10 @@ def build(studio: Studio, current: gr.Dropdown, tab: gr.Tab) -> None:
     current.change(
         bind(on_project, studio), [current, order, listed], [*listing, listed], show_progress="hidden"
     )
-    tab.select(bind(refresh, studio), [current, order], listing, show_progress="hidden")
+    relisting = [current, order, proof_choice, listed]
+    tab.select(bind(relist, studio), relisting, listing, show_progress="hidden")
     sort.change(lambda value: value, sort, order, show_progress="hidden").then(
-        bind(refresh, studio), [current, order], listing, show_progress="hidden"
+        bind(relist, studio), relisting, listing, show_progress="hidden"
     )
     publish.click(
         bind(on_publish, studio), [current, proof_choice, proof_password], [proof_password, proof_info]

@@ -161,6 +161,17 @@ def views(studio: Studio, name: str | None) -> list[Any]:
     return [*values, refusals_html(studio.refusals.get(name)), samples]
 
 
+def on_project(studio: Studio, name: str | None, shown: str | None) -> list[Any]:
+    """The views of another project, and the project shown; nothing for the project already shown.
+
+    Gradio fires the project picker's change event again for the same project (a burst as tabs
+    open and update); showing the photos again would drop the tile the user has just selected.
+    """
+    if name and name == shown:
+        return [*[gr.skip()] * VIEWS, shown]
+    return [*views(studio, name), name]
+
+
 def add_files(studio: Studio, name: str | None, files: list[str], role: str, progress: gr.Progress) -> int:
     """Pass ``files`` through intake, noting each refusal; returns how many were accepted."""
     from engine.intake import Refused, add_photo, read_photo
@@ -372,6 +383,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, tab: gr.Tab, time
     samples.click(bind(on_samples, studio), current, outputs)
     make.click(bind(on_make, studio), [current, prompt, count], None)
     timer.tick(bind(on_tick, studio), [current, made], [*outputs, made_status, made], show_progress="hidden")
-    current.change(bind(views, studio), current, outputs, show_progress="hidden")
+    shown = gr.State(None)
+    current.change(bind(on_project, studio), [current, shown], [*outputs, shown], show_progress="hidden")
     tab.select(bind(views, studio), current, outputs, show_progress="hidden")
     next_step.click(lambda: gr.Tabs(selected="train"), None, tabs)

@@ -36,3 +36,20 @@ def test_the_picker_changing_to_the_listed_project_leaves_the_ticks_alone(studio
     assert listed == "ben" and len(other[3].choices) == 1
     *none, listed = on_project(studio, None, "identity", listed)
     assert listed is None and none[3].choices == []
+
+
+def test_a_visit_of_the_tab_or_another_sort_keeps_the_unpublished_ticks(studio):
+    from studio.gallery import on_project, relist
+
+    ids = add_outputs(studio.store.create("anna"), 3)
+    *_, listed = on_project(studio, "anna", "identity", None)
+    ticked = [ids[2], ids[0]]  # what the photographer ticked, nothing published
+
+    for order in ("identity", "seed"):
+        listing = relist(studio, "anna", order, ticked, listed)
+        assert sorted(value for _, value in listing[3].choices) == sorted(ids)
+        assert listing[3].value == ticked
+    # a portrait gone from the listing is no longer ticked; another project's listing starts from its own
+    assert relist(studio, "anna", "identity", [*ticked, "gone"], listed)[3].value == ticked
+    add_outputs(studio.store.create("ben"), 1)
+    assert relist(studio, "ben", "identity", ticked, listed)[3].value == []

@@ -130,3 +130,17 @@ def test_references_painted_in_the_demo_studio_are_all_added(tmp_path, monkeypat
     assert studio.refusals.get("anna") == [], [item.message for item in studio.refusals.get("anna")]
     assert len(photo_records(project, "reference")) == 4
     assert "4 style references painted: 4 added." in references_progress(job)
+
+
+def test_the_picker_changing_to_the_shown_project_leaves_the_photos_alone(tmp_path):
+    """Gradio fires the picker's change event again for the same project: only another project is shown."""
+    from studio.photos import VIEWS, on_project
+
+    studio = Studio(ProjectStore(tmp_path))
+    studio.store.create("anna")
+    *views, shown = on_project(studio, "anna", None)
+    assert shown == "anna" and len(views) == VIEWS and views[1] == []  # anna's (no) selfies
+    again = on_project(studio, "anna", shown)
+    assert again[-1] == "anna" and all(update == gr.skip() for update in again[:-1])
+    *views, shown = on_project(studio, None, shown)
+    assert shown is None and views[0] == []
