@@ -142,6 +142,23 @@ def test_without_the_fix_the_base_vae_is_upcast_to_decode(tiny_sdxl, hub_cache, 
     assert "not this model's VAE shape" in base.notes[0]
 
 
+def test_without_the_fix_a_vae_that_would_decode_in_fp16_decodes_in_fp32(tiny_sdxl, hub_cache, tmp_path):
+    """A fine-tune whose VAE config turns force_upcast off would decode SDXL latents in fp16 (NaNs at full size)."""
+    import shutil
+
+    from engine.models import make_pipeline
+
+    folder = tmp_path / "fine-tune"
+    shutil.copytree(tiny_sdxl.folder, folder)
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    (folder / "vae" / "config.json").write_text(json.dumps({**config, "force_upcast": False}))
+    base = load_base(folder, device="cpu", dtype="fp16")
+    decoded = []
+    base.vae.decoder.register_forward_pre_hook(lambda module, args: decoded.append(args[0].dtype))
+    make_pipeline(base)("a portrait", num_inference_steps=1, height=64, width=64, output_type="np")
+    assert decoded == [torch.float32] and base.vae.dtype == torch.float16
+
+
 def test_in_fp32_the_base_keeps_its_own_vae_and_says_nothing(tiny_sdxl, hub_cache, tmp_path):
     cache_fix_vae(hub_cache, tmp_path)
     base = load_base(tiny_sdxl.folder, device="cpu", dtype="fp32")
