@@ -183,7 +183,11 @@ def preset_choices(offered: dict[str, OutputPreset]) -> list[tuple[str, str]]:
 def run_options(studio: Studio, name: str | None, run: str | None, preset: str, shown: str | None):
     """The output presets of the chosen run's model family, its own sizes first (SDXL's 1024 px
     portraits), and, when the family differs from the one shown, its suggested post-processing
-    (SDXL: restoration without upscaling); the family shown last."""
+    (SDXL: restoration without upscaling); the family shown last.
+
+    The tab opens showing the default family's suggestion, so choosing its run (as the tab does on
+    each visit) leaves what the user has already set alone.
+    """
     if not name or not run:
         return gr.skip(), gr.skip(), gr.skip(), shown
     family = artefact_family(resolve_artefact(studio.project(name), run)[0])
@@ -300,7 +304,7 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     )
     next_step = gr.Button("Next: gallery →", variant="primary")
     seen = gr.State(None)
-    family = gr.State(None)
+    family = gr.State(DEFAULT_FAMILY.name)  # the post-processing choices above are its suggestion
 
     inputs = [
         current,

@@ -75,7 +75,7 @@ def test_an_sdxl_run_offers_its_portrait_sizes_and_restoration_without_upscaling
     assert artefact_family(project.path("trainings/run-new/final.safetensors")).name == "sdxl"
     assert artefact_family(project.path("trainings/run-old/final.safetensors")).name == "sd1"
 
-    presets, restore, upscale, shown = run_options(studio, "anna", "run-new", "none", None)
+    presets, restore, upscale, shown = run_options(studio, "anna", "run-new", "none", "sd1")
     offered = [key for _, key in presets.choices]
     assert offered[:3] == ["none", "portrait-832x1216", "portrait-896x1152"]
     assert {"passport-eu", "passport-us", "headshot-1024", "headshot-2048"} <= set(offered)
@@ -95,3 +95,5 @@ def test_an_sdxl_run_offers_its_portrait_sizes_and_restoration_without_upscaling
         "headshot-2048",
     ]
     assert presets.value == "none" and (restore, upscale, shown) == ("none", 1, "sd1")
+    # the tab opens on SD 1.x's choices: its runs leave what the user set (e.g. x2) alone
+    assert run_options(studio, "anna", "run-old", "none", "sd1")[1:] == (gr.skip(), gr.skip(), "sd1")
