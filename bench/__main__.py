@@ -1,6 +1,8 @@
 """``python -m bench``: run the benchmarks, print their JSON and write ``bench/results.json``.
 
 ``python -m bench --table`` prints the README table from the results file instead.
+``python -m bench --model tiny-sdxl`` runs the phase-2 speed and memory benchmarks on the tiny
+SDXL and puts its results under ``"sdxl"`` in the results file, keeping the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.settings import BENCHMARKS, RESULTS
+from bench.workbench import MODELS, SDXL_MODELS
 
+SDXL_BENCHMARKS = ("phase2_memory", "phase2_speed")
+"""What runs on an SDXL model (the other benchmarks' baselines are SD 1.x's)."""
+LABELS = {
+    "sd15": "SD 1.5 configs, random weights",
+    "tiny": "demo kit tiny SD 1.x",
+    "tiny-sdxl": "demo kit tiny SDXL",
+}
 KEYS = {
     "phase2_speed": "phase2_step_ratio",
     "phase2_memory": "phase2_peak_memory_ratio",
@@ -29,9 +39,7 @@ KEYS = {
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", choices=("tiny", "sd15"), default="sd15", help="base model size (default: sd15)"
-    )
+    parser.add_argument("--model", choices=MODELS, default="sd15", help="base model size (default: sd15)")
     parser.add_argument(
         "--quick", action="store_true", help="everything on the tiny model with few repeats (about a minute)"
     )
@@ -69,7 +77,12 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     model = "tiny" if args.quick else args.model
     sizes = sizes_for(model, args.quick, pick_device().type == "cuda")
-    selected = [name for name in BENCHMARKS if not args.only or name in args.only]
+    if sizes.time_basis == "cpu":  # the CPU seconds of one thread are the step's own, whatever the load
+        import torch
+
+        torch.set_num_threads(1)
+    offered = SDXL_BENCHMARKS if model in SDXL_MODELS else BENCHMARKS
+    selected = [name for name in offered if not args.only or name in args.only]
     results: dict[str, Any] = {
         "command": command_line(argv),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -80,9 +93,7 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="magicapture-bench-") as scratch:
         bench = prepare(model, Path(scratch))
         results["face_models"] = "demo kit stand-ins (random weights, real formats); Haar cascades detect"
-        results["base_model"] = (
-            f"{model}: {'SD 1.5 configs, random weights' if model == 'sd15' else 'demo kit tiny SD 1.x'}"
-        )
+        results["base_model"] = f"{model}: {LABELS[model]}"
 
         def record(name: str, work: Callable[[str], dict[str, Any]]) -> None:
             if name not in selected:
@@ -117,6 +128,14 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return results
 
 
+def merged(path: Path, sdxl: dict[str, Any]) -> dict[str, Any]:
+    """The results file at ``path`` (if any) with an SDXL run's results under ``"sdxl"``, the rest
+    kept; benchmarks of an earlier SDXL run that this one did not run (``--only``) are kept too."""
+    whole = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    earlier = (whole.get("sdxl") or {}).get("benchmarks", {})
+    return {**whole, "sdxl": {**sdxl, "benchmarks": {**earlier, **sdxl["benchmarks"]}}}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -133,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         from engine.store import atomic_write_text
 
+        if args.model in SDXL_MODELS and not args.quick:
+            text = json.dumps(merged(Path(out), results), indent=2)
         atomic_write_text(Path(out), text + "\n")
     failed = [name for name, entry in results["benchmarks"].items() if "error" in entry]
     if failed:

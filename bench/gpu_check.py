@@ -14,8 +14,15 @@ On a CUDA machine with no internet it builds SD 1.5-shaped models with random we
   it and a short real training on the demo project (`engine.demo.portraits.make_project`), with
   the run's attention level and face-detection rate.
 
+With ``--sdxl`` it also builds an SDXL-shaped model with random weights (SDXL 1.0 base's configs,
+``assets/sdxl``; once, about 7 GB in the cache) and measures, per SDXL profile
+(`engine.devices.SDXL_PROFILES`), its full and plain phase-2 steps in fp16 at 1024 px, within
+`FULL.sdxl_seconds` more: the headline there is the 12 GB profile's peak (goal under 12 GB,
+stretch under 10 GB).
+
 It writes `DEFAULT_OUT` (``--out`` to change). ``--reduced`` runs the same parts on the CPU on the
-demo kit's tiny model in fp32 with few steps and two profiles (the test suite's check).
+demo kit's tiny model in fp32 with few steps and two profiles (the test suite's check; with
+``--sdxl``, the tiny SDXL with its 12 GB profile).
 ``--table`` renders the README rows from the JSON. Every part runs under a time budget (a
 worker's timeout and its step budget); progress goes to stderr. README.md ("GPU check") documents
 each key.
@@ -88,18 +95,29 @@ class Plan:
     """Workers running at once (1 on a GPU, so that steps per second are the step's own)."""
     train_steps: tuple[int, int]
     preview_steps: int
+    sdxl_model: str
+    sdxl_profiles: tuple[str, ...]
+    """With ``--sdxl``: the SDXL profiles measured, the headline (12gb) first."""
+    sdxl_step_timeout: float
+    sdxl_seconds: float
+    """Added to the budget with ``--sdxl``."""
 
 
 FULL = Plan(
     mode="full", model="sd15", profiles=("8gb", "6gb", "12gb", "24gb"), max_steps=10, warmup_steps=2,
     step_seconds=6, step_timeout=60, decode_timeout=60, train_timeout=150, minimum=25, train_minimum=60,
     total_seconds=450, parallel=1, train_steps=(10, 20), preview_steps=10,
+    sdxl_model="sdxl", sdxl_profiles=("12gb", "16gb", "24gb"), sdxl_step_timeout=90, sdxl_seconds=360,
 )  # fmt: skip
 REDUCED = Plan(
     mode="reduced", model="tiny", profiles=("8gb", "24gb"), max_steps=2, warmup_steps=1,
     step_seconds=20, step_timeout=240, decode_timeout=180, train_timeout=240, minimum=10, train_minimum=10,
     total_seconds=600, parallel=2, train_steps=(2, 2), preview_steps=2,
+    sdxl_model="tiny-sdxl", sdxl_profiles=("12gb",), sdxl_step_timeout=240, sdxl_seconds=300,
 )  # fmt: skip
+SDXL_HEADLINE_PROFILE = "12gb"
+SDXL_GOAL_GB = 12.0
+SDXL_STRETCH_GB = 10.0
 
 
 class Budget:
@@ -508,25 +526,31 @@ def profile_entry(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return entry
 
 
-def headline(results: dict[str, Any]) -> dict[str, Any]:
-    """The 8 GB profile's full-step peak against the goal (8 GB) and the stretch goal (6 GB)."""
-    profile = results["profiles"].get(HEADLINE_PROFILE) or {}
+def headline(
+    results: dict[str, Any],
+    profile_name: str = HEADLINE_PROFILE,
+    goals: tuple[float, float, int] = (GOAL_GB, STRETCH_GB, 512),
+) -> dict[str, Any]:
+    """A profile's full-step peak against the goal and the stretch goal (GB) at a resolution (px):
+    SD 1.5's 8 GB profile under 8 and 6 GB at 512 px; SDXL's 12 GB one under 12 and 10 GB at 1024 px."""
+    goal, stretch, resolution = goals
+    profile = results["profiles"].get(profile_name) or {}
     full = profile.get("full") or {}
     peak = full.get("peak_gb")
     measured = results["device"] == "cuda" and (profile.get("options") or {}).get("mixed_precision") == "fp16"
-    judged = peak is not None and measured and results["resolution"] == 512
+    judged = peak is not None and measured and results["resolution"] == resolution
     return {
-        "profile": HEADLINE_PROFILE,
+        "profile": profile_name,
         "full_peak_gb": peak,
         "plain_peak_gb": (profile.get("plain") or {}).get("peak_gb"),
         "full_vae_decoder_peak_gb": (profile.get(VAE_KIND) or {}).get("peak_gb"),
-        "goal_gb": GOAL_GB,
-        "stretch_gb": STRETCH_GB,
-        "meets_goal": peak < GOAL_GB if judged else None,
-        "meets_stretch": peak < STRETCH_GB if judged else None,
+        "goal_gb": goal,
+        "stretch_gb": stretch,
+        "meets_goal": peak < goal if judged else None,
+        "meets_stretch": peak < stretch if judged else None,
         "note": None
         if judged
-        else "not judged: the goals are for a CUDA GPU in fp16 at 512 px (this run: "
+        else f"not judged: the goals are for a CUDA GPU in fp16 at {resolution} px (this run: "
         f"{results['device']}, {results['resolution']} px)",
     }
 
@@ -544,10 +568,13 @@ class Part:
     """Skipped when less than this is left for it."""
     profile: str | None = None
     kind: str | None = None
+    family: str = "sd1"
+    """Whose workbench the worker runs on: SD 1.5's, or (``sdxl/<profile>/<kind>``) SDXL's."""
 
 
-def plan_parts(plan: Plan, base: Path | None) -> list[Part]:
-    """The parts in the order they start: the profiles (headline first), the decodes, the training."""
+def plan_parts(plan: Plan, base: Path | None, sdxl: bool = False) -> list[Part]:
+    """The parts in the order they start: the profiles (headline first), the decodes, the training,
+    then with ``sdxl`` the SDXL profiles' steps."""
     parts = [
         Part(f"{profile}/{kind}", "steps", plan.step_timeout, plan.minimum, profile, kind)
         for profile in plan.profiles
@@ -558,6 +585,14 @@ def plan_parts(plan: Plan, base: Path | None) -> list[Part]:
         parts += [
             Part("decode_base", "decode", plan.decode_timeout, plan.minimum),
             Part("train", "train", plan.train_timeout, plan.train_minimum),
+        ]
+    if sdxl:
+        parts += [
+            Part(
+                f"sdxl/{profile}/{kind}", "steps", plan.sdxl_step_timeout, plan.minimum, profile, kind, "sdxl"
+            )
+            for profile in plan.sdxl_profiles
+            for kind in KINDS
         ]
     return parts
 
@@ -596,11 +631,10 @@ def allotment(parts: list[Part], index: int, plan: Plan, budget: Budget) -> floa
 
 
 def run_parts(
-    parts: list[Part], plan: Plan, budget: Budget, bench: Workbench, args: argparse.Namespace
+    parts: list[Part], plan: Plan, budget: Budget, benches: dict[str, Workbench], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """Each part in its own worker process (``plan.parallel`` at a time), each within its `allotment`.
-
-    A part is skipped when its allotment is under its minimum.
+    """Each part in its own worker process (``plan.parallel`` at a time), each within its `allotment`,
+    on its family's workbench (``benches``). A part is skipped when its allotment is under its minimum.
     """
 
     def one(part: Part) -> dict[str, Any]:
@@ -610,6 +644,7 @@ def run_parts(
             progress(budget, f"{part.name}: {outcome['error']}")
             return outcome
         progress(budget, f"{part.name}: running (up to {seconds:.0f} s)")
+        bench = benches[part.family]
         outcome = run_worker(bench, part_arguments(part, plan, args, bench.resolution, seconds), seconds)
         progress(budget, f"{part.name}: {summary(outcome)}")
         return outcome
@@ -624,7 +659,7 @@ def run_check(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from engine.devices import pick_device
 
     plan = REDUCED if args.reduced else FULL
-    budget = Budget(args.budget or plan.total_seconds)
+    budget = Budget(args.budget or plan.total_seconds + (plan.sdxl_seconds if args.sdxl else 0))
     results: dict[str, Any] = {
         "schema": SCHEMA,
         "command": " ".join(["python -m bench.gpu_check", *argv]),
@@ -639,16 +674,20 @@ def run_check(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "profiles": {},
         "decode": None,
         "base": None,
+        "sdxl": None,
         "errors": [],
     }
     with tempfile.TemporaryDirectory(prefix="magicapture-gpu-check-") as scratch:
         progress(budget, f"preparing the {plan.model} workbench (random weights; cached after the first run)")
-        bench = prepare(plan.model, Path(scratch))
-        results["resolution"] = bench.resolution
+        benches = {"sd1": prepare(plan.model, Path(scratch) / "sd1")}
+        if args.sdxl:
+            progress(budget, f"preparing the {plan.sdxl_model} workbench")
+            benches["sdxl"] = prepare(plan.sdxl_model, Path(scratch) / "sdxl")
+        results["resolution"] = benches["sd1"].resolution
         results["prepare_seconds"] = round(budget.elapsed(), 1)
-        parts = plan_parts(plan, args.base)
+        parts = plan_parts(plan, args.base, args.sdxl)
         outcomes = dict(
-            zip([part.name for part in parts], run_parts(parts, plan, budget, bench, args), strict=True)
+            zip([part.name for part in parts], run_parts(parts, plan, budget, benches, args), strict=True)
         )
     results["errors"] = [
         f"{name}: {outcome['error']}" for name, outcome in outcomes.items() if "error" in outcome
@@ -668,9 +707,26 @@ def run_check(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "training": outcomes["train"],
         }
     results["headline"] = headline(results)
+    if args.sdxl:
+        results["sdxl"] = sdxl_results(plan, benches["sdxl"].resolution, results["device"], outcomes)
     results["wall_seconds"] = round(budget.elapsed(), 1)
     progress(budget, f"done ({len(results['errors'])} part(s) failed or skipped)")
     return results
+
+
+def sdxl_results(plan: Plan, resolution: int, device: str, outcomes: dict[str, Any]) -> dict[str, Any]:
+    """The SDXL profiles' steps (as ``profiles``) and their headline: the 12 GB profile's peak."""
+    found: dict[str, Any] = {
+        "model": plan.sdxl_model,
+        "resolution": resolution,
+        "device": device,
+        "profiles": {
+            name: profile_entry({kind: outcomes[f"sdxl/{name}/{kind}"] for kind in KINDS})
+            for name in plan.sdxl_profiles
+        },
+    }
+    found["headline"] = headline(found, SDXL_HEADLINE_PROFILE, (SDXL_GOAL_GB, SDXL_STRETCH_GB, 1024))
+    return found
 
 
 def summary(outcome: dict[str, Any]) -> str:
@@ -738,7 +794,7 @@ def render_table(results: dict[str, Any]) -> str:
     """Markdown for the README: a line naming the run and machine, then one row per figure."""
     machine = results["machine"]
     device = f"{machine['gpu']} ({machine['gpu_memory_gb']} GB)" if machine.get("gpu") else machine["device"]
-    model = "SD 1.5-shaped, random weights" if results["model"] == "sd15" else "tiny demo model"
+    model = MODEL_LABELS[results["model"]]
     precision = "fp16 mixed precision" if results["device"] == "cuda" else "fp32"
     lines = [
         f"Measured {results['created'][:10]} by `{results['command']}` on {device}, torch "
@@ -748,27 +804,15 @@ def render_table(results: dict[str, Any]) -> str:
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
-    rows: list[tuple[str, ...]] = []
-    head = results["headline"]
-    if head["full_peak_gb"] is not None:
-        if head["meets_goal"] is None:
-            goal = f"< {head['goal_gb']:g} GB, stretch < {head['stretch_gb']:g} GB (not judged off a GPU)"
-        else:
-            goal = (
-                f"< {head['goal_gb']:g} GB ({'met' if head['meets_goal'] else 'not met'}); stretch "
-                f"< {head['stretch_gb']:g} GB ({'met' if head['meets_stretch'] else 'not met'})"
-            )
-        plain = head["plain_peak_gb"]
-        rows.append(
-            (
-                f"Peak memory of the full phase-2 step, profile {head['profile']} (headline)",
-                f"{head['full_peak_gb']:.2f} GB",
-                goal,
-                f"plain step {plain:.2f} GB" if plain is not None else "plain step failed",
-            )
-        )
+    rows = _headline_rows(results["headline"], "")
     for name, entry in results["profiles"].items():
         rows += _profile_rows(name, entry)
+    sdxl = results.get("sdxl")
+    if sdxl:
+        label = f"SDXL ({MODEL_LABELS[sdxl['model']]} at {sdxl['resolution']} px)"
+        rows += _headline_rows(sdxl["headline"], f"{label}: ")
+        for name, entry in sdxl["profiles"].items():
+            rows += _profile_rows(f"sdxl {name}", entry)
     rows += _decode_rows(results.get("decode"), "random weights")
     base = results.get("base")
     if base:
@@ -779,6 +823,35 @@ def render_table(results: dict[str, Any]) -> str:
             rows.append(("Part not measured", "failed", "", error))
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+MODEL_LABELS = {
+    "sd15": "SD 1.5-shaped, random weights",
+    "tiny": "tiny demo model",
+    "sdxl": "SDXL-shaped, random weights",
+    "tiny-sdxl": "tiny demo SDXL",
+}
+
+
+def _headline_rows(head: dict[str, Any], prefix: str) -> list[tuple[str, ...]]:
+    if head["full_peak_gb"] is None:
+        return []
+    if head["meets_goal"] is None:
+        goal = f"< {head['goal_gb']:g} GB, stretch < {head['stretch_gb']:g} GB (not judged off a GPU)"
+    else:
+        goal = (
+            f"< {head['goal_gb']:g} GB ({'met' if head['meets_goal'] else 'not met'}); stretch "
+            f"< {head['stretch_gb']:g} GB ({'met' if head['meets_stretch'] else 'not met'})"
+        )
+    plain = head["plain_peak_gb"]
+    return [
+        (
+            f"{prefix}Peak memory of the full phase-2 step, profile {head['profile']} (headline)",
+            f"{head['full_peak_gb']:.2f} GB",
+            goal,
+            f"plain step {plain:.2f} GB" if plain is not None else "plain step failed",
+        )
+    ]
 
 
 def _profile_rows(name: str, entry: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -893,6 +966,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tiny-decoder", type=Path, help="a real TAESD folder to compare with --base's VAE (optional)"
+    )
+    parser.add_argument(
+        "--sdxl",
+        action="store_true",
+        help="also the SDXL profiles' steps in fp16 at 1024 px (--reduced: the tiny SDXL's 12gb on the CPU)",
     )
     parser.add_argument("--out", type=Path, help=f"JSON file (default: {DEFAULT_OUT})")
     parser.add_argument(

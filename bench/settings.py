@@ -10,6 +10,8 @@ BENCHMARKS = ("phase2_memory", "phase2_speed", "generate", "intake", "studio", "
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 ALL_PROFILES = ("cpu", "6gb", "8gb", "12gb", "24gb")
+SDXL_PROFILES = ("cpu", "12gb", "16gb", "24gb")
+"""`engine.devices.SDXL_PROFILES` and the CPU's."""
 OPTION_KINDS = ("full_no_reuse_pass", "full_no_face_window", "full_no_speed_options")
 """Full steps with speed options off, timed beside the plain and full steps."""
 
@@ -37,6 +39,9 @@ class Sizes:
     studio_requests: int
     training_steps: int
     """Steps per phase of the demo training that runs under the studio latency benchmark."""
+    time_basis: str = "wall"
+    """What the speed ratio divides: "wall" seconds, or the process's "cpu" seconds with one torch
+    thread (a CPU shared with other work: the step's own cost, not the machine's load)."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -46,10 +51,18 @@ def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
     """Sizes that keep ``python -m bench`` near 20 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``).
 
     SD 1.5 on a CPU measures every VRAM profile's memory (each in fp32; a profile's fp16 needs a GPU).
+    The tiny SDXL measures the phase-2 speed and every SDXL profile's memory (a few minutes).
     """
-    from bench.workbench import RESOLUTIONS
+    from bench.workbench import RESOLUTIONS, SDXL_MODELS
 
     common = {"model": model, "resolution": RESOLUTIONS[model], "training_steps": 400}
+    if model in SDXL_MODELS:  # phase-2 speed and memory only
+        return Sizes(
+            **common, warmup_steps=1, timed_steps=3, option_kinds=OPTION_KINDS, option_steps=1,
+            memory_profiles=SDXL_PROFILES, memory_steps=2, memory_parallel=1,
+            generate_steps=0, generate_resolution=0, generate_runs=0, intake_runs=0, studio_requests=0,
+            time_basis="wall" if gpu else "cpu",
+        )  # fmt: skip
     if gpu:
         return Sizes(
             **common, warmup_steps=3, timed_steps=10, option_kinds=OPTION_KINDS, option_steps=10,

@@ -8,7 +8,8 @@ mix (``mix``: what a training run's step costs, the figure the pre-flight estima
 step whose identity branch the VAE decodes (``full_vae_decoder``; the others use the default
 decoder, TAESD) and (in the first ``option_steps`` rounds) one VAE full step with each speed option
 off. Each kind's figure is its
-median.
+median. The process's CPU seconds of each step are recorded beside its wall seconds
+(``cpu_ratios``): on a CPU shared with other work they measure the step, not the machine's load.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ EVERY_ROUND = ("plain", "full", "mix", "full_vae_decoder")
 
 def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
     """Benchmark entry: median step seconds per kind and each full kind's ratio to the plain step."""
-    from bench.steps import KINDS, step_function, timed
+    from bench.steps import KINDS, step_function, timed_both
 
     options = trainer.options
     steps = {name: step_function(trainer, KINDS[name]) for name in (*EVERY_ROUND, *sizes.option_kinds)}
@@ -43,12 +44,20 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
     for index in range(sizes.warmup_steps):  # the full step runs all the plain step runs, and more
         steps["full"](WARMUP_SEED + index)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for seed in range(max(sizes.timed_steps, sizes.option_steps)):
         for name, step in steps.items():
             if seed < (sizes.timed_steps if name in EVERY_ROUND else sizes.option_steps):
-                seconds[name].append(timed(step, seed, device))
+                wall, used = timed_both(step, seed, device)
+                seconds[name].append(wall)
+                cpu[name].append(used)
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    ratios = {name: round(value / median["plain"], 3) for name, value in median.items() if name != "plain"}
+    wall_ratios = {name: round(v / median["plain"], 3) for name, v in median.items() if name != "plain"}
+    cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
+    cpu_ratios = {
+        name: round(v / cpu_median["plain"], 3) for name, v in cpu_median.items() if name != "plain"
+    }
+    ratios = cpu_ratios if sizes.time_basis == "cpu" else wall_ratios
     return {
         "what": "one phase-2 optimiser step of the full objective (reconstruction + composed + identity + AR)",
         "baseline": "one plain DreamBooth-LoRA step: noise, UNet (SDPA everywhere), MSE; same LoRA, resolution, optimiser",
@@ -58,6 +67,11 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
         "ratios": ratios,
         "median_seconds": {name: round(value, 4) for name, value in median.items()},
         "seconds": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
+        "ratio_basis": sizes.time_basis,
+        "wall_ratios": wall_ratios,
+        "cpu_ratios": cpu_ratios,
+        "cpu_median_seconds": {name: round(value, 4) for name, value in cpu_median.items()},
+        "cpu_seconds": {name: [round(v, 4) for v in values] for name, values in cpu.items()},
         "kinds": {name: DESCRIPTIONS[name] for name in ratios},
         "profile": options.profile,
         "options": {

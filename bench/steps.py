@@ -131,7 +131,9 @@ def step_function(
         identity_reuse_pass=kind.identity_reuse_pass,
         identity_face_window=kind.identity_face_window,
     )
-    config = dataclasses.replace(trainer.config, identity_decoder=kind.identity_decoder)
+    # A family without TAESD (SDXL) decodes with the VAE in every kind, as its runs do.
+    decoder = kind.identity_decoder if trainer.base.family.tiny_decoder else "vae"
+    config = dataclasses.replace(trainer.config, identity_decoder=decoder)
     objective = dataclasses.replace(trainer.objective, options=options, config=config)
     samples = [composed_sample(trainer)]
 
@@ -224,11 +226,20 @@ def synchronise(device: torch.device) -> None:
 
 def timed(run: Callable[[int], None], seed: int, device: torch.device) -> float:
     """Seconds one call of ``run`` takes, the device's queue drained before and after."""
+    return timed_both(run, seed, device)[0]
+
+
+def timed_both(run: Callable[[int], None], seed: int, device: torch.device) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds of one call of ``run``.
+
+    On a CPU busy with other work the wall time measures the machine's load as much as the step;
+    the CPU time is the step's own work (with one torch thread no thread spins waiting for others).
+    """
     synchronise(device)
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     run(seed)
     synchronise(device)
-    return time.perf_counter() - began
+    return time.perf_counter() - began, time.process_time() - cpu
 
 
 def save_artefact(trainer: Trainer) -> Path:

@@ -34,9 +34,16 @@ def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
         "full_vae_decoder": "identity_decoder=vae, speed options on",
     }
     rows = []
+    cpu = entry.get("ratio_basis") == "cpu"
+    if cpu:
+        median = entry["cpu_median_seconds"]
     for kind, ratio in entry["ratios"].items():
         goal = {"full": _goal(entry)}.get(kind, "")
         context = f"{_seconds(median[kind])} vs {_seconds(median['plain'])} per step"
+        if cpu:
+            context = (
+                f"CPU time, one torch thread: {context}; wall-clock ratio {entry['wall_ratios'][kind]:.2f}x"
+            )
         rows.append((f"Phase-2 step time, full objective ({labels.get(kind, kind)}; profile {entry['profile']})",
                      "plain DreamBooth-LoRA step", _ratio(ratio), goal, context))  # fmt: skip
     return rows
@@ -163,27 +170,50 @@ ROWS = {
 }
 
 
+MODEL_LABELS = {
+    "sd15": "SD 1.5-shaped, random weights",
+    "tiny": "tiny demo model",
+    "tiny-sdxl": "the demo kit's tiny SDXL (SDXL's classes and conditioning, small widths, random weights)",
+}
+
+
 def machine_line(results: dict[str, Any]) -> str:
     machine = results["machine"]
     device = machine["gpu"] or machine["device"]
     sizes = results["sizes"]
-    model = "SD 1.5-shaped, random weights" if sizes["model"] == "sd15" else "tiny demo model"
     return (
         f"Measured {results['created'][:10]} by `{results['command']}` on {machine['cpu']} "
         f"({machine['cores_logical']} cores, {machine['ram_gb']:.1f} GB RAM), {device}, torch {machine['torch']}; "
-        f"{model} at {sizes['resolution']} px."
+        f"{MODEL_LABELS[sizes['model']]} at {sizes['resolution']} px."
     )
 
 
-def render_table(results: dict[str, Any]) -> str:
-    """Markdown: a line naming the machine and run, then the table of every figure in ``results``."""
-    lines = [machine_line(results), "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    for name, entry in results["benchmarks"].items():
+def benchmark_lines(benchmarks: dict[str, Any], prefix: str = "") -> list[str]:
+    """The table rows of one run's benchmarks, each figure's name after ``prefix``."""
+    lines = []
+    for name, entry in benchmarks.items():
         if "error" in entry:
             lines.append(
-                f"| {name} | | failed | | {entry['error'].splitlines()[0]} | `{entry.get('command', '')}` |"
+                f"| {prefix}{name} | | failed | | {entry['error'].splitlines()[0]} | `{entry.get('command', '')}` |"
             )
             continue
-        for row in ROWS[name](entry):
-            lines.append("| " + " | ".join(row) + f" | `{entry['command']}` |")
+        for figure, *rest in ROWS[name](entry):
+            lines.append("| " + " | ".join((prefix + figure, *rest)) + f" | `{entry['command']}` |")
+    return lines
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Markdown: a line naming the machine and run, then the table of every figure in ``results``.
+
+    The SDXL run merged under ``"sdxl"`` (``python -m bench --model tiny-sdxl``) gets its own line
+    and its rows after the others, each named "SDXL: ...".
+    """
+    sdxl = results.get("sdxl")
+    lines = [machine_line(results)]
+    if sdxl:
+        lines += ["", "SDXL rows: " + machine_line(sdxl)]
+    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += benchmark_lines(results["benchmarks"])
+    if sdxl:
+        lines += benchmark_lines(sdxl["benchmarks"], "SDXL: ")
     return "\n".join(lines)

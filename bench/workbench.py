@@ -1,7 +1,11 @@
 """What every benchmark works on: a base model, the demo face kit and a project with photos.
 
-Two model sizes: ``tiny`` (the demo kit's tiny SD 1.x, 64 px) and ``sd15`` (SD 1.5's configs from
-``assets/sd15`` with random weights, 512 px). The random SD 1.5 is written once as a diffusers
+Three model sizes: ``tiny`` (the demo kit's tiny SD 1.x, 64 px), ``sd15`` (SD 1.5's configs from
+``assets/sd15`` with random weights, 512 px) and ``tiny-sdxl`` (the demo kit's tiny SDXL: SDXL's
+classes, two text encoders and added time ids with small widths, at `SDXL_RESOLUTION`; a random
+SDXL-shaped model in fp32 takes 14 GB before its first step, too much for the 2-core CPU machine
+the benchmarks run on). ``sdxl`` (SDXL 1.0 base's configs from ``assets/sdxl``, random weights,
+written in fp16, 1024 px) is for the GPU check (`bench.gpu_check --sdxl`). The random SD 1.5 is written once as a diffusers
 folder in the cache, so every process (the memory benchmark runs one per configuration) loads it
 with the app's own loader in about a second instead of initialising 1.1 B parameters again.
 
@@ -20,8 +24,11 @@ from pathlib import Path
 
 from engine.store import atomic_write_text
 
-MODELS = ("tiny", "sd15")
-RESOLUTIONS = {"tiny": 64, "sd15": 512}
+MODELS = ("tiny", "sd15", "tiny-sdxl", "sdxl")
+SDXL_RESOLUTION = 256
+RESOLUTIONS = {"tiny": 64, "sd15": 512, "tiny-sdxl": SDXL_RESOLUTION, "sdxl": 1024}
+SDXL_MODELS = ("tiny-sdxl", "sdxl")
+"""Sizes of the SDXL family: their results go under ``"sdxl"`` in the results file."""
 SD15_VERSION = "1"
 PROJECT = "bench"
 
@@ -83,9 +90,12 @@ def prepare(model: str, scratch: Path) -> Workbench:
     kit = build_demo_kit(default_kit_folder())
     if model == "tiny":
         base, tiny_decoder = kit.sd.folder, kit.tiny_decoder
+    elif model == "tiny-sdxl":  # no TAESD for SDXL: its runs decode with the VAE
+        base, tiny_decoder = kit.sdxl.folder, kit.tiny_decoder
     else:
         cache = user_cache_path("magicapture-studio", appauthor=False)
-        base = random_sd15(cache / f"bench-sd15-random-v{SD15_VERSION}")
+        build = random_sdxl if model == "sdxl" else random_sd15
+        base = build(cache / f"bench-{model}-random-v{SD15_VERSION}")
         tiny_decoder = random_taesd(cache / f"bench-taesd-random-v{SD15_VERSION}")
     bench = Workbench(
         model=model,
@@ -134,6 +144,38 @@ def random_sd15(folder: Path) -> Path:
     for part in ("tokenizer", "scheduler"):
         shutil.copytree(SD15_CONFIG / part, folder / part)
     shutil.copy(SD15_CONFIG / "model_index.json", folder / "model_index.json")
+    atomic_write_text(done, SD15_VERSION)
+    return folder
+
+
+def random_sdxl(folder: Path) -> Path:
+    """SDXL 1.0 base's UNet, VAE and both text encoders from ``assets/sdxl`` with random weights, in fp16.
+
+    Both tokenizers are SD 1.5's vocabulary (``assets/sd15/tokenizer``), the second padding with
+    ``!`` as OpenCLIP does (`engine.families.sdxl`).
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from engine.families.sdxl import SDXL_CONFIG
+    from engine.models import SD15_CONFIG
+
+    done = folder / "COMPLETE"
+    if done.is_file() and done.read_text() == SD15_VERSION:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(0)
+    for name, kind in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        kind.from_config(kind.load_config(SDXL_CONFIG / name)).half().save_pretrained(folder / name)
+    for name, kind in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        kind(CLIPTextConfig.from_pretrained(SDXL_CONFIG / name)).half().save_pretrained(folder / name)
+    CLIPTokenizer.from_pretrained(SD15_CONFIG / "tokenizer").save_pretrained(folder / "tokenizer")
+    CLIPTokenizer.from_pretrained(SD15_CONFIG / "tokenizer", pad_token="!").save_pretrained(
+        folder / "tokenizer_2"
+    )
+    shutil.copytree(SDXL_CONFIG / "scheduler", folder / "scheduler")
+    shutil.copy(SDXL_CONFIG / "model_index.json", folder / "model_index.json")
     atomic_write_text(done, SD15_VERSION)
     return folder
 

@@ -188,3 +188,69 @@ def test_the_readme_table_is_the_one_rendered_from_the_committed_results() -> No
     results = json.loads((ROOT / "bench" / "results.json").read_text("utf-8"))
     assert results["command"] == "python -m bench" and results["sizes"]["model"] == "sd15"
     assert render_table(results).strip() in (ROOT / "README.md").read_text("utf-8")
+
+
+def sdxl_run() -> dict:
+    """An SDXL run's results as ``python -m bench --model tiny-sdxl`` writes them (the parts read here)."""
+    return {
+        "command": "python -m bench --model tiny-sdxl",
+        "created": "2026-12-04T16:00:00+00:00",
+        "machine": {"cpu": "Test CPU", "cores_logical": 2, "ram_gb": 8.0, "device": "cpu", "gpu": None,
+                    "torch": "2.0", "torch_threads": 2},
+        "sizes": {"model": "tiny-sdxl", "resolution": 256},
+        "benchmarks": {
+            "phase2_speed": {
+                "ratios": {"full": 1.25}, "median_seconds": {"plain": 2.0, "full": 2.5}, "goal": "<= 1.3",
+                "meets_goal": True, "profile": "cpu", "command": "python -m bench --model tiny-sdxl --only phase2_speed",
+            },
+            "phase2_memory": {
+                "ratio_profile": "cpu", "goal": "<= 1.1", "meets_goal": True,
+                "command": "python -m bench --model tiny-sdxl --only phase2_memory",
+                "profiles": {"12gb": {"ratio": 1.05, "full_peak_gb": 2.1, "plain_peak_gb": 2.0,
+                                      "resident_before_steps_gb": {"plain": 1.8, "full": 1.9}}},
+            },
+        },
+    }  # fmt: skip
+
+
+def test_an_sdxl_run_is_merged_under_its_key_and_rendered_as_sdxl_rows(tmp_path: Path) -> None:
+    from bench.__main__ import merged
+    from engine.preflight import rows_from_results
+
+    path = tmp_path / "results.json"
+    main = {**sdxl_run(), "command": "python -m bench", "sizes": {"model": "sd15", "resolution": 512}}
+    path.write_text(json.dumps(main))
+    whole = merged(path, sdxl_run())
+    assert whole["sdxl"] == sdxl_run() and {k: v for k, v in whole.items() if k != "sdxl"} == main
+    assert merged(tmp_path / "none.json", sdxl_run()) == {"sdxl": sdxl_run()}
+    lines = render_table(whole).splitlines()
+    assert lines[2] == (
+        "SDXL rows: Measured 2026-12-04 by `python -m bench --model tiny-sdxl` on Test CPU (2 cores, 8.0 GB "
+        "RAM), cpu, torch 2.0; the demo kit's tiny SDXL (SDXL's classes and conditioning, small widths, "
+        "random weights) at 256 px."
+    )
+    sdxl_rows = [line for line in lines if line.startswith("| SDXL: ")]
+    assert len(sdxl_rows) == 2 and "| 1.25x | <= 1.3 (met) | 2.50 s vs 2.00 s per step |" in sdxl_rows[0]
+    assert sdxl_rows[1].startswith("| SDXL: Peak memory of the full step, defaults (profile 12gb) |")
+    rows = {(r.model, r.profile) for r in rows_from_results(whole)}
+    assert {("tiny-sdxl", "12gb"), ("tiny-sdxl", "cpu"), ("sd15", "12gb")} <= rows
+
+
+def test_the_random_sdxl_is_an_sdxl_diffusers_folder_in_fp16(tmp_path: Path, monkeypatch) -> None:
+    """Built from SDXL's configs (here the tiny SDXL's, so that it stays small) and loaded as SDXL."""
+    import engine.families.sdxl as sdxl
+    from bench.workbench import SD15_VERSION, random_sdxl
+    from engine.demo.sdxl import build_tiny_sdxl
+    from engine.models import load_base, safetensors_header
+
+    tiny = build_tiny_sdxl(tmp_path / "tiny")
+    monkeypatch.setattr(sdxl, "SDXL_CONFIG", Path(tiny.folder))
+    folder = random_sdxl(tmp_path / "random")
+    base = load_base(folder, device="cpu")
+    assert base.family.name == "sdxl" and list(base.unet.config.block_out_channels) == [32, 64, 64]
+    assert base.tokenizer_2.pad_token == "!" and base.tokenizer.pad_token == "<|endoftext|>"
+    header = safetensors_header(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {entry["dtype"] for entry in header.values()} == {"F16"}
+    assert (folder / "COMPLETE").read_text() == SD15_VERSION
+    stamp = (folder / "unet" / "config.json").stat().st_mtime_ns
+    assert random_sdxl(folder) == folder and (folder / "unet" / "config.json").stat().st_mtime_ns == stamp

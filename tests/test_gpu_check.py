@@ -1,8 +1,8 @@
 """bench.gpu_check: the reduced CPU run writes every key README.md documents, with sane values.
 
-The full check needs a CUDA GPU (fp16, SD 1.5-shaped at 512 px); here ``--reduced`` runs the same
-parts on the tiny demo model in fp32, with ``--base`` pointing at the tiny model so that the short
-training runs too. Nothing asserts a time or a memory figure: the values are checked for their
+The full check needs a CUDA GPU (fp16, SD 1.5-shaped at 512 px, with ``--sdxl`` SDXL-shaped at
+1024 px); here ``--reduced`` runs the same parts on the tiny demo models in fp32, with ``--base``
+pointing at the tiny model so that the short training runs too. Nothing asserts a time or a memory figure: the values are checked for their
 type, sign and finiteness.
 """
 
@@ -84,7 +84,7 @@ def reduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], s
     out = folder / "gpu_check.json"
     command = [
         sys.executable, "-m", "bench.gpu_check", "--reduced", "--base", str(kit.sd.folder),
-        "--tiny-decoder", str(kit.tiny_decoder), "--out", str(out),
+        "--tiny-decoder", str(kit.tiny_decoder), "--sdxl", "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "MAGICAPTURE_HOME": str(folder / "home")}
     done = subprocess.run(
@@ -139,6 +139,33 @@ def test_the_profiles_have_peaks_ratios_speeds_and_healthy_numbers(reduced) -> N
     assert head["full_vae_decoder_peak_gb"] == eight[VAE_KIND]["peak_gb"]
     assert positive(eight["vae_decoder_peak_ratio"]) and positive(eight["vae_decoder_step_time_ratio"])
     assert head["meets_goal"] is None and head["note"]  # judged on a GPU in fp16 at 512 px only
+
+
+@pytest.mark.slow
+def test_the_sdxl_steps_run_with_the_sdxl_profile_and_are_judged_at_1024_px(reduced) -> None:
+    results, progress = reduced
+    sdxl = results["sdxl"]
+    assert (sdxl["model"], sdxl["device"], list(sdxl["profiles"])) == ("tiny-sdxl", "cpu", ["12gb"])
+    twelve = sdxl["profiles"]["12gb"]
+    options = twelve["options"]
+    assert options["gradient_checkpointing"] and not options["train_text_encoder"], "UNet-only LoRA"
+    assert positive(twelve["peak_ratio"]) and positive(twelve["step_time_ratio"])
+    for kind in KINDS:
+        step = twelve[kind]
+        assert positive(step["peak_gb"]) and positive(step["steps_per_second"]) and step["steps"] >= 2
+        assert step["nonfinite_loss_steps"] == step["nonfinite_grad_values"] == 0
+    assert "sdxl/12gb/full: peak" in progress
+    head = sdxl["headline"]
+    assert (head["profile"], head["goal_gb"], head["stretch_gb"]) == ("12gb", 12.0, 10.0)
+    assert head["full_peak_gb"] == twelve["full"]["peak_gb"] and head["meets_goal"] is None and head["note"]
+    table = render_table(results)
+    assert "SDXL (tiny demo SDXL at " in table and "profile 12gb (headline)" in table
+    assert "Peak memory, full vs plain step (profile sdxl 12gb)" in table
+    gpu = {**sdxl, "device": "cuda", "resolution": 1024}
+    gpu["profiles"] = {"12gb": {**twelve, "options": {"mixed_precision": "fp16"}}}
+    gpu["profiles"]["12gb"]["full"] = {**twelve["full"], "peak_gb": 11.2}
+    judged = headline(gpu, "12gb", (12.0, 10.0, 1024))
+    assert (judged["meets_goal"], judged["meets_stretch"], judged["note"]) == (True, False, None)
 
 
 @pytest.mark.slow
@@ -235,3 +262,20 @@ def test_the_full_check_stays_in_its_budget_even_when_every_part_runs_to_its_tim
             clock.now += seconds  # the worker runs until it is killed
     assert clock.now <= FULL.total_seconds < 8 * 60
     assert given.get("train", 0) >= FULL.train_minimum  # the reserve keeps the training's share
+
+
+def test_the_sdxl_steps_come_last_and_the_check_stays_in_its_larger_budget() -> None:
+    parts = plan_parts(FULL, Path("sd15.safetensors"), sdxl=True)
+    sdxl = [p for p in parts if p.family == "sdxl"]
+    assert [p.name for p in sdxl] == [f"sdxl/{n}/{k}" for n in ("12gb", "16gb", "24gb") for k in KINDS]
+    assert parts[: len(parts) - len(sdxl)] == plan_parts(FULL, Path("sd15.safetensors"))
+    total = FULL.total_seconds + FULL.sdxl_seconds
+    clock = Clock(total, 120.0)  # building the random SDXL the first time
+    given = {}
+    for index, part in enumerate(parts):
+        seconds = allotment(parts, index, FULL, clock)
+        if seconds >= part.minimum:
+            given[part.name] = seconds
+            clock.now += seconds
+    assert clock.now <= total < 14 * 60
+    assert all(given.get(p.name, 0) >= p.minimum for p in sdxl), "each SDXL step keeps its minimum"
