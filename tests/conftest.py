@@ -12,6 +12,11 @@ pytest_plugins = ("fixtures_faces", "fixtures_metrics", "fixtures_outputs")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+"""One torch thread in every worker and in the studios and commands the tests start (they inherit it).
+The tiny models' operations are too small to split; with two threads per process on a machine whose
+cores are already taken, OpenMP's threads wait on each other: the same tiny phase-2 run took 248 s
+against 6 s with one thread at load average 4.5 on 2 cores."""
 
 
 @pytest.fixture(autouse=True)
