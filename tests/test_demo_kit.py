@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -49,3 +50,20 @@ def test_builders_starting_together_build_the_kit_once(
     assert errors == []
     assert len(builds) == 1, "both builders wrote the kit's files at the same time"
     assert kits[0] == kits[1] and (tmp_path / "kit" / "COMPLETE").read_text() == engine.demo.KIT_VERSION
+
+
+def test_demo_mode_runs_torch_on_one_thread(tmp_path):
+    """The studio's and the CLI's demo mode: a process that had several threads is left with one."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch; torch.set_num_threads(2); from engine.demo import DemoKit, use_demo_kit; "
+        "from pathlib import Path; p = Path('.'); use_demo_kit(DemoKit(p, None, None, p, p)); "
+        "print(torch.get_num_threads())"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]

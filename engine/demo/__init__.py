@@ -70,7 +70,15 @@ def default_kit_folder() -> Path:
 
 
 def use_demo_kit(kit: DemoKit) -> None:
-    """Point the asset registry at the kit and keep this process offline."""
+    """Point the asset registry at the kit, keep this process offline and run torch on one thread.
+
+    The tiny models' operations are too small to split across threads; with two threads on a CPU
+    whose cores are busy with other work, OpenMP's threads wait on each other, and a demo training
+    that takes seconds on one thread took minutes.
+    """
+    import torch
+
     os.environ["MAGICAPTURE_ASSETS"] = str(kit.assets)
     os.environ["MAGICAPTURE_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
+    torch.set_num_threads(1)
