@@ -177,6 +177,7 @@ def runs(studio: Studio, name: str | None, chosen: str | None = None):
 
 
 def preset_choices(offered: dict[str, OutputPreset]) -> list[tuple[str, str]]:
+    """The output preset picker's (label, value) pairs, "none" first."""
     return [("none", "none"), *((preset.description, key) for key, preset in offered.items())]
 
 
