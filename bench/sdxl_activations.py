@@ -48,6 +48,40 @@ class SavedBytes:
         return tensor
 
 
+def _tag(blocks: dict[str, Any], saved: SavedBytes) -> dict[str, int]:
+    """Count what each of ``blocks`` saves apart; returns each block's input bytes (filled as they run)."""
+    inputs: dict[str, int] = {}
+
+    def enter(module: Any, args: tuple, kwargs: dict) -> None:
+        saved.block.append(module.tag)
+        first = args[0] if args else kwargs["hidden_states"]
+        inputs[module.tag] = first.numel() * first.element_size()
+
+    def leave(*_: Any) -> None:
+        saved.block.pop()
+
+    for name, module in blocks.items():
+        module.tag = name
+        module.register_forward_pre_hook(enter, with_kwargs=True)
+        module.register_forward_hook(leave)
+    return inputs
+
+
+def _figures(saved: SavedBytes, inputs: dict[str, int]) -> dict[str, Any]:
+    """Saved GiB without checkpointing, and with it: inputs and what lies outside the blocks, plus the
+    largest block recomputed."""
+    blocks = {k: v for k, v in saved.by_block.items() if k != "outside"}
+    largest = max(blocks, key=blocks.__getitem__)
+    kept = saved.by_block.get("outside", 0) + sum(inputs.values())
+    return {
+        "no_checkpointing_gib": round(sum(saved.by_block.values()) / GIB, 3),
+        "checkpointed_kept_gib": round(kept / GIB, 3),
+        "largest_block": largest,
+        "largest_block_gib": round(blocks[largest] / GIB, 3),
+        "checkpointed_peak_gib": round((kept + blocks[largest]) / GIB, 3),
+    }
+
+
 def unet_activations(resolution: int = 1024) -> dict[str, Any]:
     """Saved bytes of one SDXL UNet forward pass: without checkpointing, and the checkpointed peak."""
     import torch
@@ -65,21 +99,12 @@ def unet_activations(resolution: int = 1024) -> dict[str, Any]:
     for module in targets:
         module.weight.requires_grad_(True)
     saved = SavedBytes({id(p) for p in unet.parameters()})
-    inputs: dict[str, int] = {}
-
-    def enter(module: Any, args: tuple, kwargs: dict) -> None:
-        saved.block.append(module.tag)
-        first = args[0] if args else kwargs["hidden_states"]
-        inputs[module.tag] = first.numel() * first.element_size()
-
-    def leave(*_: Any) -> None:
-        saved.block.pop()
-
-    for name, module in unet.named_modules():
-        if isinstance(module, ResnetBlock2D | Transformer2DModel) and name.startswith(("down", "mid", "up")):
-            module.tag = name
-            module.register_forward_pre_hook(enter, with_kwargs=True)
-            module.register_forward_hook(leave)
+    blocks = {
+        name: module
+        for name, module in unet.named_modules()
+        if isinstance(module, ResnetBlock2D | Transformer2DModel) and name.startswith(("down", "mid", "up"))
+    }
+    inputs = _tag(blocks, saved)
     latent = resolution // 8
 
     def meta(*shape: int) -> Any:
@@ -89,38 +114,36 @@ def unet_activations(resolution: int = 1024) -> dict[str, Any]:
     with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         unet(meta(1, 4, latent, latent), torch.tensor([500], device="meta"), meta(1, 77, 2048),
              added_cond_kwargs=added)  # fmt: skip
-    blocks = {k: v for k, v in saved.by_block.items() if k != "outside"}
-    largest = max(blocks, key=blocks.__getitem__)
-    kept = saved.by_block.get("outside", 0) + sum(inputs.values())
     return {
         "resolution": resolution,
         "lora_targets": len(targets),
         "lora_params_rank4": sum(4 * (m.in_features + m.out_features) for m in targets),
-        "no_checkpointing_gib": round(sum(saved.by_block.values()) / GIB, 3),
-        "checkpointed_kept_gib": round(kept / GIB, 3),
-        "largest_block": largest,
-        "largest_block_gib": round(blocks[largest] / GIB, 3),
-        "checkpointed_peak_gib": round((kept + blocks[largest]) / GIB, 3),
+        **_figures(saved, inputs),
     }
 
 
-def vae_decode_activations(sides: tuple[int, ...] = WINDOWS) -> dict[str, float]:
-    """Saved bytes of the SDXL VAE decoding a ``side`` x ``side`` latent window with gradient, bf16."""
+def vae_decode_activations(sides: tuple[int, ...] = WINDOWS) -> dict[str, dict[str, Any]]:
+    """Saved bytes of the SDXL VAE decoding a ``side`` x ``side`` latent window with gradient, bf16;
+    with checkpointing as diffusers' decoder does it (its mid block and each up block)."""
     import torch
     from diffusers import AutoencoderKL
 
     from engine.families.sdxl import SDXL_CONFIG
 
-    with torch.device("meta"):
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG / "vae")).to(torch.bfloat16)
-    vae.requires_grad_(False)
     figures = {}
     for side in sides:
+        with torch.device("meta"):
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(SDXL_CONFIG / "vae")).to(torch.bfloat16)
+        vae.requires_grad_(False)
         saved = SavedBytes({id(p) for p in vae.parameters()})
+        decoder = vae.decoder
+        blocks = {"mid_block": decoder.mid_block}
+        blocks |= {f"up_blocks.{i}": block for i, block in enumerate(decoder.up_blocks)}
+        inputs = _tag(blocks, saved)
         latent = torch.zeros(1, 4, side, side, device="meta", dtype=torch.bfloat16, requires_grad=True)
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
             vae.decode(latent)
-        figures[f"{side}x{side}"] = round(sum(saved.by_block.values()) / GIB, 3)
+        figures[f"{side}x{side}"] = _figures(saved, inputs)
     return figures
 
 

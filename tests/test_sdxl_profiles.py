@@ -120,7 +120,7 @@ def test_an_sdxl_run_gets_an_estimate_from_the_estimated_sdxl_rows():
     assert twelve.profile == "12gb" and twelve.needed_bytes <= 12 * GB, "the issue's goal: fits 12 GB"
     assert twelve.peak_bytes < found.peak_bytes, "UNet-only LoRA"
     big = preflight.estimate(
-        preset("released", base_model=SDXL_BASE, resolution=1024, vram_profile="24gb"), gpu(11)
+        preset("released", base_model=SDXL_BASE, resolution=1024, vram_profile="24gb"), gpu(10)
     )
     assert big.fits is False and big.suggested_profile is None, "no SD 1.x profile is offered for SDXL"
     small = preflight.estimate(preset("released", base_model=SDXL_BASE, vram_profile="8gb"), gpu(24))
