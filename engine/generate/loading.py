@@ -175,16 +175,21 @@ def _uninstall(base: BaseModel, installed: _Installed) -> None:
 
 
 def _kept(source: str, on_status: Callable[[str], None] | None = None) -> _Kept:
-    """The kept base model loaded from ``source`` (loaded on first use, said to ``on_status``); call
-    with ``_BASES.lock`` held."""
+    """The kept base model loaded from ``source`` (loaded on first use, said to ``on_status`` with the
+    loader's notes); call with ``_BASES.lock`` held."""
     from engine.devices import pick_device, pick_dtype
     from engine.models import load_base
 
     device = pick_device()
     key = (str(source), str(device), str(pick_dtype(device)))
-    if on_status is not None and _BASES.peek(key) is None:
-        on_status(f"Loading the base model {model_name(source)}…")
-    return _BASES.get(key, lambda: _Kept(load_base(source)))
+    say = on_status or (lambda message: None)
+    loading = _BASES.peek(key) is None
+    if loading:
+        say(f"Loading the base model {model_name(source)}…")
+    kept = _BASES.get(key, lambda: _Kept(load_base(source)))
+    for note in kept.base.notes if loading else ():
+        say(note)  # what the loader chose, e.g. SDXL's VAE under fp16
+    return kept
 
 
 @contextlib.contextmanager

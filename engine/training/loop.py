@@ -83,6 +83,8 @@ class Trainer:
         if base is None:
             names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
             base = load_base(config.base_model, device=str(self.device), dtype=names[dtype])
+            for note in base.notes:
+                self.emit(Status(message=note))
         encoders = [getattr(base, name) for name in base.family.text_encoders]
         for module in (*encoders, base.vae, base.unet):
             module.requires_grad_(False)
