@@ -82,6 +82,11 @@ class Artefact:
         rows = {"text_encoder": self.embeddings}
         return rows | ({"text_encoder_2": self.embeddings_2} if self.embeddings_2 else {})
 
+    def missing_encoders(self) -> list[str]:
+        """The family's text encoders that have no token rows here (a damaged or older file)."""
+        rows = self.encoder_embeddings()
+        return [name for name in self.family.text_encoders if name not in rows]
+
     @property
     def family(self) -> ModelFamily:
         """The model family it was trained on (SD 1.x for artefacts written before families)."""

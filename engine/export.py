@@ -188,8 +188,7 @@ def export_embeddings(project: Project, run: str | None = None) -> list[Path]:
     names = export_names(project, artefact)
     family = artefact.family
     encoder_rows = artefact.encoder_embeddings()
-    missing = [name for name in family.text_encoders if name not in encoder_rows]
-    if missing:
+    if missing := artefact.missing_encoders():
         raise ExportError(
             f"Run {run_name} has no token embeddings for {family.label}'s {', '.join(missing)}; its "
             "artefact may be damaged or from an older version. Train the project again."

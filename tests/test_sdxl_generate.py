@@ -166,3 +166,29 @@ def test_an_artefact_of_another_family_is_refused_by_name(sdxl_base, sdxl_lora, 
     with pytest.raises(GenerationError, match=r"trained on an SD 1\.x model.*is SDXL"):
         generate(project, RUN, fast(), base=sdxl_base, face_kit=no_faces)
     assert [getattr(sdxl_base, name).get_input_embeddings().num_embeddings for name in ENCODERS] == sizes
+
+
+def test_an_artefact_without_the_second_encoders_rows_is_refused_by_generation_and_export(
+    sdxl_base, sdxl_lora, no_faces, tmp_path
+):
+    from engine.artefact import save_artefact
+    from engine.export import ExportError, export_embeddings
+    from engine.generate import GenerationError
+
+    trained = load_artefact(sdxl_lora.path)
+    path = tmp_path / "final.safetensors"
+    save_artefact(  # an SDXL artefact with bigG's LoRA but no bigG rows: damaged, or from an older version
+        path,
+        trained.unet_lora,
+        trained.text_lora,
+        trained.embeddings,
+        trained.metadata,
+        text_lora_2=trained.text_lora_2,
+    )
+    assert load_artefact(path).missing_encoders() == ["text_encoder_2"]
+    assert trained.missing_encoders() == []
+    project = project_with_run(tmp_path / "store", path)
+    with pytest.raises(GenerationError, match=r"no token embeddings for SDXL's text_encoder_2"):
+        generate(project, RUN, fast(), base=sdxl_base, face_kit=no_faces)
+    with pytest.raises(ExportError, match=r"no token embeddings for SDXL's text_encoder_2"):
+        export_embeddings(project, RUN)

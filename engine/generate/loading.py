@@ -86,8 +86,7 @@ def install(base: BaseModel, artefact: Artefact) -> tuple[BaseModel, _Installed]
             f"{family.label}; use the base model it was trained on."
         )
     encoder_rows = artefact.encoder_embeddings()
-    missing = [name for name in family.text_encoders if name not in encoder_rows]
-    if missing:
+    if missing := artefact.missing_encoders():
         raise GenerationError(
             f"{artefact.path} has no token embeddings for {family.label}'s {', '.join(missing)}; it may be "
             "damaged or from an older version. Train the project again."
