@@ -258,3 +258,13 @@ def test_train_demo_picks_the_tiny_model_of_either_family(monkeypatch):
     assert train_settings("--demo")[0]["base_model"] == str(kit.sd.folder)  # plain --demo: the tiny SD 1.x
     with pytest.raises(CommandError, match="takes no --base"):
         train_settings("--demo", "--base", str(kit.sd.folder))
+
+
+def test_the_cli_takes_every_output_preset_the_studio_offers_sdxl_sizes_included():
+    from engine.cli.parser import build_parser
+    from engine.presets import presets_for
+
+    parser = build_parser()
+    for native in (512, 1024):
+        for name in presets_for(native):
+            assert parser.parse_args(["generate", "anna", "--preset", name]).preset == name

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import engine.cli.commands as commands
 from engine.cli.demo_project import cmd_demo_project
+from engine.presets import PRESETS
 
 DESCRIPTION = "The ``magicapture`` command: the studio's work, headless."
 EXIT_USER_ERROR = 2
@@ -58,7 +59,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="train the demo kit's tiny random model of --family, offline on the CPU, in a few steps",
     )
-    p.add_argument("--profile", help="VRAM profile: auto, cpu, 6gb, 8gb, 12gb, 24gb")
+    p.add_argument(
+        "--profile", help="VRAM profile: auto, cpu, 6gb, 8gb, 12gb or 24gb (SDXL: 12gb, 16gb or 24gb)"
+    )
     p.add_argument("--resume", action="store_true", help="continue the last stopped or crashed run")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any training setting"
@@ -79,7 +82,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=float, default=7.0)
     p.add_argument("--restore", choices=("gfpgan", "codeformer"))
     p.add_argument("--upscale", type=int, choices=(1, 2, 4), default=1)
-    p.add_argument("--preset", choices=("passport-eu", "passport-us", "headshot-1024", "headshot-2048"))
+    p.add_argument(
+        "--preset", choices=tuple(PRESETS), help="an output frame (portrait-832x1216 etc.: SDXL sizes)"
+    )
     p.add_argument("--demo", action="store_true", help="with the demo kit's tiny face models, offline")
     _commercial_flag(p)
     p.set_defaults(handler=commands.cmd_generate)
