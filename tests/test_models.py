@@ -38,8 +38,10 @@ def test_folder_and_single_file_give_the_same_image(tiny_sd):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     first = _sample(folder, seed=3)
-    assert np.array_equal(first, _sample(single, seed=3))
-    assert not np.array_equal(first, _sample(folder, seed=4))
+    # Equal weights at other memory alignments (every UNet tensor of the single file starts at another
+    # offset mod 64 bytes): the CPU kernels may then sum in another order, a last-bit difference.
+    np.testing.assert_allclose(first, _sample(single, seed=3), rtol=0, atol=1e-5)
+    assert np.abs(first - _sample(folder, seed=4)).max() > 1e-2
 
 
 def test_training_schedule_is_sd1_ddpm(tiny_sd):
