@@ -200,7 +200,7 @@ def test_the_whole_flow_survives_a_crash_and_stays_responsive(tmp_path, browser_
     # 4. Generate
     open_tab(page, "4 · Generate")
     page.locator("#generate-extra").get_by_role("textbox").fill("wearing a navy suit")
-    page.locator("#generate-upscale").get_by_text("2").click()
+    page.locator("#generate-upscale").get_by_text("2", exact=True).click()  # not a "0.2s" progress label
     page.locator("#generate-button").click()
     page.locator("#generate-progress[data-state='done']").wait_for(timeout=NO_TIMEOUT)
     wait_for_images(page, "generate-results", 2)
