@@ -58,7 +58,7 @@ def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
     common = {"model": model, "resolution": RESOLUTIONS[model], "training_steps": 400}
     if model in SDXL_MODELS:  # phase-2 speed and memory only
         return Sizes(
-            **common, warmup_steps=1, timed_steps=3, option_kinds=OPTION_KINDS, option_steps=1,
+            **common, warmup_steps=2, timed_steps=7, option_kinds=OPTION_KINDS, option_steps=3,
             memory_profiles=SDXL_PROFILES, memory_steps=2, memory_parallel=1,
             generate_steps=0, generate_resolution=0, generate_runs=0, intake_runs=0, studio_requests=0,
             time_basis="wall" if gpu else "cpu",

@@ -39,7 +39,10 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
     from bench.steps import KINDS, step_function, timed_both
 
     options = trainer.options
-    steps = {name: step_function(trainer, KINDS[name]) for name in (*EVERY_ROUND, *sizes.option_kinds)}
+    # A family without TAESD (SDXL) decodes with the VAE by default: its full step is the VAE one.
+    vae_default = trainer.base.family.tiny_decoder is None
+    names = [n for n in (*EVERY_ROUND, *sizes.option_kinds) if not (vae_default and n == "full_vae_decoder")]
+    steps = {name: step_function(trainer, KINDS[name]) for name in names}
     device = trainer.device
     for index in range(sizes.warmup_steps):  # the full step runs all the plain step runs, and more
         steps["full"](WARMUP_SEED + index)
@@ -73,6 +76,7 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
         "cpu_median_seconds": {name: round(value, 4) for name, value in cpu_median.items()},
         "cpu_seconds": {name: [round(v, 4) for v in values] for name, values in cpu.items()},
         "kinds": {name: DESCRIPTIONS[name] for name in ratios},
+        "default_decoder": "vae" if vae_default else "tiny",
         "profile": options.profile,
         "options": {
             "mixed_precision": options.mixed_precision,

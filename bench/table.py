@@ -37,6 +37,9 @@ def speed_rows(entry: dict[str, Any]) -> list[tuple[str, ...]]:
     cpu = entry.get("ratio_basis") == "cpu"
     if cpu:
         median = entry["cpu_median_seconds"]
+    if entry.get("default_decoder") == "vae":
+        labels = {**labels, "full": "the defaults: the VAE decodes (no TAESD for this family), speed options on",
+                  "mix": "the defaults (the VAE decodes), samples drawn by the task mix, as in a run"}  # fmt: skip
     for kind, ratio in entry["ratios"].items():
         goal = {"full": _goal(entry)}.get(kind, "")
         context = f"{_seconds(median[kind])} vs {_seconds(median['plain'])} per step"

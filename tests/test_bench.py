@@ -202,6 +202,7 @@ def sdxl_run() -> dict:
             "phase2_speed": {
                 "ratios": {"full": 1.25}, "median_seconds": {"plain": 2.0, "full": 2.5}, "goal": "<= 1.3",
                 "meets_goal": True, "profile": "cpu", "command": "python -m bench --model tiny-sdxl --only phase2_speed",
+                "default_decoder": "vae",
             },
             "phase2_memory": {
                 "ratio_profile": "cpu", "goal": "<= 1.1", "meets_goal": True,
@@ -231,6 +232,7 @@ def test_an_sdxl_run_is_merged_under_its_key_and_rendered_as_sdxl_rows(tmp_path:
     )
     sdxl_rows = [line for line in lines if line.startswith("| SDXL: ")]
     assert len(sdxl_rows) == 2 and "| 1.25x | <= 1.3 (met) | 2.50 s vs 2.00 s per step |" in sdxl_rows[0]
+    assert "(the defaults: the VAE decodes (no TAESD for this family)" in sdxl_rows[0]
     assert sdxl_rows[1].startswith("| SDXL: Peak memory of the full step, defaults (profile 12gb) |")
     rows = {(r.model, r.profile) for r in rows_from_results(whole)}
     assert {("tiny-sdxl", "12gb"), ("tiny-sdxl", "cpu"), ("sd15", "12gb")} <= rows

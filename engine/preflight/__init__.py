@@ -6,8 +6,10 @@ file): one row per model size, device type, VRAM profile and resolution, holding
 a full phase-2 step, the memory resident before the steps, and the median seconds of a full
 phase-2 step and of a phase-1 step (until the benchmarks time one, of their plain DreamBooth-LoRA
 step, which stands in for it and is slower: it trains LoRA weights). On the CPU the peaks are the process's resident set (libraries included); the
-part that the steps themselves add is ``peak - resident``. Only measured figures go in the table;
-a device or profile without a row gets its figures from the first steps.
+part that the steps themselves add is ``peak - resident``. Measured figures go in the table, and
+for SDXL on a GPU, until one is measured, figures worked out from its parameter counts
+(`arithmetic`; the estimate then says "Estimated"); a device or profile without a row gets its
+figures from the first steps. Profiles are the base model's family's (`engine.devices.profiles_for`).
 
 `estimate` turns a `TrainingConfig` and a `DeviceInfo` into an `Estimate` with warnings (will not
 fit, near full on a GPU that spills into shared system memory) and a suggested profile; `refine`
@@ -15,9 +17,9 @@ corrects it with the step times and peak measured during the run, `remaining_sec
 the time left at the measured wall rate (`wall_step_seconds`: previews and checkpoints included),
 and `step_time_jump` spots the sudden slowdown of a spill.
 
-One module a job: `table` (the figures table and its building), `device` (the device and the model
-size), `forecast` (the estimate before the run), `running` (during the run), `report` (the estimate in words),
-`licences` (the assets a run requests).
+One module a job: `table` (the figures table and its building), `arithmetic` (SDXL's estimated
+rows), `device` (the device, the model's family and size), `forecast` (the estimate before the run),
+`running` (during the run), `report` (the estimate in words), `licences` (the assets a run requests).
 """
 
 from engine.preflight.device import (
