@@ -64,7 +64,8 @@ def load_table(path: Path = TABLE_FILE) -> list[Figures]:
 
 
 def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
-    """Table rows from one ``python -m bench`` results file (its memory and speed benchmarks)."""
+    """Table rows from one ``python -m bench`` results file (its memory and speed benchmarks), and
+    from the SDXL run merged into it under ``"sdxl"``."""
     machine = results["machine"]
     device = "cuda" if machine.get("gpu") else "cpu"
     model, resolution = results["sizes"]["model"], int(results["sizes"]["resolution"])
@@ -99,11 +100,12 @@ def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
         ),
         "phase1_from": "",
     }
-    return [
+    rows = [
         Figures(model=model, device=device, profile=profile, resolution=resolution, measured=measured,
                 **{**empty, **found})
         for profile, found in values.items()
     ]  # fmt: skip
+    return rows + (rows_from_results(results["sdxl"]) if "sdxl" in results else [])
 
 
 def build_table(results: Sequence[Mapping[str, Any]], keep: Sequence[Figures] = ()) -> dict[str, Any]:
