@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated data root for every test and the tiny SD 1.x model kit."""
+"""Shared fixtures: an isolated data root for every test and the tiny models of the demo kit."""
 
 from __future__ import annotations
 
@@ -29,16 +29,27 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_sd(tmp_path_factory: pytest.TempPathFactory):
-    """The tiny SD 1.x pipeline (diffusers folder and single file), built once per session."""
-    from engine.demo.sd import build_tiny_sd
+def shared_kit():
+    """The demo kit in the user cache: built once on a machine (the test workers and the studios the
+    browser tests start wait for one build and share it) and only read by tests."""
+    from engine.demo import build_demo_kit, default_kit_folder
 
-    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+    return build_demo_kit(default_kit_folder())
 
 
 @pytest.fixture(scope="session")
-def tiny_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny TAESD folder (random weights), built once per session."""
-    from engine.demo.sd import build_tiny_decoder
+def tiny_sd(shared_kit):
+    """The tiny SD 1.x pipeline (diffusers folder and single file)."""
+    return shared_kit.sd
 
-    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-decoder"))
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(shared_kit):
+    """The tiny SDXL (diffusers folder and single file in the original SDXL layout)."""
+    return shared_kit.sdxl
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder(shared_kit) -> Path:
+    """A tiny TAESD folder (random weights)."""
+    return shared_kit.tiny_decoder

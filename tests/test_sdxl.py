@@ -6,14 +6,8 @@ import pytest
 import torch
 from tiny import tiny_config
 
-from engine.demo.sdxl import build_tiny_sdxl
 from engine.families.sdxl import END_ID, SDXL, SDXL_CONFIG, open_clip_ids
 from engine.models import load_base, make_pipeline, safetensors_header
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 def test_the_tiny_single_file_has_the_sdxl_layout_and_the_folders_weights(tiny_sdxl):

@@ -11,16 +11,10 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from engine.demo.sdxl import build_tiny_sdxl
 from engine.families.sdxl import FP16_FIX_VAE
 from engine.models import DEFAULT_BASES, ModelLoadError, identify_base, load_base
 
 COMMIT = "0" * 40
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory):
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 @pytest.fixture

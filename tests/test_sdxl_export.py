@@ -10,7 +10,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine.artefact import load_artefact
-from engine.demo.sdxl import build_tiny_sdxl
 from engine.export import USAGE_NOTE, export_embeddings, export_lora
 from engine.models import load_base
 
@@ -20,8 +19,8 @@ SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 
 
 @pytest.fixture(scope="module")
-def sdxl_base(tmp_path_factory):
-    return load_base(build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl")).folder)
+def sdxl_base(tiny_sdxl):
+    return load_base(tiny_sdxl.folder)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from fixtures_sdxl import ENCODERS, RESOLUTION, make_sdxl_artefact
 from PIL import Image
 
 from engine.artefact import load_artefact
-from engine.demo.sdxl import build_tiny_sdxl
 from engine.events import ImageStarted
 from engine.faces import FaceKit
 from engine.generate import GenerationSettings, generate
@@ -18,11 +17,6 @@ from engine.models import load_base
 from engine.outputs import read_parameters
 
 COMPONENTS = ("unet", *ENCODERS)
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,11 @@ from tiny import tiny_config
 from engine.artefact import load_artefact
 from engine.config import preset
 from engine.demo.portraits import make_project
-from engine.demo.sdxl import build_tiny_sdxl
 from engine.events import Cancelled, PhaseStarted, PreviewSaved, Status, StepDone, read_events
 from engine.models import load_base
 from engine.training import TrainingCancelled, train, use_preview
 
 ENCODERS = ("text_encoder", "text_encoder_2")
-
-
-@pytest.fixture(scope="module")
-def tiny_sdxl(tmp_path_factory):
-    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 @pytest.fixture
