@@ -59,7 +59,8 @@ def test_a_small_painting_is_scaled_up_to_what_intake_accepts():
 
 
 @pytest.mark.slow
-def test_references_painted_in_demo_mode_are_accepted_with_progress_per_image(tiny_sd, demo_kit):
+@pytest.mark.parametrize("model", ["tiny_sd", "tiny_sdxl"])
+def test_references_painted_in_demo_mode_are_accepted_with_progress_per_image(model, demo_kit, request):
     from engine.photos import photo_records
     from engine.references import ReferenceProgress, make_references
     from engine.store import ProjectStore
@@ -70,7 +71,7 @@ def test_references_painted_in_demo_mode_are_accepted_with_progress_per_image(ti
         project,
         "studio headshot, grey backdrop",
         2,
-        base_model=str(tiny_sd.folder),
+        base_model=str(request.getfixturevalue(model).folder),  # SDXL: the Photos tab in `--demo sdxl`
         kit=demo_kit,
         steps=2,
         demo=True,
