@@ -53,3 +53,23 @@ def tiny_sdxl(shared_kit):
 def tiny_decoder(shared_kit) -> Path:
     """A tiny TAESD folder (random weights)."""
     return shared_kit.tiny_decoder
+
+
+LONGEST_FIRST = (
+    "test_bench.py",
+    "test_gpu_check.py",
+    "test_reliability.py",
+    "test_cli.py",
+    "test_preflight.py",
+    "test_browser.py",
+    "test_sdxl_demo.py",
+    "test_sdxl_training.py",
+    "test_train.py",
+)
+"""The files that take longest (a minute or more on two workers), started first so that the two
+workers end together instead of one running the last long file alone."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
