@@ -55,28 +55,27 @@ def detect_device(preferred: str | None = None) -> DeviceInfo:
 def model_family(base_model: str) -> str:
     """The family name of ``base_model`` ("sd1", "sdxl"), read without loading it.
 
-    A folder's ``unet/config.json``, a ``.safetensors`` file's tensor names, or a hub repo's UNet
-    config (from the cache, or fetched alone when online); `engine.families.DEFAULT_FAMILY` when
-    none can be read (a pickle file, a repo offline and not cached) or the model is of no supported
-    family (loading it then says why). Raises `PreflightError` for a damaged safetensors header.
+    What `engine.models.identify_base` reads (a folder's or a cached hub repo's UNet config, a
+    single file's tensor names); for a hub id it does not know, the repo's UNet config alone, fetched
+    when online. `engine.families.DEFAULT_FAMILY` when none can be read (a pickle file, a repo
+    offline and not cached, a missing path) or the model is of no supported family (loading it then
+    says why). Raises `PreflightError` for a file that is no readable model (a damaged header).
     """
     from engine.families import DEFAULT_FAMILY, UnsupportedModel, detect_family
-    from engine.models import ModelLoadError, safetensors_header
+    from engine.models import ModelLoadError, identify_base
 
-    path = Path(base_model).expanduser()
     try:
-        if path.is_dir():
-            config = json.loads((path / "unet" / "config.json").read_text("utf-8"))
-            return detect_family(base_model, unet_config=config).name
-        if path.suffix == ".safetensors" and path.is_file():
-            return detect_family(path.name, keys=list(safetensors_header(path))).name
-        if not path.exists() and base_model.count("/") == 1 and not base_model.startswith((".", "/", "~")):
-            return detect_family(base_model, unet_config=_hub_unet_config(base_model)).name
+        found = identify_base(base_model, allow_pickle=True)  # a pickle file is only named, not opened
     except ModelLoadError as error:
-        raise PreflightError(str(error)) from error
-    except (OSError, ValueError, KeyError, TypeError, UnsupportedModel):
-        pass
-    return DEFAULT_FAMILY.name
+        if Path(base_model).expanduser().is_file():
+            raise PreflightError(str(error)) from error
+        return DEFAULT_FAMILY.name
+    if found.family is not None:
+        return found.family.name
+    try:
+        return detect_family(base_model, unet_config=_hub_unet_config(base_model)).name
+    except (OSError, ValueError, UnsupportedModel):
+        return DEFAULT_FAMILY.name
 
 
 def _hub_unet_config(repo: str) -> dict:
