@@ -204,6 +204,7 @@ class Studio:
 def probe_device(demo: bool = False) -> str:
     """One line on the device training will use and its memory profile."""
     from engine.devices import detect_profile, gpu_memory_gb, pick_device
+    from engine.families import FAMILIES
 
     device = pick_device()
     if device.type == "cpu":
@@ -215,7 +216,14 @@ def probe_device(demo: bool = False) -> str:
         )
     memory = gpu_memory_gb(device)
     size = f" with {memory:.0f} GB" if memory else ""
-    return f"GPU: {device.type}{size}; memory profile {detect_profile(device).name}."
+    profiles = []
+    for family in FAMILIES.values():
+        profile = detect_profile(device, family.name)
+        fits = memory is None or profile.vram_gb <= memory + 0.5
+        profiles.append(
+            f"{profile.name} for {family.label}" if fits else f"{family.label} needs {profile.vram_gb} GB"
+        )
+    return f"GPU: {device.type}{size}; memory profile {', '.join(profiles)}."
 
 
 def bind(handler: Callable[..., Any], *leading: Any) -> Callable[..., Any]:

@@ -262,3 +262,23 @@ def test_the_cli_takes_every_output_preset_the_studio_offers_sdxl_sizes_included
     for native in (512, 1024):
         for name in presets_for(native):
             assert parser.parse_args(["generate", "anna", "--preset", name]).preset == name
+
+
+@pytest.mark.parametrize(
+    ("memory", "line"),
+    [
+        (8.0, "GPU: cuda with 8 GB; memory profile 8gb for SD 1.x, SDXL needs 12 GB."),
+        (12.0, "GPU: cuda with 12 GB; memory profile 12gb for SD 1.x, 12gb for SDXL."),
+        (16.0, "GPU: cuda with 16 GB; memory profile 12gb for SD 1.x, 16gb for SDXL."),
+    ],
+)
+def test_the_device_line_gives_each_familys_profile_or_what_it_needs(monkeypatch, memory, line):
+    import torch
+
+    import engine.devices
+    from studio.state import probe_device
+
+    monkeypatch.setattr(engine.devices, "pick_device", lambda preferred=None: torch.device("cuda"))
+    monkeypatch.setattr(engine.devices, "gpu_memory_gb", lambda device: memory)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert probe_device() == line
