@@ -17,11 +17,12 @@ corrects it with the step times and peak measured during the run, `remaining_sec
 the time left at the measured wall rate (`wall_step_seconds`: previews and checkpoints included),
 and `step_time_jump` spots the sudden slowdown of a spill.
 
-One module a job: `table` (the figures table and its building), `arithmetic` (SDXL's estimated
+One module a job: `table` (the figures table), `build` (`python -m engine.preflight build`: the table from bench results), `arithmetic` (SDXL's estimated
 rows), `device` (the device, the model's family and size), `forecast` (the estimate before the run),
 `running` (during the run), `report` (the estimate in words), `licences` (the assets a run requests).
 """
 
+from engine.preflight.build import build_table
 from engine.preflight.device import (
     DeviceInfo,
     auto_profile,
@@ -47,7 +48,6 @@ from engine.preflight.table import (
     TABLE_FILE,
     Figures,
     PreflightError,
-    build_table,
     load_table,
     rows_from_results,
 )

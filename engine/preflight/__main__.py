@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.preflight.table import main
+from engine.preflight.build import main
 
 sys.exit(main())
