@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import UserError
-from engine.models import DEFAULT_BASE, TINY_DECODER
+from engine.models import DEFAULT_BASE
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 """The devices torch trains on that a setting may name."""
@@ -180,7 +180,9 @@ class TrainingConfig:
         choices=("vae", "tiny"),
     )
     tiny_decoder_model: str = _field(
-        TINY_DECODER, "TAESD weights for identity_decoder=tiny: hub id or diffusers folder."
+        "",
+        "TAESD weights for identity_decoder=tiny: hub id or diffusers folder; empty: the TAESD of the base "
+        "model's family (SD 1.x: madebyollin/taesd, SDXL: madebyollin/taesdxl).",
     )
     task_mix: list[float] = _field(
         [1.0, 1.0, 1.0], "Phase-2 sampling weights of source : reference : composed."

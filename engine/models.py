@@ -29,8 +29,6 @@ DEFAULT_BASES: dict[str, str] = {
 }
 """Each family's default base model (by family name): a hub id, downloaded on first use."""
 DEFAULT_BASE = DEFAULT_BASES["sd1"]
-TINY_DECODER = "madebyollin/taesd"
-"""TAESD for SD 1.x latents (MIT licence): the identity branch's optional fast decoder."""
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
 ALLOW_PICKLE_ENV = "MAGICAPTURE_ALLOW_PICKLE"

@@ -9,6 +9,7 @@ import torch
 from fixtures_training import demo_face_kit, tiny_face_kit
 from tiny import tiny_config
 
+import engine.models
 from engine.artefact import load_artefact
 from engine.config import preset
 from engine.demo.portraits import make_project
@@ -38,7 +39,9 @@ def _rows(base) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_both_phases_train_only_both_encoders_placeholder_rows_and_the_lora(project, tiny_sdxl):
+def test_both_phases_train_only_both_encoders_placeholder_rows_and_the_lora(
+    project, tiny_sdxl, tiny_decoder, monkeypatch
+):
     base = load_base(tiny_sdxl.folder)
     before = _weights(base)
     config = tiny_config(
@@ -46,8 +49,9 @@ def test_both_phases_train_only_both_encoders_placeholder_rows_and_the_lora(proj
         phase1_steps=1,
         phase2_steps=2,
         train_text_encoder=True,
-        identity_fallback_landmarks=True,  # the identity term runs (the VAE decodes with gradient)
-        identity_decoder=preset().identity_decoder,  # TAESD is SD 1.x's: the run falls back to the VAE
+        identity_fallback_landmarks=True,  # the identity term runs (TAESD decodes with gradient)
+        identity_decoder=preset().identity_decoder,  # the default, TAESD: the demo kit's, given as demo mode does
+        tiny_decoder_model=str(tiny_decoder),
     )
     events, rows, time_ids = [], {}, []
 
@@ -60,6 +64,15 @@ def test_both_phases_train_only_both_encoders_placeholder_rows_and_the_lora(proj
         lambda module, args, kwargs: time_ids.append(kwargs["added_cond_kwargs"]["time_ids"].clone()),
         with_kwargs=True,
     )
+    decodes = []
+    load = engine.models.load_tiny_decoder
+
+    def load_counted(*args):  # the real loader; each decode of the loaded TAESD is counted
+        decoder = load(*args)
+        decoder.decoder.register_forward_hook(lambda *_: decodes.append(1))
+        return decoder
+
+    monkeypatch.setattr(engine.models, "load_tiny_decoder", load_counted)
     path = train(project, config, base=base, face_kit=tiny_face_kit(), on_event=record)
 
     after = _weights(base)
@@ -78,12 +91,15 @@ def test_both_phases_train_only_both_encoders_placeholder_rows_and_the_lora(proj
             assert (rows[2][name][index] - rows[1][name][index]).norm() > 1e-6, (name, index)
             assert (final[name][index] - rows[2][name][index]).norm() > 1e-6, (name, index)
     assert all(torch.equal(ids, torch.tensor([[64.0, 64, 0, 0, 64, 64]]).expand_as(ids)) for ids in time_ids)
-    assert any("VAE" in e.message and "SDXL" in e.message for e in events if isinstance(e, Status))
+    loading = f"Loading the tiny identity decoder {tiny_decoder}."
+    assert any(e.message == loading for e in events if isinstance(e, Status))
+    assert len(decodes) >= 2  # TAESD decoded the face window in both phase-2 steps (and the start check)
     assert all("identity" in e.losses for e in events if isinstance(e, StepDone) and e.phase == 2)
 
     artefact = load_artefact(path)
     assert artefact.metadata["family"] == "sdxl" and artefact.family.name == "sdxl"
-    assert artefact.metadata["config"]["identity_decoder"] == "vae"
+    assert artefact.metadata["config"]["identity_decoder"] == "tiny"
+    assert artefact.metadata["config"]["tiny_decoder_model"] == str(tiny_decoder)
     encoders = artefact.encoder_embeddings()
     for name in ENCODERS:
         assert set(encoders[name]) == {"<sks>", "<style1>"}

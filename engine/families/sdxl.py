@@ -64,8 +64,8 @@ class SDXLFamily:
     embedding_keys: Mapping[str, str] = field(
         default_factory=lambda: {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
     )
-    tiny_decoder: str | None = None
-    """SD 1.x's TAESD does not decode SDXL latents, and the demo kit has no tiny TAESD for SDXL yet."""
+    tiny_decoder: str | None = "madebyollin/taesdxl"
+    """TAESD trained on SDXL's latent space (MIT licence; SD 1.x's TAESD does not decode SDXL latents)."""
 
     def recognises_checkpoint(self, keys: Collection[str]) -> bool:
         return all(any(k.startswith(prefix) for k in keys) for prefix in self.checkpoint_prefixes)

@@ -56,18 +56,42 @@ class IdentityBranch:
 def identity_decoder_for(
     config: TrainingConfig, family: ModelFamily, emit: Callable[[Event], None]
 ) -> TrainingConfig:
-    """The config a run on ``family`` trains with: ``identity_decoder="tiny"`` becomes ``"vae"`` (said
-    in a `Status` and the log) when the family has no TAESD (``family.tiny_decoder``), as SDXL has not."""
-    if config.identity_decoder != "tiny" or family.tiny_decoder is not None:
+    """The config a run on ``family`` trains with, its identity decoder resolved.
+
+    With ``identity_decoder="tiny"``, an empty ``tiny_decoder_model`` becomes the family's TAESD
+    (``family.tiny_decoder``), and another family's TAESD is replaced by it: each decodes only the
+    latent space it was trained on. A family with no TAESD decodes with the VAE
+    (``identity_decoder="vae"``). A replacement is said in a `Status` and the log; a folder is kept.
+    """
+    from engine.families import FAMILIES
+
+    if config.identity_decoder != "tiny":
+        return config
+    own, chosen = family.tiny_decoder, config.tiny_decoder_model
+    if own is None:
+        message = (
+            f"{family.label} has no tiny identity decoder (TAESD): the identity loss decodes the face "
+            "window with the base model's VAE (identity_decoder=vae), which takes more time and memory."
+        )
+        return _told(config.replace(identity_decoder="vae"), message, emit)
+    if not chosen:
+        return config.replace(tiny_decoder_model=own)
+    owners = {f.tiny_decoder.casefold(): f for f in FAMILIES.values() if f.tiny_decoder}
+    other = owners.get(chosen.casefold(), family)
+    if other is family:
         return config
     message = (
-        f"{family.label} has no tiny identity decoder yet (TAESD decodes SD 1.x latents only): the "
-        "identity loss decodes the face window with the base model's VAE (identity_decoder=vae), "
-        "which takes more time and memory."
+        f"tiny_decoder_model {chosen} is the tiny identity decoder of {other.label}, whose latents differ "
+        f"from {family.label}'s: the identity loss decodes with {own}, {family.label}'s, instead."
     )
+    return _told(config.replace(tiny_decoder_model=own), message, emit)
+
+
+def _told(config: TrainingConfig, message: str, emit: Callable[[Event], None]) -> TrainingConfig:
+    """``config``, after ``message`` (a change the run made to it) went to the log and as a `Status`."""
     LOG.warning(message)
     emit(Status(message=message))
-    return config.replace(identity_decoder="vae")
+    return config
 
 
 def identity_vae(vae: Any, dtype: torch.dtype | None) -> Any | None:
