@@ -117,16 +117,13 @@ def run_worker(bench: Workbench, profile: str, kind: str, steps: int, env: dict[
 def run(bench: Workbench, sizes: Sizes, command: str) -> dict[str, Any]:
     """Benchmark entry: peak memory per profile of the plain and the full step, and their ratio."""
     from engine.devices import detect_profile, pick_device
-    from engine.families import family_named
-    from engine.preflight import model_family
 
     device = pick_device()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     main = detect_profile(device).name
     main = main if main in sizes.memory_profiles else sizes.memory_profiles[0]
     jobs = [(profile, kind) for profile in sizes.memory_profiles for kind in ("plain", "full")]
-    if family_named(model_family(str(bench.base))).tiny_decoder is not None:  # else the full step is it
-        jobs.append((main, "full_vae_decoder"))
+    jobs.append((main, "full_vae_decoder"))
     with ThreadPoolExecutor(max_workers=sizes.memory_parallel) as pool:
         results = list(pool.map(lambda job: run_worker(bench, *job, sizes.memory_steps, env), jobs))
     by_profile: dict[str, dict[str, Any]] = {}

@@ -11,7 +11,8 @@ keeps none (the cross-attention maps, 77 keys wide, are kept).
 With gradient checkpointing (diffusers checkpoints each resnet and each transformer model of the
 down, mid and up blocks) a step keeps the blocks' inputs and what lies outside them, and during
 the backward pass recomputes one block at a time: the peak adds the largest block's activations.
-The identity branch decodes a latent window with gradient through the VAE's decoder (bf16).
+The identity branch decodes a latent window with gradient through TAESD-XL's decoder (fp16, the
+default) or, with ``identity_decoder="vae"``, the VAE's (bf16).
 `engine.preflight.arithmetic` holds the figures this prints; run it again when diffusers changes.
 """
 
@@ -147,8 +148,36 @@ def vae_decode_activations(sides: tuple[int, ...] = WINDOWS) -> dict[str, dict[s
     return figures
 
 
+def taesd_decode_activations(sides: tuple[int, ...] = WINDOWS) -> dict[str, Any]:
+    """Saved bytes of TAESD-XL (`AutoencoderTiny`'s defaults: TAESD's architecture) decoding a ``side`` x
+    ``side`` latent window with gradient, fp16; diffusers checkpoints its decoder as one block."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    with torch.device("meta"):
+        taesd = AutoencoderTiny().to(torch.float16)
+    taesd.requires_grad_(False)
+    figures: dict[str, Any] = {
+        "parameters": sum(p.numel() for p in taesd.parameters()),  # loaded whole: the encoder too
+        "decoder_parameters": sum(p.numel() for p in taesd.decoder.parameters()),
+    }
+    for side in sides:
+        saved = SavedBytes({id(p) for p in taesd.parameters()})
+        inputs = _tag({"layers": taesd.decoder.layers}, saved)
+        latent = torch.zeros(1, 4, side, side, device="meta", dtype=torch.float16, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+            taesd.decode(latent)
+        figures[f"{side}x{side}"] = _figures(saved, inputs)
+    return figures
+
+
 def main() -> None:
-    print(json.dumps({"unet": unet_activations(), "vae_decode_gib": vae_decode_activations()}, indent=2))
+    figures = {
+        "unet": unet_activations(),
+        "vae_decode_gib": vae_decode_activations(),
+        "taesd_decode_gib": taesd_decode_activations(),
+    }
+    print(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,9 +39,12 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
     from bench.steps import KINDS, step_function, timed_both
 
     options = trainer.options
-    # A family without TAESD (SDXL) decodes with the VAE by default: its full step is the VAE one.
-    vae_default = trainer.base.family.tiny_decoder is None
-    names = [n for n in (*EVERY_ROUND, *sizes.option_kinds) if not (vae_default and n == "full_vae_decoder")]
+    # The run's identity decoder: each family's TAESD by default (the VAE where a family has none,
+    # and then the full step is the VAE one).
+    default_decoder = trainer.config.identity_decoder
+    names = [
+        n for n in (*EVERY_ROUND, *sizes.option_kinds) if default_decoder == "tiny" or n != "full_vae_decoder"
+    ]
     steps = {name: step_function(trainer, KINDS[name]) for name in names}
     device = trainer.device
     for index in range(sizes.warmup_steps):  # the full step runs all the plain step runs, and more
@@ -76,7 +79,7 @@ def run(trainer: Trainer, sizes: Sizes, command: str) -> dict[str, Any]:
         "cpu_median_seconds": {name: round(value, 4) for name, value in cpu_median.items()},
         "cpu_seconds": {name: [round(v, 4) for v in values] for name, values in cpu.items()},
         "kinds": {name: DESCRIPTIONS[name] for name in ratios},
-        "default_decoder": "vae" if vae_default else "tiny",
+        "default_decoder": default_decoder,
         "profile": options.profile,
         "options": {
             "mixed_precision": options.mixed_precision,

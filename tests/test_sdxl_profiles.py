@@ -120,11 +120,27 @@ def test_an_sdxl_run_gets_an_estimate_from_the_estimated_sdxl_rows():
     assert twelve.profile == "12gb" and twelve.needed_bytes <= 12 * GB, "the issue's goal: fits 12 GB"
     assert twelve.peak_bytes < found.peak_bytes, "UNet-only LoRA"
     big = preflight.estimate(
-        preset("released", base_model=SDXL_BASE, resolution=1024, vram_profile="24gb"), gpu(10)
+        preset("released", base_model=SDXL_BASE, resolution=1024, vram_profile="24gb"), gpu(8)
     )
     assert big.fits is False and big.suggested_profile is None, "no SD 1.x profile is offered for SDXL"
     small = preflight.estimate(preset("released", base_model=SDXL_BASE, vram_profile="8gb"), gpu(24))
     assert small.fits is False and "too small for SDXL" in small.warnings[0]
+
+
+def test_by_the_estimate_the_12gb_profile_also_fits_a_10_gb_gpu_as_taesd_xl_decodes_the_face():
+    """The issue's stretch goal: TAESD-XL's decode (0.27 GiB) in place of the VAE's (1.71 GiB)."""
+    ten = preflight.estimate(preset("released", base_model=SDXL_BASE, resolution=1024), gpu(10))
+    assert ten.profile == "12gb" and ten.fits and ten.needed_bytes <= 10 * GB
+
+
+def test_the_estimate_counts_taesd_xl_as_bench_sdxl_activations_does():
+    """The identity branch's figures in the arithmetic are the meta-device count's (TAESD's architecture)."""
+    from bench.sdxl_activations import taesd_decode_activations
+    from engine.preflight import arithmetic
+
+    figures = taesd_decode_activations((64,))
+    assert figures["64x64"]["checkpointed_peak_gib"] == arithmetic.IDENTITY_DECODE_GIB
+    assert figures["parameters"] == arithmetic.TINY_DECODER_PARAMETERS
 
 
 def test_the_shipped_table_has_an_estimated_row_per_sdxl_profile():
