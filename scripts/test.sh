@@ -18,5 +18,7 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
 fi
 ruff check .
 ruff format --check .
-# Two workers, one file each at a time: module fixtures stay shared within a file.
-python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+# Three workers on two cores, one file each at a time (module fixtures stay shared within a file):
+# many tests wait on a studio, a browser or a command they started, and a third worker keeps both
+# cores busy meanwhile.
+python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile "$@"

@@ -60,14 +60,15 @@ LONGEST_FIRST = (
     "test_gpu_check.py",
     "test_reliability.py",
     "test_cli.py",
+    "test_bench_ablation.py",
     "test_preflight.py",
     "test_browser.py",
     "test_sdxl_demo.py",
     "test_sdxl_training.py",
     "test_train.py",
 )
-"""The files that take longest (a minute or more on two workers), started first so that the two
-workers end together instead of one running the last long file alone."""
+"""The files that take longest (a minute or more), started first so that the workers end together
+instead of one running the last long file alone."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

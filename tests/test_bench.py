@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ablation_result import assert_ablation_result
 
 from bench.table import render_table
 
@@ -94,48 +95,6 @@ def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_res
         share = result["toys"]["twins"]["share"]
         assert ablation["toy"] == "twins"
         assert ablation["ratio"] == round(share[result["default_arm"]] / share["without_ar"], 3)
-
-
-ARMS = {"without_ar", "with_ar", "with_ar_range_kept", "with_ar_outside_share"}
-
-
-def assert_ablation_result(result: dict, toys: set[str], seeds: set[str]) -> None:
-    """Every toy has every measure for the four arms (finite, attention in [0, 1]) and each seed's values."""
-    assert set(result["toys"]) == toys and result["default_arm"] in ARMS - {"without_ar"}
-    assert result["arms"]["with_ar_outside_share"]["ar_loss"] == "outside_share"
-    assert result["arms"]["with_ar_range_kept"]["ar_detach_range"] is False
-    for toy, values in result["toys"].items():
-        measures = ["share", "mean_attention", "normalised_outside", "reconstruction", "token_gain"]
-        measures += ["reconstruction_twin", "token_selects"] if toy == "twins" else []
-        for measure in measures:
-            assert set(values[measure]) == ARMS, (toy, measure)
-            assert all(math.isfinite(value) for value in values[measure].values()), (toy, measure)
-        assert all(0 <= values["share"][arm] <= 1 and 0 <= values["mean_attention"][arm] <= 1 for arm in ARMS)
-        assert all(positive(value) for value in values["reconstruction"].values())
-        assert set(values["seeds"]) == seeds and all(set(runs) == ARMS for runs in values["seeds"].values())
-
-
-@pytest.mark.slow
-def test_the_ablation_trains_every_arm_on_both_toys_and_its_parts_merge(tmp_path: Path) -> None:
-    """Tiny sizes: both toys and the four arms (the outside-share one too) in one run; its toys, as
-    runs of their own would print them, merge back into it."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.ar_ablation", "--phase1-steps", "1", "--phase2-steps", "2",
-         "--resolution", "64", "--seeds", "0", "--pretrain-steps", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    whole = json.loads(done.stdout)
-    assert_ablation_result(whole, {"plain", "twins"}, {"0"})
-    paths = []
-    for toy in ("twins", "plain"):
-        paths.append(tmp_path / f"{toy}.json")
-        paths[-1].write_text(json.dumps({**whole, "toys": {toy: whole["toys"][toy]}}))
-    merged = subprocess.run(
-        [sys.executable, "-m", "bench.ar_ablation", "--merge", *map(str, paths)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert json.loads(merged.stdout)["toys"] == {toy: whole["toys"][toy] for toy in ("twins", "plain")}
 
 
 @pytest.mark.slow
