@@ -131,7 +131,7 @@ def step_function(
         identity_reuse_pass=kind.identity_reuse_pass,
         identity_face_window=kind.identity_face_window,
     )
-    # A family without TAESD (SDXL) decodes with the VAE in every kind, as its runs do.
+    # A family without TAESD (none today) would decode with the VAE in every kind, as its runs do.
     decoder = kind.identity_decoder if trainer.base.family.tiny_decoder else "vae"
     config = dataclasses.replace(trainer.config, identity_decoder=decoder)
     objective = dataclasses.replace(trainer.objective, options=options, config=config)

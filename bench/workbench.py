@@ -90,7 +90,7 @@ def prepare(model: str, scratch: Path) -> Workbench:
     kit = build_demo_kit(default_kit_folder())
     if model == "tiny":
         base, tiny_decoder = kit.sd.folder, kit.tiny_decoder
-    elif model == "tiny-sdxl":  # no TAESD for SDXL: its runs decode with the VAE
+    elif model == "tiny-sdxl":  # the kit's tiny TAESD stands in for TAESD-XL
         base, tiny_decoder = kit.sdxl.folder, kit.tiny_decoder
     else:
         cache = user_cache_path("magicapture-studio", appauthor=False)
