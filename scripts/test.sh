@@ -20,5 +20,6 @@ ruff check .
 ruff format --check .
 # Three workers on two cores, one file each at a time (module fixtures stay shared within a file):
 # many tests wait on a studio, a browser or a command they started, and a third worker keeps both
-# cores busy meanwhile.
-python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile "$@"
+# cores busy meanwhile. Files go out in collection order (tests/conftest.py puts the longest first);
+# xdist would otherwise order them by their count of tests.
+python -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --no-loadscope-reorder "$@"
