@@ -8,10 +8,10 @@ PYTHON=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # Exactly the versions in constraints.txt (see README: refreshing them). torch and torchvision first,
 # as a matching pair (see README: GPU users pick their CUDA build here).
-# --no-compile: no bytecode for the thousands of modules the tests never import (about 20 s of torch's
-# install alone); Python compiles what is imported on first use.
-python -m pip install -q --no-compile -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q --no-compile -c constraints.txt -e ".[test]"
+# Bytecode is compiled at install (no --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on this
+# machine, Python would otherwise compile torch's modules again in every process the tests start.
+python -m pip install -q -c constraints.txt "torch==2.14.1" "torchvision==0.29.1"
+python -m pip install -q -c constraints.txt -e ".[test]"
 # The browser tests drive Debian's Chromium.
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
