@@ -20,6 +20,5 @@ ruff check .
 ruff format --check .
 # Two workers, one file each at a time (module fixtures stay shared within a file). Files go out in
 # collection order (tests/conftest.py puts the longest first); xdist would otherwise order them by
-# their count of tests. A third worker used more CPU in all (23.9 against 16.8 CPU-minutes on fresh
-# clones) and ended later.
+# their count of tests.
 python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder "$@"
