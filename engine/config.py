@@ -58,12 +58,19 @@ class TrainingConfig:
     preset: str = _field(
         "released", "Name of the preset these values started from (recorded in the artefact)."
     )
-    base_model: str = _field(DEFAULT_BASE, "SD 1.x base: hub id, diffusers folder or one .safetensors file.")
+    base_model: str = _field(
+        DEFAULT_BASE,
+        "Base model of either family, SD 1.x or SDXL (read from the model itself): hub id, diffusers "
+        "folder or one .safetensors file.",
+    )
     seed: int = _field(
         0, "Seed of every random choice; same seed and photos give the same run.", range=(0, 2**32 - 1)
     )
     resolution: int = _field(
-        512, "Training image size in pixels (square, a multiple of 8).", range=(64, 1024)
+        512,
+        "Training image size in pixels (square, a multiple of 8); the CLI and the studio use the base "
+        "model's native size: 512 for SD 1.x, 1024 for SDXL.",
+        range=(64, 1024),
     )
 
     # Tokens
@@ -124,7 +131,8 @@ class TrainingConfig:
         False, "Restrict UNet LoRA to cross-attention (attn2) projections (paper)."
     )
     lora_text_targets: list[str] = _field(
-        ["q_proj", "k_proj", "v_proj", "out_proj"], "Text-encoder modules with LoRA."
+        ["q_proj", "k_proj", "v_proj", "out_proj"],
+        "Text-encoder modules with LoRA (in both of SDXL's encoders).",
     )
 
     # Losses
@@ -210,7 +218,9 @@ class TrainingConfig:
         None, "Non-reentrant gradient checkpointing (keeps the AR maps live)."
     )
     vae_slicing: bool | None = _field(None, "Decode one image at a time in the VAE.")
-    train_text_encoder: bool | None = _field(None, "LoRA on the text encoder in phase 2.")
+    train_text_encoder: bool | None = _field(
+        None, "LoRA on the text encoder (SDXL: both encoders) in phase 2."
+    )
     identity_face_window: bool | None = _field(
         None, "Decode only the latent window around the face for the identity loss."
     )
