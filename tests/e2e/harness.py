@@ -84,3 +84,26 @@ class StudioProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+
+def button(page, label: str, exact: bool = False):
+    """The button a user sees labelled ``label``."""
+    return page.get_by_role("button", name=label, exact=exact)
+
+
+def wait_for_images(page, elem_id: str, count: int = 1) -> None:
+    """Wait until ``count`` images of the gallery ``elem_id`` have loaded."""
+    page.wait_for_function(
+        "([id, n]) => [...document.querySelectorAll(`#${id} img`)]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length >= n",
+        arg=[elem_id, count],
+        timeout=NO_TIMEOUT,
+    )
+
+
+def wait_for_job(page, elem_id: str) -> None:
+    """Wait until the job shown in ``elem_id`` ends, and fail with its message unless it is done."""
+    ended = ", ".join(f"#{elem_id}[data-state='{state}']" for state in ("done", "failed", "cancelled"))
+    page.locator(ended).first.wait_for(timeout=NO_TIMEOUT)
+    shown = page.locator(f"#{elem_id}")
+    assert shown.get_attribute("data-state") == "done", shown.inner_text()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import NO_TIMEOUT, SCREENSHOTS
+from harness import NO_TIMEOUT, SCREENSHOTS, button, wait_for_images, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,28 +45,6 @@ class Shots:
 
 def open_tab(page, label: str) -> None:
     page.get_by_role("tab", name=label).click()
-
-
-def button(page, label: str, exact: bool = False):
-    return page.get_by_role("button", name=label, exact=exact)
-
-
-def wait_for_images(page, elem_id: str, count: int, timeout: float = NO_TIMEOUT) -> None:
-    """Wait until ``count`` images of the gallery ``elem_id`` have loaded."""
-    page.wait_for_function(
-        "([id, n]) => [...document.querySelectorAll(`#${id} img`)]"
-        ".filter(img => img.complete && img.naturalWidth > 0).length >= n",
-        arg=[elem_id, count],
-        timeout=timeout,
-    )
-
-
-def wait_for_job(page, elem_id: str) -> None:
-    """Wait until the job shown in ``elem_id`` ends, and fail with its message unless it is done."""
-    ended = ", ".join(f"#{elem_id}[data-state='{state}']" for state in ("done", "failed", "cancelled"))
-    page.locator(ended).first.wait_for(timeout=NO_TIMEOUT)
-    shown = page.locator(f"#{elem_id}")
-    assert shown.get_attribute("data-state") == "done", shown.inner_text()
 
 
 def tick_all(page, elem_id: str) -> int:
