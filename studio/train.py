@@ -602,6 +602,21 @@ def on_use(studio: Studio, name: str | None, best: bool) -> LiveView:
     return refresh(studio, name, None, force=True)
 
 
+def on_project(
+    studio: Studio, name: str | None, shown: str | None, preset_name: str, profile_name: str, *values: Any
+) -> list[Any]:
+    """The live view and the estimate of another project, then the project shown; nothing for the
+    project already shown.
+
+    Gradio fires the project picker's change event again for the same project (a burst as tabs
+    open and update); drawing the tab again would read the run, the photos and the estimate afresh.
+    """
+    if name and name == shown:
+        return [*[gr.skip()] * len(LiveView._fields), gr.skip(), shown]
+    estimate = on_estimate(studio, preset_name, profile_name, *values)
+    return [*refresh(studio, name, None, force=True), estimate, name]
+
+
 def on_preset(studio: Studio, name: str) -> list[Any]:
     """The preset's help, then the values the Advanced fields start from."""
     values = start_values(studio, name)
@@ -754,8 +769,12 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     settings = [current, preset_choice, profile, *advanced]
     for control in (preset_choice, profile, *advanced):
         control.change(bind(on_estimate, studio), settings[1:], estimate_box, show_progress="hidden")
+    shown = gr.State(None)
     current.change(
-        lambda name, *rest: on_estimate(studio, *rest), settings, estimate_box, show_progress="hidden"
+        bind(on_project, studio),
+        [current, shown, *settings[1:]],
+        [*outputs, estimate_box, shown],
+        show_progress="hidden",
     )
     start.click(bind(on_run, studio), settings, outputs)
     resume.click(lambda *values: on_run(studio, *values, resume=True), settings, outputs)
@@ -764,10 +783,9 @@ def build(studio: Studio, current: gr.Dropdown, tabs: gr.Tabs, timer: gr.Timer, 
     use_final.click(lambda name: on_use(studio, name, best=False), current, outputs)
     preset_choice.change(bind(on_preset, studio), preset_choice, [help_text, *advanced])
     timer.tick(bind(refresh, studio), [current, seen], outputs, show_progress="hidden")
-    for changed in (current.change, tab.select):  # the photo counts change in step 2
-        changed(
-            lambda name: refresh(studio, name, None, force=True), current, outputs, show_progress="hidden"
-        )
+    tab.select(  # the photo counts change in step 2
+        lambda name: refresh(studio, name, None, force=True), current, outputs, show_progress="hidden"
+    )
     next_step.click(lambda: gr.Tabs(selected="generate"), None, tabs)
 
 
