@@ -313,14 +313,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(report.markdown())
 
 
+STANDIN_STATE = "demo stand-in (random weights)"
+STANDIN_NOTE = (
+    "Demo stand-ins are the demo kit's tiny models: random weights in the real file formats, so every "
+    "step runs, but they make noise, not portraits. This folder is the demo kit's; point "
+    "MAGICAPTURE_ASSETS elsewhere (or unset it) to list and download the real weights."
+)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from engine import assets
+    from engine.faces import STANDIN_MARKER
 
     if args.action == "list":
         rows = assets.list_assets()
+        standins = (assets.assets_dir() / STANDIN_MARKER).is_file()  # the demo kit marks its folder
         for row in rows:
-            mark = "present" if row.present else "missing"
-            print(f"{row.name:20} {mark:8} {row.licence:32} {row.path}")
+            state = (STANDIN_STATE if standins else "real weights") if row.present else "missing"
+            print(f"{row.name:20} {state:30} {row.licence:32} {row.path}")
+        if standins and any(row.present for row in rows):
+            print(STANDIN_NOTE)
         notice = assets.licence_notice([row.name for row in rows if row.present])
         if notice:
             print(notice)
