@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.store import full_disk_as_storage_full
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,23 +200,34 @@ def identity_curve(events: Iterable[Event]) -> list[tuple[int, float]]:
 class EventLog:
     """Appends events to a JSON-lines file.
 
-    Each event is one ``write`` of a whole line, flushed at once; a crash can at worst leave a
-    partial last line, which `read_events` skips. (The store's atomic writers replace whole files,
-    which would make a per-step log quadratic, hence the append.)
+    Each event is one line, written whole or not at all: a full disk (`StorageFull`) or a failed
+    write leaves the file as it was, and a crash can at worst leave a partial last line, which
+    `read_events` skips. (The store's atomic writers replace whole files, which would make a
+    per-step log quadratic, hence the append.)
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with full_disk_as_storage_full(self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, event: Event) -> None:
-        line = json.dumps(event.to_dict(), sort_keys=True) + "\n"
-        with open(self.path, "a+b") as handle:
-            if handle.tell() > 0:
-                handle.seek(-1, 2)
+        """Add ``event`` as the last line; `StorageFull` (the file unchanged) when the disk is full."""
+        line = json.dumps(event.to_dict(), sort_keys=True).encode("utf-8") + b"\n"
+        with full_disk_as_storage_full(self.path.parent), open(self.path, "a+b", buffering=0) as handle:
+            end = handle.seek(0, os.SEEK_END)
+            if end > 0:
+                handle.seek(end - 1)
                 if handle.read(1) != b"\n":  # a crash cut the last line: start a fresh one
-                    line = "\n" + line
-            handle.write(line.encode("utf-8"))
+                    line = b"\n" + line
+            try:
+                left = memoryview(line)
+                while left:  # unbuffered: each write goes to the file, and may take part of the line
+                    left = left[handle.write(left) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    handle.truncate(end)  # the part a full disk took
+                raise
 
 
 def read_events(path: Path) -> list[Event]:

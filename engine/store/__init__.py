@@ -28,6 +28,7 @@ from engine.store.files import (
     atomic_write_json,
     atomic_write_text,
     file_sha256,
+    full_disk_as_storage_full,
     replace_folder,
 )
 from engine.store.names import MAX_NAME, inside, safe_name, same_name
@@ -61,6 +62,7 @@ __all__ = [
     "atomic_write_text",
     "data_root",
     "file_sha256",
+    "full_disk_as_storage_full",
     "inside",
     "now",
     "parse_manifest",

@@ -90,6 +90,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def full_disk_as_storage_full(folder: Path) -> Iterator[None]:
+    """Raise `StorageFull` naming ``folder`` for a full disk (ENOSPC, EDQUOT) met inside the block.
+
+    For writers that cannot replace a whole file (appends); other errors pass unchanged.
+    """
+    try:
+        yield
+    except BaseException as error:
+        _raise_if_full(error, folder)
+        raise
+
+
 def replace_folder(staged: Path, final: Path) -> Path:
     """Move the complete folder ``staged`` to ``final`` (same file system), replacing a folder there.
 
