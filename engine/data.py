@@ -263,14 +263,18 @@ class TrainingData:
         self.views: list[list[View]] = []
 
     @torch.no_grad()
-    def build_cache(self, vae, device: torch.device, dtype: torch.dtype, chunk: int = 4) -> None:
+    def build_cache(
+        self, vae, device: torch.device, dtype: torch.dtype, chunk: int = 4, *, upcast: bool = False
+    ) -> None:
         """Encode ``latent_cache_variants`` augmented views of every image (deterministic in the seed).
 
         With ``latent_cache_variants=0`` nothing is cached: the VAE is kept and each sample's view
         is augmented and encoded when its batch is made (`draw` gives each sample its own view seed).
+        ``upcast`` (`engine.models.vae_upcast`: SDXL's VAE in fp16, which overflows) encodes in fp32,
+        the VAE cast to fp32 for each encode and back to ``dtype`` after.
         """
         count, config = self.config.latent_cache_variants, self.config
-        self.encoder = (vae, device, dtype)
+        self.encoder = (vae, device, dtype, upcast)
         flipped = [(v + 0.5) / count > 1 - config.flip_probability for v in range(count)]
         jobs = [
             self._augment(index, view, flipped[view])
@@ -303,9 +307,15 @@ class TrainingData:
     @torch.no_grad()
     def _encode(self, jobs: list[tuple]) -> list[View]:
         """VAE-encode augmented views (one VAE call)."""
-        vae, device, dtype = self.encoder
-        pixels = torch.stack([job[1] for job in jobs]).to(device, dtype)
-        dist = vae.encode(pixels).latent_dist
+        vae, device, dtype, upcast = self.encoder
+        pixels = torch.stack([job[1] for job in jobs]).to(device, torch.float32 if upcast else dtype)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            dist = vae.encode(pixels).latent_dist
+        finally:
+            if upcast:
+                vae.to(dtype)
         views = []
         for job, mean, std in zip(jobs, dist.mean.float(), dist.std.float(), strict=True):
             flip, _, face, landmarks, bbox = job

@@ -29,6 +29,10 @@ DEFAULT_BASES: dict[str, str] = {
 }
 """Each family's default base model (by family name): a hub id, downloaded on first use."""
 DEFAULT_BASE = DEFAULT_BASES["sd1"]
+VAE_UPCAST_FAMILIES = frozenset({"sdxl"})
+"""Families whose pipelines run the VAE in fp32 under fp16 when its config says ``force_upcast`` (SDXL's
+VAE overflows in fp16; the fp16-fix VAE's config clears the flag). SD 1.x's ignore the flag, which
+diffusers sets by default: SD 1.x's VAE is safe in fp16."""
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAMPLERS = ("euler_a", "dpmpp_2m_karras", "ddim")
 ALLOW_PICKLE_ENV = "MAGICAPTURE_ALLOW_PICKLE"
@@ -232,6 +236,18 @@ def load_base(
     for name in (*family.text_encoders, "vae", "unet"):
         parts[name].to(torch_device).eval().requires_grad_(False)
     return BaseModel(**parts, source=str(source), device=torch_device, dtype=torch_dtype, family=family)
+
+
+def vae_upcast(base: BaseModel) -> bool:
+    """Whether ``base``'s VAE must encode and decode in fp32 although its weights are fp16, as its
+    family's pipeline decodes it (`VAE_UPCAST_FAMILIES`); training encodes its latents so too."""
+    import torch
+
+    return (
+        base.family.name in VAE_UPCAST_FAMILIES
+        and base.vae.dtype == torch.float16
+        and bool(base.vae.config.get("force_upcast", False))
+    )
 
 
 def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dtype) -> Any:

@@ -74,7 +74,7 @@ class Trainer:
     def setup(self, base: BaseModel | None, face_kit: FaceKit | None) -> None:
         """Load and prepare the models (frozen, tokens added, AR capture installed) and the training data."""
         from engine.attention import AttentionStore, install_capture
-        from engine.models import load_base
+        from engine.models import load_base, vae_upcast
         from engine.tokens import add_placeholder_tokens_to_base, norm_targets
 
         config, options = self.config, self.options
@@ -111,7 +111,7 @@ class Trainer:
         if config.latent_cache_variants:
             views = len(images) * config.latent_cache_variants
             self.emit(Status(message=f"Encoding {views} augmented views of {len(images)} photos."))
-        self.data.build_cache(base.vae, self.device, dtype)
+        self.data.build_cache(base.vae, self.device, dtype, upcast=vae_upcast(base))
         self.monitor = MethodMonitor(
             tokens={token_id: token for token, token_id in self.data.token_ids.items()},
             collapse_fraction=config.ar_collapse_fraction,
