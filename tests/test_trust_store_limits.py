@@ -1,4 +1,5 @@
-"""Trust in the store at its limits: an event log on a real full disk.
+"""Trust in the store at its limits: an event log on a real full disk, and names whose folder form is
+long in bytes (CJK, emoji).
 
 The full disk is a real 64 KiB tmpfs, mounted as root (the tests run as root) and unmounted after
 each test, passed or failed; a failed mount fails the test, it never skips it.
@@ -12,14 +13,26 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from fixtures_outputs import RUN, add_photo_output
 from fixtures_training import tiny_face_kit
 from tiny import tiny_config
 
 from engine.errors import UserError
 from engine.events import EventLog, Status, read_events
-from engine.store import ProjectStore, StorageFull
+from engine.store import InvalidName, ProjectStore, StorageFull, safe_name
 from studio.jobs import is_user_error
+
+CJK = "漢"
+"""A letter of three bytes in UTF-8."""
+WIDE = "𠮷"
+"""A letter of four bytes in UTF-8 (outside the Basic Multilingual Plane)."""
+EMOJI = "📷"
+"""Four bytes, not a letter: kept in the name as typed, left out of its folder."""
+MAX_COMPONENT = 255
+"""Bytes of one path component on Linux file systems (ext4, tmpfs, btrfs, xfs)."""
+
 
 # -- a real full disk under the event log ---------------------------------------------------------
 
@@ -93,3 +106,76 @@ def test_a_training_whose_disk_is_full_stops_with_storage_full(small_disk, tiny_
     assert (
         project.manifest()["trainings"] == []
     )  # a run that failed before its first checkpoint leaves no trace
+
+
+# -- names whose folder form is long in bytes ------------------------------------------------------
+
+
+def _longest(letters: str) -> str:
+    """The longest repetition of ``letters`` that the store takes as a name."""
+    name = letters
+    while True:
+        try:
+            safe_name(name + letters)
+        except InvalidName:
+            return name
+        name += letters
+
+
+def _components(root: Path) -> list[str]:
+    return [part for path in root.rglob("*") for part in path.relative_to(root).parts]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [CJK * 80, WIDE * 64, f"Anna {WIDE * 60} {EMOJI}", EMOJI + CJK * 79],
+    ids=["80 CJK", "64 four-byte", "latin, four-byte and emoji", "emoji and 79 CJK"],
+)
+def test_a_name_too_long_in_bytes_is_refused_with_a_sentence(name):
+    store = ProjectStore()
+    for action in (store.create, store.open, store.delete):
+        with pytest.raises(InvalidName, match="bytes") as refused:
+            action(name)
+        assert str(refused.value).endswith("Choose a shorter name.")
+    assert store.list() == []
+    assert not store.projects_dir.exists() or list(store.projects_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("letters", "typed"),
+    [(CJK, "{}"), (WIDE, "{}"), (CJK, f"{EMOJI} {{}} {EMOJI}")],
+    ids=["CJK", "four-byte", "CJK between emoji"],
+)
+def test_the_longest_name_fits_every_path_the_app_makes_of_it(letters, typed, lora):
+    from engine.export import export_embeddings, export_lora, export_outputs_zip
+
+    name = typed.format(_longest(letters))
+    store = ProjectStore()
+    project = store.create(name)
+    artefact = project.path("trainings", RUN, "final.safetensors")
+    artefact.parent.mkdir(parents=True)
+    artefact.write_bytes(lora.path.read_bytes())
+    finished = {"id": RUN, "status": "finished", "artefact": f"trainings/{RUN}/final.safetensors"}
+    project.update(lambda manifest: manifest["trainings"].append(finished))
+    add_photo_output(project, np.zeros((64, 64, 3), np.uint8))
+
+    made = [
+        export_lora(project, RUN, "a1111"),
+        export_lora(project, RUN, "diffusers"),
+        *export_embeddings(project, RUN),
+        export_outputs_zip(project, ["photo"]),
+    ]
+
+    assert all(path.is_file() and path.name.startswith(project.root.name) for path in made)
+    assert max(len(part.encode("utf-8")) for part in _components(store.root)) <= MAX_COMPONENT
+    assert store.open(name).manifest()["name"] == name
+    store.delete(name)
+    assert store.list() == [] and list(store.projects_dir.iterdir()) == []
+
+
+def test_two_long_names_differing_in_their_last_letter_keep_two_folders():
+    store = ProjectStore()
+    stem = _longest(CJK)[:-1]
+    first, second = store.create(stem + CJK), store.create(stem + "字")
+    assert first.root != second.root
+    assert store.list() == sorted([stem + CJK, stem + "字"])

@@ -31,7 +31,7 @@ from engine.store.files import (
     full_disk_as_storage_full,
     replace_folder,
 )
-from engine.store.names import MAX_NAME, inside, safe_name, same_name
+from engine.store.names import MAX_NAME, MAX_NAME_BYTES, inside, safe_name, same_name
 from engine.store.projects import (
     HOME_ENV,
     MANIFEST,
@@ -47,6 +47,7 @@ __all__ = [
     "HOME_ENV",
     "MANIFEST",
     "MAX_NAME",
+    "MAX_NAME_BYTES",
     "PREVIOUS",
     "InvalidName",
     "ManifestRecovered",

@@ -18,6 +18,15 @@ _WINDOWS_RESERVED = {
 }
 MAX_NAME = 80
 """Most characters of a name's folder form; longer names are refused, never cut."""
+MAX_NAME_BYTES = 160
+"""Most bytes of a name's folder form in UTF-8; longer names are refused, never cut.
+
+One path component holds 255 bytes (ext4, APFS; NTFS's 255 UTF-16 units are never more than the
+UTF-8 bytes). The rest is room for what the app adds to a name within one component: a deleted
+project's ``.deleting-`` and random tag (19 bytes), an export's ``-portraits-YYYYMMDD-HHMMSS.zip``
+(30) or ``-lora-diffusers.safetensors`` (27), an embedding's ``-<token>.safetensors``, each inside
+an atomic write's ``.`` and ``.XXXXXXXX.tmp`` (14).
+"""
 
 
 def safe_name(name: str) -> str:
@@ -25,7 +34,7 @@ def safe_name(name: str) -> str:
 
     Keeps letters, digits, ``-``, ``_``, ``.`` and spaces (folded to ``-``); refuses empty names,
     ``.``/``..``, NUL, path separators, Windows reserved device names and names longer than
-    `MAX_NAME` characters.
+    `MAX_NAME` characters or `MAX_NAME_BYTES` bytes in UTF-8.
     """
     if not isinstance(name, str) or "\x00" in name:
         raise InvalidName("Names may not contain NUL characters.")
@@ -42,6 +51,13 @@ def safe_name(name: str) -> str:
         raise InvalidName(
             f"Names may have at most {MAX_NAME} characters (letters, digits, '-', '_' and '.'); "
             f"{name[:40]!r}... has {len(text)}. Choose a shorter name."
+        )
+    size = len(text.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise InvalidName(
+            f"{name[:40]!r}... is too long for a folder name: it takes {size} bytes and at most "
+            f"{MAX_NAME_BYTES} fit (letters such as 'é' or '漢' take two to four bytes each). "
+            "Choose a shorter name."
         )
     return text
 
