@@ -1,5 +1,5 @@
-"""Trust in the store at its limits: an event log on a real full disk, and names whose folder form is
-long in bytes (CJK, emoji).
+"""Trust in the store at its limits: an event log on a real full disk, names whose folder form is long
+in bytes (CJK, emoji), and a project deletion cut short by a crash.
 
 The full disk is a real 64 KiB tmpfs, mounted as root (the tests run as root) and unmounted after
 each test, passed or failed; a failed mount fails the test, it never skips it.
@@ -179,3 +179,39 @@ def test_two_long_names_differing_in_their_last_letter_keep_two_folders():
     first, second = store.create(stem + CJK), store.create(stem + "字")
     assert first.root != second.root
     assert store.list() == sorted([stem + CJK, stem + "字"])
+
+
+# -- a deletion cut short --------------------------------------------------------------------------
+
+
+def _crash_mid_delete(store: ProjectStore, name: str) -> Path:
+    """What `ProjectStore.delete` leaves when the process dies between its rename and its removal."""
+    project = store.open(name)
+    trash = project.root.with_name(f".deleting-{project.root.name}")
+    os.replace(project.root, trash)
+    return trash
+
+
+def test_a_deletion_cut_short_is_finished_when_the_store_is_opened():
+    store = ProjectStore()
+    store.create("Anna Smith").update(lambda manifest: manifest["images"].append({"id": "photo"}))
+    trash = _crash_mid_delete(store, "Anna Smith")
+
+    reopened = ProjectStore(store.root)
+
+    assert not trash.exists()
+    assert reopened.list() == [] and list(reopened.projects_dir.iterdir()) == []
+    assert reopened.create("Anna Smith").manifest()["images"] == []
+
+
+def test_a_leftover_of_a_deletion_neither_shows_nor_blocks_the_same_name():
+    store = ProjectStore()
+    store.create("Anna Smith")
+    trash = _crash_mid_delete(store, "Anna Smith")  # another process crashed while this one runs
+    assert store.list() == []
+    assert not trash.exists()
+
+    _crash_mid_delete(store, store.create("Anna Smith").name)
+    assert store.create("Anna Smith").manifest()["name"] == "Anna Smith"
+    store.delete("Anna Smith")
+    assert store.list() == [] and list(store.projects_dir.iterdir()) == []

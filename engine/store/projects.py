@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import warnings
@@ -33,6 +34,9 @@ MANIFEST = "manifest.json"
 PREVIOUS = "manifest.prev.json"
 """The manifest as it was before the last update: read when ``manifest.json`` does not parse."""
 HOME_ENV = "MAGICAPTURE_HOME"
+DELETING = ".deleting-"
+"""Prefix of a project folder while it is deleted: renamed aside, then removed. What a crash between
+the two leaves is removed when a store is next made or lists its projects."""
 
 
 def data_root() -> Path:
@@ -174,11 +178,18 @@ class ProjectStore:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root is not None else data_root()
         self.projects_dir = self.root / "projects"
+        self._finish_deletions()
+
+    def _finish_deletions(self) -> None:
+        """Remove the folders of deletions a crash cut short (renamed aside, never removed)."""
+        for trash in self.projects_dir.glob(f"{DELETING}*"):
+            shutil.rmtree(trash, ignore_errors=True)
 
     def list(self) -> list[str]:
         """The projects' names, as `open` takes them."""
         if not self.projects_dir.is_dir():
             return []
+        self._finish_deletions()
         return sorted(
             Project(folder).name
             for folder in self.projects_dir.iterdir()
@@ -232,7 +243,8 @@ class ProjectStore:
         """Delete the project ``name`` with all its files; refused while one of its trainings runs."""
         project = self.open(name)
         with project.lock(), _trainings_stopped(project):
-            trash = project.root.with_name(f".deleting-{project.root.name}")
+            # A tag of its own: a leftover of an earlier deletion of the same name cannot be in the way.
+            trash = project.root.with_name(f"{DELETING}{project.root.name}.{secrets.token_hex(4)}")
             os.replace(project.root, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
