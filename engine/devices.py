@@ -60,13 +60,25 @@ cached (`engine.data`), but the text encoders' outputs are not: every training p
 ``<sks>`` or ``<style1>``, whose rows train in both phases, so the hidden states and bigG's pooled
 embedding change at every step. Only the added time ids depend on nothing trained, and they are a
 constant of the resolution. The figures behind each size are in `engine.preflight.arithmetic`."""
-FAMILY_PROFILES: dict[str, dict[str, VramProfile]] = {"sd1": PROFILES, "sdxl": SDXL_PROFILES}
+UNKNOWN_FAMILY = "unknown"
+"""The family of a base model that cannot be read before it loads (`engine.preflight.model_family`)."""
+EITHER_PROFILES: dict[str, VramProfile] = _table(
+    *sorted({**PROFILES, **SDXL_PROFILES}.values(), key=lambda profile: profile.vram_gb)
+)
+"""For a base model of unknown family: at each size the profile that suits either family. SDXL's
+where both have one (each of its options as frugal as SD 1.x's of the size: SD 1.x trains more
+slowly or, at 12 GB, without text-encoder LoRA), SD 1.x's on GPUs too small for SDXL."""
+FAMILY_PROFILES: dict[str, dict[str, VramProfile]] = {
+    "sd1": PROFILES,
+    "sdxl": SDXL_PROFILES,
+    UNKNOWN_FAMILY: EITHER_PROFILES,
+}
 CPU_PROFILE = VramProfile("cpu", 0, mixed_precision="no", gradient_checkpointing=False, vae_slicing=False)
 """Every family on the CPU (fp32)."""
 
 
 def profiles_for(family: str = "sd1") -> dict[str, VramProfile]:
-    """The GPU profiles of the family called ``family``, by name, smallest first."""
+    """The GPU profiles of the family called ``family`` (or `UNKNOWN_FAMILY`), by name, smallest first."""
     return FAMILY_PROFILES.get(family, PROFILES)
 
 

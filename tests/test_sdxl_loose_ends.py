@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from engine.config import TrainingConfig
 
 
@@ -100,3 +102,52 @@ def test_the_fp16_fix_vae_or_another_precision_needs_no_upcast(tiny_sdxl, tiny_s
     assert not vae_upcast(sdxl), "bf16 has fp32's range"
     sd = load_base(tiny_sd.folder, device="cpu", dtype="fp16")
     assert sd.vae.config.force_upcast and not vae_upcast(sd), "SD 1.x's pipelines ignore the flag"
+
+
+UNKNOWN_HUB_ID = "someone/portrait-model-never-downloaded"
+"""A hub id that is in no cache and is no family's default."""
+
+
+@pytest.fixture
+def offline_empty_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("MAGICAPTURE_OFFLINE", "1")
+
+
+def _gpu(total_gb: float):
+    from engine.preflight import GB, DeviceInfo
+
+    return DeviceInfo("cuda", "Test GPU", round(total_gb * GB), False)
+
+
+def test_a_hub_id_of_unreadable_family_is_unknown_not_sd1(offline_empty_cache):
+    from engine import preflight
+
+    assert preflight.model_family(UNKNOWN_HUB_ID) == "unknown"
+    assert preflight.model_size(UNKNOWN_HUB_ID) == "unknown"
+
+
+def test_its_profile_suits_either_family_and_the_user_is_told(offline_empty_cache):
+    from engine import preflight
+    from engine.config import preset
+    from engine.devices import PROFILES, SDXL_PROFILES, profile_named
+
+    config = preset(base_model=UNKNOWN_HUB_ID, resolution=1024, vram_profile="auto")
+    picks = {size: preflight.estimate(config, _gpu(size)) for size in (8, 16, 24)}
+    assert {size: found.profile for size, found in picks.items()} == {8: "8gb", 16: "16gb", 24: "24gb"}
+    for size, found in picks.items():
+        assert found.family == "unknown" and found.peak_bytes is None
+        profile = profile_named(found.profile, "unknown")
+        assert profile.gradient_checkpointing, f"{size} GB: checkpointing, as an SDXL model needs"
+        text = preflight.summary(found)
+        assert "family" in text and "SD 1.x or SDXL" in text and "not known" in text, text
+    assert profile_named("24gb", "unknown") == SDXL_PROFILES["24gb"] != PROFILES["24gb"]
+    assert profile_named("8gb", "unknown") == PROFILES["8gb"], "a GPU too small for SDXL: SD 1.x's"
+
+
+def test_training_options_for_an_unknown_family_are_the_safe_ones(offline_empty_cache):
+    from engine.config import preset
+    from engine.training import resolve_options
+
+    options = resolve_options(preset(base_model=UNKNOWN_HUB_ID, device="cpu", vram_profile="24gb"))
+    assert (options.family, options.profile, options.gradient_checkpointing) == ("unknown", "24gb", True)

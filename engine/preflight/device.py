@@ -56,12 +56,14 @@ def model_family(base_model: str) -> str:
     """The family name of ``base_model`` ("sd1", "sdxl"), read without loading it.
 
     What `engine.models.identify_base` reads (a folder's or a cached hub repo's UNet config, a
-    single file's tensor names); for a hub id it does not know, the repo's UNet config alone, fetched
-    when online. `engine.families.DEFAULT_FAMILY` when none can be read (a pickle file, a repo
-    offline and not cached, a missing path) or the model is of no supported family (loading it then
-    says why). Raises `PreflightError` for a file that is no readable model (a damaged header).
+    single file's tensor names; a pickle file is taken as SD 1.x); for a hub id it does not know,
+    the repo's UNet config alone, fetched when online. `engine.devices.UNKNOWN_FAMILY` when none can
+    be read (a repo offline and not cached, a missing path) or the model is of no supported family
+    (loading it then says why). Raises `PreflightError` for a file that is no readable model (a
+    damaged header).
     """
-    from engine.families import DEFAULT_FAMILY, UnsupportedModel, detect_family
+    from engine.devices import UNKNOWN_FAMILY
+    from engine.families import UnsupportedModel, detect_family
     from engine.models import ModelLoadError, identify_base
 
     try:
@@ -69,13 +71,13 @@ def model_family(base_model: str) -> str:
     except ModelLoadError as error:
         if Path(base_model).expanduser().is_file():
             raise PreflightError(str(error)) from error
-        return DEFAULT_FAMILY.name
+        return UNKNOWN_FAMILY
     if found.family is not None:
         return found.family.name
     try:
         return detect_family(base_model, unet_config=_hub_unet_config(base_model)).name
     except (OSError, ValueError, UnsupportedModel):
-        return DEFAULT_FAMILY.name
+        return UNKNOWN_FAMILY
 
 
 def _hub_unet_config(repo: str) -> dict:
@@ -92,13 +94,17 @@ def _hub_unet_config(repo: str) -> dict:
 
 def model_size(base_model: str, family: str | None = None) -> str:
     """Size class of ``base_model`` (of ``family``, read when not given): "tiny" and "tiny-sdxl"
-    for the demo kit's models, else "sd15" (every SD 1.x has SD 1.5's shapes) or "sdxl".
+    for the demo kit's models, else "sd15" (every SD 1.x has SD 1.5's shapes) or "sdxl"; "unknown"
+    for a model of unknown family.
 
     Raises `PreflightError` for a single file whose safetensors header is damaged or too large to read.
     """
+    from engine.devices import UNKNOWN_FAMILY
     from engine.models import ModelLoadError, safetensors_header
 
     family = family or model_family(base_model)
+    if family == UNKNOWN_FAMILY:
+        return UNKNOWN_FAMILY
     full, tiny = ("sdxl", "tiny-sdxl") if family == "sdxl" else ("sd15", "tiny")
     widths = SDXL_WIDTHS if family == "sdxl" else SD15_WIDTHS
     path = Path(base_model).expanduser()

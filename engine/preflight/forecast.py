@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from engine.devices import UNKNOWN_FAMILY
 from engine.preflight.device import DeviceInfo, auto_profile, detect_device, model_family, model_size
 from engine.preflight.report import gb
 from engine.preflight.table import GB, Figures, load_table
@@ -158,7 +159,10 @@ def estimate(
             phase1_step_s=None,
             phase2_step_s=None,
             resident_bytes=None,
-            basis=f"No figures were measured for the {model} model with the {profile} profile on {where} "
+            basis="There are no figures for a model of unknown family; the estimate comes from the "
+            "first steps of the run."
+            if family == UNKNOWN_FAMILY
+            else f"No figures were measured for the {model} model with the {profile} profile on {where} "
             "yet; the estimate comes from the first steps of the run.",
         )
     else:
@@ -180,11 +184,11 @@ def estimate(
 def judge(found: Estimate, table: list[Figures]) -> Estimate:
     """Fill in ``fits``, the warnings and a profile that fits."""
     device, needed = found.device, found.needed_bytes
+    warnings = [_unknown_family(found.profile)] if found.family == UNKNOWN_FAMILY else []
     if needed is None or device.total_bytes is None:
-        return replace(found, fits=None, warnings=(), suggested_profile=None)
+        return replace(found, fits=None, warnings=tuple(warnings), suggested_profile=None)
     total = device.total_bytes
     memory = "GPU memory" if device.kind == "cuda" else "memory"
-    warnings = []
     fits = needed <= total
     suggestion = None
     if not fits or needed > NEAR_FULL * total:
@@ -211,6 +215,15 @@ def judge(found: Estimate, table: list[Figures]) -> Estimate:
                 "close other programs that use it, or it may run out." + advice
             )
     return replace(found, fits=fits, warnings=tuple(warnings), suggested_profile=suggestion)
+
+
+def _unknown_family(profile: str) -> str:
+    return (
+        f"The base model's family (SD 1.x or SDXL) is not known until it is loaded, so the '{profile}' "
+        "profile takes the options that suit either family at that size (an SD 1.x model may train more "
+        "slowly with them) and there are no figures to estimate from. Download the model first for a "
+        "profile and an estimate made for its family."
+    )
 
 
 def _needed_with(found: Estimate, table: list[Figures], profile: str) -> int | None:
