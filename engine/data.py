@@ -189,6 +189,18 @@ def flip_points(landmarks: torch.Tensor, bbox: torch.Tensor, width: int) -> tupl
     return flipped, box
 
 
+def _cast(model, dtype: torch.dtype) -> None:
+    """``model.to(dtype)`` without diffusers' warning, which it gives on every cast of a model to a dtype."""
+    from diffusers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        model.to(dtype)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 @dataclass
 class View:
     """One augmented version of an image, VAE-encoded."""
@@ -310,12 +322,12 @@ class TrainingData:
         vae, device, dtype, upcast = self.encoder
         pixels = torch.stack([job[1] for job in jobs]).to(device, torch.float32 if upcast else dtype)
         if upcast:
-            vae.to(torch.float32)
+            _cast(vae, torch.float32)
         try:
             dist = vae.encode(pixels).latent_dist
         finally:
             if upcast:
-                vae.to(dtype)
+                _cast(vae, dtype)
         views = []
         for job, mean, std in zip(jobs, dist.mean.float(), dist.std.float(), strict=True):
             flip, _, face, landmarks, bbox = job
