@@ -153,3 +153,30 @@ def test_training_options_for_an_unknown_family_are_the_safe_ones(offline_empty_
 
     options = resolve_options(preset(base_model=UNKNOWN_HUB_ID, device="cpu", vram_profile="24gb"))
     assert (options.family, options.profile, options.gradient_checkpointing) == ("unknown", "24gb", True)
+
+
+def test_two_portraits_post_processed_are_four_pngs_each_in_the_manifest(lora, tmp_path, monkeypatch):
+    """Item 4: a batch of two with post-processing (the studio suggests GFPGAN for SDXL runs) leaves
+    the two raw images and their two post-processed versions; every PNG is one manifest entry."""
+    from pathlib import Path
+
+    from fixtures_outputs import RUN, project_with_run
+
+    from engine.demo.restore import build_restore_assets
+    from engine.faces import FaceKit
+    from engine.faces.fallback import EllipseParser, HaarDetector
+    from engine.generate import GenerationSettings, generate
+    from engine.outputs import output_records
+    from engine.postprocess import postprocess_output
+
+    assets = build_restore_assets(tmp_path / "assets")
+    monkeypatch.setenv("MAGICAPTURE_ASSETS", str(assets.gfpgan.parent))
+    kit = FaceKit(HaarDetector(), EllipseParser(), None, fallbacks=("detector", "parser", "recogniser"))
+    project = project_with_run(tmp_path / "store", lora.path)
+    raw = generate(project, RUN, GenerationSettings(steps=2, count=2), face_kit=kit)
+    done = [postprocess_output(project, record.id, restore="gfpgan", face_kit=kit) for record in raw]
+    files = sorted(path.name for path in project.path("outputs").iterdir())
+    records = output_records(project)
+    assert len(files) == 4 and files == sorted(Path(record.file).name for record in records)
+    assert [record.parent for record in done] == [record.id for record in raw]
+    assert all(record.parent is None for record in raw)
