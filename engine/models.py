@@ -153,18 +153,22 @@ def identify_base(source: str | Path, *, allow_pickle: bool | None = None) -> Ba
         raise ModelLoadError(str(error)) from error
 
 
-def _hub_source(repo: str) -> BaseSource:
-    """A hub id's family from its cached ``unet/config.json``, else from `DEFAULT_BASES`, else unknown."""
+def _cached_unet_config(repo: str) -> Path | None:
+    """The hub repo's ``unet/config.json`` in the Hugging Face cache, or None when it is not there."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
         config = try_to_load_from_cache(repo, "unet/config.json")
     except ValueError:  # not a valid repo id: load_base says so when it tries
-        config = None
-    if isinstance(config, str):
-        return BaseSource(
-            repo, "Hugging Face model id", detect_family(repo, unet_config=_read_json(Path(config)))
-        )
+        return None
+    return Path(config) if isinstance(config, str) else None
+
+
+def _hub_source(repo: str) -> BaseSource:
+    """A hub id's family from its cached ``unet/config.json``, else from `DEFAULT_BASES`, else unknown."""
+    config = _cached_unet_config(repo)
+    if config is not None:
+        return BaseSource(repo, "Hugging Face model id", detect_family(repo, unet_config=_read_json(config)))
     known = [name for name, default in DEFAULT_BASES.items() if default == repo]
     return BaseSource(repo, "Hugging Face model id", FAMILIES[known[0]] if known else None, cached=False)
 
@@ -218,7 +222,7 @@ def load_base(
         elif looks_local:
             raise ModelLoadError(f"No model at {path}: the file or folder does not exist.")
         else:
-            family, parts = _load_components(str(source), torch_dtype, allow_pickle, local_files_only)
+            family, parts = _load_hub(str(source), torch_dtype, allow_pickle, local_files_only)
     except UnsupportedModel as error:
         raise ModelLoadError(str(error)) from error
     except OSError as error:
@@ -282,6 +286,22 @@ def load_tiny_decoder(source: str | Path, device: torch.device, dtype: torch.dty
     finally:
         logging.set_verbosity(verbosity)
     return decoder.to(device).eval().requires_grad_(False)
+
+
+def _load_hub(
+    repo: str, dtype: torch.dtype, allow_pickle: bool, local_files_only: bool
+) -> tuple[ModelFamily, dict[str, Any]]:
+    """A hub repo's family and components; offline (``local_files_only`` or the offline switch) only
+    from the Hugging Face cache, and a repo not there is refused without trying the network."""
+    from engine.assets import offline
+
+    local = local_files_only or offline()
+    if local and _cached_unet_config(repo) is None:
+        raise ModelLoadError(
+            f"{repo} is not in the Hugging Face cache and downloads are off (offline); download it once "
+            "while online, or give a diffusers folder or a .safetensors file."
+        )
+    return _load_components(repo, dtype, allow_pickle, local)
 
 
 def _load_components(

@@ -180,3 +180,12 @@ def test_two_portraits_post_processed_are_four_pngs_each_in_the_manifest(lora, t
     assert len(files) == 4 and files == sorted(Path(record.file).name for record in records)
     assert [record.parent for record in done] == [record.id for record in raw]
     assert all(record.parent is None for record in raw)
+
+
+def test_loading_an_uncached_hub_id_offline_says_so(offline_empty_cache):
+    from engine.models import ModelLoadError, load_base
+
+    with pytest.raises(ModelLoadError) as refused:
+        load_base(UNKNOWN_HUB_ID)
+    message = str(refused.value)
+    assert UNKNOWN_HUB_ID in message and "not in the Hugging Face cache" in message and "offline" in message
