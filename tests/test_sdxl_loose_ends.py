@@ -22,25 +22,22 @@ def test_the_base_model_help_names_both_families():
     assert "encoders" in _help("train_text_encoder")
 
 
-def _fp16_trainer(project, base_model, monkeypatch, tmp_path):
-    """A trainer set up as a run in fp16 has it (its weights cast to fp16, latents cached), on the CPU.
-
-    The accelerator is a plain one: only the options' weight dtype (fp16) matters for the cache. No
-    fp16-fix VAE is in the (empty) Hugging Face cache.
-    """
+def _fp16_trainer(project, base_model):
+    """A trainer whose setup treats a base as a run in fp16 does (its weights cast to fp16, latents
+    cached), on the CPU. The accelerator is a plain one: only the options' weight dtype matters here.
+    The base is loaded in fp32 and cast by the trainer, so its VAE config's own ``force_upcast`` decides
+    (the loader's fp16-fix VAE choice is for bases it loads in fp16)."""
     import torch
     from tiny import tiny_config
 
     from engine.training.loop import Trainer
     from engine.training.options import make_accelerator, resolve_options
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     config = tiny_config(base_model, identity_weight=0.0, latent_cache_variants=1)
     plain = resolve_options(config)
     fp16 = dataclasses.replace(plain, mixed_precision="fp16")
     assert fp16.weight_dtype == torch.float16
-    trainer = Trainer(project, "fp16", config, fp16, make_accelerator(plain), lambda event: None, None)
-    return trainer
+    return Trainer(project, "fp16", config, fp16, make_accelerator(plain), lambda event: None, None)
 
 
 def _encoder_dtypes(vae) -> list:
@@ -52,15 +49,13 @@ def _encoder_dtypes(vae) -> list:
     return seen
 
 
-def test_sdxl_in_fp16_without_the_fix_vae_encodes_its_latents_in_fp32(
-    tiny_sdxl, isolated_home, monkeypatch, tmp_path
-):
+def test_sdxl_in_fp16_without_the_fix_vae_encodes_its_latents_in_fp32(tiny_sdxl, isolated_home):
     import torch
 
     from engine.demo.portraits import make_project
     from engine.models import load_base
 
-    trainer = _fp16_trainer(make_project(isolated_home), tiny_sdxl.folder, monkeypatch, tmp_path)
+    trainer = _fp16_trainer(make_project(isolated_home), tiny_sdxl.folder)
     base = load_base(tiny_sdxl.folder, device="cpu", dtype="fp32")
     assert base.vae.config.force_upcast
     with torch.no_grad():  # activations beyond fp16's 65504, as real SDXL's VAE has: inf, then NaN in fp16
@@ -73,13 +68,13 @@ def test_sdxl_in_fp16_without_the_fix_vae_encodes_its_latents_in_fp32(
     assert base.vae.dtype == torch.float16, "the VAE goes back to the run's dtype after the encode"
 
 
-def test_sd1_in_fp16_keeps_encoding_in_fp16(tiny_sd, isolated_home, monkeypatch, tmp_path):
+def test_sd1_in_fp16_keeps_encoding_in_fp16(tiny_sd, isolated_home):
     import torch
 
     from engine.demo.portraits import make_project
     from engine.models import load_base
 
-    trainer = _fp16_trainer(make_project(isolated_home), tiny_sd.folder, monkeypatch, tmp_path)
+    trainer = _fp16_trainer(make_project(isolated_home), tiny_sd.folder)
     base = load_base(tiny_sd.folder, device="cpu", dtype="fp32")
     seen = _encoder_dtypes(base.vae)
     trainer.setup(base, None)
