@@ -2,7 +2,9 @@
 
 ``python -m bench --table`` prints the README table from the results file instead.
 ``python -m bench --model tiny-sdxl`` runs the phase-2 speed and memory benchmarks on the tiny
-SDXL and puts its results under ``"sdxl"`` in the results file, keeping the rest.
+SDXL and puts its results under ``"sdxl"`` in the results file, keeping the rest;
+``--model sdxl-512`` does the same on the SDXL-shaped model at 512 px (a CPU's size), under
+``"sdxl_shaped"``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.settings import BENCHMARKS, RESULTS
-from bench.workbench import MODELS, SDXL_MODELS
+from bench.workbench import MODELS, RESULT_KEYS, SDXL_MODELS
 
 SDXL_BENCHMARKS = ("phase2_memory", "phase2_speed")
 """What runs on an SDXL model (the other benchmarks' baselines are SD 1.x's)."""
@@ -28,6 +30,8 @@ LABELS = {
     "sd15": "SD 1.5 configs, random weights",
     "tiny": "demo kit tiny SD 1.x",
     "tiny-sdxl": "demo kit tiny SDXL",
+    "sdxl-512": "SDXL 1.0 configs, random weights",
+    "sdxl": "SDXL 1.0 configs, random weights",
 }
 KEYS = {
     "phase2_speed": "phase2_step_ratio",
@@ -129,11 +133,13 @@ def run_all(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
 
 def merged(path: Path, sdxl: dict[str, Any]) -> dict[str, Any]:
-    """The results file at ``path`` (if any) with an SDXL run's results under ``"sdxl"``, the rest
-    kept; benchmarks of an earlier SDXL run that this one did not run (``--only``) are kept too."""
+    """The results file at ``path`` (if any) with an SDXL run's results under its size's key
+    (`RESULT_KEYS`), the rest kept; benchmarks of an earlier run of that key that this one did not
+    run (``--only``) are kept too."""
+    key = RESULT_KEYS[sdxl["sizes"]["model"]]
     whole = json.loads(path.read_text("utf-8")) if path.is_file() else {}
-    earlier = (whole.get("sdxl") or {}).get("benchmarks", {})
-    return {**whole, "sdxl": {**sdxl, "benchmarks": {**earlier, **sdxl["benchmarks"]}}}
+    earlier = (whole.get(key) or {}).get("benchmarks", {})
+    return {**whole, key: {**sdxl, "benchmarks": {**earlier, **sdxl["benchmarks"]}}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,11 +51,20 @@ def sizes_for(model: str, quick: bool, gpu: bool) -> Sizes:
     """Sizes that keep ``python -m bench`` near 20 minutes on a 2-core CPU (SD 1.5) or a minute (``--quick``).
 
     SD 1.5 on a CPU measures every VRAM profile's memory (each in fp32; a profile's fp16 needs a GPU).
-    The tiny SDXL measures the phase-2 speed and every SDXL profile's memory (a few minutes).
+    The tiny SDXL measures the phase-2 speed and every SDXL profile's memory (a few minutes); the
+    SDXL-shaped model at 512 px on a CPU the same with fewer steps and the CPU and 12 GB profiles
+    (each memory worker loads 14 GB; about 20 minutes).
     """
     from bench.workbench import RESOLUTIONS, SDXL_MODELS
 
     common = {"model": model, "resolution": RESOLUTIONS[model], "training_steps": 400}
+    if model == "sdxl-512" and not gpu:
+        return Sizes(
+            **common, warmup_steps=1, timed_steps=2, option_kinds=(), option_steps=0,
+            memory_profiles=("cpu", "12gb"), memory_steps=1, memory_parallel=1,
+            generate_steps=0, generate_resolution=0, generate_runs=0, intake_runs=0, studio_requests=0,
+            time_basis="cpu",
+        )  # fmt: skip
     if model in SDXL_MODELS:  # phase-2 speed and memory only
         return Sizes(
             **common, warmup_steps=2, timed_steps=7, option_kinds=OPTION_KINDS, option_steps=3,

@@ -177,7 +177,11 @@ MODEL_LABELS = {
     "sd15": "SD 1.5-shaped, random weights",
     "tiny": "tiny demo model",
     "tiny-sdxl": "the demo kit's tiny SDXL (SDXL's classes and conditioning, small widths, random weights)",
+    "sdxl-512": "SDXL 1.0-shaped (2.6 B-parameter UNet, both text encoders), random weights, in fp32",
+    "sdxl": "SDXL 1.0-shaped, random weights",
 }
+SDXL_SECTIONS = (("sdxl", "SDXL rows", "SDXL: "), ("sdxl_shaped", "SDXL-shaped rows", "SDXL-shaped: "))
+"""The SDXL runs merged into a results file: key, the line naming the run, the rows' prefix."""
 
 
 def machine_line(results: dict[str, Any]) -> str:
@@ -208,15 +212,16 @@ def benchmark_lines(benchmarks: dict[str, Any], prefix: str = "") -> list[str]:
 def render_table(results: dict[str, Any]) -> str:
     """Markdown: a line naming the machine and run, then the table of every figure in ``results``.
 
-    The SDXL run merged under ``"sdxl"`` (``python -m bench --model tiny-sdxl``) gets its own line
-    and its rows after the others, each named "SDXL: ...".
+    Each SDXL run merged into it (`SDXL_SECTIONS`: ``python -m bench --model tiny-sdxl`` under
+    ``"sdxl"``, ``--model sdxl-512`` under ``"sdxl_shaped"``) gets its own line and its rows after
+    the others, each named "SDXL: ..." or "SDXL-shaped: ...".
     """
-    sdxl = results.get("sdxl")
+    sections = [(results[key], line, prefix) for key, line, prefix in SDXL_SECTIONS if results.get(key)]
     lines = [machine_line(results)]
-    if sdxl:
-        lines += ["", "SDXL rows: " + machine_line(sdxl)]
+    for run, line, _ in sections:
+        lines += ["", f"{line}: " + machine_line(run)]
     lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += benchmark_lines(results["benchmarks"])
-    if sdxl:
-        lines += benchmark_lines(sdxl["benchmarks"], "SDXL: ")
+    for run, _, prefix in sections:
+        lines += benchmark_lines(run["benchmarks"], prefix)
     return "\n".join(lines)

@@ -197,6 +197,38 @@ def test_an_sdxl_run_is_merged_under_its_key_and_rendered_as_sdxl_rows(tmp_path:
     assert {("tiny-sdxl", "12gb"), ("tiny-sdxl", "cpu"), ("sd15", "12gb")} <= rows
 
 
+def test_an_sdxl_shaped_cpu_run_has_its_own_key_line_and_rows_beside_the_tiny_sdxl(tmp_path: Path) -> None:
+    from bench.__main__ import merged
+    from bench.settings import sizes_for
+    from engine.preflight import rows_from_results
+
+    sizes = sizes_for("sdxl-512", quick=False, gpu=False)
+    assert (sizes.resolution, sizes.memory_profiles, sizes.time_basis) == (512, ("cpu", "12gb"), "cpu")
+    assert sizes_for("sdxl", quick=False, gpu=True).resolution == 1024
+    shaped = {**sdxl_run(), "command": "python -m bench --model sdxl-512",
+              "sizes": {"model": "sdxl-512", "resolution": 512}}  # fmt: skip
+    path = tmp_path / "results.json"
+    path.write_text(
+        json.dumps(
+            {**sdxl_run(), "command": "python -m bench", "sizes": {"model": "sd15", "resolution": 512}}
+        )
+    )
+    path.write_text(json.dumps(merged(path, sdxl_run())))
+    whole = merged(path, shaped)
+    assert whole["sdxl"] == sdxl_run() and whole["sdxl_shaped"] == shaped  # the tiny SDXL's run is kept
+    lines = render_table(whole).splitlines()
+    assert lines[2].startswith("SDXL rows: Measured 2026-12-04 by `python -m bench --model tiny-sdxl`")
+    assert lines[4].startswith("SDXL-shaped rows: Measured 2026-12-04 by `python -m bench --model sdxl-512`")
+    assert (
+        "SDXL 1.0-shaped (2.6 B-parameter UNet, both text encoders), random weights, in fp32 at 512 px."
+        in lines[4]
+    )
+    assert len([line for line in lines if line.startswith("| SDXL: ")]) == 2
+    assert len([line for line in lines if line.startswith("| SDXL-shaped: ")]) == 2
+    rows = {(r.model, r.profile) for r in rows_from_results(whole)}
+    assert {("tiny-sdxl", "12gb"), ("sdxl-512", "12gb"), ("sd15", "12gb")} <= rows
+
+
 def test_the_random_sdxl_is_an_sdxl_diffusers_folder_in_fp16(tmp_path: Path, monkeypatch) -> None:
     """Built from SDXL's configs (here the tiny SDXL's, so that it stays small) and loaded as SDXL."""
     import engine.families.sdxl as sdxl

@@ -65,7 +65,7 @@ def load_table(path: Path = TABLE_FILE) -> list[Figures]:
 
 def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
     """Table rows from one ``python -m bench`` results file (its memory and speed benchmarks), and
-    from the SDXL run merged into it under ``"sdxl"``."""
+    from the SDXL runs merged into it (``"sdxl"``: the tiny SDXL; ``"sdxl_shaped"``: SDXL-shaped)."""
     machine = results["machine"]
     device = "cuda" if machine.get("gpu") else "cpu"
     model, resolution = results["sizes"]["model"], int(results["sizes"]["resolution"])
@@ -105,4 +105,6 @@ def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
                 **{**empty, **found})
         for profile, found in values.items()
     ]  # fmt: skip
-    return rows + (rows_from_results(results["sdxl"]) if "sdxl" in results else [])
+    return rows + [
+        row for key in ("sdxl", "sdxl_shaped") if key in results for row in rows_from_results(results[key])
+    ]
