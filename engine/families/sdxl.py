@@ -230,9 +230,9 @@ def _fp16_vae(parts: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
         why = "is not in the Hugging Face cache"
     vae.register_to_config(force_upcast=True)
     note = (
-        f"SDXL in fp16: the fp16-fix VAE ({FP16_FIX_VAE}) {why}, so images are decoded with the base's VAE "
-        f"upcast to fp32 (diffusers' force_upcast): slower and more memory. Download {FP16_FIX_VAE} to "
-        "decode in fp16."
+        f"SDXL in fp16: the fp16-fix VAE ({FP16_FIX_VAE}) {why}, so the base's VAE encodes training "
+        f"photos and decodes images upcast to fp32 (diffusers' force_upcast): slower and more memory. "
+        f"Download {FP16_FIX_VAE} to run the VAE in fp16."
     )
     logger.warning(note)
     return {**parts, "notes": (note,)}
