@@ -19,6 +19,11 @@ from engine.errors import UserError
 from engine.models import DEFAULT_BASE
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+MAX_TOKEN_BYTES = 64
+"""The most UTF-8 bytes of a placeholder token's exported word (the token without ``<>``, as
+`engine.store.safe_name` keeps it): an embedding is exported as ``<project>-<word>.safetensors``,
+and with the longest project folder name (`engine.store.MAX_NAME_BYTES`) and an atomic write's
+temporary name that still fits a 255-byte file name."""
 """The devices torch trains on that a setting may name."""
 
 PROFILE_NAMES = ("auto", "cpu", "6gb", "8gb", "12gb", "16gb", "24gb")
@@ -257,6 +262,14 @@ class TrainingConfig:
             raise ConfigError(
                 f"identity_token and style_token must differ (both are {self.identity_token!r})."
             )
+        words = {
+            name: _exported_word(name, getattr(self, name)) for name in ("identity_token", "style_token")
+        }
+        if words["identity_token"] == words["style_token"]:
+            raise ConfigError(
+                f"identity_token {self.identity_token!r} and style_token {self.style_token!r} would be "
+                f"exported under one file name ({words['style_token']!r}); make them differ in letters or digits."
+            )
         if len(self.task_mix) != 3 or min(self.task_mix) < 0 or sum(self.task_mix) <= 0:
             raise ConfigError(
                 f"task_mix needs three non-negative weights, not all zero (got {self.task_mix!r})."
@@ -287,6 +300,23 @@ class TrainingConfig:
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "text", "bool": "true or false"}
 _PLURALS = {"int": "integers", "float": "numbers", "str": "strings"}
+
+
+def _exported_word(name: str, token: str) -> str:
+    """The word ``token`` is exported as (its embedding's file name after the project's), or `ConfigError`."""
+    from engine.store import InvalidName, safe_name
+
+    try:
+        word = safe_name(token.strip("<>"))
+    except InvalidName as error:
+        raise ConfigError(f"{name} {token!r} cannot name an exported embedding file: {error}") from None
+    size = len(word.encode("utf-8"))
+    if size > MAX_TOKEN_BYTES:
+        raise ConfigError(
+            f"{name} {token[:24]!r}... is too long: its exported file name takes {size} bytes and at most "
+            f"{MAX_TOKEN_BYTES} fit (letters such as 'é' or '漢' take two to four bytes each)."
+        )
+    return word
 
 
 def _check(item: dataclasses.Field, value: Any) -> None:
