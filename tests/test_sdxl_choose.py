@@ -1,5 +1,7 @@
 """Choosing SDXL (issue 17): what a base source is, named without loading weights; each family's
-default hub id; the fp16-fix VAE for SDXL in fp16, from a fake Hugging Face cache (no download)."""
+default hub id; the fp16-fix VAE for SDXL in fp16, from a fake Hugging Face cache, or downloaded
+when downloads are on (a download that succeeds is a stand-in for the hub's; one that fails meets a
+real refused connection)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+import huggingface_hub
 import huggingface_hub.constants
 import pytest
 import torch
@@ -151,6 +154,55 @@ def test_without_the_fix_a_vae_that_would_decode_in_fp16_decodes_in_fp32(tiny_sd
     base.vae.decoder.register_forward_pre_hook(lambda module, args: decoded.append(args[0].dtype))
     make_pipeline(base)("a portrait", num_inference_steps=1, height=64, width=64, output_type="np")
     assert decoded == [torch.float32] and base.vae.dtype == torch.float16
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads on, for this test (the suite runs offline)."""
+    for name in ("HF_HUB_OFFLINE", "MAGICAPTURE_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+def test_online_the_fix_vae_is_downloaded_on_first_use(tiny_sdxl, hub_cache, online, tmp_path, monkeypatch):
+    asked = []
+
+    def download(repo_id: str, allow_patterns: list[str]) -> str:
+        asked.append((repo_id, sorted(allow_patterns)))
+        fixed.update(cache_fix_vae(hub_cache, tmp_path))  # as the hub's download leaves it
+        return str(next((hub_cache / f"models--{repo_id.replace('/', '--')}" / "snapshots").iterdir()))
+
+    fixed: dict[str, torch.Tensor] = {}
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    base = load_base(tiny_sdxl.folder, device="cpu", dtype="fp16")
+    assert asked == [(FP16_FIX_VAE, ["config.json", "diffusion_pytorch_model.safetensors"])]
+    for name, weight in base.vae.state_dict().items():
+        torch.testing.assert_close(weight, fixed[name].half(), msg=name)
+    assert base.notes == (f"SDXL in fp16: the VAE is the fp16-fix one ({FP16_FIX_VAE}, downloaded).",)
+    load_base(tiny_sdxl.folder, device="cpu", dtype="fp16")  # the second load reads the cache
+    assert len(asked) == 1
+
+
+def test_online_a_failed_download_of_the_fix_vae_upcasts_and_says_why(
+    tiny_sdxl, hub_cache, online, monkeypatch
+):
+    refused = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused
+    monkeypatch.setenv("HF_ENDPOINT", refused)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", refused)
+    base = load_base(tiny_sdxl.folder, device="cpu", dtype="fp16")
+    assert base.vae.config.force_upcast is True
+    [note] = base.notes
+    assert "is not in the Hugging Face cache and could not be downloaded (" in note
+    assert "upcast to fp32" in note
+
+
+def test_offline_the_fix_vae_is_not_fetched(tiny_sdxl, hub_cache, monkeypatch):
+    def download(*args, **kwargs):
+        raise AssertionError("no download while offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    [note] = load_base(tiny_sdxl.folder, device="cpu", dtype="fp16").notes
+    assert "is not in the Hugging Face cache (downloads are off)" in note
 
 
 def test_in_fp32_the_base_keeps_its_own_vae_and_says_nothing(tiny_sdxl, hub_cache, tmp_path):

@@ -35,8 +35,10 @@ COMPONENTS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "une
 OPEN_CLIP_PAD_ID = 0
 """The id OpenCLIP (SDXL's second tokenizer) pads with after the end token ("!")."""
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
-"""SDXL's VAE fine-tuned to run in fp16 without overflowing (MIT licence): used in fp16 when it is in
-the Hugging Face cache, never downloaded by the loader."""
+"""SDXL's VAE fine-tuned to run in fp16 without overflowing (MIT licence): used in fp16, from the
+Hugging Face cache or downloaded on first use (unless downloads are off)."""
+FIX_VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+"""The files of `FP16_FIX_VAE` the loader reads (and downloads)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,35 +201,50 @@ def cached_fp16_fix_vae() -> Path | None:
     """The folder of `FP16_FIX_VAE` in the Hugging Face cache (``$HF_HUB_CACHE``), or None when it is not there."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = [
-        try_to_load_from_cache(FP16_FIX_VAE, name)
-        for name in ("config.json", "diffusion_pytorch_model.safetensors")
-    ]
+    found = [try_to_load_from_cache(FP16_FIX_VAE, name) for name in FIX_VAE_FILES]
     if not all(isinstance(path, str) for path in found):
         return None
     return Path(found[0]).parent
 
 
+def fp16_fix_vae() -> tuple[Path | None, str]:
+    """The folder of `FP16_FIX_VAE`: from the Hugging Face cache, else downloaded (about 330 MB) unless
+    downloads are off; with where it came from, or why there is none."""
+    import httpx
+    from huggingface_hub import snapshot_download
+
+    from engine.assets import offline
+
+    folder = cached_fp16_fix_vae()
+    if folder is not None:
+        return folder, "from the Hugging Face cache"
+    if offline():
+        return None, "is not in the Hugging Face cache (downloads are off)"
+    try:
+        return Path(snapshot_download(FP16_FIX_VAE, allow_patterns=list(FIX_VAE_FILES))), "downloaded"
+    except (OSError, httpx.HTTPError) as error:  # the hub's errors are OSErrors; a transfer's are httpx's
+        reason = " ".join(str(error).split())[:200]
+        return None, f"is not in the Hugging Face cache and could not be downloaded ({reason})"
+
+
 def _fp16_vae(parts: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    """In fp16, the fp16-fix VAE in place of the base's when it is cached and of the same shape; else
-    the base's VAE with ``force_upcast`` (the pipeline decodes in fp32). Says which in ``notes`` and the log."""
+    """In fp16, the fp16-fix VAE (`fp16_fix_vae`) in place of the base's when it is of the same shape;
+    else the base's VAE with ``force_upcast`` (encodes and decodes in fp32). Says which in ``notes`` and the log."""
     import torch
     from diffusers import AutoencoderKL
 
     if dtype != torch.float16:
         return parts
-    vae, folder = parts["vae"], cached_fp16_fix_vae()
+    vae, (folder, why) = parts["vae"], fp16_fix_vae()
     shape = ("block_out_channels", "latent_channels", "layers_per_block")
     if folder is not None:
         config = AutoencoderKL.load_config(folder)
         if all(config.get(key) == vae.config.get(key) for key in shape):
             fixed = AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
-            note = f"SDXL in fp16: the VAE is the fp16-fix one ({FP16_FIX_VAE}, from the Hugging Face cache)."
+            note = f"SDXL in fp16: the VAE is the fp16-fix one ({FP16_FIX_VAE}, {why})."
             logger.info(note)
             return {**parts, "vae": fixed, "notes": (note,)}
-        why = "is in the Hugging Face cache but is not this model's VAE shape"
-    else:
-        why = "is not in the Hugging Face cache"
+        why = f"({why}) is not this model's VAE shape"
     vae.register_to_config(force_upcast=True)
     note = (
         f"SDXL in fp16: the fp16-fix VAE ({FP16_FIX_VAE}) {why}, so the base's VAE encodes training "
