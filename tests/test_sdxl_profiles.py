@@ -144,11 +144,17 @@ def test_the_estimate_counts_taesd_xl_as_bench_sdxl_activations_does():
 
 
 def test_the_shipped_table_has_an_estimated_row_per_sdxl_profile():
-    rows = [r for r in preflight.load_table() if r.model == "sdxl"]
+    rows = [r for r in preflight.load_table() if r.model == "sdxl" and r.device == "cuda"]
     assert sorted(r.profile for r in rows) == ["12gb", "16gb", "24gb"]
-    assert all(r.estimated and r.device == "cuda" and r.resolution == 1024 for r in rows)
+    assert all(r.estimated and r.resolution == 1024 for r in rows)
     assert all(6 * GB < r.resident_bytes < r.peak_bytes < 16 * GB for r in rows)
     assert not any(r.estimated for r in preflight.load_table() if r.model != "sdxl")
+    on_cpu = [r for r in preflight.load_table() if r.model == "sdxl" and r.device == "cpu"]
+    assert {(r.profile, r.resolution, r.estimated) for r in on_cpu} == {
+        ("cpu", 512, False),
+        ("12gb", 512, False),
+    }
+    assert all("--model sdxl-512" in r.measured for r in on_cpu)  # the SDXL-shaped model, measured
     rebuilt = preflight.build_table([], keep=preflight.load_table())
     assert len(rebuilt["rows"]) == len(preflight.load_table())
     measured = dataclasses.replace(rows[0], estimated=False, peak_bytes=1, measured="a GPU")

@@ -63,12 +63,18 @@ def load_table(path: Path = TABLE_FILE) -> list[Figures]:
         ) from error
 
 
+SIZE_CLASSES = {"sdxl-512": "sdxl"}
+"""Bench model names whose rows stand for a size class of their own name: ``python -m bench --model
+sdxl-512`` measures SDXL 1.0's shapes (on a CPU at 512 px), so its rows are any SDXL base's."""
+
+
 def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
     """Table rows from one ``python -m bench`` results file (its memory and speed benchmarks), and
     from the SDXL runs merged into it (``"sdxl"``: the tiny SDXL; ``"sdxl_shaped"``: SDXL-shaped)."""
     machine = results["machine"]
     device = "cuda" if machine.get("gpu") else "cpu"
     model, resolution = results["sizes"]["model"], int(results["sizes"]["resolution"])
+    model = SIZE_CLASSES.get(model, model)
     where = machine.get("gpu") or (
         f"{machine['cpu']} ({machine['cores_logical']} cores, torch threads: {machine.get('torch_threads', '?')})"
     )
