@@ -86,6 +86,11 @@ class StudioProcess:
         self.process.wait()
 
 
+def open_tab(page, label: str) -> None:
+    """Click the studio's tab labelled ``label``."""
+    page.get_by_role("tab", name=label).click()
+
+
 def button(page, label: str, exact: bool = False):
     """The button a user sees labelled ``label``."""
     return page.get_by_role("button", name=label, exact=exact)

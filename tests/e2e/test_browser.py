@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from harness import NO_TIMEOUT, SCREENSHOTS
+from harness import NO_TIMEOUT, SCREENSHOTS, open_tab, wait_for_images
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -64,20 +64,8 @@ class Shots:
         self.page.screenshot(path=str(SCREENSHOTS / f"{self.count:02d}-{step}.png"), full_page=True)
 
 
-def open_tab(page, label: str) -> None:
-    page.get_by_role("tab", name=label).click()
-
-
 def gallery_images(page, elem_id: str):
     return page.locator(f"#{elem_id} img")
-
-
-def wait_for_images(page, elem_id: str, count: int = 1, timeout: float = NO_TIMEOUT) -> None:
-    page.wait_for_function(
-        "([id, n]) => document.querySelectorAll(`#${id} img`).length >= n",
-        arg=[elem_id, count],
-        timeout=timeout,
-    )
 
 
 def events_of(data_dir: Path, project: str) -> list[str]:

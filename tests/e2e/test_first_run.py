@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import NO_TIMEOUT, SCREENSHOTS, button, wait_for_images, wait_for_job
+from harness import NO_TIMEOUT, SCREENSHOTS, button, open_tab, wait_for_images, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,10 +41,6 @@ class Shots:
         self.count += 1
         path = SCREENSHOTS / f"first-run-{self.count:02d}-{step}.png"
         self.page.screenshot(path=str(path), full_page=True)
-
-
-def open_tab(page, label: str) -> None:
-    page.get_by_role("tab", name=label).click()
 
 
 def tick_all(page, elem_id: str) -> int:
