@@ -196,6 +196,21 @@ def test_online_a_failed_download_of_the_fix_vae_upcasts_and_says_why(
     assert "upcast to fp32" in note
 
 
+def test_online_a_transfer_broken_midway_upcasts_and_says_why(tiny_sdxl, hub_cache, online, monkeypatch):
+    """huggingface_hub's HTTP library raises its own timeout, not an OSError, when a transfer stalls."""
+    from huggingface_hub.utils import _http
+
+    timeout = _http.httpx2.ReadTimeout("The read operation timed out")
+
+    def download(*args, **kwargs):
+        raise timeout
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    base = load_base(tiny_sdxl.folder, device="cpu", dtype="fp16")
+    assert base.vae.config.force_upcast is True
+    assert "could not be downloaded (The read operation timed out)" in base.notes[0]
+
+
 def test_offline_the_fix_vae_is_not_fetched(tiny_sdxl, hub_cache, monkeypatch):
     def download(*args, **kwargs):
         raise AssertionError("no download while offline")
