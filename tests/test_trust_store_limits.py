@@ -187,7 +187,7 @@ def test_two_long_names_differing_in_their_last_letter_keep_two_folders():
 def _crash_mid_delete(store: ProjectStore, name: str) -> Path:
     """What `ProjectStore.delete` leaves when the process dies between its rename and its removal."""
     project = store.open(name)
-    trash = project.root.with_name(f".deleting-{project.root.name}")
+    trash = project.root.with_name(f".deleting-{project.root.name}.{os.urandom(4).hex()}")
     os.replace(project.root, trash)
     return trash
 
@@ -209,9 +209,35 @@ def test_a_leftover_of_a_deletion_neither_shows_nor_blocks_the_same_name():
     store.create("Anna Smith")
     trash = _crash_mid_delete(store, "Anna Smith")  # another process crashed while this one runs
     assert store.list() == []
-    assert not trash.exists()
 
     _crash_mid_delete(store, store.create("Anna Smith").name)
     assert store.create("Anna Smith").manifest()["name"] == "Anna Smith"
     store.delete("Anna Smith")
-    assert store.list() == [] and list(store.projects_dir.iterdir()) == []
+    assert store.list() == [] and trash.exists()  # listing never removes: it would wait on a deletion
+    assert ProjectStore(store.root).list() == [] and list(store.projects_dir.iterdir()) == []
+
+
+def test_listing_during_a_deletion_does_not_wait_for_its_removal(monkeypatch):
+    """A studio lists projects on every page; another thread's deletion of a big project takes its time."""
+    import shutil
+    import threading
+
+    store = ProjectStore()
+    store.create("Anna Smith")
+    store.create("Ben Jones")
+    removing, release = threading.Event(), threading.Event()
+    remove = shutil.rmtree
+
+    def slow_rmtree(path, *args, **kwargs):
+        removing.set()
+        assert release.wait(60), "the listing never returned"
+        return remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", slow_rmtree)
+    deleting = threading.Thread(target=store.delete, args=("Anna Smith",))
+    deleting.start()
+    assert removing.wait(60)
+    listed = store.list()  # before the removal ends: it must not remove (or wait for) the folder itself
+    release.set()
+    deleting.join(60)
+    assert listed == ["Ben Jones"] and store.list() == ["Ben Jones"]

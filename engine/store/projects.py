@@ -36,7 +36,8 @@ PREVIOUS = "manifest.prev.json"
 HOME_ENV = "MAGICAPTURE_HOME"
 DELETING = ".deleting-"
 """Prefix of a project folder while it is deleted: renamed aside, then removed. What a crash between
-the two leaves is removed when a store is next made or lists its projects."""
+the two leaves is hidden (a dot folder) and removed when a store is next made (the studio's at its
+launch), never while listing: a listing during another thread's deletion would wait for it."""
 
 
 def data_root() -> Path:
@@ -189,7 +190,6 @@ class ProjectStore:
         """The projects' names, as `open` takes them."""
         if not self.projects_dir.is_dir():
             return []
-        self._finish_deletions()
         return sorted(
             Project(folder).name
             for folder in self.projects_dir.iterdir()
