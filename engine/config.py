@@ -19,12 +19,12 @@ from engine.errors import UserError
 from engine.models import DEFAULT_BASE
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+"""The devices torch trains on that a setting may name."""
 MAX_TOKEN_BYTES = 64
 """The most UTF-8 bytes of a placeholder token's exported word (the token without ``<>``, as
 `engine.store.safe_name` keeps it): an embedding is exported as ``<project>-<word>.safetensors``,
 and with the longest project folder name (`engine.store.MAX_NAME_BYTES`) and an atomic write's
 temporary name that still fits a 255-byte file name."""
-"""The devices torch trains on that a setting may name."""
 
 PROFILE_NAMES = ("auto", "cpu", "6gb", "8gb", "12gb", "16gb", "24gb")
 MEMORY_FIELDS = (

@@ -221,9 +221,8 @@ def fp16_fix_vae() -> tuple[Path | None, str]:
         return None, "is not in the Hugging Face cache (downloads are off)"
     try:
         return Path(snapshot_download(FP16_FIX_VAE, allow_patterns=list(FIX_VAE_FILES))), "downloaded"
-    except (
-        Exception
-    ) as error:  # the hub's errors are OSErrors; a broken transfer raises its HTTP library's own
+    # The hub's errors are OSErrors; a transfer broken midway raises its HTTP library's own.
+    except Exception as error:
         reason = " ".join(str(error).split())[:200]
         return None, f"is not in the Hugging Face cache and could not be downloaded ({reason})"
 

@@ -64,8 +64,8 @@ def load_table(path: Path = TABLE_FILE) -> list[Figures]:
 
 
 SIZE_CLASSES = {"sdxl-512": "sdxl"}
-"""Bench model names whose rows stand for a size class of their own name: ``python -m bench --model
-sdxl-512`` measures SDXL 1.0's shapes (on a CPU at 512 px), so its rows are any SDXL base's."""
+"""Bench model names whose rows stand for another size class: ``python -m bench --model sdxl-512``
+measures SDXL 1.0's shapes (on a CPU at 512 px), so its rows are any SDXL base's ("sdxl")."""
 
 
 def rows_from_results(results: Mapping[str, Any]) -> list[Figures]:
