@@ -4,7 +4,7 @@ On a CUDA machine with no internet it builds SD 1.5-shaped models with random we
 (`bench.workbench`, model ``sd15``) and, in fp16 at 512 px, within `FULL.total_seconds`:
 
 - per VRAM profile (`engine.devices.PROFILES`), the full phase-2 step and the plain DreamBooth-LoRA
-  step (`bench.steps`), each in a fresh worker process so that peaks do not mix (as
+  step (`bench.steps`), each in a worker process of its own (`bench.workers`) so that peaks do not mix (as
   `bench.memory`): peak ``torch.cuda.max_memory_allocated``, steps per second, non-finite losses
   and gradients, gradient-scaler skips (`bench.steps.checked_optimise`);
 - the identity branch's windowed VAE decode (`engine.losses.face_windows`, `crop_windows`) against
@@ -33,9 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -436,12 +434,11 @@ def method_signals(events: list) -> dict[str, Any]:
     return signals
 
 
-def worker_main(argv: list[str]) -> None:
+def run_part(argv: list[str]) -> dict[str, Any]:
+    """One part of the check in this process, from its arguments (`part_arguments` and the workbench's)."""
     from bench.workbench import Workbench
 
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.gpu_check --worker", description="One part (worker)."
-    )
+    parser = argparse.ArgumentParser(prog="gpu_check part", description="One part of the check.")
     parser.add_argument("--worker", choices=("steps", "decode", "train"), required=True)
     parser.add_argument("--model", required=True)
     parser.add_argument("--base", type=Path, required=True)
@@ -478,26 +475,22 @@ def worker_main(argv: list[str]) -> None:
         result = real_training(
             bench, args.source, None if tiny in (None, "none") else tiny, args.plan, resolution, args.seconds
         )
-    print(json.dumps(result), flush=True)
+    return result
 
 
 # The check -----------------------------------------------------------------------------------
 
 
 def run_worker(bench: Workbench, arguments: list[str], timeout: float) -> dict[str, Any]:
-    """A worker in a fresh Python process; its JSON line is the last line it prints."""
-    command = [sys.executable, "-m", "bench.gpu_check", *arguments, *bench.to_args()]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """`run_part` in a fresh worker process (`bench.workers`); its result, or ``{"error": ...}``."""
+    from bench.workers import WorkerFailed, run_in_worker
+
     began = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s (its time budget)"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-6:]
-        return {"error": f"exit {done.returncode}: {' | '.join(tail)}"}
-    return {**json.loads(lines[-1]), "worker_seconds": round(time.perf_counter() - began, 1)}
+        found = run_in_worker(run_part, ([*arguments, *bench.to_args()],), timeout)
+    except WorkerFailed as failure:
+        return {"error": str(failure)}
+    return {**found, "worker_seconds": round(time.perf_counter() - began, 1)}
 
 
 def profile_entry(steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -984,9 +977,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--worker" in argv:
-        worker_main(argv)
-        return 0
     args = parse_args(argv)
     args.base = args.base.resolve() if args.base else None
     args.tiny_decoder = args.tiny_decoder.resolve() if args.tiny_decoder else None
