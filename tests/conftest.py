@@ -57,22 +57,21 @@ def tiny_decoder(shared_kit) -> Path:
 
 LONGEST_FIRST = (
     "test_bench.py",
-    "test_cli.py",
-    "test_gpu_check.py",
-    "test_reliability.py",
     "test_browser.py",
-    "test_bench_ablation.py",
+    "test_first_run.py",
+    "test_reliability.py",
+    "test_cli.py",
+    "test_train.py",
     "test_sdxl_demo.py",
     "test_preflight.py",
-    "test_train.py",
-    "test_first_run.py",
-    "test_postprocess.py",
     "test_sdxl_training.py",
+    "test_gpu_check.py",
+    "test_postprocess.py",
     "test_demo_samples.py",
-    "test_studio.py",
-    "test_run_picker.py",
     "test_project_delete.py",
     "test_proof_gallery.py",
+    "test_studio.py",
+    "test_run_picker.py",
 )
 """The files that take longest (from about 20 s to a few minutes), started first so that the workers
 end together instead of one running the last long file alone."""

@@ -98,6 +98,25 @@ def test_quick_run_has_every_benchmark_with_baseline_ratio_and_command(quick_res
 
 
 @pytest.mark.slow
+def test_the_ablations_toys_run_on_their_own_merge_back_into_the_whole(
+    quick_results: dict, tmp_path: Path
+) -> None:
+    """The quick run's ablation (both toys, every arm, through ``python -m bench.ar_ablation``) split
+    into its toys as runs of their own would print them; ``--merge`` puts them back together."""
+    whole = quick_results["benchmarks"]["ar_ablation"]["result"]
+    assert_ablation_result(whole, {"plain", "twins"}, {"0"})
+    paths = []
+    for toy in ("twins", "plain"):
+        paths.append(tmp_path / f"{toy}.json")
+        paths[-1].write_text(json.dumps({**whole, "toys": {toy: whole["toys"][toy]}}))
+    merged = subprocess.run(
+        [sys.executable, "-m", "bench.ar_ablation", "--merge", *map(str, paths)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(merged.stdout)["toys"] == {toy: whole["toys"][toy] for toy in ("twins", "plain")}
+
+
+@pytest.mark.slow
 def test_table_shows_each_figure_with_its_command(quick_results: dict) -> None:
     table = render_table(quick_results)
     lines = table.splitlines()
