@@ -6,6 +6,10 @@ before any work, and the GPU check runs a dozen workers. multiprocessing's forks
 each worker from it: every worker still has its own memory, CUDA context and peak counters, and one
 that overruns its time is killed. A worker's output goes to a log file whose tail explains a failure.
 
+Where CUDA is available the server preloads nothing: bitsandbytes (which diffusers and peft import)
+asks CUDA for its devices when imported, and a process forked after that cannot use CUDA. There
+each worker imports for itself, as a fresh interpreter would.
+
 On a CPU the resident set of a forked worker counts only the library pages it touches, so its
 peak is smaller than a fresh interpreter's; `bench.memory`, whose CPU figures are committed, keeps
 fresh interpreters.
@@ -13,6 +17,7 @@ fresh interpreters.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import tempfile
@@ -29,8 +34,19 @@ PRELOAD = [
 """What the workers import; a module that fails to import here is imported (or fails) in the worker."""
 TAIL_LINES = 6
 
-_context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(PRELOAD)
+
+def preload_modules() -> list[str]:
+    """`PRELOAD` on a machine without CUDA; nothing where CUDA is available (see the module's docstring)."""
+    import torch
+
+    return [] if torch.cuda.is_available() else list(PRELOAD)
+
+
+@functools.cache
+def _server() -> multiprocessing.context.ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload_modules())
+    return context
 
 
 class WorkerFailed(Exception):
@@ -61,8 +77,9 @@ def run_in_worker(
     """
     with tempfile.TemporaryDirectory(prefix="magicapture-worker-") as scratch:
         log = str(Path(scratch) / "output.log")
-        reader, writer = _context.Pipe(duplex=False)
-        process = _context.Process(target=_child, args=(writer, log, function, arguments))
+        context = _server()
+        reader, writer = context.Pipe(duplex=False)
+        process = context.Process(target=_child, args=(writer, log, function, arguments))
         process.start()
         writer.close()
         try:

@@ -25,7 +25,7 @@ from studio import gallery, generate, photos, project, settings, train
 from studio.jobs import is_user_error, one_line
 from studio.proof import Throttle, page
 from studio.reach import served, start_lines
-from studio.state import Studio
+from studio.state import Studio, bind
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,19 @@ def initial_project(studio: Studio) -> str | None:
     return max(names, key=lambda name: studio.store.open(name).path("manifest.json").stat().st_mtime)
 
 
+def on_load(studio: Studio, listed: list[str]):
+    """The picker of a new or reloaded tab: the store's projects, `initial_project` open.
+
+    ``listed`` is what the page was built with. With no project to open and that list still right,
+    it changes nothing: on a busy machine its answer can arrive after the user's first "Create
+    project", and an empty picker would close the project just created.
+    """
+    names = studio.store.list()
+    if not names and not listed:
+        return gr.skip()
+    return gr.Dropdown(choices=names, value=initial_project(studio))
+
+
 def build(studio: Studio) -> gr.Blocks:
     """The whole studio as one Blocks app."""
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
@@ -109,8 +122,9 @@ def build(studio: Studio) -> gr.Blocks:
             gr.Markdown(
                 f"# {TITLE}\nStudio portraits of one person in a reference style, on your own computer."
             )
+            listed = studio.store.list()
             current = gr.Dropdown(
-                studio.store.list(),
+                listed,
                 value=None,
                 label="Open project",
                 info="One project per client or subject.",
@@ -149,12 +163,7 @@ def build(studio: Studio) -> gr.Blocks:
             show_progress="hidden",
             queue=False,
         )
-        blocks.load(
-            lambda: gr.Dropdown(choices=studio.store.list(), value=initial_project(studio)),
-            None,
-            current,
-            show_progress="hidden",
-        )
+        blocks.load(bind(on_load, studio, listed), None, current, show_progress="hidden")
     for block_fn in blocks.fns.values():
         if block_fn.fn is not None:
             block_fn.fn = sentences_for_users(block_fn.fn)

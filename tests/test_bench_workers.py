@@ -54,3 +54,15 @@ def test_a_worker_past_its_time_is_killed() -> None:
     with pytest.raises(WorkerFailed, match="timed out after 1 s"):
         run_in_worker(sleep, (600.0,), timeout=1.0)
     assert time.perf_counter() - began < 300  # killed, not waited for
+
+
+def test_where_cuda_is_available_the_server_preloads_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bitsandbytes probes CUDA when imported; a worker forked after that could not use the GPU."""
+    import torch
+
+    from bench.workers import PRELOAD, preload_modules
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert preload_modules() == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert preload_modules() == PRELOAD and "bitsandbytes" in PRELOAD

@@ -395,3 +395,42 @@ def test_no_job_starts_for_a_project_while_it_is_being_deleted(anna_studio, monk
     assert not worker.is_alive() and "anna" not in studio.store.list()
     after = studio.runner.submit("train", "anna", "Training of anna", lambda job: None)
     assert studio.runner.wait(after, timeout=WAIT_S)
+
+
+def _page_load(blocks: gr.Blocks):
+    """The page-load handler that sets the project picker."""
+    [load] = [
+        fn
+        for fn in blocks.fns.values()
+        if any(event == "load" for _, event in fn.targets)
+        and [getattr(block, "elem_id", None) for block in fn.outputs] == ["project-picker"]
+    ]
+    return load.fn
+
+
+def test_a_late_page_load_answer_does_not_close_the_first_project_created(tmp_path):
+    """On a busy machine the page's load answer, computed while the store was empty, can land after
+    the user's first "Create project" (seen in a browser test under load: the picker emptied and the
+    new project closed). With nothing to open it changes nothing; a later tab lists and opens it."""
+    from engine.store import ProjectStore
+    from studio.app import Studio, build
+
+    studio = Studio(ProjectStore(tmp_path / "home"))
+    load = _page_load(build(studio))
+    answered_before_the_create = load()
+    studio.store.create("Sam XL")
+    assert answered_before_the_create == gr.skip()
+    later = load()
+    assert later.value == "Sam XL" and [value for _, value in later.choices] == ["Sam XL"]
+
+
+def test_a_page_built_with_projects_since_deleted_gets_an_empty_picker(tmp_path):
+    from engine.store import ProjectStore
+    from studio.app import Studio, build
+
+    studio = Studio(ProjectStore(tmp_path / "home"))
+    studio.store.create("Old client")
+    load = _page_load(build(studio))
+    studio.store.delete("Old client")
+    emptied = load()
+    assert emptied.value is None and list(emptied.choices) == []
