@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 
 from studio import gallery, generate, photos, project, settings, train
 from studio.jobs import is_user_error, one_line
+from studio.logins import TrustedBrowsers, request_cookies
 from studio.proof import Throttle, page
 from studio.reach import served, start_lines
 from studio.state import Studio, bind
@@ -254,7 +255,8 @@ class Gatekeeper:
     a file request must name an existing file inside ``root`` (after resolving ``..`` and links),
     URLs are never fetched, and with auth on only the login page is served without a session: ``/``
     is then `login_page`, not Gradio's page (which embeds every endpoint and the project names).
-    Wrong logins are throttled per client address and per user name (`studio.proof.Throttle`).
+    Wrong logins are throttled per client address and per user name (`studio.proof.Throttle`), or
+    per browser for one that logged in before (`studio.logins`).
     Every request under ``/proof/`` goes to the client proof galleries (`studio.proof`), which check
     their own passwords, and never reaches the studio; a proof session is no studio login.
     """
@@ -267,6 +269,7 @@ class Gatekeeper:
         self.root = Path(root).resolve()
         self.proof = ProofApp(ProjectStore(self.root))
         self.logins = Throttle()
+        self.browsers = TrustedBrowsers()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket"):
@@ -290,7 +293,7 @@ class Gatekeeper:
         return await self.app(scope, receive, send)
 
     async def login(self, scope, receive, send) -> None:
-        """Hand a login to Gradio unless its address or user name has too many recent failures.
+        """Hand a login to Gradio unless its keys (`TrustedBrowsers.attempt_keys`) have too many recent failures.
 
         The attempt counts as a failure before Gradio checks it (so parallel guesses cannot slip
         past the limit) and is taken back when it succeeds. A browser posting the login page's form
@@ -301,7 +304,8 @@ class Gatekeeper:
             return await PlainTextResponse("The login form is too large.", status_code=413)(
                 scope, receive, send
             )
-        keys = (("address", (scope.get("client") or ("?",))[0]), ("user", await form_user(scope, body)))
+        user = await form_user(scope, body)
+        keys = self.browsers.attempt_keys(scope, user)
         browser = wants_html(scope)
         if self.logins.blocked(*keys):
             response = (
@@ -314,17 +318,18 @@ class Gatekeeper:
         if answer.status == 200:
             self.logins.forgive(*keys)
         if browser:
-            await self.login_result(scope, answer)(scope, receive, send)
+            await self.login_result(scope, answer, user)(scope, receive, send)
 
-    @staticmethod
-    def login_result(scope, answer: Answer) -> Response:
-        """The page a browser gets after posting the form: the studio (with the session cookie) or the form."""
+    def login_result(self, scope, answer: Answer, user: str) -> Response:
+        """The page a browser gets after posting the form: the studio (with the session cookie and a
+        trusted-browser cookie, `studio.logins`) or the form."""
         if answer.status != 200:
             return login_page("Incorrect credentials: check the username and password and try again.", 401)
         response = RedirectResponse("./" if scope["path"] == "/login" else "../", status_code=303)
         response.raw_headers += [
             (name, value) for name, value in answer.headers if name.lower() == b"set-cookie"
         ]
+        response.raw_headers.append((b"set-cookie", self.browsers.trust(user)))
         return response
 
     def refusal(self, path: str, scope) -> tuple[int, str] | None:
@@ -348,12 +353,7 @@ class Gatekeeper:
     @staticmethod
     def logged_in(scope) -> bool:
         app = scope.get("app")
-        cookies = {}
-        for name, value in scope.get("headers", []):
-            if name == b"cookie":
-                for part in value.decode("latin-1").split(";"):
-                    key, _, item = part.strip().partition("=")
-                    cookies[key] = item
+        cookies = request_cookies(scope)
         tokens = getattr(app, "tokens", {})
         cookie_id = getattr(app, "cookie_id", "")
         candidates = (

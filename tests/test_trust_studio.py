@@ -137,6 +137,68 @@ def test_wrong_studio_logins_are_throttled_per_address_and_per_user(auth_studio)
     assert post_login(url, "bob", "guess", third) == 400
 
 
+def browser_login(session: requests.Session, url: str, password: str) -> requests.Response:
+    return session.post(
+        f"{url}/login",
+        data={"username": LOGIN[0], "password": password},
+        headers={"Accept": "text/html"},
+        timeout=WAIT_S,
+    )
+
+
+def test_a_browser_that_logged_in_before_is_not_locked_out_by_a_strangers_guesses(auth_studio):
+    """Behind a share link every visitor comes from one address, and anyone may type the user name:
+    a stranger's wrong guesses block both, but not the photographer's browser, which logged in
+    before and carries that login's cookie. Its own wrong guesses are still limited, and a made-up
+    cookie is no way around the block."""
+    from studio.logins import COOKIE
+    from studio.proof import MAX_FAILURES
+
+    _, _, url = auth_studio
+    photographer = requests.Session()
+    assert browser_login(photographer, url, LOGIN[1]).status_code == 200
+    assert COOKIE in photographer.cookies
+    for cookie in [c for c in photographer.cookies if c.name.startswith("access-token")]:
+        photographer.cookies.clear(cookie.domain, cookie.path, cookie.name)  # the session ended
+    assert "on_delete" not in photographer.get(f"{url}/", timeout=WAIT_S).text
+
+    for _ in range(MAX_FAILURES):
+        assert post_login(url, LOGIN[0], "guess", "127.0.0.1") == 400
+    assert post_login(url, LOGIN[0], LOGIN[1], "127.0.0.1") == 429
+    stranger = requests.Session()
+    stranger.cookies.set(COOKIE, "made-up-token")
+    assert browser_login(stranger, url, LOGIN[1]).status_code == 429
+
+    back = browser_login(photographer, url, LOGIN[1])
+    assert back.status_code == 200 and "on_delete" in back.text, "locked out by someone else's guesses"
+    for cookie in [c for c in photographer.cookies if c.name.startswith("access-token")]:
+        photographer.cookies.clear(cookie.domain, cookie.path, cookie.name)
+    for _ in range(MAX_FAILURES):
+        assert browser_login(photographer, url, "own typo").status_code == 401
+    assert browser_login(photographer, url, LOGIN[1]).status_code == 429
+
+
+def test_a_trusted_browser_token_is_for_its_user_expires_and_the_oldest_is_forgotten(monkeypatch):
+    from studio import logins
+
+    now = [1000.0]
+    browsers = logins.TrustedBrowsers(clock=lambda: now[0])
+    header = browsers.trust("ann").decode()
+    assert "HttpOnly" in header and "SameSite=Lax" in header and f"Max-Age={logins.MAX_AGE_S}" in header
+    token = header.split(";")[0].split("=", 1)[1]
+    scope = {"client": ("127.0.0.9", 1), "headers": [(b"cookie", f"a=b; {logins.COOKIE}={token}".encode())]}
+    assert browsers.attempt_keys(scope, "ann") == (("browser", token),)
+    assert browsers.attempt_keys(scope, "bob") == (("address", "127.0.0.9"), ("user", "bob"))
+    now[0] += logins.MAX_AGE_S
+    assert browsers.attempt_keys(scope, "ann") == (("address", "127.0.0.9"), ("user", "ann"))
+
+    monkeypatch.setattr(logins, "MAX_BROWSERS", 2)
+    first = browsers.trust("ann")
+    browsers.trust("ann")
+    browsers.trust("ann")
+    assert len(browsers.given) == 2 and first.decode().split(";")[0].split("=", 1)[1] not in browsers.given
+
+
 def test_the_throttle_forgets_failures_after_its_window_and_takes_back_right_ones():
     from studio.proof import Throttle
 
