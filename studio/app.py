@@ -74,8 +74,12 @@ def header_html(studio: Studio) -> str:
     return f"<div class='mc-status'>{''.join(chips)}</div>"
 
 
+DEMO_LICENCE_LEAD = "Demo stand-ins are random weights under no licence terms. For the real models:"
+
+
 def licence_html(studio: Studio) -> str:
-    """The one notice on model licences: which weights are non-commercial, or that commercial use is on."""
+    """The one notice on model licences: which weights are non-commercial, or that commercial use is
+    on; in demo mode, first that the stand-ins in use have no terms."""
     from engine.assets import licence_notice
     from engine.preflight import assets_in_use
 
@@ -86,6 +90,8 @@ def licence_html(studio: Studio) -> str:
             "CodeFormer is refused.</div>"
         )
     notice = licence_notice(assets_in_use(commercial=False, restore="codeformer"), alternatives=True)
+    if settings.models_in_use(studio).standins:
+        notice = f"{DEMO_LICENCE_LEAD} {notice or ''}"
     return (
         f"<div class='mc-banner mc-licence' id='licence-notice'>{html.escape(notice or '')} "
         "(⚙ Settings → Commercial use.)</div>"

@@ -511,6 +511,21 @@ def test_the_studio_in_commercial_mode_loads_no_non_commercial_face_model(demo_a
     assert "Commercial use is on" in licence_html(studio) and "buffalo_l" not in licence_html(studio)
 
 
+def test_in_demo_mode_the_licence_notice_says_the_stand_ins_have_no_terms(demo_assets, tmp_path, monkeypatch):
+    """The header says every model is a random stand-in; the licence box names the real models' terms
+    as the real models' terms, not as those of the weights in use."""
+    from engine.store import ProjectStore
+    from studio.app import DEMO_LICENCE_LEAD, Studio, licence_html
+
+    studio = Studio(ProjectStore(tmp_path / "demo"))
+    shown = licence_html(studio)
+    assert DEMO_LICENCE_LEAD in shown and shown.index(DEMO_LICENCE_LEAD) < shown.index("buffalo_l")
+    own = tmp_path / "assets"
+    own.mkdir()
+    monkeypatch.setenv("MAGICAPTURE_ASSETS", str(own))  # a cache without the demo marker
+    assert DEMO_LICENCE_LEAD not in licence_html(Studio(ProjectStore(tmp_path / "real")))
+
+
 @pytest.mark.slow
 def test_the_commercial_flag_keeps_every_command_off_non_commercial_weights(
     demo_assets, requested, isolated_home, tmp_path, capsys
