@@ -74,9 +74,6 @@ def header_html(studio: Studio) -> str:
     return f"<div class='mc-status'>{''.join(chips)}</div>"
 
 
-DEMO_LICENCE_LEAD = "Demo stand-ins are random weights under no licence terms. For the real models:"
-
-
 def licence_html(studio: Studio) -> str:
     """The one notice on model licences: which weights are non-commercial, or that commercial use is
     on; in demo mode, first that the stand-ins in use have no terms."""
@@ -89,9 +86,11 @@ def licence_html(studio: Studio) -> str:
             "licence allows it are used (OpenCV YuNet and SFace for faces, GFPGAN for restoration); "
             "CodeFormer is refused.</div>"
         )
-    notice = licence_notice(assets_in_use(commercial=False, restore="codeformer"), alternatives=True)
-    if settings.models_in_use(studio).standins:
-        notice = f"{DEMO_LICENCE_LEAD} {notice or ''}"
+    notice = licence_notice(
+        assets_in_use(commercial=False, restore="codeformer"),
+        alternatives=True,
+        standins=settings.models_in_use(studio).standins,
+    )
     return (
         f"<div class='mc-banner mc-licence' id='licence-notice'>{html.escape(notice or '')} "
         "(⚙ Settings → Commercial use.)</div>"

@@ -87,8 +87,8 @@ class ModelsInUse:
 
 def models_in_use(studio: Studio) -> ModelsInUse:
     """The one account of which models are real, stand-ins or fallbacks (the demo marker, the kit's fallbacks)."""
-    from engine.assets import assets_dir
-    from engine.faces import COMMERCIAL_DETECTOR, FACE_PACK, PARSER_ASSET, RECOGNISER_ASSETS, STANDIN_MARKER
+    from engine.assets import demo_standins
+    from engine.faces import COMMERCIAL_DETECTOR, FACE_PACK, PARSER_ASSET, RECOGNISER_ASSETS
 
     kit = studio.face_kit_loaded()
     commercial = studio.settings.commercial
@@ -98,7 +98,7 @@ def models_in_use(studio: Studio) -> ModelsInUse:
         "recogniser": RECOGNISER_ASSETS["sface" if commercial else "arcface"],
     }
     return ModelsInUse(
-        standins=(assets_dir() / STANDIN_MARKER).is_file(),
+        standins=demo_standins(),
         fallbacks={part: holders[part] for part in kit.fallbacks} if kit is not None else {},
         kit_loaded=kit is not None,
     )

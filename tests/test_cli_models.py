@@ -38,6 +38,16 @@ def test_the_demo_kits_models_are_listed_as_stand_ins(
         assert "missing" in rows[name] and STANDIN not in rows[name], rows[name]
 
 
+def test_under_the_demo_kit_the_licence_notice_says_the_stand_ins_have_no_terms(
+    assets_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from engine.assets.registry import DEMO_STANDINS_LEAD
+
+    cli.main(["models", "list"])
+    [notice] = [line for line in capsys.readouterr().out.splitlines() if "These model weights" in line]
+    assert notice.startswith(DEMO_STANDINS_LEAD) and "buffalo_l" in notice, notice
+
+
 def test_a_model_in_a_users_own_folder_is_listed_as_real_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

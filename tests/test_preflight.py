@@ -514,16 +514,17 @@ def test_the_studio_in_commercial_mode_loads_no_non_commercial_face_model(demo_a
 def test_in_demo_mode_the_licence_notice_says_the_stand_ins_have_no_terms(demo_assets, tmp_path, monkeypatch):
     """The header says every model is a random stand-in; the licence box names the real models' terms
     as the real models' terms, not as those of the weights in use."""
+    from engine.assets.registry import DEMO_STANDINS_LEAD
     from engine.store import ProjectStore
-    from studio.app import DEMO_LICENCE_LEAD, Studio, licence_html
+    from studio.app import Studio, licence_html
 
     studio = Studio(ProjectStore(tmp_path / "demo"))
     shown = licence_html(studio)
-    assert DEMO_LICENCE_LEAD in shown and shown.index(DEMO_LICENCE_LEAD) < shown.index("buffalo_l")
+    assert DEMO_STANDINS_LEAD in shown and shown.index(DEMO_STANDINS_LEAD) < shown.index("buffalo_l")
     own = tmp_path / "assets"
     own.mkdir()
     monkeypatch.setenv("MAGICAPTURE_ASSETS", str(own))  # a cache without the demo marker
-    assert DEMO_LICENCE_LEAD not in licence_html(Studio(ProjectStore(tmp_path / "real")))
+    assert DEMO_STANDINS_LEAD not in licence_html(Studio(ProjectStore(tmp_path / "real")))
 
 
 @pytest.mark.slow

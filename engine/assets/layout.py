@@ -11,6 +11,8 @@ ASSETS_ENV = "MAGICAPTURE_ASSETS"
 OFFLINE_ENVS = ("MAGICAPTURE_OFFLINE", "HF_HUB_OFFLINE")
 PARTIAL_DIR = ".partial"
 LOCK_DIR = ".locks"
+STANDIN_MARKER = "DEMO_STANDIN"
+"""JSON file the demo kit puts in its asset folder: ``{"detectors": {path relative to the folder: sha256}}``."""
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -22,6 +24,12 @@ def assets_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HUB_CACHE).expanduser().resolve().parent / "magicapture-assets"
+
+
+def demo_standins() -> bool:
+    """Whether the asset folder is the demo kit's (it holds `STANDIN_MARKER`): every model in it is a
+    stand-in with random weights in the real format."""
+    return (assets_dir() / STANDIN_MARKER).is_file()
 
 
 def offline() -> bool:

@@ -185,10 +185,15 @@ def get_asset(name: str) -> Asset:
         raise UnknownAsset(f"There is no model asset named {name!r}; known assets: {known}.") from None
 
 
-def licence_notice(names: Iterable[str], *, alternatives: bool = False) -> str | None:
+DEMO_STANDINS_LEAD = "Demo stand-ins are random weights under no licence terms. For the real models:"
+"""Opens the notice while the models in use are the demo kit's stand-ins."""
+
+
+def licence_notice(names: Iterable[str], *, alternatives: bool = False, standins: bool = False) -> str | None:
     """One sentence naming the non-commercial assets among ``names``, or ``None`` if there are none.
 
-    With ``alternatives``, a second sentence says what the commercial-use setting uses instead.
+    With ``alternatives``, a second sentence says what the commercial-use setting uses instead; with
+    ``standins`` (the demo kit's models are in use), `DEMO_STANDINS_LEAD` comes first.
     """
     restricted = [asset for asset in dict.fromkeys(map(get_asset, names)) if not asset.commercial_ok]
     if not restricted:
@@ -198,6 +203,8 @@ def licence_notice(names: Iterable[str], *, alternatives: bool = False) -> str |
         f"These model weights may be used for non-commercial purposes only: {listed}; switch on the "
         "commercial-use setting to work with commercially usable models instead."
     )
+    if standins:
+        notice = f"{DEMO_STANDINS_LEAD} {notice}"
     swaps = [COMMERCIAL_ALTERNATIVES[a.name] for a in restricted if a.name in COMMERCIAL_ALTERNATIVES]
     return f"{notice} With commercial use on, {'; '.join(swaps)}." if alternatives and swaps else notice
 

@@ -108,10 +108,12 @@ def train_overrides(args: argparse.Namespace, overrides: dict[str, Any]) -> tupl
 
 def _licence_line(commercial: bool, restore: str | None = None) -> str | None:
     """The line saying which non-commercial weights this command uses and what replaces them, if any."""
-    from engine.assets import licence_notice
+    from engine.assets import demo_standins, licence_notice
     from engine.preflight import assets_in_use
 
-    notice = licence_notice(assets_in_use(commercial=commercial, restore=restore), alternatives=True)
+    notice = licence_notice(
+        assets_in_use(commercial=commercial, restore=restore), alternatives=True, standins=demo_standins()
+    )
     return f"Licence: {notice} (Pass --commercial.)" if notice else None
 
 
@@ -323,17 +325,16 @@ STANDIN_NOTE = (
 
 def cmd_models(args: argparse.Namespace) -> None:
     from engine import assets
-    from engine.faces import STANDIN_MARKER
 
     if args.action == "list":
         rows = assets.list_assets()
-        standins = (assets.assets_dir() / STANDIN_MARKER).is_file()  # the demo kit marks its folder
+        standins = assets.demo_standins()
         for row in rows:
             state = (STANDIN_STATE if standins else "real weights") if row.present else "missing"
             print(f"{row.name:20} {state:30} {row.licence:32} {row.path}")
         if standins and any(row.present for row in rows):
             print(STANDIN_NOTE)
-        notice = assets.licence_notice([row.name for row in rows if row.present])
+        notice = assets.licence_notice([row.name for row in rows if row.present], standins=standins)
         if notice:
             print(notice)
     elif args.action == "download":

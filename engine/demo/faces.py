@@ -317,7 +317,7 @@ def write_parser_standin(path: Path, *, width: int = 8, seed: int = 0) -> Path:
 
 def build_face_assets(assets_folder: Path) -> None:
     """Write every face-model stand-in into ``assets_folder`` (laid out like the asset cache)."""
-    from engine.faces import STANDIN_MARKER
+    from engine.assets import STANDIN_MARKER
 
     folder = Path(assets_folder)
     detectors = {

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.assets import STANDIN_MARKER
+
 from .align import ARCFACE_SIZE, ARCFACE_TEMPLATE, warp_to_arcface
 from .detect import Detector, Face, FaceModelError
 from .parse import FACE_CLASSES, LABELS, Parser, face_mask
@@ -53,8 +55,6 @@ RECOGNISER_LABELS = {"arcface": "ArcFace", "sface": "SFace"}
 """Recogniser name (`Scorer.name`) -> how reports name it."""
 RECOGNISER_ASSETS = {"arcface": FACE_PACK, "sface": COMMERCIAL_RECOGNISER}
 """Recogniser name -> the asset holding its weights."""
-STANDIN_MARKER = "DEMO_STANDIN"
-"""JSON file in the assets folder: ``{"detectors": {path relative to the folder: sha256}}``."""
 
 
 class FaceModelMissing(FaceModelError):
