@@ -77,7 +77,7 @@ def header_html(studio: Studio) -> str:
 def licence_html(studio: Studio) -> str:
     """The one notice on model licences: which weights are non-commercial, or that commercial use is
     on; in demo mode, first that the stand-ins in use have no terms."""
-    from engine.assets import licence_notice
+    from engine.assets import demo_standins, licence_notice
     from engine.preflight import assets_in_use
 
     if studio.settings.commercial:
@@ -89,7 +89,7 @@ def licence_html(studio: Studio) -> str:
     notice = licence_notice(
         assets_in_use(commercial=False, restore="codeformer"),
         alternatives=True,
-        standins=settings.models_in_use(studio).standins,
+        standins=demo_standins(),
     )
     return (
         f"<div class='mc-banner mc-licence' id='licence-notice'>{html.escape(notice or '')} "
@@ -234,7 +234,10 @@ PROOF_PREFIX = "/proof/"
 LOGIN_ROUTES = ("/login", "/login/")
 LOGIN_MESSAGE = "Log in with the user name and password given when MagiCapture Studio was started."
 MAX_LOGIN_BYTES = 16_384
-THROTTLED = "Too many wrong logins from this address or for this username; wait ten minutes and try again."
+THROTTLED = (
+    "Too many wrong logins from this address, for this username or from this browser; wait ten minutes "
+    "and try again."
+)
 
 
 def login_page(message: str = "", status: int = 200) -> HTMLResponse:
