@@ -12,10 +12,10 @@ import torch
 from fixtures_faces import astronaut, face_at, wheel_photo
 
 from engine import assets
+from engine.assets import STANDIN_MARKER
 from engine.demo.faces import SCRFD_BOX, SCRFD_LANDMARKS
 from engine.faces import (
     ARCFACE_TEMPLATE,
-    STANDIN_MARKER,
     Face,
     FaceModelError,
     FaceModelMissing,

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.assets import STANDIN_MARKER
-
 from .align import ARCFACE_SIZE, ARCFACE_TEMPLATE, warp_to_arcface
 from .detect import Detector, Face, FaceModelError
 from .parse import FACE_CLASSES, LABELS, Parser, face_mask
@@ -96,6 +94,8 @@ class FaceKit:
 
 def _is_standin(folder: Path, path: Path) -> bool:
     """Whether ``path`` is a detector the demo kit marked as a stand-in and still that exact file."""
+    from engine.assets import STANDIN_MARKER
+
     try:
         listed = json.loads((folder / STANDIN_MARKER).read_text("utf-8"))["detectors"]
         digest = listed.get(path.resolve().relative_to(folder.resolve()).as_posix())
